@@ -1,0 +1,260 @@
+// Host-emulated device; see host_backend.h.
+#include "backends/host/host_backend.h"
+
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+
+namespace uhmm::host {
+namespace {
+
+constexpr size_t kDefaultPoolBytes = size_t{256} << 20;
+
+class HostCopyEngine final : public CopyEngine {
+ public:
+  explicit HostCopyEngine(int ordinal) : ordinal_(ordinal), thread_([this] { Run(); }) {}
+  ~HostCopyEngine() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t fence = ++submitted_;
+    queue_.push_back(Batch{fence, dir, std::vector<CopyOp>(ops.begin(), ops.end())});
+    cv_.notify_all();
+    return fence;
+  }
+
+  absl::Status Wait(uint64_t fence) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [&] { return completed_ >= fence; });
+    auto it = results_.find(fence);
+    if (it == results_.end()) return absl::OkStatus();
+    absl::Status s = it->second;
+    results_.erase(it);
+    return s;
+  }
+
+  void FailNext(CopyDirection dir, int n) {
+    (dir == CopyDirection::kHostToDevice ? fail_h2d_ : fail_d2h_).store(n);
+  }
+  uint64_t copies(CopyDirection dir) const {
+    return (dir == CopyDirection::kHostToDevice ? done_h2d_ : done_d2h_).load();
+  }
+
+ private:
+  struct Batch {
+    uint64_t fence;
+    CopyDirection dir;
+    std::vector<CopyOp> ops;
+  };
+
+  static bool TakeOne(std::atomic<int>& counter) {
+    int v = counter.load();
+    while (v > 0 && !counter.compare_exchange_weak(v, v - 1)) {
+    }
+    return v > 0;
+  }
+
+  void Run() {
+    char name[16];
+    std::snprintf(name, sizeof(name), "uhmm-copy-%d", ordinal_);
+    pthread_setname_np(pthread_self(), name);
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ with nothing left
+      Batch batch = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      const bool to_device = batch.dir == CopyDirection::kHostToDevice;
+      absl::Status status;
+      if (TakeOne(to_device ? fail_h2d_ : fail_d2h_)) {
+        status = absl::AbortedError(absl::StrFormat(
+            "host device %d: injected copy failure (%s)", ordinal_,
+            to_device ? "host -> device" : "device -> host"));
+      } else {
+        for (const CopyOp& op : batch.ops) {
+          void* dev = DevicePointer(op.device);
+          if (to_device) {
+            std::memcpy(dev, op.host, op.bytes);
+          } else {
+            std::memcpy(op.host, dev, op.bytes);
+          }
+        }
+        (to_device ? done_h2d_ : done_d2h_).fetch_add(1);
+      }
+      lock.lock();
+      if (!status.ok()) results_[batch.fence] = status;
+      completed_ = batch.fence;
+      done_cv_.notify_all();
+    }
+  }
+
+  const int ordinal_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::deque<Batch> queue_;
+  std::unordered_map<uint64_t, absl::Status> results_;
+  uint64_t submitted_ = 0;
+  uint64_t completed_ = 0;
+  bool stop_ = false;
+  std::atomic<int> fail_h2d_{0}, fail_d2h_{0};
+  std::atomic<uint64_t> done_h2d_{0}, done_d2h_{0};
+  std::thread thread_;  // last: starts after everything above is constructed
+};
+
+class HostDevice;
+std::mutex g_live_mu;
+std::map<int, HostDevice*>& Live() {
+  static auto* m = new std::map<int, HostDevice*>();
+  return *m;
+}
+
+class HostDevice final : public Device, public HostDeviceControls {
+ public:
+  explicit HostDevice(int ordinal) : ordinal_(ordinal), engine_(ordinal) {
+    pagemap_.type = MemoryType::kDevicePrivate;
+    pagemap_.ops = &kOps;
+    pagemap_.owner = this;
+    pagemap_.device = ordinal;
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    Live()[ordinal] = this;
+  }
+  ~HostDevice() override {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    auto it = Live().find(ordinal_);
+    if (it != Live().end() && it->second == this) Live().erase(it);
+  }
+
+  // Device.
+  std::string name() const override { return absl::StrFormat("host-emulated device %d", ordinal_); }
+  Pagemap& pagemap() override { return pagemap_; }
+  CopyEngine& copy_engine() override { return engine_; }
+  size_t default_pool_bytes() const override { return kDefaultPoolBytes; }
+
+  absl::StatusOr<uint64_t> AllocChunk() override {
+    if (TakeFail(fail_allocs_)) {
+      return absl::AbortedError(
+          absl::StrFormat("host device %d: injected device memory allocation failure", ordinal_));
+    }
+    // Separate host memory the managed pointer never maps: the CPU cannot reach it through the
+    // managed address, as with real device-private memory.
+    void* p = mmap(nullptr, kBlockSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("host device %d: no memory for a 2 MiB chunk: %s", ordinal_, strerror(errno)));
+    }
+    return reinterpret_cast<uint64_t>(p);
+  }
+  void FreeChunk(uint64_t device_addr) override { munmap(DevicePointer(device_addr), kBlockSize); }
+
+  absl::Status MigrateToDevice(MigrateVma* m) override {
+    return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
+  }
+  absl::Status MigrateToRam(MigrateVma* m) override { return migrate_copy_to_ram(m, engine_); }
+
+  // HostDeviceControls.
+  void FailNextCopies(CopyDirection dir, int n) override { engine_.FailNext(dir, n); }
+  void FailNextChunkAllocs(int n) override { fail_allocs_.store(n); }
+  uint64_t page_free_count(uint64_t pfn) const override {
+    std::lock_guard<std::mutex> lock(free_mu_);
+    auto it = free_counts_.find(pfn);
+    return it == free_counts_.end() ? 0 : it->second;
+  }
+  uint64_t page_free_total() const override { return free_total_.load(); }
+  uint64_t copies(CopyDirection dir) const override { return engine_.copies(dir); }
+
+ private:
+  static bool TakeFail(std::atomic<int>& counter) {
+    int v = counter.load();
+    while (v > 0 && !counter.compare_exchange_weak(v, v - 1)) {
+    }
+    return v > 0;
+  }
+
+  static void PageFree(Page* page) {
+    auto* dev = static_cast<HostDevice*>(page->pgmap->owner);
+    {
+      std::lock_guard<std::mutex> lock(dev->free_mu_);
+      ++dev->free_counts_[page->pfn];
+    }
+    dev->free_total_.fetch_add(1);
+    page_pool_release(page);
+  }
+
+  // The CPU touched a page that lives here: migrate the fault's granule back to RAM. The runtime
+  // maps it and wakes the thread in finalize; an error return makes the access SIGBUS.
+  static absl::Status PageFault(VmFault* vmf) {
+    auto* dev = static_cast<HostDevice*>(vmf->page->pgmap->owner);
+    MigrateVma m;
+    m.vma = vmf->vma;
+    m.start = vmf->start;
+    m.end = vmf->end;
+    m.flags = kMigrateSelectDevicePrivate;
+    m.pgmap_owner = dev;
+    m.cause = MigrateCause::kFault;
+    if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
+    absl::Status s = m.cpages ? migrate_copy_to_ram(&m, dev->engine_) : absl::OkStatus();
+    migrate_vma_pages(&m);
+    migrate_vma_finalize(&m);
+    return s;
+  }
+
+  static constexpr PagemapOps kOps = {&HostDevice::PageFree, &HostDevice::PageFault};
+
+  const int ordinal_;
+  Pagemap pagemap_;
+  HostCopyEngine engine_;
+  std::atomic<int> fail_allocs_{0};
+  mutable std::mutex free_mu_;
+  std::unordered_map<uint64_t, uint64_t> free_counts_;
+  std::atomic<uint64_t> free_total_{0};
+};
+
+class HostBackend final : public Backend {
+ public:
+  explicit HostBackend(int devices) : devices_(devices) {}
+  std::string_view name() const override { return "host"; }
+  int device_count() const override { return devices_; }
+  absl::StatusOr<std::unique_ptr<Device>> OpenDevice(int ordinal) override {
+    if (ordinal < 0 || ordinal >= devices_) {
+      return absl::InvalidArgumentError(absl::StrFormat("host backend: no device %d", ordinal));
+    }
+    return std::unique_ptr<Device>(new HostDevice(ordinal));
+  }
+
+ private:
+  const int devices_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateHostBackend(const Config& config) {
+  return std::unique_ptr<Backend>(new HostBackend(config.host_devices));
+}
+
+HostDeviceControls* LiveDevice(int ordinal) {
+  std::lock_guard<std::mutex> lock(g_live_mu);
+  auto it = Live().find(ordinal);
+  return it == Live().end() ? nullptr : it->second;
+}
+
+}  // namespace uhmm::host

@@ -1,0 +1,15 @@
+// The compiled-in backends, best first. Runtime::Create takes the first that opens with a device
+// unless Config::backend / UHMM_BACKEND names one. GPU backends go ahead of "host" as they land.
+#include "backends/host/host_backend.h"
+#include "uhmm/backend.h"
+
+namespace uhmm {
+
+std::span<const BackendEntry> RegisteredBackends() {
+  static const BackendEntry kEntries[] = {
+      {"host", &host::CreateHostBackend},
+  };
+  return kEntries;
+}
+
+}  // namespace uhmm

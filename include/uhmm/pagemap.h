@@ -1,0 +1,135 @@
+// The backend contract, in the spirit of include/linux/memremap.h and mm/migrate_device.c:
+// device memory is a Pagemap of Page descriptors with two callbacks (page_free, page_fault), and
+// every migration goes through migrate_vma_setup / migrate_vma_pages / migrate_vma_finalize.
+#ifndef UHMM_PAGEMAP_H_
+#define UHMM_PAGEMAP_H_
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace uhmm {
+
+class CopyEngine;
+struct Pagemap;
+struct VmFault;
+
+// Descriptor of one 4 KiB device page (struct page). Free pages sit at refcount 1 and a page never
+// reaches 0: the drop to 1 calls pgmap->ops->page_free. The runtime owns the descriptors.
+struct Page {
+  std::atomic<int32_t> refcount{1};
+  std::atomic<uint32_t> flags{0};
+  Pagemap* pgmap = nullptr;
+  uint64_t pfn = 0;        // index of the page in its pagemap's pool
+  uint64_t dma_addr = 0;   // device address of the page (root chunk base + offset)
+  void* zone_device_data = nullptr;      // the backend's, untouched by the runtime
+  std::atomic<uintptr_t> managed_addr{0};  // managed address this page backs; 0 when free
+};
+
+enum PageFlags : uint32_t {
+  kPageAllocated = 1u << 0,  // handed out by the pool, not yet returned by page_free
+};
+
+enum class MemoryType {
+  kDevicePrivate = 1,  // the CPU cannot address it: CPU access faults and migrates back
+  kDeviceCoherent = 2, // reserved: CPU-coherent device memory (the seed's DEVICE_HOST)
+};
+
+struct PagemapOps {
+  // Called once each time a reference drop brings `page` to refcount 1. The backend must return the
+  // page to its allocator, normally with page_pool_release(page). Called without runtime locks held.
+  void (*page_free)(Page* page);
+  // Called when the CPU touches an address backed by `vmf->page`. Must migrate at least
+  // [vmf->start, vmf->end) back to RAM with the migrate_vma_* calls. Cannot refuse: an error return
+  // means the device could not copy, and the faulting access ends in SIGBUS.
+  absl::Status (*page_fault)(VmFault* vmf);
+};
+
+// struct dev_pagemap. The backend fills type, ops, owner and device; the runtime attaches the pool
+// when the device is registered and owns `internal`.
+struct Pagemap {
+  MemoryType type = MemoryType::kDevicePrivate;
+  const PagemapOps* ops = nullptr;
+  void* owner = nullptr;   // backend identity; migrate_vma selects pages by it (pgmap_owner)
+  int device = -1;         // device ordinal within the runtime
+  void* internal = nullptr;
+};
+
+// What page_fault is given. vma is the runtime's handle for the managed range: pass it on to
+// MigrateVma. [start, end) is the granule the runtime's policy picked around `address`.
+struct VmFault {
+  void* vma = nullptr;
+  uintptr_t address = 0;
+  uintptr_t start = 0;
+  uintptr_t end = 0;
+  Page* page = nullptr;
+};
+
+// migrate_vma flags.
+enum MigrateSelect : uint32_t {
+  kMigrateSelectSystem = 1u << 0,         // collect host-resident pages (migration to device)
+  kMigrateSelectDevicePrivate = 1u << 1,  // collect pages on pgmap_owner's device (back to RAM)
+};
+
+enum MigratePfnFlags : uint32_t {
+  kMigratePfnValid = 1u << 0,
+  kMigratePfnMigrate = 1u << 1,  // src: collected and locked; dst: copied and ready to commit
+  kMigratePfnDevice = 1u << 2,   // entry is a device page
+};
+
+// Why a migration runs; kept for stats and tracing.
+enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork };
+
+// One src[] or dst[] entry. For system memory `host` is the runtime's DMA-able view of the page; for
+// device memory `page` is the descriptor.
+struct MigratePfn {
+  Page* page = nullptr;
+  void* host = nullptr;
+  uint32_t flags = 0;
+};
+
+// struct migrate_vma. Phases and who writes what:
+//  setup (runtime): reads vma/start/end/flags/pgmap_owner; fills src[] (and dst[].host for moves to
+//    RAM); locks the collected pages against other migrations and zaps their CPU mappings, so that
+//    CPU accesses wait for finalize.
+//  backend: for each src with kMigratePfnMigrate, provides dst (device page or RAM) and copies; clears
+//    kMigratePfnMigrate in dst for pages it could not copy.
+//  pages (runtime): drops entries that lost a race (range freed or unmapped meanwhile).
+//  finalize (runtime): commits the rest, rolls back others, maps RAM pages on the CPU and unlocks.
+struct MigrateVma {
+  void* vma = nullptr;
+  uintptr_t start = 0;
+  uintptr_t end = 0;
+  uint32_t flags = 0;
+  const void* pgmap_owner = nullptr;
+  std::vector<MigratePfn> src;
+  std::vector<MigratePfn> dst;
+  size_t cpages = 0;  // entries collected by setup
+  MigrateCause cause = MigrateCause::kPrefetch;
+};
+
+absl::Status migrate_vma_setup(MigrateVma* migrate);
+void migrate_vma_pages(MigrateVma* migrate);
+void migrate_vma_finalize(MigrateVma* migrate);
+
+// Phase-2 helpers every backend can use between setup and pages. On a copy error they clear
+// kMigratePfnMigrate from the affected dst entries (so finalize rolls back) and return the error.
+absl::Status migrate_copy_to_ram(MigrateVma* migrate, CopyEngine& engine);
+absl::Status migrate_alloc_and_copy_to_device(MigrateVma* migrate, Pagemap& pgmap, CopyEngine& engine);
+
+// A free device page from `pgmap`'s pool at refcount 2, evicting least recently used chunks back to
+// RAM when the pool is full. RESOURCE_EXHAUSTED when nothing can be evicted.
+absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap);
+// Returns a page to its pool's free list; for page_free implementations.
+void page_pool_release(Page* page);
+
+inline void get_page(Page* page) { page->refcount.fetch_add(1, std::memory_order_relaxed); }
+// Drops a reference; the drop to 1 calls page_free. Dropping a free page is a fatal bug.
+void put_page(Page* page);
+
+}  // namespace uhmm
+
+#endif  // UHMM_PAGEMAP_H_

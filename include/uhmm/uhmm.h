@@ -1,0 +1,96 @@
+/* uhmm C API: one pointer valid on the CPU and the GPU, backed by device-private memory that the
+ * runtime migrates on demand. Every call returns a uhmm_status_t; uhmm_last_error() gives the
+ * calling thread's message for the last failure. Nothing here throws. */
+#ifndef UHMM_UHMM_H_
+#define UHMM_UHMM_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum uhmm_status {
+  UHMM_OK = 0,
+  UHMM_ERROR_INVALID_ARGUMENT = 1, /* null, size 0, unaligned, overflow, bad device */
+  UHMM_ERROR_NOT_FOUND = 2,        /* address not managed by this runtime (or already freed) */
+  UHMM_ERROR_OUT_OF_MEMORY = 3,    /* host or device memory exhausted even after eviction */
+  UHMM_ERROR_UNAVAILABLE = 4,      /* backend, device or kernel feature not available */
+  UHMM_ERROR_PERMISSION_DENIED = 5,/* userfaultfd not permitted: see the message for the fix */
+  UHMM_ERROR_FAILED_PRECONDITION = 6,
+  UHMM_ERROR_DEVICE = 7,           /* the device failed a copy or allocation */
+  UHMM_ERROR_INTERNAL = 8,
+} uhmm_status_t;
+
+/* Location of a page, as reported by uhmm_query_residency. Devices are numbered from 0. */
+#define UHMM_LOCATION_HOST (-1)
+#define UHMM_LOCATION_POISONED (-2) /* data lost to a device error; access raises SIGBUS */
+#define UHMM_LOCATION_UNMAPPED (-3) /* the application munmapped this page */
+
+typedef enum uhmm_sigbus_mode {
+  UHMM_SIGBUS_AUTO = 0,   /* UFFDIO_POISON when the kernel has it (6.6+), else tgkill */
+  UHMM_SIGBUS_POISON = 1, /* page is poisoned: this and later accesses fault with BUS_MCEERR */
+  UHMM_SIGBUS_TKILL = 2,  /* tgkill(SIGBUS) to the faulting thread; si_code is SI_TKILL */
+} uhmm_sigbus_mode_t;
+
+typedef struct uhmm_config {
+  const char* backend;       /* "host", "cuda", ...; NULL: $UHMM_BACKEND, else the best available */
+  int fault_threads;         /* fault-service threads (default 2, $UHMM_FAULT_THREADS) */
+  size_t device_pool_bytes;  /* device pool cap per device, 2 MiB multiple (0: backend default) */
+  size_t fault_granularity;  /* bytes migrated back per CPU fault, power of two, 4 KiB..2 MiB */
+  int host_devices;          /* host backend: number of emulated devices (default 1) */
+  uhmm_sigbus_mode_t sigbus_mode;
+} uhmm_config_t;
+
+typedef struct uhmm_stats {
+  uint64_t cpu_faults;          /* userfaultfd fault messages served */
+  uint64_t duplicate_faults;    /* faults on pages someone else had already brought back */
+  uint64_t unmanaged_faults;    /* faults at addresses no live range covers (resolved as host) */
+  uint64_t pages_to_device;     /* 4 KiB pages migrated host -> device */
+  uint64_t pages_to_host;       /* 4 KiB pages migrated device -> host (faults, prefetch, eviction) */
+  uint64_t evicted_pages;       /* part of pages_to_host that eviction moved */
+  uint64_t evicted_chunks;      /* 2 MiB device chunks evicted */
+  uint64_t sigbus_delivered;    /* accesses ended with SIGBUS after a device error */
+  uint64_t events_remove, events_unmap, events_remap, events_fork;
+  uint64_t device_pages_total;  /* pool capacity, all devices */
+  uint64_t device_pages_used;   /* pages currently backing managed data */
+} uhmm_stats_t;
+
+typedef struct uhmm_runtime uhmm_runtime_t;
+
+/* Fills *config with defaults, then applies the UHMM_* environment variables. */
+void uhmm_config_init(uhmm_config_t* config);
+
+uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out);
+/* Frees every range still allocated, stops the fault service and releases the devices. */
+void uhmm_destroy(uhmm_runtime_t* rt);
+
+/* Allocates `size` bytes of managed memory, page aligned, resident on the host. */
+uhmm_status_t uhmm_alloc(uhmm_runtime_t* rt, size_t size, void** out);
+/* Frees a pointer returned by uhmm_alloc. Device pages go back to the pool. */
+uhmm_status_t uhmm_free(uhmm_runtime_t* rt, void* ptr);
+
+/* Migrates the pages of [ptr, ptr+size) to `device` (>= 0) or to UHMM_LOCATION_HOST.
+ * ptr and size must be 4 KiB aligned and inside one allocation. */
+uhmm_status_t uhmm_migrate(uhmm_runtime_t* rt, void* ptr, size_t size, int device);
+/* Moves every page of `device` back to the host (releases the device pool). */
+uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device);
+
+/* Writes one location per 4 KiB page of [ptr, ptr+size) into out[0..out_len). */
+uhmm_status_t uhmm_query_residency(uhmm_runtime_t* rt, const void* ptr, size_t size, int32_t* out,
+                                   size_t out_len);
+uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out);
+
+int uhmm_device_count(const uhmm_runtime_t* rt);
+const char* uhmm_backend_name(const uhmm_runtime_t* rt);
+
+/* The calling thread's message for its last failed call ("" if none). */
+const char* uhmm_last_error(void);
+const char* uhmm_status_string(uhmm_status_t status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UHMM_UHMM_H_ */

@@ -1,0 +1,122 @@
+// uhmm C++ API: RAII wrappers and absl::Status errors over the same runtime as the C API.
+// Runtime::Create picks the backend; ManagedArray<T> owns one managed allocation.
+#ifndef UHMM_UHMM_HPP_
+#define UHMM_UHMM_HPP_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "uhmm/uhmm.h"
+
+namespace uhmm {
+
+inline constexpr size_t kPageSize = 4096;
+inline constexpr size_t kBlockSize = size_t{2} << 20;  // VaBlock and device root chunk
+inline constexpr int kHost = UHMM_LOCATION_HOST;
+inline constexpr int kPoisoned = UHMM_LOCATION_POISONED;
+inline constexpr int kUnmapped = UHMM_LOCATION_UNMAPPED;
+
+enum class SigbusMode { kAuto = UHMM_SIGBUS_AUTO, kPoison = UHMM_SIGBUS_POISON, kTkill = UHMM_SIGBUS_TKILL };
+
+// Every knob is also an environment variable, read by FromEnv() (see docs/CONFIG.md).
+struct Config {
+  std::string backend;                   // UHMM_BACKEND: "host", "cuda", ...; empty = best available
+  int fault_threads = 2;                 // UHMM_FAULT_THREADS
+  size_t device_pool_bytes = 0;          // UHMM_DEVICE_POOL_BYTES (0 = backend default)
+  size_t fault_granularity = 64 * 1024;  // UHMM_FAULT_GRANULARITY
+  int host_devices = 1;                  // UHMM_HOST_DEVICES
+  SigbusMode sigbus_mode = SigbusMode::kAuto;  // UHMM_SIGBUS_MODE=auto|poison|tkill
+  std::string env_error;                 // set by FromEnv for malformed variables
+
+  // Defaults overridden by the environment. Malformed values are reported by Runtime::Create.
+  static Config FromEnv();
+  absl::Status Validate() const;
+};
+
+using Stats = uhmm_stats_t;
+
+class Runtime {
+ public:
+  static absl::StatusOr<std::unique_ptr<Runtime>> Create(const Config& config = Config::FromEnv());
+  virtual ~Runtime() = default;
+
+  // Managed memory: page aligned, host resident until migrated.
+  virtual absl::StatusOr<void*> Allocate(size_t size) = 0;
+  virtual absl::Status Free(void* ptr) = 0;
+
+  // Moves [ptr, ptr+size) to `device` or to kHost. Cannot be refused for kHost.
+  virtual absl::Status Migrate(void* ptr, size_t size, int device) = 0;
+  // Returns every page of `device` to the host.
+  virtual absl::Status EvictDevice(int device) = 0;
+
+  // One location per 4 KiB page: device ordinal, kHost, kPoisoned or kUnmapped.
+  virtual absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) = 0;
+  virtual Stats stats() const = 0;
+
+  virtual int device_count() const = 0;
+  virtual std::string_view backend_name() const = 0;
+
+  // Device address of the device page that backs `ptr` (NOT_FOUND when the page is on the host).
+  // Lets code that launches device work find the data; with the host backend it is a host pointer.
+  virtual absl::StatusOr<uint64_t> DeviceAddress(const void* ptr) const = 0;
+};
+
+// Owns a managed allocation of `count` T's. Move-only; frees on destruction.
+template <typename T>
+class ManagedArray {
+ public:
+  static absl::StatusOr<ManagedArray> Create(Runtime& rt, size_t count) {
+    if (count == 0 || count > SIZE_MAX / sizeof(T)) {
+      return absl::InvalidArgumentError("ManagedArray: count must be in [1, SIZE_MAX / sizeof(T)]");
+    }
+    absl::StatusOr<void*> p = rt.Allocate(count * sizeof(T));
+    if (!p.ok()) return p.status();
+    return ManagedArray(&rt, static_cast<T*>(*p), count);
+  }
+  ManagedArray(ManagedArray&& o) noexcept
+      : rt_(std::exchange(o.rt_, nullptr)), data_(std::exchange(o.data_, nullptr)), count_(o.count_) {}
+  ManagedArray& operator=(ManagedArray&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      rt_ = std::exchange(o.rt_, nullptr);
+      data_ = std::exchange(o.data_, nullptr);
+      count_ = o.count_;
+    }
+    return *this;
+  }
+  ManagedArray(const ManagedArray&) = delete;
+  ManagedArray& operator=(const ManagedArray&) = delete;
+  ~ManagedArray() { Reset(); }
+
+  T* data() const { return data_; }
+  size_t size() const { return count_; }
+  size_t bytes() const { return count_ * sizeof(T); }
+  T& operator[](size_t i) const { return data_[i]; }
+  std::span<T> span() const { return {data_, count_}; }
+
+  absl::Status MigrateTo(int device) { return rt_->Migrate(data_, RoundedBytes(), device); }
+
+ private:
+  ManagedArray(Runtime* rt, T* data, size_t count) : rt_(rt), data_(data), count_(count) {}
+  size_t RoundedBytes() const { return (bytes() + kPageSize - 1) & ~(kPageSize - 1); }
+  void Reset() {
+    if (rt_ != nullptr && data_ != nullptr) (void)rt_->Free(data_);
+    rt_ = nullptr;
+    data_ = nullptr;
+  }
+  Runtime* rt_;
+  T* data_;
+  size_t count_;
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_UHMM_HPP_

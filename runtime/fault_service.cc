@@ -1,0 +1,173 @@
+// Fault-service threads; see fault_service.h.
+#include "runtime/fault_service.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "runtime/runtime_impl.h"
+
+namespace uhmm {
+namespace {
+thread_local bool t_service_thread = false;
+constexpr size_t kBatch = 32;
+}  // namespace
+
+FaultService::FaultService(RuntimeImpl* rt, Uffd* uffd, int threads)
+    : rt_(rt), uffd_(uffd), nthreads_(threads) {}
+
+FaultService::~FaultService() { Stop(); }
+
+bool FaultService::OnServiceThread() { return t_service_thread; }
+
+absl::Status FaultService::Start() {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return absl::InternalError(absl::StrFormat("uhmm: eventfd: %s", strerror(errno)));
+  for (int i = 0; i < nthreads_; ++i) threads_.emplace_back(&FaultService::ThreadMain, this, i);
+  return absl::OkStatus();
+}
+
+void FaultService::Stop() {
+  if (wake_fd_ < 0) return;
+  stop_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  close(wake_fd_);
+  wake_fd_ = -1;
+}
+
+void FaultService::AbandonAfterFork() {
+  for (auto& t : threads_) {
+    // The std::thread objects name threads that only exist in the parent: never join or detach
+    // them; move them into leaked storage so their destructors never run.
+    new std::thread(std::move(t));
+  }
+  threads_.clear();
+  wake_fd_ = -1;
+}
+
+void FaultService::Requeue(std::vector<uffd_msg> msgs) {
+  if (msgs.empty()) return;
+  {
+    MutexLock lock(&q_mu_);
+    for (auto& m : msgs) queue_.push_back(m);
+  }
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+}
+
+bool FaultService::PopQueued(uffd_msg* msg) {
+  MutexLock lock(&q_mu_);
+  if (queue_.empty()) return false;
+  *msg = queue_.front();
+  queue_.pop_front();
+  return true;
+}
+
+absl::StatusOr<size_t> FaultService::ReadMessages(uffd_msg* msgs, size_t max) {
+  MutexLock lock(&read_mu_);
+  absl::StatusOr<size_t> n = uffd_->Read(msgs, max);
+  if (n.ok()) {
+    for (size_t i = 0; i < *n; ++i) {
+      if (msgs[i].event == UFFD_EVENT_REMAP) {
+        MutexLock rl(&remap_mu_);
+        ++remaps_pending_;
+      }
+    }
+  }
+  return n;
+}
+
+bool FaultService::ParkIfRemapPending(const uffd_msg& fault) {
+  MutexLock lock(&remap_mu_);
+  if (remaps_pending_ == 0) return false;
+  parked_.push_back(fault);
+  return true;
+}
+
+void FaultService::RemapHandled() {
+  std::vector<uffd_msg> wake;
+  {
+    MutexLock lock(&remap_mu_);
+    if (--remaps_pending_ == 0) wake.swap(parked_);
+  }
+  Requeue(std::move(wake));
+}
+
+void FaultService::DrainToQueue() {
+  uffd_msg msgs[kBatch];
+  absl::StatusOr<size_t> n = ReadMessages(msgs, kBatch);
+  if (!n.ok() || *n == 0) {
+    sched_yield();  // the event is being read by another thread; let its sender finish
+    return;
+  }
+  Requeue(std::vector<uffd_msg>(msgs, msgs + *n));
+}
+
+void FaultService::Dispatch(const uffd_msg& msg) {
+  switch (msg.event) {
+    case UFFD_EVENT_PAGEFAULT:
+      rt_->HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid);
+      break;
+    case UFFD_EVENT_REMOVE:
+      rt_->OnRemove(msg.arg.remove.start, msg.arg.remove.end);
+      break;
+    case UFFD_EVENT_UNMAP:
+      rt_->OnUnmap(msg.arg.remove.start, msg.arg.remove.end);
+      break;
+    case UFFD_EVENT_REMAP:
+      rt_->OnRemap(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
+      RemapHandled();
+      break;
+    case UFFD_EVENT_FORK:
+      rt_->OnFork(static_cast<int>(msg.arg.fork.ufd));
+      break;
+    default:
+      std::fprintf(stderr, "uhmm: ignoring unknown userfaultfd event %u\n", msg.event);
+  }
+}
+
+void FaultService::ThreadMain(int index) {
+  t_service_thread = true;
+  char name[16];
+  std::snprintf(name, sizeof(name), "uhmm-fault-%d", index);
+  pthread_setname_np(pthread_self(), name);
+
+  pollfd fds[2] = {{uffd_->fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  uffd_msg msgs[kBatch];
+  while (!stop_.load(std::memory_order_acquire)) {
+    uffd_msg queued;
+    while (PopQueued(&queued)) Dispatch(queued);
+    int r = poll(fds, 2, -1);
+    if (r < 0 && errno != EINTR) {
+      std::fprintf(stderr, "uhmm: fault service poll failed: %s\n", strerror(errno));
+      return;
+    }
+    if (stop_.load(std::memory_order_acquire)) break;  // leave the eventfd set for the others
+    if (fds[1].revents & POLLIN) {
+      uint64_t v;
+      (void)!read(wake_fd_, &v, sizeof(v));
+    }
+    if (fds[0].revents & POLLIN) {
+      // O_NONBLOCK: another thread may have taken the message, or the fault was resolved by a
+      // wake before we read it; an empty read is normal.
+      absl::StatusOr<size_t> n = ReadMessages(msgs, kBatch);
+      if (!n.ok()) {
+        std::fprintf(stderr, "%s\n", n.status().ToString().c_str());
+        continue;
+      }
+      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i]);
+    }
+  }
+}
+
+}  // namespace uhmm

@@ -1,0 +1,68 @@
+// FaultService: the threads that read the userfaultfd (non-blocking, poll-driven) and dispatch
+// page faults and the REMOVE/UNMAP/REMAP/FORK events to the runtime. Faults deferred by a busy page
+// come back through Requeue(). Service threads never wait for anything an application thread in a
+// uffd event could hold, so the event always gets read.
+#ifndef UHMM_RUNTIME_FAULT_SERVICE_H_
+#define UHMM_RUNTIME_FAULT_SERVICE_H_
+
+#include <linux/userfaultfd.h>
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "runtime/sync.h"
+#include "runtime/uffd.h"
+
+namespace uhmm {
+
+class RuntimeImpl;
+
+class FaultService {
+ public:
+  FaultService(RuntimeImpl* rt, Uffd* uffd, int threads);
+  ~FaultService();  // Stop()s
+
+  absl::Status Start();
+  void Stop();
+  // Leaks the threads: after fork() they do not exist in the child and must not be joined.
+  void AbandonAfterFork();
+
+  void Requeue(std::vector<uffd_msg> msgs);
+  // Reads every pending message into the internal queue; the EAGAIN hook of resolving ioctls.
+  void DrainToQueue();
+  // True on a fault-service thread.
+  static bool OnServiceThread();
+
+  // mremap support: a REMAP event releases the mremap caller as soon as it is read, so a fault at
+  // the new address can arrive before the event is handled. Reads are serialised and count REMAP
+  // events, and faults at unknown addresses park until every counted REMAP is handled.
+  bool ParkIfRemapPending(const uffd_msg& fault);
+  void RemapHandled();
+
+ private:
+  void ThreadMain(int index);
+  void Dispatch(const uffd_msg& msg);
+  bool PopQueued(uffd_msg* msg);
+  absl::StatusOr<size_t> ReadMessages(uffd_msg* msgs, size_t max);
+
+  RuntimeImpl* const rt_;
+  Uffd* const uffd_;
+  const int nthreads_;
+  int wake_fd_ = -1;  // eventfd: stop and requeue notifications
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+  Mutex q_mu_;
+  std::deque<uffd_msg> queue_ ABSL_GUARDED_BY(q_mu_);
+  Mutex read_mu_;
+  Mutex remap_mu_;
+  int remaps_pending_ ABSL_GUARDED_BY(remap_mu_) = 0;
+  std::vector<uffd_msg> parked_ ABSL_GUARDED_BY(remap_mu_);
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_FAULT_SERVICE_H_

@@ -1,0 +1,122 @@
+// fork() support; see fork.h and docs/SEMANTICS.md.
+//
+// Before fork (prepare): new migrations to devices wait, in-flight ones finish, and every range is
+// migrated to the host, so the memfd shadows hold all data. A pipe is opened.
+// In the child: each range's user view is replaced by a private anonymous copy of its shadow
+// (fork's copy semantics; the shared memfd must not leak writes between the processes), then the
+// pipe's write end is closed. The child's runtime refuses further migrations.
+// In the parent: it waits until the child closed the pipe (the copy is a consistent snapshot), then
+// lets migrations resume. The FORK userfaultfd event only closes the child's fd (runtime_impl.cc).
+#include "runtime/fork.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "runtime/runtime_impl.h"
+
+namespace uhmm {
+namespace {
+
+std::mutex g_mu;  // std::mutex: it is held across fork() and unlocked in both processes
+std::vector<RuntimeImpl*>& Runtimes() {
+  static auto* v = new std::vector<RuntimeImpl*>();
+  return *v;
+}
+
+void Prepare() {
+  g_mu.lock();
+  for (RuntimeImpl* rt : Runtimes()) rt->ForkPrepare();
+}
+void Parent() {
+  for (RuntimeImpl* rt : Runtimes()) rt->ForkParent();
+  g_mu.unlock();
+}
+void Child() {
+  for (RuntimeImpl* rt : Runtimes()) rt->ForkChild();
+  g_mu.unlock();
+}
+
+}  // namespace
+
+void RegisterForFork(RuntimeImpl* rt) {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(Prepare, Parent, Child); });
+  std::lock_guard<std::mutex> lock(g_mu);
+  Runtimes().push_back(rt);
+}
+
+void UnregisterForFork(RuntimeImpl* rt) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto& v = Runtimes();
+  v.erase(std::remove(v.begin(), v.end(), rt), v.end());
+}
+
+void RuntimeImpl::ForkPrepare() {
+  if (forked_child_) return;
+  {
+    MutexLock lock(&fork_mu_);
+    forking_ = true;
+    while (to_device_inflight_ > 0) fork_cv_.Wait(&fork_mu_);
+  }
+  std::vector<std::shared_ptr<ManagedRange>> all;
+  {
+    ReaderMutexLock lock(&ranges_mu_);
+    for (auto& [start, r] : ranges_) all.push_back(r);
+  }
+  for (auto& r : all) {
+    RangeRef ref(r);
+    if (!ref) continue;
+    absl::Status s = MigrateToHost(*r, r->start(), r->end(), MigrateCause::kFork);
+    if (!s.ok()) std::fprintf(stderr, "uhmm: fork: %s; the child sees stale data there\n", s.ToString().c_str());
+  }
+  if (pipe2(fork_pipe_, O_CLOEXEC) != 0) fork_pipe_[0] = fork_pipe_[1] = -1;
+}
+
+void RuntimeImpl::ForkParent() {
+  if (forked_child_) return;
+  if (fork_pipe_[1] >= 0) {
+    close(fork_pipe_[1]);
+    char c;
+    while (read(fork_pipe_[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    close(fork_pipe_[0]);
+  }
+  fork_pipe_[0] = fork_pipe_[1] = -1;
+  MutexLock lock(&fork_mu_);
+  forking_ = false;
+  fork_cv_.SignalAll();
+}
+
+void RuntimeImpl::ForkChild() {
+  if (forked_child_) return;
+  forked_child_ = true;
+  if (fork_pipe_[0] >= 0) close(fork_pipe_[0]);
+  fault_service_->AbandonAfterFork();
+  // Only this thread exists now; no other thread can hold ranges_mu_ in this process.
+  for (auto& [start, r] : ranges_) {
+    void* copy = mmap(nullptr, r->size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) {
+      std::fprintf(stderr, "uhmm: fork child: no memory to copy range %#lx: %s\n",
+                   static_cast<unsigned long>(start), strerror(errno));
+      continue;
+    }
+    std::memcpy(copy, r->host_view(r->start()), r->size());
+    if (mremap(copy, r->size(), r->size(), MREMAP_MAYMOVE | MREMAP_FIXED,
+               reinterpret_cast<void*>(start)) == MAP_FAILED) {
+      std::fprintf(stderr, "uhmm: fork child: mremap over %#lx failed: %s\n",
+                   static_cast<unsigned long>(start), strerror(errno));
+    }
+  }
+  if (fork_pipe_[1] >= 0) close(fork_pipe_[1]);
+  fork_pipe_[0] = fork_pipe_[1] = -1;
+}
+
+}  // namespace uhmm

@@ -1,0 +1,91 @@
+// ManagedRange: one uhmm allocation. A memfd mapped twice: the user view (registered with
+// userfaultfd in MINOR mode, the pointer the application gets) and the runtime view (never
+// registered, the DMA source/destination). Split into 2 MiB VaBlocks.
+#ifndef UHMM_RUNTIME_MANAGED_RANGE_H_
+#define UHMM_RUNTIME_MANAGED_RANGE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "runtime/sync.h"
+#include "runtime/va_block.h"
+
+namespace uhmm {
+
+class RuntimeImpl;
+
+class ManagedRange {
+ public:
+  // Creates the memfd and both views; the user view is 2 MiB aligned. Does not register it.
+  static absl::StatusOr<std::unique_ptr<ManagedRange>> Create(RuntimeImpl* rt, size_t size);
+  ~ManagedRange();  // unmaps the runtime view and closes the memfd (the user view is torn down first)
+  ManagedRange(const ManagedRange&) = delete;
+  ManagedRange& operator=(const ManagedRange&) = delete;
+
+  RuntimeImpl* runtime() const { return rt_; }
+  uintptr_t start() const { return start_; }
+  uintptr_t end() const { return start_ + size_; }
+  size_t size() const { return size_; }
+  size_t requested_size() const { return requested_; }
+  int memfd() const { return memfd_; }
+  bool contains(uintptr_t addr) const { return addr >= start_ && addr < end(); }
+
+  size_t num_blocks() const { return num_blocks_; }
+  VaBlock& block_of(uintptr_t addr) { return blocks_[(addr - start_) / kBlockSize]; }
+  VaBlock& block(size_t i) { return blocks_[i]; }
+  uintptr_t block_start(size_t i) const { return start_ + i * kBlockSize; }
+  static size_t page_in_block(uintptr_t addr) { return (addr % kBlockSize) / kPageSize; }
+  // The runtime view of managed address `addr`.
+  void* host_view(uintptr_t addr) const { return runtime_view_ + (addr - start_); }
+
+  // Lifetime: operations Enter() before touching the range and Exit() after. BeginTeardown() makes
+  // new Enter() calls fail and waits for the ones in flight.
+  bool Enter();
+  void Exit();
+  void BeginTeardown();
+
+ private:
+  ManagedRange(RuntimeImpl* rt, size_t size, size_t requested);
+
+  RuntimeImpl* const rt_;
+  const size_t size_;
+  const size_t requested_;
+  const size_t num_blocks_;
+  uintptr_t start_ = 0;
+  uint8_t* runtime_view_ = nullptr;
+  int memfd_ = -1;
+  std::unique_ptr<VaBlock[]> blocks_;
+
+  Mutex life_mu_;
+  CondVar life_cv_;
+  int inflight_ ABSL_GUARDED_BY(life_mu_) = 0;
+  bool dying_ ABSL_GUARDED_BY(life_mu_) = false;
+};
+
+// Holds a range entered for the duration of an operation.
+class RangeRef {
+ public:
+  RangeRef() = default;
+  explicit RangeRef(std::shared_ptr<ManagedRange> r) : range_(std::move(r)) {
+    if (range_ && !range_->Enter()) range_.reset();
+  }
+  RangeRef(RangeRef&& o) noexcept : range_(std::move(o.range_)) {}
+  RangeRef& operator=(RangeRef&&) = delete;
+  RangeRef(const RangeRef&) = delete;
+  ~RangeRef() {
+    if (range_) range_->Exit();
+  }
+  ManagedRange* operator->() const { return range_.get(); }
+  ManagedRange& operator*() const { return *range_; }
+  ManagedRange* get() const { return range_.get(); }
+  explicit operator bool() const { return range_ != nullptr; }
+
+ private:
+  std::shared_ptr<ManagedRange> range_;
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_MANAGED_RANGE_H_

@@ -1,0 +1,362 @@
+// The three-phase migration (migrate_vma_setup / _pages / _finalize), the phase-2 copy helpers,
+// page references, and the runtime's migration drivers and eviction built on them.
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_format.h"
+#include "runtime/runtime_impl.h"
+#include "uhmm/pagemap.h"
+
+namespace uhmm {
+namespace {
+
+ManagedRange& RangeOf(const MigrateVma* m) { return *static_cast<ManagedRange*>(m->vma); }
+
+uintptr_t NextBlockBoundary(uintptr_t addr) { return (addr & ~(kBlockSize - 1)) + kBlockSize; }
+
+// Calls fn(block, page_index_in_block, entry_index, address) for every page of [m->start, m->end),
+// holding each block's lock while its pages are visited.
+template <typename Fn>
+void ForEachPageLocked(MigrateVma* m, Fn fn) {
+  ManagedRange& r = RangeOf(m);
+  for (uintptr_t a = m->start; a < m->end;) {
+    VaBlock& blk = r.block_of(a);
+    const uintptr_t stop = std::min(m->end, NextBlockBoundary(a));
+    MutexLock lock(&blk.mu);
+    for (; a < stop; a += kPageSize) {
+      fn(blk, ManagedRange::page_in_block(a), (a - m->start) / kPageSize, a);
+    }
+  }
+}
+
+void AppendRun(std::vector<std::pair<uintptr_t, uintptr_t>>* runs, uintptr_t addr) {
+  if (!runs->empty() && runs->back().second == addr) {
+    runs->back().second += kPageSize;
+  } else {
+    runs->emplace_back(addr, addr + kPageSize);
+  }
+}
+
+// Appends a page copy, merging it into the previous op when both sides are contiguous.
+void AppendCopy(std::vector<CopyOp>* ops, void* host, uint64_t device) {
+  if (!ops->empty()) {
+    CopyOp& last = ops->back();
+    if (static_cast<uint8_t*>(last.host) + last.bytes == host && last.device + last.bytes == device) {
+      last.bytes += kPageSize;
+      return;
+    }
+  }
+  ops->push_back({host, device, kPageSize});
+}
+
+absl::Status CopyAndWait(CopyEngine& engine, CopyDirection dir, const std::vector<CopyOp>& ops) {
+  if (ops.empty()) return absl::OkStatus();
+  absl::StatusOr<uint64_t> fence = engine.Submit(dir, ops);
+  if (!fence.ok()) return fence.status();
+  return engine.Wait(*fence);
+}
+
+}  // namespace
+
+absl::Status migrate_vma_setup(MigrateVma* m) {
+  if (m == nullptr || m->vma == nullptr) {
+    return absl::InvalidArgumentError("migrate_vma_setup: no vma");
+  }
+  ManagedRange& r = RangeOf(m);
+  const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
+  if (m->start >= m->end || m->start % kPageSize || m->end % kPageSize || m->start < r.start() ||
+      m->end > r.end() || to_device == ((m->flags & kMigrateSelectDevicePrivate) != 0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "migrate_vma_setup: bad request [%#x, %#x) flags %#x for range [%#x, %#x)", m->start,
+        m->end, m->flags, r.start(), r.end()));
+  }
+  const size_t npages = (m->end - m->start) / kPageSize;
+  m->src.assign(npages, MigratePfn{});
+  m->dst.assign(npages, MigratePfn{});
+  m->cpages = 0;
+  std::vector<std::pair<uintptr_t, uintptr_t>> zap;
+  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
+                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    MigratePfn& src = m->src[idx];
+    src.host = r.host_view(addr);
+    if (blk.busy[i] || blk.poisoned[i] || blk.unmapped[i]) return;
+    if (to_device) {
+      if (blk.device[i]) return;
+      src.flags = kMigratePfnValid | kMigratePfnMigrate;
+      AppendRun(&zap, addr);
+    } else {
+      if (!blk.device[i]) return;
+      Page* page = blk.pages[i];
+      if (m->pgmap_owner != nullptr && page->pgmap->owner != m->pgmap_owner) return;
+      src.page = page;
+      src.flags = kMigratePfnValid | kMigratePfnMigrate | kMigratePfnDevice;
+      m->dst[idx].host = src.host;  // RAM destination: the shadow page itself
+      m->dst[idx].flags = kMigratePfnValid;
+    }
+    blk.busy.set(i);
+    ++m->cpages;
+  });
+  // Take the CPU mappings away, so that CPU accesses fault and wait (deferred) until finalize.
+  // MADV_DONTNEED keeps the shmem page; it raises a REMOVE event that a service thread must read
+  // before madvise returns, so no lock is held here.
+  RuntimeImpl* rt = r.runtime();
+  for (auto [s, e] : zap) {
+    rt->BeginZap(s, e);
+    int rc = madvise(reinterpret_cast<void*>(s), e - s, MADV_DONTNEED);
+    int err = errno;
+    rt->EndZap(s, e, /*failed=*/rc != 0);
+    if (rc != 0 && err != ENOMEM) {  // ENOMEM: the application unmapped it; pages() drops those
+      for (MigratePfn& src : m->src) src.flags &= ~kMigratePfnMigrate;
+      migrate_vma_finalize(m);
+      return absl::InternalError(
+          absl::StrFormat("migrate_vma_setup: madvise(DONTNEED) of [%#x, %#x): %s", s, e, strerror(err)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void migrate_vma_pages(MigrateVma* m) {
+  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t)
+                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    MigratePfn& src = m->src[idx];
+    if (!(src.flags & kMigratePfnMigrate)) return;
+    // Lost races: the backend did not copy it, or the application unmapped it meanwhile.
+    if (!(m->dst[idx].flags & kMigratePfnMigrate) || blk.unmapped[i]) src.flags &= ~kMigratePfnMigrate;
+  });
+}
+
+void migrate_vma_finalize(MigrateVma* m) {
+  ManagedRange& r = RangeOf(m);
+  RuntimeImpl* rt = r.runtime();
+  const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
+  std::vector<Page*> release;
+  std::vector<std::pair<uintptr_t, uintptr_t>> map_runs;
+  size_t moved = 0;
+  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
+                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const MigratePfn& src = m->src[idx];
+    const MigratePfn& dst = m->dst[idx];
+    if (!(src.flags & kMigratePfnValid)) return;
+    const bool commit = (src.flags & kMigratePfnMigrate) && (dst.flags & kMigratePfnMigrate) &&
+                        !blk.unmapped[i];
+    if (to_device) {
+      if (commit) {
+        blk.device.set(i);
+        blk.pages[i] = dst.page;
+        dst.page->managed_addr.store(addr, std::memory_order_release);
+        ++moved;
+      } else if (dst.page != nullptr) {
+        release.push_back(dst.page);
+      }
+    } else if (commit || blk.unmapped[i]) {
+      blk.device.reset(i);
+      blk.pages[i] = nullptr;
+      release.push_back(src.page);
+      if (commit) {
+        ++moved;
+        AppendRun(&map_runs, addr);
+      }
+    }
+  });
+  // The old pages are unreferenced now (their data was copied, or they were never committed).
+  for (Page* p : release) put_page(p);
+  // Map the RAM pages for the CPU while they are still busy, so no migration can zap them first.
+  // CONTINUE also wakes the threads waiting on them.
+  for (auto [s, e] : map_runs) {
+    absl::Status st = rt->uffd().Continue(s, e - s);
+    if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
+  }
+  std::vector<uffd_msg> deferred;
+  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t)
+                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (m->src[idx].flags & kMigratePfnValid) blk.busy.reset(i);
+    if (!blk.deferred.empty()) {
+      deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
+      blk.deferred.clear();
+    }
+  });
+  rt->CountMigrated(to_device, m->cause, moved);
+  rt->fault_service().Requeue(std::move(deferred));
+}
+
+absl::Status migrate_copy_to_ram(MigrateVma* m, CopyEngine& engine) {
+  std::vector<CopyOp> ops;
+  for (size_t idx = 0; idx < m->src.size(); ++idx) {
+    const MigratePfn& src = m->src[idx];
+    if (src.flags & kMigratePfnMigrate) AppendCopy(&ops, m->dst[idx].host, src.page->dma_addr);
+  }
+  absl::Status s = CopyAndWait(engine, CopyDirection::kDeviceToHost, ops);
+  if (!s.ok()) return s;  // dst entries stay without kMigratePfnMigrate: finalize rolls back
+  for (size_t idx = 0; idx < m->src.size(); ++idx) {
+    if (m->src[idx].flags & kMigratePfnMigrate) m->dst[idx].flags |= kMigratePfnMigrate;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, CopyEngine& engine) {
+  std::vector<CopyOp> ops;
+  absl::Status alloc_status;
+  for (size_t idx = 0; idx < m->src.size(); ++idx) {
+    const MigratePfn& src = m->src[idx];
+    if (!(src.flags & kMigratePfnMigrate)) continue;
+    absl::StatusOr<Page*> page = alloc_device_page(pgmap);
+    if (!page.ok()) {
+      alloc_status = page.status();
+      break;  // copy what was allocated; the rest stays on the host
+    }
+    m->dst[idx] = MigratePfn{*page, nullptr, kMigratePfnValid | kMigratePfnDevice};
+    AppendCopy(&ops, src.host, (*page)->dma_addr);
+  }
+  absl::Status s = CopyAndWait(engine, CopyDirection::kHostToDevice, ops);
+  if (!s.ok()) return s;
+  for (MigratePfn& dst : m->dst) {
+    if (dst.page != nullptr) dst.flags |= kMigratePfnMigrate;
+  }
+  return alloc_status;
+}
+
+absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap) {
+  auto* ds = static_cast<DeviceState*>(pgmap.internal);
+  return ds->rt->AllocDevicePage(*ds);
+}
+
+void page_pool_release(Page* page) {
+  static_cast<DeviceState*>(page->pgmap->internal)->pool->Release(page);
+}
+
+void put_page(Page* page) {
+  const int32_t old = page->refcount.fetch_sub(1, std::memory_order_acq_rel);
+  if (old == 2) {
+    page->pgmap->ops->page_free(page);
+  } else if (old <= 1) {
+    std::fprintf(stderr, "uhmm: fatal: put_page on free device page pfn %llu (refcount was %d)\n",
+                 static_cast<unsigned long long>(page->pfn), old);
+    std::abort();
+  }
+}
+
+// ---- Drivers ---------------------------------------------------------------------------------
+
+namespace {
+// Runs the three phases over [start, end) one 2 MiB block at a time; `copy` is phase 2.
+template <typename Copy>
+absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintptr_t end,
+                                    uint32_t select, const void* owner, MigrateCause cause,
+                                    Copy copy) {
+  size_t moved = 0;
+  for (uintptr_t a = start; a < end;) {
+    const uintptr_t stop = std::min(end, NextBlockBoundary(a));
+    MigrateVma m;
+    m.vma = &range;
+    m.start = a;
+    m.end = stop;
+    m.flags = select;
+    m.pgmap_owner = owner;
+    m.cause = cause;
+    if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
+    absl::Status s = m.cpages ? copy(&m) : absl::OkStatus();
+    migrate_vma_pages(&m);
+    for (const MigratePfn& src : m.src) moved += (src.flags & kMigratePfnMigrate) ? 1 : 0;
+    migrate_vma_finalize(&m);
+    if (!s.ok()) return s;
+    a = stop;
+  }
+  return moved;
+}
+}  // namespace
+
+absl::Status RuntimeImpl::MigrateToHost(ManagedRange& range, uintptr_t start, uintptr_t end,
+                                        MigrateCause cause) {
+  for (auto& ds : devices_) {
+    Device* dev = ds->device.get();
+    absl::StatusOr<size_t> moved =
+        RunMigration(range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner, cause,
+                     [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
+    if (!moved.ok()) {
+      return absl::Status(moved.status().code(),
+                          absl::StrFormat("uhmm: migrating [%#x, %#x) from device %d to the host: %s",
+                                          start, end, ds->ordinal, moved.status().message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RuntimeImpl::MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
+                                                DeviceState& ds) {
+  // Pages on other devices come home first; device-to-device goes through RAM.
+  for (auto& other : devices_) {
+    if (other.get() == &ds) continue;
+    Device* dev = other->device.get();
+    absl::StatusOr<size_t> moved =
+        RunMigration(range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner,
+                     MigrateCause::kPrefetch, [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
+    if (!moved.ok()) return moved.status();
+  }
+  Device* dev = ds.device.get();
+  absl::StatusOr<size_t> moved =
+      RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner,
+                   MigrateCause::kPrefetch, [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
+  if (!moved.ok()) {
+    return absl::Status(moved.status().code(),
+                        absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end,
+                                        ds.ordinal, moved.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds) {
+  absl::flat_hash_set<size_t> exclude;
+  for (;;) {
+    absl::StatusOr<Page*> page = ds.pool->TryAlloc();
+    if (!page.ok()) return page.status();
+    if (*page != nullptr) return *page;
+    std::optional<size_t> victim = ds.pool->PickVictim(exclude);
+    if (!victim) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "device %d pool is full (%u pages) and nothing can be evicted: every page is held by an "
+          "in-flight migration. Raise UHMM_DEVICE_POOL_BYTES or migrate less at once",
+          ds.ordinal, ds.pool->total_pages()));
+    }
+    size_t freed = 0;
+    if (absl::Status s = EvictChunk(ds, *victim, &freed); !s.ok()) return s;
+    if (freed == 0) exclude.insert(*victim);
+  }
+}
+
+absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed) {
+  *freed = 0;
+  std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
+  if (addrs.empty()) return absl::OkStatus();
+  counters_.evicted_chunks.fetch_add(1, std::memory_order_relaxed);
+  Device* dev = ds.device.get();
+  for (size_t i = 0; i < addrs.size();) {
+    size_t j = i + 1;
+    while (j < addrs.size() && addrs[j] == addrs[j - 1] + kPageSize &&
+           addrs[j] % kBlockSize != 0) {
+      ++j;
+    }
+    const uintptr_t s = addrs[i];
+    const uintptr_t e = addrs[j - 1] + kPageSize;
+    i = j;
+    RangeRef range = Lookup(s);
+    if (!range) continue;  // being freed: its pages come back without us
+    absl::StatusOr<size_t> moved = RunMigration(
+        *range, s, std::min(e, range->end()), kMigrateSelectDevicePrivate, dev->pagemap().owner,
+        MigrateCause::kEviction, [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
+    if (!moved.ok()) {
+      return absl::Status(moved.status().code(),
+                          absl::StrFormat("evicting device %d chunk %u: %s", ds.ordinal, chunk,
+                                          moved.status().message()));
+    }
+    *freed += *moved;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace uhmm

@@ -1,0 +1,68 @@
+// The device page pool: Page descriptors for every device page, carved from 2 MiB root chunks that
+// the backend allocates lazily up to a cap. Free pages sit at refcount 1 on per-chunk free lists.
+// Chunks carry a use tick so eviction can pick the least recently used one.
+#ifndef UHMM_RUNTIME_PAGE_POOL_H_
+#define UHMM_RUNTIME_PAGE_POOL_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "runtime/sync.h"
+#include "uhmm/backend.h"
+#include "uhmm/pagemap.h"
+
+namespace uhmm {
+
+inline constexpr size_t kPagesPerChunk = kBlockSize / kPageSize;
+
+class PagePool {
+ public:
+  // `max_chunks` caps the device memory the pool may take (pool size / 2 MiB).
+  PagePool(Device* device, Pagemap* pgmap, size_t max_chunks);
+  ~PagePool();  // returns every chunk to the device
+  PagePool(const PagePool&) = delete;
+  PagePool& operator=(const PagePool&) = delete;
+
+  // A free page at refcount 2 (the caller's reference), or nullptr when every page is in use and
+  // the cap is reached. Errors come from the device's chunk allocation.
+  absl::StatusOr<Page*> TryAlloc();
+  // Puts a page whose refcount dropped to 1 back on its chunk's free list.
+  void Release(Page* page);
+
+  // The least recently used chunk holding committed pages, ignoring `exclude`.
+  std::optional<size_t> PickVictim(const absl::flat_hash_set<size_t>& exclude);
+  // Managed addresses of the committed pages of chunk `index`, sorted.
+  std::vector<uintptr_t> CommittedAddresses(size_t index);
+  // Gives chunks with no page in use back to the device ("pool release").
+  void ReleaseEmptyChunks();
+
+  size_t total_pages() const { return max_chunks_ * kPagesPerChunk; }
+  size_t used_pages() const { return used_.load(std::memory_order_relaxed); }
+  size_t chunk_count();
+
+ private:
+  struct Chunk {
+    uint64_t device_base = 0;
+    std::unique_ptr<Page[]> pages;
+    std::vector<uint32_t> free;  // page indices
+    uint64_t last_use = 0;
+  };
+
+  Device* const device_;
+  Pagemap* const pgmap_;
+  const size_t max_chunks_;
+  std::atomic<size_t> used_{0};
+  Mutex mu_;
+  std::vector<std::unique_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);  // nullptr: slot given back
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_PAGE_POOL_H_

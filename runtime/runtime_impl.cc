@@ -1,0 +1,649 @@
+// The vendor-neutral runtime: ranges, fault handling, events, eviction; see runtime_impl.h.
+#include "runtime/runtime_impl.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "runtime/fork.h"
+
+namespace uhmm {
+namespace {
+
+constexpr size_t kMaxAllocation = size_t{1} << 46;  // 64 TiB: beyond any user address space
+
+void LogIfError(const absl::Status& s) {
+  if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
+}
+
+uffd_msg FaultMsg(uintptr_t address, uint32_t tid) {
+  uffd_msg m;
+  std::memset(&m, 0, sizeof(m));
+  m.event = UFFD_EVENT_PAGEFAULT;
+  m.arg.pagefault.address = address;
+  m.arg.pagefault.feat.ptid = tid;
+  return m;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const Config& config) {
+  absl::StatusOr<std::unique_ptr<RuntimeImpl>> rt = RuntimeImpl::Create(config);
+  if (!rt.ok()) return rt.status();
+  return std::unique_ptr<Runtime>(std::move(*rt));
+}
+
+absl::StatusOr<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Create(const Config& config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  std::unique_ptr<RuntimeImpl> rt(new RuntimeImpl(config));
+  if (absl::Status s = rt->Init(); !s.ok()) return s;
+  return rt;
+}
+
+absl::Status RuntimeImpl::Init() {
+  // Backend: the one named, else the first registered one that opens with at least one device.
+  std::vector<std::string> tried;
+  for (const BackendEntry& entry : RegisteredBackends()) {
+    if (!config_.backend.empty() && entry.name != config_.backend) continue;
+    absl::StatusOr<std::unique_ptr<Backend>> b = entry.create(config_);
+    if (b.ok() && (*b)->device_count() > 0) {
+      backend_ = std::move(*b);
+      break;
+    }
+    tried.push_back(absl::StrFormat("%s: %s", entry.name,
+                                    b.ok() ? "no device" : std::string(b.status().message())));
+  }
+  if (!backend_) {
+    if (!config_.backend.empty() && tried.empty()) {
+      std::vector<std::string> names;
+      for (const BackendEntry& e : RegisteredBackends()) names.emplace_back(e.name);
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "uhmm: unknown backend '%s' (UHMM_BACKEND or Config::backend); built-in backends: %s",
+          config_.backend, absl::StrJoin(names, ", ")));
+    }
+    return absl::UnavailableError(
+        absl::StrFormat("uhmm: no usable backend (%s)", absl::StrJoin(tried, "; ")));
+  }
+
+  for (int i = 0; i < backend_->device_count(); ++i) {
+    auto ds = std::make_unique<DeviceState>();
+    ds->rt = this;
+    ds->ordinal = i;
+    absl::StatusOr<std::unique_ptr<Device>> dev = backend_->OpenDevice(i);
+    if (!dev.ok()) return dev.status();
+    ds->device = std::move(*dev);
+    Pagemap& pgmap = ds->device->pagemap();
+    if (pgmap.ops == nullptr || pgmap.ops->page_free == nullptr || pgmap.ops->page_fault == nullptr) {
+      return absl::InternalError(absl::StrFormat(
+          "uhmm: backend %s device %d registered a pagemap without page_free/page_fault",
+          backend_->name(), i));
+    }
+    pgmap.device = i;
+    pgmap.internal = ds.get();
+    const size_t pool_bytes =
+        config_.device_pool_bytes ? config_.device_pool_bytes : ds->device->default_pool_bytes();
+    ds->pool = std::make_unique<PagePool>(ds->device.get(), &pgmap, pool_bytes / kBlockSize);
+    devices_.push_back(std::move(ds));
+  }
+
+  absl::StatusOr<std::unique_ptr<Uffd>> uffd = Uffd::Open();
+  if (!uffd.ok()) return uffd.status();
+  uffd_ = std::move(*uffd);
+  switch (config_.sigbus_mode) {
+    case SigbusMode::kAuto:
+      sigbus_mode_ = uffd_->has_poison() ? SigbusMode::kPoison : SigbusMode::kTkill;
+      break;
+    case SigbusMode::kPoison:
+      if (!uffd_->has_poison()) {
+        return absl::UnavailableError(
+            "uhmm: UHMM_SIGBUS_MODE=poison needs UFFDIO_POISON (Linux 6.6+); use auto or tkill");
+      }
+      sigbus_mode_ = SigbusMode::kPoison;
+      break;
+    case SigbusMode::kTkill:
+      sigbus_mode_ = SigbusMode::kTkill;
+      break;
+  }
+  fault_service_ = std::make_unique<FaultService>(this, uffd_.get(), config_.fault_threads);
+  FaultService* fs = fault_service_.get();
+  uffd_->set_eagain_hook([fs] {
+    if (FaultService::OnServiceThread()) {
+      fs->DrainToQueue();
+    } else {
+      sched_yield();  // a service thread is reading the pending event
+    }
+  });
+  if (absl::Status s = fault_service_->Start(); !s.ok()) return s;
+  RegisterForFork(this);
+  return absl::OkStatus();
+}
+
+RuntimeImpl::~RuntimeImpl() {
+  UnregisterForFork(this);
+  if (forked_child_) {
+    // The service and copy-engine threads only exist in the parent: never join them. The managed
+    // ranges are private copies here; unmap them and leak the rest.
+    MutexLock lock(&ranges_mu_);
+    for (auto& [start, range] : ranges_) munmap(reinterpret_cast<void*>(start), range->size());
+    ranges_.clear();
+    (void)fault_service_.release();
+    for (auto& ds : devices_) {
+      (void)ds->pool.release();
+      (void)ds->device.release();
+    }
+    return;
+  }
+  std::vector<std::shared_ptr<ManagedRange>> all;
+  {
+    MutexLock lock(&ranges_mu_);
+    for (auto& [start, range] : ranges_) all.push_back(range);
+    ranges_.clear();
+  }
+  for (auto& range : all) {
+    range->BeginTeardown();
+    DestroyRange(*range, /*unmap_user_view=*/true);
+  }
+  ReapZombies();
+  if (fault_service_) fault_service_->Stop();
+  devices_.clear();
+}
+
+absl::Status RuntimeImpl::CheckUsable() const {
+  if (forked_child_) {
+    return absl::FailedPreconditionError(
+        "uhmm: this runtime was inherited across fork(); in this process managed memory is a "
+        "private host copy. Create a new runtime in the child to migrate memory.");
+  }
+  return absl::OkStatus();
+}
+
+RangeRef RuntimeImpl::Lookup(uintptr_t addr) {
+  ReaderMutexLock lock(&ranges_mu_);
+  auto it = ranges_.upper_bound(addr);
+  if (it == ranges_.begin()) return RangeRef();
+  --it;
+  if (!it->second->contains(addr)) return RangeRef();
+  return RangeRef(it->second);
+}
+
+absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  if (size == 0) return absl::InvalidArgumentError("uhmm_alloc: size is 0");
+  if (size > kMaxAllocation) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_alloc: size %u is larger than the 64 TiB limit (overflowed size computation?)", size));
+  }
+  ReapZombies();
+  absl::StatusOr<std::unique_ptr<ManagedRange>> created = ManagedRange::Create(this, size);
+  if (!created.ok()) return created.status();
+  std::shared_ptr<ManagedRange> range = std::move(*created);
+  if (absl::Status s = uffd_->Register(range->start(), range->size()); !s.ok()) {
+    munmap(reinterpret_cast<void*>(range->start()), range->size());
+    return s;
+  }
+  MutexLock lock(&ranges_mu_);
+  ranges_[range->start()] = range;
+  return reinterpret_cast<void*>(range->start());
+}
+
+absl::Status RuntimeImpl::Free(void* ptr) {
+  if (ptr == nullptr) return absl::InvalidArgumentError("uhmm_free: pointer is NULL");
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  std::shared_ptr<ManagedRange> range;
+  {
+    MutexLock lock(&ranges_mu_);
+    auto it = ranges_.find(addr);
+    if (it == ranges_.end()) {
+      auto after = ranges_.upper_bound(addr);
+      if (after != ranges_.begin() && std::prev(after)->second->contains(addr)) {
+        const ManagedRange& r = *std::prev(after)->second;
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "uhmm_free: %p is inside the allocation [%#x, %#x) but not its start", ptr, r.start(),
+            r.end()));
+      }
+      return absl::NotFoundError(absl::StrFormat(
+          "uhmm_free: %p was not allocated by this uhmm runtime, or was already freed", ptr));
+    }
+    range = it->second;
+    ranges_.erase(it);
+  }
+  if (forked_child_) {
+    munmap(ptr, range->size());
+    return absl::OkStatus();
+  }
+  range->BeginTeardown();
+  DestroyRange(*range, /*unmap_user_view=*/true);
+  ReapZombies();
+  return absl::OkStatus();
+}
+
+void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
+  std::vector<Page*> release;
+  std::vector<uffd_msg> deferred;
+  std::vector<std::pair<uintptr_t, uintptr_t>> live_runs;  // still mapped by the application
+  for (size_t b = 0; b < range.num_blocks(); ++b) {
+    VaBlock& blk = range.block(b);
+    MutexLock lock(&blk.mu);
+    for (size_t i = 0; i < kPagesPerBlock; ++i) {
+      const uintptr_t addr = range.block_start(b) + i * kPageSize;
+      if (addr >= range.end()) break;
+      if (blk.device[i]) {
+        release.push_back(blk.pages[i]);
+        blk.pages[i] = nullptr;
+      }
+      if (!blk.unmapped[i]) {
+        if (!live_runs.empty() && live_runs.back().second == addr) {
+          live_runs.back().second += kPageSize;
+        } else {
+          live_runs.emplace_back(addr, addr + kPageSize);
+        }
+      }
+    }
+    blk.device.reset();
+    deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
+    blk.deferred.clear();
+  }
+  for (auto [s, e] : live_runs) {
+    // Unregistering wakes any thread still waiting in the range.
+    (void)uffd_->Unregister(s, e - s);
+    if (unmap_user_view) munmap(reinterpret_cast<void*>(s), e - s);
+  }
+  for (Page* p : release) put_page(p);
+  fault_service_->Requeue(std::move(deferred));
+}
+
+void RuntimeImpl::ReapZombies() {
+  std::vector<std::shared_ptr<ManagedRange>> zombies;
+  {
+    MutexLock lock(&ranges_mu_);
+    zombies.swap(zombies_);
+  }
+  for (auto& z : zombies) {
+    z->BeginTeardown();
+    DestroyRange(*z, /*unmap_user_view=*/false);
+  }
+}
+
+absl::Status RuntimeImpl::Migrate(void* ptr, size_t size, int device) {
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  if (ptr == nullptr) return absl::InvalidArgumentError("uhmm_migrate: pointer is NULL");
+  if (size == 0) return absl::InvalidArgumentError("uhmm_migrate: size is 0");
+  if (addr % kPageSize != 0 || size % kPageSize != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_migrate: [%p, +%#x) is not 4 KiB aligned (pointer and size must both be)", ptr, size));
+  }
+  if (addr + size < addr) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("uhmm_migrate: %p + %#x overflows the address space", ptr, size));
+  }
+  if (device != kHost && (device < 0 || device >= device_count())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_migrate: device %d does not exist; this runtime (%s backend) has devices 0..%d and "
+        "UHMM_LOCATION_HOST (-1)",
+        device, backend_name(), device_count() - 1));
+  }
+  RangeRef range = Lookup(addr);
+  if (!range) {
+    return absl::NotFoundError(absl::StrFormat(
+        "uhmm_migrate: %p is not managed by this runtime (not from uhmm_alloc, or freed)", ptr));
+  }
+  if (addr + size > range->end()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_migrate: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", ptr, size,
+        range->start(), range->end()));
+  }
+  if (device == kHost) return MigrateToHost(*range, addr, addr + size, MigrateCause::kPrefetch);
+
+  {
+    MutexLock lock(&fork_mu_);
+    while (forking_) fork_cv_.Wait(&fork_mu_);
+    ++to_device_inflight_;
+  }
+  absl::Status s = MigrateToDeviceLocked(*range, addr, addr + size, *devices_[device]);
+  {
+    MutexLock lock(&fork_mu_);
+    if (--to_device_inflight_ == 0) fork_cv_.SignalAll();
+  }
+  return s;
+}
+
+absl::Status RuntimeImpl::EvictDevice(int device) {
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  if (device < 0 || device >= device_count()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_evict_device: device %d does not exist (devices 0..%d)", device, device_count() - 1));
+  }
+  ReapZombies();
+  DeviceState& ds = *devices_[device];
+  absl::flat_hash_set<size_t> exclude;
+  while (std::optional<size_t> victim = ds.pool->PickVictim(exclude)) {
+    size_t freed = 0;
+    if (absl::Status s = EvictChunk(ds, *victim, &freed); !s.ok()) return s;
+    exclude.insert(*victim);
+  }
+  ds.pool->ReleaseEmptyChunks();
+  if (ds.pool->used_pages() != 0) {
+    return absl::UnavailableError(absl::StrFormat(
+        "uhmm_evict_device: %u pages of device %d are held by in-flight migrations; retry",
+        ds.pool->used_pages(), device));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, size_t size) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  if (ptr == nullptr) return absl::InvalidArgumentError("uhmm_query_residency: pointer is NULL");
+  if (size == 0) return absl::InvalidArgumentError("uhmm_query_residency: size is 0");
+  if (addr % kPageSize != 0 || size % kPageSize != 0 || addr + size < addr) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_query_residency: [%p, +%#x) must be 4 KiB aligned and not overflow", ptr, size));
+  }
+  RangeRef range = Lookup(addr);
+  if (!range) {
+    return absl::NotFoundError(
+        absl::StrFormat("uhmm_query_residency: %p is not managed by this runtime", ptr));
+  }
+  if (addr + size > range->end()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_query_residency: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", ptr,
+        size, range->start(), range->end()));
+  }
+  std::vector<int32_t> out;
+  out.reserve(size / kPageSize);
+  for (uintptr_t a = addr; a < addr + size;) {
+    VaBlock& blk = range->block_of(a);
+    const uintptr_t block_end = std::min(addr + size, (a & ~(kBlockSize - 1)) + kBlockSize);
+    MutexLock lock(&blk.mu);
+    for (; a < block_end; a += kPageSize) {
+      const size_t i = ManagedRange::page_in_block(a);
+      if (blk.unmapped[i]) {
+        out.push_back(kUnmapped);
+      } else if (blk.poisoned[i]) {
+        out.push_back(kPoisoned);
+      } else if (blk.device[i]) {
+        out.push_back(blk.pages[i]->pgmap->device);
+      } else {
+        out.push_back(kHost);
+      }
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<uint64_t> RuntimeImpl::DeviceAddress(const void* ptr) const {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  RangeRef range = const_cast<RuntimeImpl*>(this)->Lookup(addr);
+  if (!range) return absl::NotFoundError(absl::StrFormat("uhmm: %p is not managed", ptr));
+  VaBlock& blk = range->block_of(addr);
+  MutexLock lock(&blk.mu);
+  const size_t i = ManagedRange::page_in_block(addr);
+  if (!blk.device[i]) {
+    return absl::NotFoundError(absl::StrFormat("uhmm: the page of %p is not on a device", ptr));
+  }
+  return blk.pages[i]->dma_addr + addr % kPageSize;
+}
+
+Stats RuntimeImpl::stats() const {
+  Stats s{};
+  s.cpu_faults = counters_.cpu_faults.load();
+  s.duplicate_faults = counters_.duplicate_faults.load();
+  s.unmanaged_faults = counters_.unmanaged_faults.load();
+  s.pages_to_device = counters_.pages_to_device.load();
+  s.pages_to_host = counters_.pages_to_host.load();
+  s.evicted_pages = counters_.evicted_pages.load();
+  s.evicted_chunks = counters_.evicted_chunks.load();
+  s.sigbus_delivered = counters_.sigbus.load();
+  s.events_remove = counters_.ev_remove.load();
+  s.events_unmap = counters_.ev_unmap.load();
+  s.events_remap = counters_.ev_remap.load();
+  s.events_fork = counters_.ev_fork.load();
+  for (const auto& ds : devices_) {
+    if (!ds->pool) continue;
+    s.device_pages_total += ds->pool->total_pages();
+    s.device_pages_used += ds->pool->used_pages();
+  }
+  return s;
+}
+
+void RuntimeImpl::CountMigrated(bool to_device, MigrateCause cause, size_t pages) {
+  (to_device ? counters_.pages_to_device : counters_.pages_to_host).fetch_add(pages);
+  if (cause == MigrateCause::kEviction) counters_.evicted_pages.fetch_add(pages);
+}
+
+// ---- The CPU fault path -------------------------------------------------------------------------
+
+void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid) {
+  counters_.cpu_faults.fetch_add(1, std::memory_order_relaxed);
+  const uintptr_t page = address & ~(kPageSize - 1);
+  RangeRef range = Lookup(page);
+  if (!range) {
+    // Registered memory that no live range covers (mremapped away, or racing with free): the
+    // shadow page is the data, so map it; but first let pending mremaps bring their data home.
+    if (fault_service_->ParkIfRemapPending(FaultMsg(address, tid))) return;
+    counters_.unmanaged_faults.fetch_add(1, std::memory_order_relaxed);
+    LogIfError(uffd_->Continue(page, kPageSize));
+    return;
+  }
+  VaBlock& blk = range->block_of(page);
+  const size_t i = ManagedRange::page_in_block(page);
+  for (int attempt = 0;; ++attempt) {
+    Page* dpage = nullptr;
+    bool poisoned = false;
+    {
+      MutexLock lock(&blk.mu);
+      if (blk.busy[i]) {
+        // A migration holds the page; finalize re-queues us. Never wait here: the migration may
+        // itself be waiting for a service thread to read its REMOVE event.
+        blk.deferred.push_back(FaultMsg(address, tid));
+        return;
+      }
+      poisoned = blk.poisoned[i];
+      if (!poisoned && blk.device[i]) dpage = blk.pages[i];
+    }
+    if (poisoned) {
+      DeliverSigbus(*range, page, tid);
+      return;
+    }
+    if (dpage == nullptr) {
+      // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
+      if (attempt == 0) counters_.duplicate_faults.fetch_add(1, std::memory_order_relaxed);
+      LogIfError(uffd_->Continue(page, kPageSize));
+      return;
+    }
+    // Policy: the granule around the fault, clipped to the block and the range.
+    const uintptr_t gran = config_.fault_granularity;
+    const uintptr_t block_start = page & ~(kBlockSize - 1);
+    VmFault vmf;
+    vmf.vma = range.get();
+    vmf.address = page;
+    vmf.start = std::max({page & ~(gran - 1), block_start, range->start()});
+    vmf.end = std::min({(page & ~(gran - 1)) + gran, block_start + kBlockSize, range->end()});
+    vmf.page = dpage;
+    absl::Status s = dpage->pgmap->ops->page_fault(&vmf);
+    if (!s.ok()) {
+      std::fprintf(stderr, "uhmm: device could not migrate page %#lx back (%s); SIGBUS to thread %u\n",
+                   static_cast<unsigned long>(page), s.ToString().c_str(), tid);
+      DeliverSigbus(*range, page, tid);
+      return;
+    }
+    // Loop: the page is normally host resident and mapped now; if another migration took it in
+    // between, the next round defers or retries.
+  }
+}
+
+void RuntimeImpl::DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid) {
+  counters_.sigbus.fetch_add(1, std::memory_order_relaxed);
+  if (sigbus_mode_ == SigbusMode::kPoison) {
+    Page* release = nullptr;
+    {
+      VaBlock& blk = range.block_of(page);
+      MutexLock lock(&blk.mu);
+      const size_t i = ManagedRange::page_in_block(page);
+      if (blk.device[i] && !blk.busy[i]) {
+        release = blk.pages[i];
+        blk.pages[i] = nullptr;
+        blk.device.reset(i);
+      }
+      blk.poisoned.set(i);
+    }
+    if (release) put_page(release);
+    if (!uffd_->Poison(page, kPageSize).ok()) LogIfError(uffd_->Wake(page, kPageSize));
+    return;
+  }
+  // Fallback without UFFDIO_POISON: signal the faulting thread, then wake it so it leaves the
+  // fault and takes the signal. si_code is SI_TKILL and si_addr is not set. The page stays on the
+  // device, so a later access asks the device again.
+  syscall(SYS_tgkill, getpid(), static_cast<pid_t>(tid), SIGBUS);
+  LogIfError(uffd_->Wake(page, kPageSize));
+}
+
+// ---- Events ----------------------------------------------------------------------------------
+
+void RuntimeImpl::BeginZap(uintptr_t start, uintptr_t end) {
+  MutexLock lock(&zap_mu_);
+  zaps_.push_back(Zap{start, end, end - start});
+}
+
+void RuntimeImpl::EndZap(uintptr_t start, uintptr_t end, bool failed) {
+  if (!failed) return;  // the entry goes when its REMOVE events are handled
+  MutexLock lock(&zap_mu_);
+  for (auto it = zaps_.begin(); it != zaps_.end(); ++it) {
+    if (it->start == start && it->end == end) {
+      zaps_.erase(it);
+      return;
+    }
+  }
+}
+
+void RuntimeImpl::OnRemove(uintptr_t start, uintptr_t end) {
+  counters_.ev_remove.fetch_add(1, std::memory_order_relaxed);
+  {
+    MutexLock lock(&zap_mu_);
+    for (auto it = zaps_.begin(); it != zaps_.end(); ++it) {
+      if (it->start <= start && end <= it->end) {
+        // Our own zap during a migration to a device (one event per VMA it spans).
+        it->unseen -= std::min(it->unseen, static_cast<size_t>(end - start));
+        if (it->unseen == 0) zaps_.erase(it);
+        return;
+      }
+    }
+  }
+  // The application discarded the range (MADV_DONTNEED/MADV_REMOVE). Managed memory behaves like
+  // anonymous memory: the contents become zero. Drop device copies and punch the shadow.
+  std::vector<std::shared_ptr<ManagedRange>> hit;
+  {
+    ReaderMutexLock lock(&ranges_mu_);
+    for (auto& [rs, r] : ranges_) {
+      if (r->start() < end && start < r->end()) hit.push_back(r);
+    }
+  }
+  for (auto& r : hit) {
+    const uintptr_t s = std::max(start, r->start());
+    const uintptr_t e = std::min(end, r->end());
+    std::vector<Page*> release;
+    for (uintptr_t a = s; a < e; a += kPageSize) {
+      VaBlock& blk = r->block_of(a);
+      MutexLock lock(&blk.mu);
+      const size_t i = ManagedRange::page_in_block(a);
+      if (blk.device[i] && !blk.busy[i]) {
+        release.push_back(blk.pages[i]);
+        blk.pages[i] = nullptr;
+        blk.device.reset(i);
+      }
+    }
+    fallocate(r->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+              static_cast<off_t>(s - r->start()), static_cast<off_t>(e - s));
+    for (Page* p : release) put_page(p);
+  }
+}
+
+void RuntimeImpl::ForgetAddresses(uintptr_t start, uintptr_t end) {
+  std::vector<std::shared_ptr<ManagedRange>> hit;
+  {
+    ReaderMutexLock lock(&ranges_mu_);
+    for (auto& [rs, r] : ranges_) {
+      if (r->start() < end && start < r->end()) hit.push_back(r);
+    }
+  }
+  for (auto& r : hit) {
+    const uintptr_t s = std::max(start, r->start());
+    const uintptr_t e = std::min(end, r->end());
+    std::vector<Page*> release;
+    for (uintptr_t a = s; a < e; a += kPageSize) {
+      VaBlock& blk = r->block_of(a);
+      MutexLock lock(&blk.mu);
+      const size_t i = ManagedRange::page_in_block(a);
+      blk.unmapped.set(i);
+      // Busy pages are released by their migration's finalize, which sees `unmapped`.
+      if (blk.device[i] && !blk.busy[i]) {
+        release.push_back(blk.pages[i]);
+        blk.pages[i] = nullptr;
+        blk.device.reset(i);
+      }
+    }
+    for (Page* p : release) put_page(p);
+    size_t gone = 0;
+    for (size_t b = 0; b < r->num_blocks(); ++b) {
+      VaBlock& blk = r->block(b);
+      MutexLock lock(&blk.mu);
+      gone += blk.unmapped.count();
+    }
+    if (gone == r->size() / kPageSize) {
+      // Every page is gone: the application will not free it through uhmm; reap it later from an
+      // application thread (teardown may wait, service threads must not).
+      MutexLock lock(&ranges_mu_);
+      auto it = ranges_.find(r->start());
+      if (it != ranges_.end() && it->second == r) {
+        ranges_.erase(it);
+        zombies_.push_back(r);
+      }
+    }
+  }
+}
+
+void RuntimeImpl::OnUnmap(uintptr_t start, uintptr_t end) {
+  counters_.ev_unmap.fetch_add(1, std::memory_order_relaxed);
+  ForgetAddresses(start, end);
+}
+
+void RuntimeImpl::OnRemap(uintptr_t from, uintptr_t to, size_t len) {
+  counters_.ev_remap.fetch_add(1, std::memory_order_relaxed);
+  // mremap moved [from, from+len) to `to`. Bring its device pages home so the shared shadow is the
+  // data; the new address is then plain host memory (its faults map the shadow), and the old
+  // addresses are forgotten like an munmap.
+  std::vector<std::shared_ptr<ManagedRange>> hit;
+  {
+    ReaderMutexLock lock(&ranges_mu_);
+    for (auto& [rs, r] : ranges_) {
+      if (r->start() < from + len && from < r->end()) hit.push_back(r);
+    }
+  }
+  for (auto& r : hit) {
+    RangeRef ref(r);
+    if (!ref) continue;
+    LogIfError(MigrateToHost(*r, std::max(from, r->start()), std::min(from + len, r->end()),
+                             MigrateCause::kAddressChange));
+  }
+  (void)to;
+  ForgetAddresses(from, from + len);
+}
+
+void RuntimeImpl::OnFork(int child_uffd) {
+  counters_.ev_fork.fetch_add(1, std::memory_order_relaxed);
+  // The child gets a private copy of every range from the atfork handler (fork.cc); it is not
+  // served by this monitor. Closing its userfaultfd unregisters the child's copies.
+  close(child_uffd);
+}
+
+}  // namespace uhmm

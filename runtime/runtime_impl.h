@@ -1,0 +1,126 @@
+// RuntimeImpl: the vendor-neutral runtime behind the public Runtime. It owns the devices and their
+// page pools, the managed ranges, the userfaultfd fault service and the counters; migrate.cc holds
+// the migrate_vma_* phases and eviction.
+#ifndef UHMM_RUNTIME_RUNTIME_IMPL_H_
+#define UHMM_RUNTIME_RUNTIME_IMPL_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/fault_service.h"
+#include "runtime/managed_range.h"
+#include "runtime/page_pool.h"
+#include "runtime/sync.h"
+#include "runtime/uffd.h"
+#include "uhmm/backend.h"
+#include "uhmm/uhmm.hpp"
+
+namespace uhmm {
+
+// One opened device: the backend's Device plus the pool the runtime keeps for its pagemap.
+struct DeviceState {
+  RuntimeImpl* rt = nullptr;
+  int ordinal = -1;
+  std::unique_ptr<Device> device;
+  std::unique_ptr<PagePool> pool;
+};
+
+class RuntimeImpl final : public Runtime {
+ public:
+  static absl::StatusOr<std::unique_ptr<RuntimeImpl>> Create(const Config& config);
+  ~RuntimeImpl() override;
+
+  // Runtime.
+  absl::StatusOr<void*> Allocate(size_t size) override;
+  absl::Status Free(void* ptr) override;
+  absl::Status Migrate(void* ptr, size_t size, int device) override;
+  absl::Status EvictDevice(int device) override;
+  absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) override;
+  Stats stats() const override;
+  int device_count() const override { return static_cast<int>(devices_.size()); }
+  std::string_view backend_name() const override { return backend_->name(); }
+  absl::StatusOr<uint64_t> DeviceAddress(const void* ptr) const override;
+
+  // Fault service entry points (service threads).
+  void HandleFault(uintptr_t address, uint32_t tid);
+  void OnRemove(uintptr_t start, uintptr_t end);
+  void OnUnmap(uintptr_t start, uintptr_t end);
+  void OnRemap(uintptr_t from, uintptr_t to, size_t len);
+  void OnFork(int child_uffd);
+
+  // For migrate.cc.
+  Uffd& uffd() { return *uffd_; }
+  FaultService& fault_service() { return *fault_service_; }
+  const Config& config() const { return config_; }
+  absl::StatusOr<Page*> AllocDevicePage(DeviceState& ds);
+  void CountMigrated(bool to_device, MigrateCause cause, size_t pages);
+  // Registers a zap of the user view so that its REMOVE events are recognised as ours. The entry
+  // lives until OnRemove has consumed events covering it (reading the event releases madvise
+  // before the event is handled), or EndZap(failed=true) when madvise failed.
+  void BeginZap(uintptr_t start, uintptr_t end);
+  void EndZap(uintptr_t start, uintptr_t end, bool failed);
+  // Moves every device page in [start, end) of `range` back to RAM.
+  absl::Status MigrateToHost(ManagedRange& range, uintptr_t start, uintptr_t end, MigrateCause cause);
+
+  // fork() support (pthread_atfork handlers, see fork.cc).
+  void ForkPrepare();
+  void ForkParent();
+  void ForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS;  // single-threaded: the child
+
+ private:
+  explicit RuntimeImpl(const Config& config) : config_(config) {}
+  absl::Status Init();
+
+  RangeRef Lookup(uintptr_t addr);
+  absl::Status CheckUsable() const;
+  absl::Status MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds);
+  absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed);
+  void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);
+  // Marks [start, end) of every range it overlaps as gone and releases the device pages there.
+  void ForgetAddresses(uintptr_t start, uintptr_t end);
+  // Unregisters and unmaps the user view (skipping pages the application already unmapped) and
+  // returns every device page. The range must be out of the map and torn down.
+  void DestroyRange(ManagedRange& range, bool unmap_user_view);
+  void ReapZombies();
+
+  const Config config_;
+  SigbusMode sigbus_mode_ = SigbusMode::kTkill;
+  std::unique_ptr<Backend> backend_;
+  std::vector<std::unique_ptr<DeviceState>> devices_;
+  std::unique_ptr<Uffd> uffd_;
+  std::unique_ptr<FaultService> fault_service_;
+
+  mutable Mutex ranges_mu_;
+  std::map<uintptr_t, std::shared_ptr<ManagedRange>> ranges_ ABSL_GUARDED_BY(ranges_mu_);
+  // Ranges the application munmapped entirely; torn down on the next API call.
+  std::vector<std::shared_ptr<ManagedRange>> zombies_ ABSL_GUARDED_BY(ranges_mu_);
+
+  Mutex zap_mu_;
+  struct Zap {
+    uintptr_t start, end;
+    size_t unseen;  // bytes of the zap whose REMOVE events have not been handled yet
+  };
+  std::vector<Zap> zaps_ ABSL_GUARDED_BY(zap_mu_);
+
+  // fork: migrations to a device wait while a fork is being prepared.
+  Mutex fork_mu_;
+  CondVar fork_cv_;
+  bool forking_ ABSL_GUARDED_BY(fork_mu_) = false;
+  int to_device_inflight_ ABSL_GUARDED_BY(fork_mu_) = 0;
+  int fork_pipe_[2] = {-1, -1};
+  bool forked_child_ = false;
+
+  struct Counters {
+    std::atomic<uint64_t> cpu_faults{0}, duplicate_faults{0}, unmanaged_faults{0};
+    std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
+    std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, ev_fork{0};
+  };
+  mutable Counters counters_;
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_RUNTIME_IMPL_H_

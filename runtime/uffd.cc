@@ -1,0 +1,211 @@
+// userfaultfd wrapper; see uffd.h.
+#include "runtime/uffd.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace uhmm {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+int OpenViaSyscall(int flags) {
+  return static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | flags));
+}
+
+int OpenViaDevice() {
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev < 0) return -1;
+  int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+  int saved = errno;
+  close(dev);
+  errno = saved;
+  return fd;
+}
+
+absl::Status Errno(const std::string& what, int err) {
+  std::string msg = absl::StrCat(what, ": ", strerror(err));
+  switch (err) {
+    case EPERM:
+    case EACCES:
+      return absl::PermissionDeniedError(msg);
+    case ENOMEM:
+      return absl::ResourceExhaustedError(msg);
+    case EINVAL:
+      return absl::InvalidArgumentError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+}  // namespace
+
+std::string UffdPermissionHelp(int syscall_errno, int devfile_errno) {
+  return absl::StrCat(
+      "uhmm: userfaultfd is not permitted for this process (userfaultfd(2): ", strerror(syscall_errno),
+      "; /dev/userfaultfd: ", strerror(devfile_errno),
+      "). Fix one of: run as root or with CAP_SYS_PTRACE; `sysctl -w vm.unprivileged_userfaultfd=1`; "
+      "or give this user read/write access to /dev/userfaultfd (Linux 6.1+, e.g. "
+      "`chmod 0666 /dev/userfaultfd` or a udev rule).");
+}
+
+absl::StatusOr<std::unique_ptr<Uffd>> Uffd::Open() {
+  Source source = Source::kSyscall;
+  int fd = OpenViaSyscall(0);
+  int syscall_errno = fd < 0 ? errno : 0;
+  int dev_errno = 0;
+  if (fd < 0 && syscall_errno == ENOSYS) {
+    return absl::UnavailableError("uhmm: this kernel has no userfaultfd (CONFIG_USERFAULTFD=n)");
+  }
+  if (fd < 0) {
+    fd = OpenViaDevice();
+    dev_errno = fd < 0 ? errno : 0;
+    source = Source::kDevUserfaultfd;
+  }
+  if (fd < 0) {
+    // Last resort: user-mode-only faults are allowed without privilege, but a system call that
+    // touches a migrated page (read(2) into managed memory, say) then fails with EFAULT.
+    fd = OpenViaSyscall(UFFD_USER_MODE_ONLY);
+    source = Source::kSyscallUserModeOnly;
+    if (fd >= 0) {
+      std::fprintf(stderr,
+                   "uhmm: warning: userfaultfd opened with UFFD_USER_MODE_ONLY; system calls that "
+                   "read or write device-resident managed memory will fail with EFAULT. %s\n",
+                   UffdPermissionHelp(syscall_errno, dev_errno).c_str());
+    }
+  }
+  if (fd < 0) return absl::PermissionDeniedError(UffdPermissionHelp(syscall_errno, dev_errno));
+
+  // Ask for features in two steps: a probe fd reports what the kernel has (UFFDIO_API can only be
+  // called once per fd), then the real fd requests the intersection.
+  uint64_t available = 0;
+  {
+    int probe = OpenViaSyscall(source == Source::kSyscallUserModeOnly ? UFFD_USER_MODE_ONLY : 0);
+    if (probe < 0 && source == Source::kDevUserfaultfd) probe = OpenViaDevice();
+    if (probe >= 0) {
+      uffdio_api api{.api = UFFD_API, .features = 0, .ioctls = 0};
+      if (ioctl(probe, UFFDIO_API, &api) == 0) available = api.features;
+      close(probe);
+    }
+  }
+  const uint64_t required = UFFD_FEATURE_MINOR_SHMEM;
+  const uint64_t wanted = required | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
+                          UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |
+                          UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_POISON |
+                          UFFD_FEATURE_MINOR_HUGETLBFS;
+  if ((available & required) != required) {
+    close(fd);
+    return absl::UnavailableError(absl::StrFormat(
+        "uhmm: the kernel's userfaultfd lacks UFFD_FEATURE_MINOR_SHMEM (Linux 5.14+ needed); "
+        "features reported: %#x",
+        available));
+  }
+  uffdio_api api{.api = UFFD_API, .features = wanted & available, .ioctls = 0};
+  if (ioctl(fd, UFFDIO_API, &api) != 0) {
+    int err = errno;
+    close(fd);
+    return Errno("uhmm: UFFDIO_API handshake failed", err);
+  }
+  return std::unique_ptr<Uffd>(new Uffd(fd, api.features, source));
+}
+
+Uffd::~Uffd() {
+  if (fd_ >= 0) close(fd_);
+}
+
+absl::Status Uffd::Register(uintptr_t addr, size_t len) {
+  uffdio_register reg{.range = {.start = addr, .len = len}, .mode = UFFDIO_REGISTER_MODE_MINOR,
+                      .ioctls = 0};
+  if (ioctl(fd_, UFFDIO_REGISTER, &reg) != 0) {
+    return Errno(absl::StrFormat("uhmm: UFFDIO_REGISTER(MINOR) of [%#x, +%#x)", addr, len), errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Uffd::Unregister(uintptr_t addr, size_t len) {
+  uffdio_range range{.start = addr, .len = len};
+  if (ioctl(fd_, UFFDIO_UNREGISTER, &range) != 0) {
+    return Errno(absl::StrFormat("uhmm: UFFDIO_UNREGISTER of [%#x, +%#x)", addr, len), errno);
+  }
+  return absl::OkStatus();
+}
+
+void Uffd::OnEagain() {
+  if (eagain_hook_) {
+    eagain_hook_();
+  } else {
+    sched_yield();
+  }
+}
+
+absl::Status Uffd::Continue(uintptr_t addr, size_t len) {
+  uintptr_t cur = addr;
+  const uintptr_t end = addr + len;
+  bool skipped = false;
+  while (cur < end) {
+    uffdio_continue c{.range = {.start = cur, .len = end - cur}, .mode = 0, .mapped = 0};
+    if (ioctl(fd_, UFFDIO_CONTINUE, &c) == 0) break;
+    const int err = errno;
+    if (c.mapped > 0) cur += static_cast<uint64_t>(c.mapped);  // partial progress
+    if (err == EEXIST) {
+      // Someone else already mapped the page at `cur`: benign, skip it.
+      cur += kPage;
+      skipped = true;
+    } else if (err == EAGAIN) {
+      if (c.mapped <= 0) OnEagain();
+    } else if (err == EFAULT || err == ENOENT) {
+      // No page-cache page behind `cur` (hole punched meanwhile): let the thread retry the access,
+      // which then takes an ordinary missing fault.
+      cur += kPage;
+      skipped = true;
+    } else if (err == ESRCH) {
+      return absl::OkStatus();  // the process is exiting
+    } else {
+      return Errno(absl::StrFormat("uhmm: UFFDIO_CONTINUE at %#x", cur), err);
+    }
+  }
+  return skipped ? Wake(addr, len) : absl::OkStatus();
+}
+
+absl::Status Uffd::Wake(uintptr_t addr, size_t len) {
+  uffdio_range range{.start = addr, .len = len};
+  if (ioctl(fd_, UFFDIO_WAKE, &range) != 0 && errno != ESRCH) {
+    return Errno(absl::StrFormat("uhmm: UFFDIO_WAKE of [%#x, +%#x)", addr, len), errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Uffd::Poison(uintptr_t addr, size_t len) {
+  for (;;) {
+    uffdio_poison p{.range = {.start = addr, .len = len}, .mode = 0, .updated = 0};
+    if (ioctl(fd_, UFFDIO_POISON, &p) == 0) return absl::OkStatus();
+    if (errno == EAGAIN && p.updated <= 0) {
+      OnEagain();
+      continue;
+    }
+    return Errno(absl::StrFormat("uhmm: UFFDIO_POISON at %#x", addr), errno);
+  }
+}
+
+absl::StatusOr<size_t> Uffd::Read(uffd_msg* msgs, size_t max) {
+  for (;;) {
+    ssize_t n = read(fd_, msgs, max * sizeof(uffd_msg));
+    if (n >= 0) return static_cast<size_t>(n) / sizeof(uffd_msg);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 0;
+    return Errno("uhmm: read(userfaultfd)", errno);
+  }
+}
+
+}  // namespace uhmm

@@ -1,0 +1,83 @@
+// userfaultfd wrapper for the fault service: opening (with a clear error when not permitted),
+// feature negotiation, MINOR-mode registration and the resolving ioctls (CONTINUE, WAKE, POISON).
+// Debian's 6.1 headers lack UFFDIO_POISON; it is defined here and detected at run time.
+#ifndef UHMM_RUNTIME_UFFD_H_
+#define UHMM_RUNTIME_UFFD_H_
+
+#include <linux/userfaultfd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef _UFFDIO_POISON
+#define _UFFDIO_POISON (0x08)
+struct uffdio_poison {
+  struct uffdio_range range;
+#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
+  __u64 mode;
+  __s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
+namespace uhmm {
+
+class Uffd {
+ public:
+  // How the fd was obtained, for diagnostics.
+  enum class Source { kSyscall, kDevUserfaultfd, kSyscallUserModeOnly };
+
+  // Opens a non-blocking userfaultfd and negotiates MINOR_SHMEM, THREAD_ID, the REMOVE/UNMAP/REMAP/
+  // FORK events and POISON when present. PERMISSION_DENIED names the sysctl and device file to fix.
+  static absl::StatusOr<std::unique_ptr<Uffd>> Open();
+  ~Uffd();
+
+  int fd() const { return fd_; }
+  uint64_t features() const { return features_; }
+  bool has_poison() const { return (features_ & UFFD_FEATURE_POISON) != 0; }
+  Source source() const { return source_; }
+
+  absl::Status Register(uintptr_t addr, size_t len);
+  absl::Status Unregister(uintptr_t addr, size_t len);
+
+  // Installs PTEs for [addr, addr+len) from the page cache. Pages that are already mapped (EEXIST)
+  // count as done. Wakes the threads waiting in the range. On EAGAIN (a non-fault event is pending)
+  // runs the EAGAIN hook, which drains events, and retries.
+  absl::Status Continue(uintptr_t addr, size_t len);
+  absl::Status Wake(uintptr_t addr, size_t len);
+  // Installs a poison marker: this and later accesses of the page raise SIGBUS.
+  absl::Status Poison(uintptr_t addr, size_t len);
+
+  // Reads up to `max` messages without blocking; returns 0 when none is pending.
+  absl::StatusOr<size_t> Read(uffd_msg* msgs, size_t max);
+
+  // Called on EAGAIN from a resolving ioctl; the fault service installs its event drain here.
+  void set_eagain_hook(std::function<void()> hook) { eagain_hook_ = std::move(hook); }
+
+ private:
+  Uffd(int fd, uint64_t features, Source source) : fd_(fd), features_(features), source_(source) {}
+  void OnEagain();
+
+  int fd_;
+  uint64_t features_;
+  Source source_;
+  std::function<void()> eagain_hook_;
+};
+
+// The message Open() returns when no way to get a userfaultfd is permitted; exposed for tests.
+std::string UffdPermissionHelp(int syscall_errno, int devfile_errno);
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_UFFD_H_

@@ -1,0 +1,36 @@
+// VaBlock: the 2 MiB unit of a managed range (nvidia-uvm's va_block). Per-page state bitmaps say
+// where each 4 KiB page lives and whether a migration holds it; faults that hit a held page wait in
+// `deferred` and are re-queued when the migration finalizes.
+#ifndef UHMM_RUNTIME_VA_BLOCK_H_
+#define UHMM_RUNTIME_VA_BLOCK_H_
+
+#include <linux/userfaultfd.h>
+
+#include <array>
+#include <bitset>
+#include <vector>
+
+#include "runtime/sync.h"
+#include "uhmm/pagemap.h"
+#include "uhmm/uhmm.hpp"
+
+namespace uhmm {
+
+inline constexpr size_t kPagesPerBlock = kBlockSize / kPageSize;
+using PageMask = std::bitset<kPagesPerBlock>;
+
+struct VaBlock {
+  Mutex mu;
+  // A page is host-resident when none of device/poisoned/unmapped is set. The shadow copy in the
+  // range's memfd is then the data.
+  PageMask device ABSL_GUARDED_BY(mu);    // data lives in pages[i]
+  PageMask busy ABSL_GUARDED_BY(mu);      // collected by an in-flight migrate_vma
+  PageMask poisoned ABSL_GUARDED_BY(mu);  // lost to a device error; accesses get SIGBUS
+  PageMask unmapped ABSL_GUARDED_BY(mu);  // the application munmapped/mremapped it away
+  std::array<Page*, kPagesPerBlock> pages ABSL_GUARDED_BY(mu) = {};
+  std::vector<uffd_msg> deferred ABSL_GUARDED_BY(mu);  // faults that hit busy pages
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_VA_BLOCK_H_

@@ -1,0 +1,232 @@
+// Behaviour tests of migration and CPU fault-back on the host backend (hmm-tests.c style names).
+#include <sys/mman.h>
+
+#include <cstring>
+
+#include "tests/test_util.h"
+
+namespace uhmm::testing {
+namespace {
+
+using MigrateTest = RuntimeTest;
+
+TEST_F(MigrateTest, CpuReadsAndWritesAfterMigrateToDevice) {
+  const size_t bytes = 1 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 1);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
+  EXPECT_EQ(rt_->stats().pages_to_device, bytes / kPageSize);
+  // Reading faults every page back.
+  EXPECT_EQ(FirstMismatch(p, bytes, 1), -1);
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  // Writes after another migration land and survive a round trip.
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  for (size_t i = 0; i < bytes / 8; ++i) p[i] = Pattern(2, i);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  ASSERT_TRUE(rt_->Migrate(p, bytes, kHost).ok());
+  EXPECT_EQ(FirstMismatch(p, bytes, 2), -1);
+  EXPECT_GT(rt_->stats().cpu_faults, 0u);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, CpuSeesWhatTheDeviceWrote) {
+  const size_t bytes = 2 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 3);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  ASSERT_EQ(DeviceWrite(p, bytes, 4), bytes / kPageSize);
+  EXPECT_EQ(FirstMismatch(p, bytes, 4), -1);  // not the stale shadow (seed 3)
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, MigrateFaultHalfBackThenMigrateMixedRange) {
+  const size_t bytes = 4 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 5);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  // Touch (write) the second half on the CPU: it faults back; the first half stays on the device.
+  const size_t half_words = bytes / 16;
+  for (size_t i = half_words; i < bytes / 8; ++i) p[i] = Pattern(6, i);
+  std::vector<int32_t> res = Residency(p, bytes);
+  for (size_t pg = 0; pg < res.size(); ++pg) {
+    ASSERT_EQ(res[pg], pg < res.size() / 2 ? 0 : kHost) << "page " << pg;
+  }
+  EXPECT_EQ(rt_->stats().pages_to_host, bytes / kPageSize / 2);
+  // Migrate the mixed range again: only the host half moves.
+  const uint64_t before = rt_->stats().pages_to_device;
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  EXPECT_EQ(rt_->stats().pages_to_device - before, bytes / kPageSize / 2);
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
+  for (size_t i = 0; i < bytes / 8; ++i) {
+    ASSERT_EQ(p[i], Pattern(i < half_words ? 5 : 6, i)) << "word " << i;
+  }
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, MigrateTenTimesThereAndBack) {
+  const size_t bytes = 3 * kMiB + 5 * kPageSize;  // not a block multiple
+  uint64_t* p = AllocFilled(bytes, 7);
+  for (int round = 0; round < 10; ++round) {
+    ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok()) << "round " << round;
+    ASSERT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
+    if (round % 2 == 0) {
+      ASSERT_TRUE(rt_->Migrate(p, bytes, kHost).ok());  // explicit prefetch back
+    }
+    p[round] ^= 1;  // CPU write (faults back what is still on the device)
+    p[round] ^= 1;
+    ASSERT_EQ(FirstMismatch(p, bytes, 7), -1) << "round " << round;
+  }
+  EXPECT_EQ(rt_->stats().pages_to_device, 10 * bytes / kPageSize);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, EvictEverythingThenReadOnCpu) {
+  const size_t bytes = 8 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 8);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  ASSERT_EQ(DeviceWrite(p, bytes, 9), bytes / kPageSize);
+  EXPECT_EQ(rt_->stats().device_pages_used, bytes / kPageSize);
+  ASSERT_TRUE(rt_->EvictDevice(0).ok());
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+  EXPECT_EQ(rt_->stats().evicted_pages, bytes / kPageSize);
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  const uint64_t faults = rt_->stats().cpu_faults;
+  EXPECT_EQ(FirstMismatch(p, bytes, 9), -1);
+  EXPECT_EQ(rt_->stats().cpu_faults, faults);  // eviction mapped the pages: no fault needed
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, PoolExhaustionEvictsLeastRecentlyUsedWithoutLoss) {
+  Config c = HostConfig();
+  c.device_pool_bytes = 4 * kMiB;  // two root chunks
+  rt_.reset();
+  Start(c);
+  const size_t bytes = 2 * kMiB;
+  std::vector<uint64_t*> bufs;
+  for (int i = 0; i < 4; ++i) bufs.push_back(AllocFilled(bytes, 20 + i));
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(rt_->Migrate(bufs[i], bytes, 0).ok()) << i;
+    ASSERT_EQ(DeviceWrite(bufs[i], bytes, 30 + i), bytes / kPageSize);
+  }
+  // Only the two most recent buffers fit; the two oldest went back to the host.
+  EXPECT_EQ(CountAt(Residency(bufs[0], bytes), kHost), bytes / kPageSize);
+  EXPECT_EQ(CountAt(Residency(bufs[1], bytes), kHost), bytes / kPageSize);
+  EXPECT_EQ(CountAt(Residency(bufs[2], bytes), 0), bytes / kPageSize);
+  EXPECT_EQ(CountAt(Residency(bufs[3], bytes), 0), bytes / kPageSize);
+  EXPECT_EQ(rt_->stats().evicted_chunks, 2u);
+  EXPECT_EQ(rt_->stats().evicted_pages, 2 * bytes / kPageSize);
+  EXPECT_LE(rt_->stats().device_pages_used, rt_->stats().device_pages_total);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(FirstMismatch(bufs[i], bytes, 30 + i), -1) << "buffer " << i;
+    ASSERT_TRUE(rt_->Free(bufs[i]).ok());
+  }
+}
+
+TEST_F(MigrateTest, OversubscribedRangeMigratesThroughEviction) {
+  Config c = HostConfig();
+  c.device_pool_bytes = 4 * kMiB;
+  rt_.reset();
+  Start(c);
+  const size_t bytes = 16 * kMiB;  // 4x the pool
+  uint64_t* p = AllocFilled(bytes, 40);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  std::vector<int32_t> res = Residency(p, bytes);
+  EXPECT_EQ(CountAt(res, 0), 4 * kMiB / kPageSize);  // the last 4 MiB stay
+  EXPECT_EQ(FirstMismatch(p, bytes, 40), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+TEST_F(MigrateTest, PageFreeFiresOncePerFreedPageAndRefcountsStayPositive) {
+  const size_t bytes = 2 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 50);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  EXPECT_EQ(dev0_->page_free_total(), 0u);
+  // Fault one page back: exactly the pages of its granule are freed, once each.
+  volatile uint64_t sink = p[0];
+  (void)sink;
+  const uint64_t gran_pages = HostConfig().fault_granularity / kPageSize;
+  EXPECT_EQ(dev0_->page_free_total(), gran_pages);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  EXPECT_EQ(dev0_->page_free_total(), bytes / kPageSize);
+  for (uint64_t pfn = 0; pfn < bytes / kPageSize; ++pfn) {
+    ASSERT_EQ(dev0_->page_free_count(pfn), 1u) << "pfn " << pfn;
+  }
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+  // Reuse: the same descriptors go round again (a refcount reaching 0 would abort the process).
+  uint64_t* q = AllocFilled(bytes, 51);
+  ASSERT_TRUE(rt_->Migrate(q, bytes, 0).ok());
+  ASSERT_TRUE(rt_->Migrate(q, bytes, kHost).ok());
+  for (uint64_t pfn = 0; pfn < bytes / kPageSize; ++pfn) ASSERT_EQ(dev0_->page_free_count(pfn), 2u);
+  EXPECT_EQ(FirstMismatch(q, bytes, 51), -1);
+  ASSERT_TRUE(rt_->Free(q).ok());
+}
+
+TEST_F(MigrateTest, TwoDevicesMigrateThroughHost) {
+  Config c = HostConfig();
+  c.host_devices = 2;
+  rt_.reset();
+  Start(c);
+  ASSERT_EQ(rt_->device_count(), 2);
+  const size_t bytes = 1 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 60);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 1).ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), 1), bytes / kPageSize);
+  EXPECT_EQ(FirstMismatch(p, bytes, 60), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, DeviceCopyFailureDuringMigrationLeavesDataOnHost) {
+  const size_t bytes = 1 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 70);
+  dev0_->FailNextCopies(CopyDirection::kHostToDevice, 1);
+  absl::Status s = rt_->Migrate(p, bytes, 0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("injected copy failure"), std::string::npos) << s;
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+  EXPECT_EQ(FirstMismatch(p, bytes, 70), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, DeviceAllocationFailureIsReportedAndLosesNothing) {
+  const size_t bytes = 1 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 71);
+  dev0_->FailNextChunkAllocs(1);
+  absl::Status s = rt_->Migrate(p, bytes, 0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  EXPECT_EQ(FirstMismatch(p, bytes, 71), -1);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());  // the next allocation succeeds
+  EXPECT_EQ(FirstMismatch(p, bytes, 71), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, ApplicationMadviseDontneedDiscardsLikeAnonymousMemory) {
+  const size_t bytes = 1 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 80);
+  ASSERT_TRUE(rt_->Migrate(p, bytes / 2, 0).ok());
+  ASSERT_EQ(madvise(p, bytes, MADV_DONTNEED), 0);
+  ASSERT_TRUE(Eventually([&] { return rt_->stats().device_pages_used == 0; }));
+  for (size_t i = 0; i < bytes / 8; ++i) ASSERT_EQ(p[i], 0u) << "word " << i;
+  EXPECT_GE(rt_->stats().events_remove, 1u);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, MremapOfManagedRangeKeepsData) {
+  const size_t bytes = 1 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 81);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  ASSERT_EQ(DeviceWrite(p, bytes, 82), bytes / kPageSize);
+  void* moved = mremap(p, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED,
+                       reinterpret_cast<uint8_t*>(p) + 64 * kMiB);
+  ASSERT_NE(moved, MAP_FAILED) << strerror(errno);
+  EXPECT_EQ(FirstMismatch(static_cast<uint64_t*>(moved), bytes, 82), -1);
+  EXPECT_GE(rt_->stats().events_remap, 1u);
+  EXPECT_TRUE(Eventually([&] { return rt_->stats().device_pages_used == 0; }));
+  munmap(moved, bytes);
+  // The range is gone from uhmm's view: freeing it now reports it clearly.
+  EXPECT_EQ(rt_->Free(p).code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace uhmm::testing
