@@ -1,5 +1,6 @@
 // The three-phase migration (migrate_vma_setup / _pages / _finalize), the phase-2 copy helpers,
 // page references, and the runtime's migration drivers and eviction built on them.
+#include <sched.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -80,12 +81,17 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   m->src.assign(npages, MigratePfn{});
   m->dst.assign(npages, MigratePfn{});
   m->cpages = 0;
+  m->skipped_busy = 0;
   std::vector<std::pair<uintptr_t, uintptr_t>> zap;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     MigratePfn& src = m->src[idx];
     src.host = r.host_view(addr);
-    if (blk.busy[i] || blk.poisoned[i] || blk.unmapped[i]) return;
+    if (blk.busy[i]) {
+      ++m->skipped_busy;
+      return;
+    }
+    if (blk.poisoned[i] || blk.unmapped[i]) return;
     if (to_device) {
       if (blk.device[i]) return;
       src.flags = kMigratePfnValid | kMigratePfnMigrate;
@@ -166,6 +172,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   });
   // The old pages are unreferenced now (their data was copied, or they were never committed).
   for (Page* p : release) put_page(p);
+  rt->CountMigrated(to_device, m->cause, moved);
   // Map the RAM pages for the CPU while they are still busy, so no migration can zap them first.
   // CONTINUE also wakes the threads waiting on them.
   for (auto [s, e] : map_runs) {
@@ -181,7 +188,6 @@ void migrate_vma_finalize(MigrateVma* m) {
       blk.deferred.clear();
     }
   });
-  rt->CountMigrated(to_device, m->cause, moved);
   rt->fault_service().Requeue(std::move(deferred));
 }
 
@@ -265,6 +271,13 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
     for (const MigratePfn& src : m.src) moved += (src.flags & kMigratePfnMigrate) ? 1 : 0;
     migrate_vma_finalize(&m);
     if (!s.ok()) return s;
+    // A migration the caller asked for completes: pages another migration held (a fault bringing
+    // them back, say) are retried once it finishes. Service threads never wait (see FaultService).
+    if (m.skipped_busy > 0 && (cause == MigrateCause::kPrefetch || cause == MigrateCause::kFork) &&
+        !FaultService::OnServiceThread()) {
+      sched_yield();
+      continue;
+    }
     a = stop;
   }
   return moved;

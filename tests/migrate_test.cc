@@ -217,8 +217,9 @@ TEST_F(MigrateTest, MremapOfManagedRangeKeepsData) {
   uint64_t* p = AllocFilled(bytes, 81);
   ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
   ASSERT_EQ(DeviceWrite(p, bytes, 82), bytes / kPageSize);
-  void* moved = mremap(p, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED,
-                       reinterpret_cast<uint8_t*>(p) + 64 * kMiB);
+  void* dest = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);  // a free spot
+  ASSERT_NE(dest, MAP_FAILED);
+  void* moved = mremap(p, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED, dest);
   ASSERT_NE(moved, MAP_FAILED) << strerror(errno);
   EXPECT_EQ(FirstMismatch(static_cast<uint64_t*>(moved), bytes, 82), -1);
   EXPECT_GE(rt_->stats().events_remap, 1u);

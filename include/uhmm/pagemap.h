@@ -108,6 +108,7 @@ struct MigrateVma {
   std::vector<MigratePfn> src;
   std::vector<MigratePfn> dst;
   size_t cpages = 0;  // entries collected by setup
+  size_t skipped_busy = 0;  // pages setup left out because another migration holds them
   MigrateCause cause = MigrateCause::kPrefetch;
 };
 
