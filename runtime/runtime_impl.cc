@@ -450,15 +450,17 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid) {
       }
       poisoned = blk.poisoned[i];
       if (!poisoned && blk.device[i]) dpage = blk.pages[i];
+      if (!poisoned && dpage == nullptr) {
+        // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
+        // Map it under the block lock: a migration to a device that starts after we looked must
+        // not zap first and see its zap undone by this CONTINUE (a lost CPU write).
+        if (attempt == 0) counters_.duplicate_faults.fetch_add(1, std::memory_order_relaxed);
+        LogIfError(uffd_->Continue(page, kPageSize));
+        return;
+      }
     }
     if (poisoned) {
       DeliverSigbus(*range, page, tid);
-      return;
-    }
-    if (dpage == nullptr) {
-      // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
-      if (attempt == 0) counters_.duplicate_faults.fetch_add(1, std::memory_order_relaxed);
-      LogIfError(uffd_->Continue(page, kPageSize));
       return;
     }
     // Policy: the granule around the fault, clipped to the block and the range.

@@ -28,7 +28,7 @@ inline Config HostConfig() {
 }
 
 class RuntimeTest : public ::testing::Test {
- protected:
+ public:
   void Start(Config config = HostConfig()) {
     absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(config);
     ASSERT_TRUE(rt.ok()) << rt.status();
