@@ -87,10 +87,10 @@ absl::StatusOr<size_t> FaultService::ReadMessages(uffd_msg* msgs, size_t max) {
   return n;
 }
 
-bool FaultService::ParkIfRemapPending(const uffd_msg& fault) {
+bool FaultService::ParkIfRemapPending(const uffd_msg& msg) {
   MutexLock lock(&remap_mu_);
   if (remaps_pending_ == 0) return false;
-  parked_.push_back(fault);
+  parked_.push_back(msg);
   return true;
 }
 
@@ -122,6 +122,9 @@ void FaultService::Dispatch(const uffd_msg& msg) {
       rt_->OnRemove(msg.arg.remove.start, msg.arg.remove.end);
       break;
     case UFFD_EVENT_UNMAP:
+      // mremap raises REMAP and then UNMAP for the old address; the UNMAP must not discard the
+      // device data before the REMAP handler brought it home.
+      if (ParkIfRemapPending(msg)) break;
       rt_->OnUnmap(msg.arg.remove.start, msg.arg.remove.end);
       break;
     case UFFD_EVENT_REMAP:

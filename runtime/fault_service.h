@@ -39,8 +39,9 @@ class FaultService {
 
   // mremap support: a REMAP event releases the mremap caller as soon as it is read, so a fault at
   // the new address can arrive before the event is handled. Reads are serialised and count REMAP
-  // events, and faults at unknown addresses park until every counted REMAP is handled.
-  bool ParkIfRemapPending(const uffd_msg& fault);
+  // events, and faults at unknown addresses (and UNMAP events, which mremap raises for the old
+  // address right after REMAP) park until every counted REMAP is handled.
+  bool ParkIfRemapPending(const uffd_msg& msg);
   void RemapHandled();
 
  private:

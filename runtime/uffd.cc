@@ -112,7 +112,16 @@ absl::StatusOr<std::unique_ptr<Uffd>> Uffd::Open() {
         available));
   }
   uffdio_api api{.api = UFFD_API, .features = wanted & available, .ioctls = 0};
-  if (ioctl(fd, UFFDIO_API, &api) != 0) {
+  int rc = ioctl(fd, UFFDIO_API, &api);
+  if (rc != 0 && errno == EPERM) {
+    // EVENT_FORK needs CAP_SYS_PTRACE. Without it the child's copies are simply unregistered,
+    // which the atfork handlers (fork.cc) make correct anyway.
+    api = uffdio_api{.api = UFFD_API,
+                     .features = wanted & available & ~static_cast<uint64_t>(UFFD_FEATURE_EVENT_FORK),
+                     .ioctls = 0};
+    rc = ioctl(fd, UFFDIO_API, &api);
+  }
+  if (rc != 0) {
     int err = errno;
     close(fd);
     return Errno("uhmm: UFFDIO_API handshake failed", err);

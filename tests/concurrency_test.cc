@@ -24,7 +24,7 @@ size_t OpenFds() {
   return n;
 }
 
-void EightThreadsFaultSamePages(RuntimeTest& t, std::unique_ptr<Runtime>& rt,
+void EightThreadsFaultSamePages(Harness& t, std::unique_ptr<Runtime>& rt,
                                 host::HostDeviceControls* dev, size_t granularity) {
   const size_t bytes = 2 * kMiB;
   const size_t npages = bytes / kPageSize;
@@ -40,7 +40,7 @@ void EightThreadsFaultSamePages(RuntimeTest& t, std::unique_ptr<Runtime>& rt,
     threads.emplace_back([&] {
       start.arrive_and_wait();
       for (size_t w = 0; w < bytes / 8; w += 64) {  // every cache line of every page
-        if (p[w] != RuntimeTest::Pattern(101, w)) stale.fetch_add(1);
+        if (p[w] != Harness::Pattern(101, w)) stale.fetch_add(1);
       }
     });
   }

@@ -221,7 +221,11 @@ TEST_F(MigrateTest, MremapOfManagedRangeKeepsData) {
   ASSERT_NE(dest, MAP_FAILED);
   void* moved = mremap(p, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED, dest);
   ASSERT_NE(moved, MAP_FAILED) << strerror(errno);
-  EXPECT_EQ(FirstMismatch(static_cast<uint64_t*>(moved), bytes, 82), -1);
+  const int64_t mismatch = FirstMismatch(static_cast<uint64_t*>(moved), bytes, 82);
+  const Stats st = rt_->stats();
+  EXPECT_EQ(mismatch, -1)
+      << "faults " << st.cpu_faults << " unmanaged " << st.unmanaged_faults << " remaps "
+      << st.events_remap << " to_host " << st.pages_to_host;
   EXPECT_GE(rt_->stats().events_remap, 1u);
   EXPECT_TRUE(Eventually([&] { return rt_->stats().device_pages_used == 0; }));
   munmap(moved, bytes);

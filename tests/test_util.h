@@ -27,7 +27,8 @@ inline Config HostConfig() {
   return c;
 }
 
-class RuntimeTest : public ::testing::Test {
+// Helpers over one runtime; usable in a fixture and in a forked child alike.
+class Harness {
  public:
   void Start(Config config = HostConfig()) {
     absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(config);
@@ -36,11 +37,6 @@ class RuntimeTest : public ::testing::Test {
     dev0_ = host::LiveDevice(0);
     ASSERT_NE(dev0_, nullptr);
   }
-  void SetUp() override { Start(); }
-  void TearDown() override {
-    rt_.reset();
-  }
-
   // Allocates and fills with `seed`-derived words, on the CPU.
   uint64_t* AllocFilled(size_t bytes, uint64_t seed) {
     absl::StatusOr<void*> p = rt_->Allocate(bytes);
@@ -95,6 +91,12 @@ class RuntimeTest : public ::testing::Test {
 
   std::unique_ptr<Runtime> rt_;
   host::HostDeviceControls* dev0_ = nullptr;
+};
+
+class RuntimeTest : public ::testing::Test, public Harness {
+ public:
+  void SetUp() override { Start(); }
+  void TearDown() override { rt_.reset(); }
 };
 
 }  // namespace uhmm::testing

@@ -1,0 +1,172 @@
+// Tests that need their own process: fork semantics, SIGBUS on device errors, and userfaultfd
+// permission handling. Each scenario runs in a child so a signal cannot take down the test runner.
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "runtime/uffd.h"
+#include "tests/test_util.h"
+
+namespace uhmm::testing {
+namespace {
+
+// Runs `body` in a forked child and returns its wait status. The child must _exit.
+template <typename Fn>
+int InChild(Fn body) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    body();
+    _exit(100);  // body forgot to exit
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+using ForkTest = RuntimeTest;
+
+TEST_F(ForkTest, ForkAfterMigrateChildReadsDataAndParentIsUnaffected) {
+  const size_t bytes = 2 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 200);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  ASSERT_EQ(DeviceWrite(p, bytes, 201), bytes / kPageSize);
+  const int status = InChild([&] {
+    // The child sees the data as of the fork, in a private copy.
+    if (FirstMismatch(p, bytes, 201) != -1) _exit(1);
+    for (size_t i = 0; i < bytes / 8; ++i) p[i] = Pattern(202, i);  // must not reach the parent
+    if (FirstMismatch(p, bytes, 202) != -1) _exit(2);
+    // The inherited runtime refuses migrations clearly.
+    if (rt_->Migrate(p, bytes, 0).code() != absl::StatusCode::kFailedPrecondition) _exit(3);
+    _exit(0);
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: child read wrong data; 2: child write failed; "
+                                       "3: child migration not refused";
+  EXPECT_EQ(FirstMismatch(p, bytes, 201), -1) << "the child's writes reached the parent";
+  EXPECT_GE(rt_->stats().events_fork, 1u);
+  // The parent keeps working: migrate again and fault back.
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  EXPECT_EQ(FirstMismatch(p, bytes, 201), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+// --- SIGBUS on device error ------------------------------------------------------------------
+
+sigjmp_buf g_jump;
+volatile sig_atomic_t g_si_code = 0;
+void* volatile g_si_addr = nullptr;
+void OnSigbus(int, siginfo_t* info, void*) {
+  g_si_code = info->si_code;
+  g_si_addr = info->si_addr;
+  siglongjmp(g_jump, 1);
+}
+
+// Child body: two ranges on the device, the next device->host copy fails, the CPU touches a page.
+// Exit codes: 0 ok, 10+ which check failed.
+void SigbusScenario(SigbusMode mode) {
+  Config c = HostConfig();
+  c.sigbus_mode = mode;
+  c.fault_granularity = kPageSize;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
+  if (!rt.ok()) _exit(10);
+  const size_t bytes = 64 * kPageSize;
+  Harness helper;
+  helper.rt_ = std::move(*rt);
+  uint64_t* a = helper.AllocFilled(bytes, 300);
+  uint64_t* b = helper.AllocFilled(bytes, 301);
+  if (!helper.rt_->Migrate(a, bytes, 0).ok() || !helper.rt_->Migrate(b, bytes, 0).ok()) _exit(11);
+  struct sigaction sa = {};
+  sa.sa_sigaction = OnSigbus;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGBUS, &sa, nullptr);
+  host::LiveDevice(0)->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  volatile uint64_t* victim = a + 5 * kPageSize / 8;
+  bool got_sigbus = false;
+  if (sigsetjmp(g_jump, 1) == 0) {
+    (void)*victim;
+  } else {
+    got_sigbus = true;
+  }
+  if (!got_sigbus) _exit(12);
+  if (mode == SigbusMode::kPoison) {
+    // A poison marker raises BUS_MCEERR_AR or BUS_ADRERR, depending on the kernel, at the
+    // exact address.
+    if (g_si_code != BUS_MCEERR_AR && g_si_code != BUS_ADRERR) _exit(30 + g_si_code);
+    if (g_si_addr != (void*)victim) _exit(14);
+    std::vector<int32_t> res = helper.Residency(a, bytes);
+    if (res[5] != kPoisoned) _exit(15);
+  } else if (g_si_code != SI_TKILL) {
+    _exit(16);
+  }
+  // Only that access failed: other pages of the range and the other range still work.
+  if (a[0] != Harness::Pattern(300, 0)) _exit(17);
+  if (a[6 * kPageSize / 8] != Harness::Pattern(300, 6 * kPageSize / 8)) _exit(18);
+  if (helper.FirstMismatch(b, bytes, 301) != -1) _exit(19);
+  if (mode == SigbusMode::kTkill) {
+    // Without poison the page stayed on the device; the device works again, so a retry succeeds.
+    if (*victim != Harness::Pattern(300, 5 * kPageSize / 8)) _exit(20);
+  }
+  if (helper.rt_->stats().sigbus_delivered != 1) _exit(21);
+  helper.rt_.reset();
+  _exit(0);
+}
+
+TEST(SigbusTest, DeviceErrorDuringFaultBackPoisonsThatAccessOnly) {
+  const int status = InChild([] { SigbusScenario(SigbusMode::kPoison); });
+  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "see SigbusScenario for the failed check";
+}
+
+TEST(SigbusTest, DeviceErrorDuringFaultBackTkillFallbackSignalsThatThreadOnly) {
+  const int status = InChild([] { SigbusScenario(SigbusMode::kTkill); });
+  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "see SigbusScenario for the failed check";
+}
+
+TEST(SigbusTest, UnhandledDeviceErrorKillsWithSigbus) {
+  const int status = InChild([] {
+    Config c = HostConfig();
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
+    if (!rt.ok()) _exit(10);
+    absl::StatusOr<void*> p = (*rt)->Allocate(kPageSize);
+    if (!p.ok() || !(*rt)->Migrate(*p, kPageSize, 0).ok()) _exit(11);
+    host::LiveDevice(0)->FailNextCopies(CopyDirection::kDeviceToHost, 1000);
+    (void)*static_cast<volatile char*>(*p);
+    _exit(12);
+  });
+  ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGBUS);
+}
+
+// --- userfaultfd permissions ---------------------------------------------------------------------
+
+TEST(UffdPermissionTest, HelpNamesTheSysctlAndTheDeviceFile) {
+  const std::string help = UffdPermissionHelp(EPERM, EACCES);
+  EXPECT_NE(help.find("vm.unprivileged_userfaultfd"), std::string::npos) << help;
+  EXPECT_NE(help.find("/dev/userfaultfd"), std::string::npos) << help;
+}
+
+TEST(UffdPermissionTest, UnprivilegedProcessFallsBackToUserModeOnly) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to drop to an unprivileged user";
+  FILE* f = fopen("/proc/sys/vm/unprivileged_userfaultfd", "r");
+  int unpriv = 1;
+  if (f) {
+    if (fscanf(f, "%d", &unpriv) != 1) unpriv = 1;
+    fclose(f);
+  }
+  if (unpriv != 0) GTEST_SKIP() << "vm.unprivileged_userfaultfd=1: unprivileged users may open it";
+  const int status = InChild([] {
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(10);
+    absl::StatusOr<std::unique_ptr<Uffd>> u = Uffd::Open();
+    if (!u.ok()) _exit(11);
+    _exit((*u)->source() == Uffd::Source::kSyscallUserModeOnly ? 0 : 12);
+  });
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+}  // namespace
+}  // namespace uhmm::testing
