@@ -64,14 +64,23 @@ int main(int argc, char** argv) {
   // 3. The device writes new values (only the host backend can be poked from the CPU like this).
   uint64_t expect_seed = 1;
   if (r.backend_name() == "host") {
+    std::vector<std::pair<size_t, uint64_t>> pages;  // (offset, device address)
     for (size_t off = 0; off < bytes; off += uhmm::kPageSize) {
       absl::StatusOr<uint64_t> dev = r.DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
-      if (!dev.ok()) continue;
-      auto* d = static_cast<uint64_t*>(uhmm::host::DevicePointer(*dev));
-      for (size_t i = 0; i < uhmm::kPageSize / 8; ++i) d[i] = Pattern(2, off / 8 + i);
+      if (dev.ok()) pages.emplace_back(off, *dev);
+    }
+    absl::Status s = uhmm::host::LiveDevice(0)->RunKernel([&] {
+      for (auto [off, addr] : pages) {
+        auto* d = static_cast<uint64_t*>(uhmm::host::DevicePointer(addr));
+        for (size_t i = 0; i < uhmm::kPageSize / 8; ++i) d[i] = Pattern(2, off / 8 + i);
+      }
+    });
+    if (!s.ok()) {
+      std::fprintf(stderr, "uhmm demo: %s\n", s.ToString().c_str());
+      return 1;
     }
     expect_seed = 2;
-    std::printf("the device rewrote every page (through device addresses, not the managed pointer)\n");
+    std::printf("a device kernel rewrote all %zu pages (through device addresses)\n", pages.size());
   }
 
   // 4a. Isolated faults: one touch per 2 MiB block.

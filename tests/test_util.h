@@ -56,17 +56,22 @@ class Harness {
   }
 
   // A device "kernel": rewrites every device-resident page of [p, p+bytes) with `seed`'s pattern
-  // through the device address, without touching the managed pointer. Returns pages written.
+  // through the device address, without touching the managed pointer. It runs on the emulated
+  // device's queue, as a launch would. Returns pages written.
   size_t DeviceWrite(uint64_t* p, size_t bytes, uint64_t seed) {
-    size_t pages = 0;
+    std::vector<std::pair<size_t, uint64_t>> pages;  // (byte offset, device address)
     for (size_t off = 0; off < bytes; off += kPageSize) {
       absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
-      if (!dev.ok()) continue;
-      auto* d = static_cast<uint64_t*>(host::DevicePointer(*dev));
-      for (size_t i = 0; i < kPageSize / 8; ++i) d[i] = Pattern(seed, off / 8 + i);
-      ++pages;
+      if (dev.ok()) pages.emplace_back(off, *dev);
     }
-    return pages;
+    absl::Status s = host::LiveDevice(0)->RunKernel([&] {
+      for (auto [off, addr] : pages) {
+        auto* d = static_cast<uint64_t*>(host::DevicePointer(addr));
+        for (size_t i = 0; i < kPageSize / 8; ++i) d[i] = Pattern(seed, off / 8 + i);
+      }
+    });
+    EXPECT_TRUE(s.ok()) << s;
+    return pages.size();
   }
 
   std::vector<int32_t> Residency(const void* p, size_t bytes) {

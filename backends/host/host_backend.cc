@@ -37,7 +37,15 @@ class HostCopyEngine final : public CopyEngine {
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
     std::lock_guard<std::mutex> lock(mu_);
     const uint64_t fence = ++submitted_;
-    queue_.push_back(Batch{fence, dir, std::vector<CopyOp>(ops.begin(), ops.end())});
+    queue_.push_back(Batch{fence, dir, std::vector<CopyOp>(ops.begin(), ops.end()), nullptr});
+    cv_.notify_all();
+    return fence;
+  }
+
+  uint64_t SubmitKernel(std::function<void()> kernel) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t fence = ++submitted_;
+    queue_.push_back(Batch{fence, CopyDirection::kHostToDevice, {}, std::move(kernel)});
     cv_.notify_all();
     return fence;
   }
@@ -64,6 +72,7 @@ class HostCopyEngine final : public CopyEngine {
     uint64_t fence;
     CopyDirection dir;
     std::vector<CopyOp> ops;
+    std::function<void()> kernel;  // set for a kernel launch instead of copies
   };
 
   static bool TakeOne(std::atomic<int>& counter) {
@@ -86,7 +95,9 @@ class HostCopyEngine final : public CopyEngine {
       lock.unlock();
       const bool to_device = batch.dir == CopyDirection::kHostToDevice;
       absl::Status status;
-      if (TakeOne(to_device ? fail_h2d_ : fail_d2h_)) {
+      if (batch.kernel) {
+        batch.kernel();
+      } else if (TakeOne(to_device ? fail_h2d_ : fail_d2h_)) {
         status = absl::AbortedError(absl::StrFormat(
             "host device %d: injected copy failure (%s)", ordinal_,
             to_device ? "host -> device" : "device -> host"));
@@ -181,6 +192,9 @@ class HostDevice final : public Device, public HostDeviceControls {
   }
   uint64_t page_free_total() const override { return free_total_.load(); }
   uint64_t copies(CopyDirection dir) const override { return engine_.copies(dir); }
+  absl::Status RunKernel(std::function<void()> kernel) override {
+    return engine_.Wait(engine_.SubmitKernel(std::move(kernel)));
+  }
 
  private:
   static bool TakeFail(std::atomic<int>& counter) {

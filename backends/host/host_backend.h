@@ -6,6 +6,7 @@
 #define UHMM_BACKENDS_HOST_HOST_BACKEND_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -28,6 +29,9 @@ class HostDeviceControls {
   virtual uint64_t page_free_total() const = 0;
   // Copy batches completed in each direction.
   virtual uint64_t copies(CopyDirection dir) const = 0;
+  // Runs `kernel` on the device, ordered after the copies queued before it, and waits for it: the
+  // emulated kernel launch. Kernels address device memory through DevicePointer(dma_addr).
+  virtual absl::Status RunKernel(std::function<void()> kernel) = 0;
 };
 
 // The most recently opened, still open host device with this ordinal (nullptr if none).
