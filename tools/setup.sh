@@ -5,7 +5,8 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake ninja-build pkg-config   # toolchain
-  libabsl-dev libhwloc-dev                       # runtime dependencies
+  libabsl-dev                                    # runtime dependency
+  libhwloc-dev                                   # topology-aware placement (performance issue)
   libze-dev libze1                               # Level Zero loader (backend issue)
   googletest libgtest-dev                        # tests
   clang libclang-rt-14-dev                       # the tsan preset
