@@ -531,70 +531,68 @@ void RuntimeImpl::EndZap(uintptr_t start, uintptr_t end, bool failed) {
 void RuntimeImpl::OnRemove(uintptr_t start, uintptr_t end) {
   counters_.ev_remove.fetch_add(1, std::memory_order_relaxed);
   {
+    // Our own zap during a migration to a device? Its event can be handled long after madvise
+    // returned, while later zaps of sub-ranges are registered too: match the exact range first
+    // (one VMA: the common case), else the smallest zap that contains the event (a zap that
+    // spans several VMAs raises one event per VMA).
     MutexLock lock(&zap_mu_);
+    auto match = zaps_.end();
     for (auto it = zaps_.begin(); it != zaps_.end(); ++it) {
-      if (it->start <= start && end <= it->end) {
-        // Our own zap during a migration to a device (one event per VMA it spans).
-        it->unseen -= std::min(it->unseen, static_cast<size_t>(end - start));
-        if (it->unseen == 0) zaps_.erase(it);
-        return;
+      if (it->start == start && it->end == end) {
+        match = it;
+        break;
       }
+      if (it->start <= start && end <= it->end &&
+          (match == zaps_.end() || it->end - it->start < match->end - match->start)) {
+        match = it;
+      }
+    }
+    if (match != zaps_.end()) {
+      match->unseen -= std::min(match->unseen, static_cast<size_t>(end - start));
+      if (match->unseen == 0) zaps_.erase(match);
+      return;
     }
   }
   // The application discarded the range (MADV_DONTNEED/MADV_REMOVE). Managed memory behaves like
   // anonymous memory: the contents become zero. Drop device copies and punch the shadow.
-  std::vector<std::shared_ptr<ManagedRange>> hit;
-  {
-    ReaderMutexLock lock(&ranges_mu_);
-    for (auto& [rs, r] : ranges_) {
-      if (r->start() < end && start < r->end()) hit.push_back(r);
-    }
-  }
-  for (auto& r : hit) {
+  for (auto& r : Overlapping(start, end)) {
     const uintptr_t s = std::max(start, r->start());
     const uintptr_t e = std::min(end, r->end());
-    std::vector<Page*> release;
-    for (uintptr_t a = s; a < e; a += kPageSize) {
-      VaBlock& blk = r->block_of(a);
-      MutexLock lock(&blk.mu);
-      const size_t i = ManagedRange::page_in_block(a);
-      if (blk.device[i] && !blk.busy[i]) {
-        release.push_back(blk.pages[i]);
-        blk.pages[i] = nullptr;
-        blk.device.reset(i);
-      }
-    }
+    DropDevicePages(*r, s, e, /*forget=*/false);
     fallocate(r->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
               static_cast<off_t>(s - r->start()), static_cast<off_t>(e - s));
-    for (Page* p : release) put_page(p);
   }
 }
 
-void RuntimeImpl::ForgetAddresses(uintptr_t start, uintptr_t end) {
+std::vector<std::shared_ptr<ManagedRange>> RuntimeImpl::Overlapping(uintptr_t start, uintptr_t end) {
   std::vector<std::shared_ptr<ManagedRange>> hit;
-  {
-    ReaderMutexLock lock(&ranges_mu_);
-    for (auto& [rs, r] : ranges_) {
-      if (r->start() < end && start < r->end()) hit.push_back(r);
+  ReaderMutexLock lock(&ranges_mu_);
+  for (auto& [rs, r] : ranges_) {
+    if (r->start() < end && start < r->end()) hit.push_back(r);
+  }
+  return hit;
+}
+
+void RuntimeImpl::DropDevicePages(ManagedRange& r, uintptr_t start, uintptr_t end, bool forget) {
+  std::vector<Page*> release;
+  for (uintptr_t a = start; a < end; a += kPageSize) {
+    VaBlock& blk = r.block_of(a);
+    MutexLock lock(&blk.mu);
+    const size_t i = ManagedRange::page_in_block(a);
+    if (forget) blk.unmapped.set(i);
+    // Busy pages are released by their migration's finalize, which sees `unmapped`.
+    if (blk.device[i] && !blk.busy[i]) {
+      release.push_back(blk.pages[i]);
+      blk.pages[i] = nullptr;
+      blk.device.reset(i);
     }
   }
-  for (auto& r : hit) {
-    const uintptr_t s = std::max(start, r->start());
-    const uintptr_t e = std::min(end, r->end());
-    std::vector<Page*> release;
-    for (uintptr_t a = s; a < e; a += kPageSize) {
-      VaBlock& blk = r->block_of(a);
-      MutexLock lock(&blk.mu);
-      const size_t i = ManagedRange::page_in_block(a);
-      blk.unmapped.set(i);
-      // Busy pages are released by their migration's finalize, which sees `unmapped`.
-      if (blk.device[i] && !blk.busy[i]) {
-        release.push_back(blk.pages[i]);
-        blk.pages[i] = nullptr;
-        blk.device.reset(i);
-      }
-    }
-    for (Page* p : release) put_page(p);
+  for (Page* p : release) put_page(p);
+}
+
+void RuntimeImpl::ForgetAddresses(uintptr_t start, uintptr_t end) {
+  for (auto& r : Overlapping(start, end)) {
+    DropDevicePages(*r, std::max(start, r->start()), std::min(end, r->end()), /*forget=*/true);
     size_t gone = 0;
     for (size_t b = 0; b < r->num_blocks(); ++b) {
       VaBlock& blk = r->block(b);
@@ -624,14 +622,7 @@ void RuntimeImpl::OnRemap(uintptr_t from, uintptr_t to, size_t len) {
   // mremap moved [from, from+len) to `to`. Bring its device pages home so the shared shadow is the
   // data; the new address is then plain host memory (its faults map the shadow), and the old
   // addresses are forgotten like an munmap.
-  std::vector<std::shared_ptr<ManagedRange>> hit;
-  {
-    ReaderMutexLock lock(&ranges_mu_);
-    for (auto& [rs, r] : ranges_) {
-      if (r->start() < from + len && from < r->end()) hit.push_back(r);
-    }
-  }
-  for (auto& r : hit) {
+  for (auto& r : Overlapping(from, from + len)) {
     RangeRef ref(r);
     if (!ref) continue;
     LogIfError(MigrateToHost(*r, std::max(from, r->start()), std::min(from + len, r->end()),

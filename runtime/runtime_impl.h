@@ -81,6 +81,10 @@ class RuntimeImpl final : public Runtime {
   void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);
   // Marks [start, end) of every range it overlaps as gone and releases the device pages there.
   void ForgetAddresses(uintptr_t start, uintptr_t end);
+  std::vector<std::shared_ptr<ManagedRange>> Overlapping(uintptr_t start, uintptr_t end);
+  // Drops the device copies in [start, end) of `range` that no migration holds; with `forget`,
+  // also marks the pages unmapped so that in-flight migrations drop theirs at finalize.
+  void DropDevicePages(ManagedRange& range, uintptr_t start, uintptr_t end, bool forget);
   // Unregisters and unmaps the user view (skipping pages the application already unmapped) and
   // returns every device page. The range must be out of the map and torn down.
   void DestroyRange(ManagedRange& range, bool unmap_user_view);

@@ -198,7 +198,12 @@ TEST_F(ConcurrencyTest, CpuWritersAndMigrationsRaceWithoutLostUpdates) {
         for (size_t pg = w; pg < npages; pg += kWriters) {
           uint64_t& word = p[pg * kPageSize / 8 + (iter % 512)];
           uint64_t& first = p[pg * kPageSize / 8];
-          if (first != mine[pg]) lost.fetch_add(1);
+          if (first != mine[pg]) {
+            if (lost.fetch_add(1) < 5) {
+              std::fprintf(stderr, "page %zu: read %llu, wrote %llu last\n", pg,
+                           (unsigned long long)first, (unsigned long long)mine[pg]);
+            }
+          }
           first = ++mine[pg];
           word = first;
         }
