@@ -7,6 +7,7 @@
 #include <atomic>
 #include <barrier>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 #include <vector>
@@ -256,6 +257,23 @@ TEST_F(ConcurrencyTest, ThreadsOversubscribingASmallPoolLoseNoData) {
   EXPECT_GT(rt_->stats().evicted_pages, 0u);
   for (auto* b : bufs) ASSERT_TRUE(rt_->Free(b).ok());
   EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+TEST(FaultServiceTest, ThreadsAreNamedAndTheirCountIsConfigurable) {
+  Config c = HostConfig();
+  c.fault_threads = 3;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  size_t fault_threads = 0, copy_threads = 0;
+  for (auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    fault_threads += name.rfind("uhmm-fault-", 0) == 0;
+    copy_threads += name == "uhmm-copy-0";
+  }
+  EXPECT_EQ(fault_threads, 3u);
+  EXPECT_EQ(copy_threads, 1u);
 }
 
 }  // namespace

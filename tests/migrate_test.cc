@@ -1,5 +1,8 @@
 // Behaviour tests of migration and CPU fault-back on the host backend (hmm-tests.c style names).
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <thread>
 
 #include <cstring>
 
@@ -231,6 +234,58 @@ TEST_F(MigrateTest, MremapOfManagedRangeKeepsData) {
   munmap(moved, bytes);
   // The range is gone from uhmm's view: freeing it now reports it clearly.
   EXPECT_EQ(rt_->Free(p).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(MigrateTest, FaultBringsBackItsGranuleOnly) {
+  const size_t bytes = 2 * kMiB;
+  const size_t gran_pages = HostConfig().fault_granularity / kPageSize;
+  uint64_t* p = AllocFilled(bytes, 90);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  // Touch one page in the middle of the third granule.
+  const size_t touched = 2 * gran_pages + gran_pages / 2;
+  EXPECT_EQ(p[touched * kPageSize / 8], Pattern(90, touched * kPageSize / 8));
+  std::vector<int32_t> res = Residency(p, bytes);
+  for (size_t pg = 0; pg < res.size(); ++pg) {
+    const bool in_granule = pg / gran_pages == 2;
+    ASSERT_EQ(res[pg], in_granule ? kHost : 0) << "page " << pg;
+  }
+  EXPECT_EQ(rt_->stats().pages_to_host, gran_pages);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MigrateTest, SystemCallsReadAndWriteDeviceResidentBuffers) {
+  // The kernel touching managed memory on the application's behalf (read(2)/write(2) into a
+  // buffer on the device) faults like the CPU does: MPI and file I/O on managed buffers work.
+  const size_t bytes = 256 * 1024;
+  uint64_t* src = AllocFilled(bytes, 91);
+  absl::StatusOr<void*> dst_mem = rt_->Allocate(bytes);
+  ASSERT_TRUE(dst_mem.ok());
+  auto* dst = static_cast<uint64_t*>(*dst_mem);
+  std::memset(dst, 0, bytes);
+  ASSERT_TRUE(rt_->Migrate(src, bytes, 0).ok());
+  ASSERT_TRUE(rt_->Migrate(dst, bytes, 0).ok());
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  std::thread writer([&] {
+    size_t done = 0;
+    while (done < bytes) {
+      ssize_t n = write(fds[1], reinterpret_cast<char*>(src) + done, bytes - done);  // kernel reads
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    close(fds[1]);
+  });
+  size_t got = 0;
+  while (got < bytes) {
+    ssize_t n = read(fds[0], reinterpret_cast<char*>(dst) + got, bytes - got);  // kernel writes
+    ASSERT_GT(n, 0) << strerror(errno);
+    got += static_cast<size_t>(n);
+  }
+  writer.join();
+  close(fds[0]);
+  EXPECT_EQ(FirstMismatch(dst, bytes, 91), -1);
+  ASSERT_TRUE(rt_->Free(src).ok());
+  ASSERT_TRUE(rt_->Free(dst).ok());
 }
 
 }  // namespace
