@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_format.h"
 #include "runtime/runtime_impl.h"
@@ -30,7 +31,12 @@ bool FaultService::OnServiceThread() { return t_service_thread; }
 absl::Status FaultService::Start() {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) return absl::InternalError(absl::StrFormat("uhmm: eventfd: %s", strerror(errno)));
-  for (int i = 0; i < nthreads_; ++i) threads_.emplace_back(&FaultService::ThreadMain, this, i);
+  for (int i = 0; i < nthreads_; ++i) {
+    threads_.emplace_back(&FaultService::ThreadMain, this, i);
+    // Named by the creator, so the name is there when Start returns (ps, top, perf, gdb).
+    const std::string name = "uhmm-fault-" + std::to_string(i);  // <= 15 chars: at most 64 threads
+    pthread_setname_np(threads_.back().native_handle(), name.c_str());
+  }
   return absl::OkStatus();
 }
 
@@ -139,11 +145,8 @@ void FaultService::Dispatch(const uffd_msg& msg) {
   }
 }
 
-void FaultService::ThreadMain(int index) {
+void FaultService::ThreadMain(int) {
   t_service_thread = true;
-  char name[16];
-  std::snprintf(name, sizeof(name), "uhmm-fault-%d", index);
-  pthread_setname_np(pthread_self(), name);
 
   pollfd fds[2] = {{uffd_->fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
   uffd_msg msgs[kBatch];

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -24,7 +25,11 @@ constexpr size_t kDefaultPoolBytes = size_t{256} << 20;
 
 class HostCopyEngine final : public CopyEngine {
  public:
-  explicit HostCopyEngine(int ordinal) : ordinal_(ordinal), thread_([this] { Run(); }) {}
+  explicit HostCopyEngine(int ordinal) : ordinal_(ordinal), thread_([this] { Run(); }) {
+    char name[16];
+    std::snprintf(name, sizeof(name), "uhmm-copy-%d", ordinal_);
+    pthread_setname_np(thread_.native_handle(), name);
+  }
   ~HostCopyEngine() override {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -38,6 +43,7 @@ class HostCopyEngine final : public CopyEngine {
     std::lock_guard<std::mutex> lock(mu_);
     const uint64_t fence = ++submitted_;
     queue_.push_back(Batch{fence, dir, std::vector<CopyOp>(ops.begin(), ops.end()), nullptr});
+    submitted_pub_.store(fence, std::memory_order_release);
     cv_.notify_all();
     return fence;
   }
@@ -46,11 +52,15 @@ class HostCopyEngine final : public CopyEngine {
     std::lock_guard<std::mutex> lock(mu_);
     const uint64_t fence = ++submitted_;
     queue_.push_back(Batch{fence, CopyDirection::kHostToDevice, {}, std::move(kernel)});
+    submitted_pub_.store(fence, std::memory_order_release);
     cv_.notify_all();
     return fence;
   }
 
   absl::Status Wait(uint64_t fence) override {
+    // Like polling a GPU event: a short copy completes in microseconds, well before a sleeping
+    // thread would be woken, so poll briefly before sleeping.
+    SpinUntil([&] { return completed_pub_.load(std::memory_order_acquire) >= fence; });
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [&] { return completed_ >= fence; });
     auto it = results_.find(fence);
@@ -82,16 +92,29 @@ class HostCopyEngine final : public CopyEngine {
     return v > 0;
   }
 
+  template <typename Cond>
+  static void SpinUntil(Cond cond) {
+    const auto deadline = std::chrono::steady_clock::now() + kSpin;
+    while (!cond() && std::chrono::steady_clock::now() < deadline) {
+      __builtin_ia32_pause();
+    }
+  }
+
   void Run() {
-    char name[16];
-    std::snprintf(name, sizeof(name), "uhmm-copy-%d", ordinal_);
-    pthread_setname_np(pthread_self(), name);
     std::unique_lock<std::mutex> lock(mu_);
+    uint64_t taken = 0;
     for (;;) {
+      if (queue_.empty() && !stop_) {
+        // Poll for the next batch briefly: faults come in bursts.
+        lock.unlock();
+        SpinUntil([&] { return submitted_pub_.load(std::memory_order_acquire) > taken; });
+        lock.lock();
+      }
       cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ with nothing left
       Batch batch = std::move(queue_.front());
       queue_.pop_front();
+      taken = batch.fence;
       lock.unlock();
       const bool to_device = batch.dir == CopyDirection::kHostToDevice;
       absl::Status status;
@@ -115,6 +138,7 @@ class HostCopyEngine final : public CopyEngine {
       lock.lock();
       if (!status.ok()) results_[batch.fence] = status;
       completed_ = batch.fence;
+      completed_pub_.store(batch.fence, std::memory_order_release);
       done_cv_.notify_all();
     }
   }
@@ -124,8 +148,10 @@ class HostCopyEngine final : public CopyEngine {
   std::condition_variable cv_, done_cv_;
   std::deque<Batch> queue_;
   std::unordered_map<uint64_t, absl::Status> results_;
+  static constexpr std::chrono::microseconds kSpin{50};
   uint64_t submitted_ = 0;
   uint64_t completed_ = 0;
+  std::atomic<uint64_t> submitted_pub_{0}, completed_pub_{0};  // for polling without the lock
   bool stop_ = false;
   std::atomic<int> fail_h2d_{0}, fail_d2h_{0};
   std::atomic<uint64_t> done_h2d_{0}, done_d2h_{0};
