@@ -23,6 +23,14 @@ namespace {
 
 constexpr size_t kDefaultPoolBytes = size_t{256} << 20;
 
+// Fault injection: consumes one of the `counter` failures still to inject, if any.
+bool TakeOne(std::atomic<int>& counter) {
+  int v = counter.load();
+  while (v > 0 && !counter.compare_exchange_weak(v, v - 1)) {
+  }
+  return v > 0;
+}
+
 class HostCopyEngine final : public CopyEngine {
  public:
   explicit HostCopyEngine(int ordinal) : ordinal_(ordinal), thread_([this] { Run(); }) {
@@ -84,13 +92,6 @@ class HostCopyEngine final : public CopyEngine {
     std::vector<CopyOp> ops;
     std::function<void()> kernel;  // set for a kernel launch instead of copies
   };
-
-  static bool TakeOne(std::atomic<int>& counter) {
-    int v = counter.load();
-    while (v > 0 && !counter.compare_exchange_weak(v, v - 1)) {
-    }
-    return v > 0;
-  }
 
   template <typename Cond>
   static void SpinUntil(Cond cond) {
@@ -188,7 +189,7 @@ class HostDevice final : public Device, public HostDeviceControls {
   size_t default_pool_bytes() const override { return kDefaultPoolBytes; }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
-    if (TakeFail(fail_allocs_)) {
+    if (TakeOne(fail_allocs_)) {
       return absl::AbortedError(
           absl::StrFormat("host device %d: injected device memory allocation failure", ordinal_));
     }
@@ -223,13 +224,6 @@ class HostDevice final : public Device, public HostDeviceControls {
   }
 
  private:
-  static bool TakeFail(std::atomic<int>& counter) {
-    int v = counter.load();
-    while (v > 0 && !counter.compare_exchange_weak(v, v - 1)) {
-    }
-    return v > 0;
-  }
-
   static void PageFree(Page* page) {
     auto* dev = static_cast<HostDevice*>(page->pgmap->owner);
     {
