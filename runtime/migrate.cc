@@ -116,8 +116,11 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
     rt->BeginZap(s, e);
     int rc = madvise(reinterpret_cast<void*>(s), e - s, MADV_DONTNEED);
     int err = errno;
-    rt->EndZap(s, e, /*failed=*/rc != 0);
-    if (rc != 0 && err != ENOMEM) {  // ENOMEM: the application unmapped it; pages() drops those
+    // ENOMEM: part of the run was unmapped by the application (pages() drops those pages); the
+    // mapped parts still raised REMOVE events, so the zap entry must stay to match them.
+    const bool failed = rc != 0 && err != ENOMEM;
+    rt->EndZap(s, e, failed);
+    if (failed) {
       for (MigratePfn& src : m->src) src.flags &= ~kMigratePfnMigrate;
       migrate_vma_finalize(m);
       return absl::InternalError(

@@ -253,6 +253,16 @@ void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
     deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
     blk.deferred.clear();
   }
+  {
+    // Zap entries of this range whose REMOVE events never came (munmap raced a migration): an
+    // event still in flight for them finds no range and does nothing.
+    MutexLock lock(&zap_mu_);
+    zaps_.erase(std::remove_if(zaps_.begin(), zaps_.end(),
+                               [&](const Zap& z) {
+                                 return z.start >= range.start() && z.end <= range.end();
+                               }),
+                zaps_.end());
+  }
   for (auto [s, e] : live_runs) {
     // Unregistering wakes any thread still waiting in the range.
     (void)uffd_->Unregister(s, e - s);
@@ -559,8 +569,28 @@ void RuntimeImpl::OnRemove(uintptr_t start, uintptr_t end) {
     const uintptr_t s = std::max(start, r->start());
     const uintptr_t e = std::min(end, r->end());
     DropDevicePages(*r, s, e, /*forget=*/false);
-    fallocate(r->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-              static_cast<off_t>(s - r->start()), static_cast<off_t>(e - s));
+    // Punch only what is still mapped here: the shadow of pages mremapped away is their data at
+    // the new address.
+    for (uintptr_t a = s; a < e;) {
+      VaBlock& blk = r->block_of(a);
+      bool gone;
+      {
+        MutexLock lock(&blk.mu);
+        gone = blk.unmapped[ManagedRange::page_in_block(a)];
+      }
+      uintptr_t b = a + kPageSize;
+      while (b < e && !gone) {
+        VaBlock& nb = r->block_of(b);
+        MutexLock lock(&nb.mu);
+        if (nb.unmapped[ManagedRange::page_in_block(b)]) break;
+        b += kPageSize;
+      }
+      if (!gone) {
+        fallocate(r->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(a - r->start()), static_cast<off_t>(b - a));
+      }
+      a = b;
+    }
   }
 }
 
