@@ -32,7 +32,7 @@ absl::Status FaultService::Start() {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) return absl::InternalError(absl::StrFormat("uhmm: eventfd: %s", strerror(errno)));
   for (int i = 0; i < nthreads_; ++i) {
-    threads_.emplace_back(&FaultService::ThreadMain, this, i);
+    threads_.emplace_back(&FaultService::ThreadMain, this);
     // Named by the creator, so the name is there when Start returns (ps, top, perf, gdb).
     const std::string name = "uhmm-fault-" + std::to_string(i);  // <= 15 chars: at most 64 threads
     pthread_setname_np(threads_.back().native_handle(), name.c_str());
@@ -145,7 +145,7 @@ void FaultService::Dispatch(const uffd_msg& msg) {
   }
 }
 
-void FaultService::ThreadMain(int) {
+void FaultService::ThreadMain() {
   t_service_thread = true;
 
   pollfd fds[2] = {{uffd_->fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};

@@ -45,7 +45,7 @@ class FaultService {
   void RemapHandled();
 
  private:
-  void ThreadMain(int index);
+  void ThreadMain();
   void Dispatch(const uffd_msg& msg);
   bool PopQueued(uffd_msg* msg);
   absl::StatusOr<size_t> ReadMessages(uffd_msg* msgs, size_t max);

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -64,6 +65,19 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* 
 ManagedRange::~ManagedRange() {
   if (runtime_view_ != nullptr) munmap(runtime_view_, size_);
   if (memfd_ >= 0) close(memfd_);
+}
+
+PageRuns ManagedRange::MappedRuns(uintptr_t start, uintptr_t end) {
+  PageRuns runs;
+  for (uintptr_t a = start; a < end;) {
+    VaBlock& blk = block_of(a);
+    const uintptr_t stop = std::min(end, (a & ~(kBlockSize - 1)) + kBlockSize);
+    MutexLock lock(&blk.mu);
+    for (; a < stop; a += kPageSize) {
+      if (!blk.unmapped[page_in_block(a)]) AppendPageRun(&runs, a);
+    }
+  }
+  return runs;
 }
 
 bool ManagedRange::Enter() {

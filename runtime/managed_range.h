@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "runtime/sync.h"
@@ -15,6 +17,17 @@
 namespace uhmm {
 
 class RuntimeImpl;
+
+using PageRuns = std::vector<std::pair<uintptr_t, uintptr_t>>;  // [start, end) address runs
+
+// Appends the page at `addr` to `runs`, extending the last run when it ends at `addr`.
+inline void AppendPageRun(PageRuns* runs, uintptr_t addr) {
+  if (!runs->empty() && runs->back().second == addr) {
+    runs->back().second += kPageSize;
+  } else {
+    runs->emplace_back(addr, addr + kPageSize);
+  }
+}
 
 class ManagedRange {
  public:
@@ -39,6 +52,8 @@ class ManagedRange {
   static size_t page_in_block(uintptr_t addr) { return (addr % kBlockSize) / kPageSize; }
   // The runtime view of managed address `addr`.
   void* host_view(uintptr_t addr) const { return runtime_view_ + (addr - start_); }
+  // Runs of [start, end) that the application has not unmapped (takes the block locks).
+  PageRuns MappedRuns(uintptr_t start, uintptr_t end);
 
   // Lifetime: operations Enter() before touching the range and Exit() after. BeginTeardown() makes
   // new Enter() calls fail and waits for the ones in flight.

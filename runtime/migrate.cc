@@ -36,14 +36,6 @@ void ForEachPageLocked(MigrateVma* m, Fn fn) {
   }
 }
 
-void AppendRun(std::vector<std::pair<uintptr_t, uintptr_t>>* runs, uintptr_t addr) {
-  if (!runs->empty() && runs->back().second == addr) {
-    runs->back().second += kPageSize;
-  } else {
-    runs->emplace_back(addr, addr + kPageSize);
-  }
-}
-
 // Appends a page copy, merging it into the previous op when both sides are contiguous.
 void AppendCopy(std::vector<CopyOp>* ops, void* host, uint64_t device) {
   if (!ops->empty()) {
@@ -82,7 +74,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   m->dst.assign(npages, MigratePfn{});
   m->cpages = 0;
   m->skipped_busy = 0;
-  std::vector<std::pair<uintptr_t, uintptr_t>> zap;
+  PageRuns zap;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     MigratePfn& src = m->src[idx];
@@ -95,7 +87,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
     if (to_device) {
       if (blk.device[i]) return;
       src.flags = kMigratePfnValid | kMigratePfnMigrate;
-      AppendRun(&zap, addr);
+      AppendPageRun(&zap, addr);
     } else {
       if (!blk.device[i]) return;
       Page* page = blk.pages[i];
@@ -145,7 +137,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   RuntimeImpl* rt = r.runtime();
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   std::vector<Page*> release;
-  std::vector<std::pair<uintptr_t, uintptr_t>> map_runs;
+  PageRuns map_runs;
   size_t moved = 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -169,7 +161,7 @@ void migrate_vma_finalize(MigrateVma* m) {
       release.push_back(src.page);
       if (commit) {
         ++moved;
-        AppendRun(&map_runs, addr);
+        AppendPageRun(&map_runs, addr);
       }
     }
   });

@@ -230,23 +230,13 @@ absl::Status RuntimeImpl::Free(void* ptr) {
 void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
   std::vector<Page*> release;
   std::vector<uffd_msg> deferred;
-  std::vector<std::pair<uintptr_t, uintptr_t>> live_runs;  // still mapped by the application
   for (size_t b = 0; b < range.num_blocks(); ++b) {
     VaBlock& blk = range.block(b);
     MutexLock lock(&blk.mu);
     for (size_t i = 0; i < kPagesPerBlock; ++i) {
-      const uintptr_t addr = range.block_start(b) + i * kPageSize;
-      if (addr >= range.end()) break;
       if (blk.device[i]) {
         release.push_back(blk.pages[i]);
         blk.pages[i] = nullptr;
-      }
-      if (!blk.unmapped[i]) {
-        if (!live_runs.empty() && live_runs.back().second == addr) {
-          live_runs.back().second += kPageSize;
-        } else {
-          live_runs.emplace_back(addr, addr + kPageSize);
-        }
       }
     }
     blk.device.reset();
@@ -263,7 +253,7 @@ void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
                                }),
                 zaps_.end());
   }
-  for (auto [s, e] : live_runs) {
+  for (auto [s, e] : range.MappedRuns(range.start(), range.end())) {
     // Unregistering wakes any thread still waiting in the range.
     (void)uffd_->Unregister(s, e - s);
     if (unmap_user_view) munmap(reinterpret_cast<void*>(s), e - s);
@@ -571,25 +561,9 @@ void RuntimeImpl::OnRemove(uintptr_t start, uintptr_t end) {
     DropDevicePages(*r, s, e, /*forget=*/false);
     // Punch only what is still mapped here: the shadow of pages mremapped away is their data at
     // the new address.
-    for (uintptr_t a = s; a < e;) {
-      VaBlock& blk = r->block_of(a);
-      bool gone;
-      {
-        MutexLock lock(&blk.mu);
-        gone = blk.unmapped[ManagedRange::page_in_block(a)];
-      }
-      uintptr_t b = a + kPageSize;
-      while (b < e && !gone) {
-        VaBlock& nb = r->block_of(b);
-        MutexLock lock(&nb.mu);
-        if (nb.unmapped[ManagedRange::page_in_block(b)]) break;
-        b += kPageSize;
-      }
-      if (!gone) {
-        fallocate(r->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  static_cast<off_t>(a - r->start()), static_cast<off_t>(b - a));
-      }
-      a = b;
+    for (auto [a, b] : r->MappedRuns(s, e)) {
+      fallocate(r->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                static_cast<off_t>(a - r->start()), static_cast<off_t>(b - a));
     }
   }
 }

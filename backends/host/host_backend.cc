@@ -48,21 +48,11 @@ class HostCopyEngine final : public CopyEngine {
   }
 
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    const uint64_t fence = ++submitted_;
-    queue_.push_back(Batch{fence, dir, std::vector<CopyOp>(ops.begin(), ops.end()), nullptr});
-    submitted_pub_.store(fence, std::memory_order_release);
-    cv_.notify_all();
-    return fence;
+    return Enqueue(dir, std::vector<CopyOp>(ops.begin(), ops.end()), nullptr);
   }
 
   uint64_t SubmitKernel(std::function<void()> kernel) {
-    std::lock_guard<std::mutex> lock(mu_);
-    const uint64_t fence = ++submitted_;
-    queue_.push_back(Batch{fence, CopyDirection::kHostToDevice, {}, std::move(kernel)});
-    submitted_pub_.store(fence, std::memory_order_release);
-    cv_.notify_all();
-    return fence;
+    return Enqueue(CopyDirection::kHostToDevice, {}, std::move(kernel));
   }
 
   absl::Status Wait(uint64_t fence) override {
@@ -92,6 +82,15 @@ class HostCopyEngine final : public CopyEngine {
     std::vector<CopyOp> ops;
     std::function<void()> kernel;  // set for a kernel launch instead of copies
   };
+
+  uint64_t Enqueue(CopyDirection dir, std::vector<CopyOp> ops, std::function<void()> kernel) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t fence = ++submitted_;
+    queue_.push_back(Batch{fence, dir, std::move(ops), std::move(kernel)});
+    submitted_pub_.store(fence, std::memory_order_release);
+    cv_.notify_all();
+    return fence;
+  }
 
   template <typename Cond>
   static void SpinUntil(Cond cond) {
