@@ -58,6 +58,9 @@ void uhmm_config_init(uhmm_config_t* config) {
   config->fault_granularity = c.fault_granularity;
   config->host_devices = c.host_devices;
   config->sigbus_mode = static_cast<uhmm_sigbus_mode_t>(c.sigbus_mode);
+  config->device_pool_fraction = c.device_pool_fraction;
+  config->transparent_launch = c.transparent_launch ? 1 : 0;
+  config->host_same_address = c.host_same_address ? 1 : 0;
 }
 
 uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
@@ -71,6 +74,9 @@ uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
     c.fault_granularity = config->fault_granularity;
     c.host_devices = config->host_devices;
     c.sigbus_mode = static_cast<uhmm::SigbusMode>(config->sigbus_mode);
+    c.device_pool_fraction = config->device_pool_fraction;
+    c.transparent_launch = config->transparent_launch != 0;
+    c.host_same_address = config->host_same_address != 0;
   }
   absl::StatusOr<std::unique_ptr<uhmm::Runtime>> rt = uhmm::Runtime::Create(c);
   if (!rt.ok()) return Report(rt.status());
@@ -100,6 +106,21 @@ uhmm_status_t uhmm_free(uhmm_runtime_t* rt, void* ptr) {
 uhmm_status_t uhmm_migrate(uhmm_runtime_t* rt, void* ptr, size_t size, int device) {
   if (rt == nullptr) return NullRuntime("uhmm_migrate");
   return Report(rt->rt->Migrate(ptr, size, device));
+}
+
+uhmm_status_t uhmm_prefetch_on_queue(uhmm_runtime_t* rt, void* ptr, size_t size, int device,
+                                     void* queue) {
+  if (rt == nullptr) return NullRuntime("uhmm_prefetch_on_queue");
+  return Report(rt->rt->PrefetchOnQueue(ptr, size, device, queue));
+}
+
+uhmm_status_t uhmm_sync_for_device(uhmm_runtime_t* rt, int device, void* queue) {
+  if (rt == nullptr) return NullRuntime("uhmm_sync_for_device");
+  return Report(rt->rt->SyncForDevice(device, queue));
+}
+
+int uhmm_transparent_launch_enabled(const uhmm_runtime_t* rt) {
+  return rt && rt->rt->transparent_launch_enabled() ? 1 : 0;
 }
 
 uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device) {

@@ -43,7 +43,16 @@ Config Config::FromEnv() {
     if (!absl::SimpleAtoi(v, &c.fault_threads)) note("UHMM_FAULT_THREADS", v, "an integer");
   }
   if (const char* v = std::getenv("UHMM_DEVICE_POOL_BYTES"); v && *v) {
-    if (!ParseBytes(v, &c.device_pool_bytes)) note("UHMM_DEVICE_POOL_BYTES", v, "a size like 64M");
+    std::string_view text(v);
+    if (text.back() == '%') {
+      double pct = 0;
+      if (!absl::SimpleAtod(std::string(text.substr(0, text.size() - 1)), &pct)) {
+        note("UHMM_DEVICE_POOL_BYTES", v, "a size like 64M or a percentage like 50%");
+      }
+      c.device_pool_fraction = pct / 100.0;
+    } else if (!ParseBytes(v, &c.device_pool_bytes)) {
+      note("UHMM_DEVICE_POOL_BYTES", v, "a size like 64M or a percentage like 50%");
+    }
   }
   if (const char* v = std::getenv("UHMM_FAULT_GRANULARITY"); v && *v) {
     if (!ParseBytes(v, &c.fault_granularity)) note("UHMM_FAULT_GRANULARITY", v, "a size like 64K");
@@ -51,6 +60,20 @@ Config Config::FromEnv() {
   if (const char* v = std::getenv("UHMM_HOST_DEVICES"); v && *v) {
     if (!absl::SimpleAtoi(v, &c.host_devices)) note("UHMM_HOST_DEVICES", v, "an integer");
   }
+  auto flag = [&](const char* var, bool* out) {
+    const char* v = std::getenv(var);
+    if (v == nullptr || *v == 0) return;
+    std::string m = absl::AsciiStrToLower(v);
+    if (m == "1" || m == "on" || m == "true") {
+      *out = true;
+    } else if (m == "0" || m == "off" || m == "false") {
+      *out = false;
+    } else {
+      note(var, v, "1 or 0");
+    }
+  };
+  flag("UHMM_TRANSPARENT_LAUNCH", &c.transparent_launch);
+  flag("UHMM_HOST_SAME_ADDRESS", &c.host_same_address);
   if (const char* v = std::getenv("UHMM_SIGBUS_MODE"); v && *v) {
     std::string m = absl::AsciiStrToLower(v);
     if (m == "auto") {
@@ -77,6 +100,13 @@ absl::Status Config::Validate() const {
     return absl::InvalidArgumentError(absl::StrFormat(
         "uhmm: device_pool_bytes (UHMM_DEVICE_POOL_BYTES) is %u; use a multiple of 2 MiB (0 = default)",
         device_pool_bytes));
+  }
+  if (device_pool_fraction < 0 || device_pool_fraction > 1 ||
+      (device_pool_fraction > 0 && device_pool_bytes != 0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: device_pool_fraction is %g; use (0, 1] of free device memory, and not together with "
+        "device_pool_bytes",
+        device_pool_fraction));
   }
   if (fault_granularity < kPageSize || fault_granularity > kBlockSize ||
       (fault_granularity & (fault_granularity - 1)) != 0) {

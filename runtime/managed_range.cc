@@ -6,22 +6,25 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
 
 namespace uhmm {
 
-ManagedRange::ManagedRange(RuntimeImpl* rt, size_t size, size_t requested)
+ManagedRange::ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested)
     : rt_(rt),
+      backend_(backend),
       size_(size),
       requested_(requested),
       num_blocks_((size + kBlockSize - 1) / kBlockSize),
       blocks_(std::make_unique<VaBlock[]>(num_blocks_)) {}
 
-absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* rt, size_t size) {
+absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* rt, Backend* backend,
+                                                                   size_t size) {
   const size_t rounded = (size + kPageSize - 1) & ~(kPageSize - 1);
-  std::unique_ptr<ManagedRange> r(new ManagedRange(rt, rounded, size));
+  std::unique_ptr<ManagedRange> r(new ManagedRange(rt, backend, rounded, size));
   r->memfd_ = memfd_create("uhmm-range", MFD_CLOEXEC);
   if (r->memfd_ < 0) {
     return absl::ResourceExhaustedError(absl::StrFormat("uhmm: memfd_create: %s", strerror(errno)));
@@ -30,40 +33,100 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* 
     return absl::ResourceExhaustedError(
         absl::StrFormat("uhmm: ftruncate(memfd, %u): %s", rounded, strerror(errno)));
   }
-  // Reserve size + 2 MiB so the user view can start on a 2 MiB boundary (blocks align with VA).
-  const size_t reserve = rounded + kBlockSize;
-  void* hole = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (hole == MAP_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("uhmm: reserving %u bytes of address space: %s", reserve, strerror(errno)));
-  }
-  const uintptr_t base = reinterpret_cast<uintptr_t>(hole);
-  const uintptr_t aligned = (base + kBlockSize - 1) & ~(kBlockSize - 1);
-  if (aligned > base) munmap(hole, aligned - base);
-  const uintptr_t tail = aligned + rounded;
-  if (base + reserve > tail) munmap(reinterpret_cast<void*>(tail), base + reserve - tail);
-  void* user = mmap(reinterpret_cast<void*>(aligned), rounded, PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_FIXED, r->memfd_, 0);
-  if (user == MAP_FAILED) {
-    int err = errno;
-    munmap(reinterpret_cast<void*>(aligned), rounded);
-    return absl::ResourceExhaustedError(absl::StrFormat("uhmm: mapping the user view: %s", strerror(err)));
-  }
-  r->start_ = aligned;
+  if (absl::Status s = r->MapUserView(); !s.ok()) return s;
+  // Failures from here on give the user view back too.
+  auto fail = [&r](absl::Status s) {
+    if (r->reserved_ != 0) {
+      r->ReleaseReservation();
+    } else {
+      munmap(reinterpret_cast<void*>(r->start_), r->size_);
+    }
+    return s;
+  };
   void* view = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd_, 0);
   if (view == MAP_FAILED) {
-    int err = errno;
-    munmap(user, rounded);
-    r->start_ = 0;
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(err)));
+    return fail(absl::ResourceExhaustedError(
+        absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(errno))));
   }
   r->runtime_view_ = static_cast<uint8_t*>(view);
+  if (absl::Status s = backend->RegisterHostView(view, rounded); !s.ok()) {
+    return fail(absl::Status(s.code(), absl::StrFormat("uhmm: registering the host view of a %u-byte range "
+                                                  "with the %s backend: %s",
+                                                  rounded, backend->name(), s.message())));
+  }
+  r->view_registered_ = true;
   return r;
 }
 
+absl::Status ManagedRange::MapUserView() {
+  const size_t rounded = size_;
+  const size_t reserve_bytes = (rounded + kBlockSize - 1) & ~(kBlockSize - 1);
+  absl::StatusOr<uintptr_t> reserved = backend_->ReserveAddressRange(reserve_bytes);
+  if (!reserved.ok()) return reserved.status();
+  uintptr_t aligned = *reserved;
+  if (aligned != 0) {
+    reserved_ = reserve_bytes;
+    if (aligned % kBlockSize != 0) {
+      backend_->ReleaseAddressRange(aligned, reserve_bytes);
+      reserved_ = 0;
+      return absl::InternalError(absl::StrFormat(
+          "uhmm: the %s backend reserved address range %#x, which is not 2 MiB aligned",
+          backend_->name(), aligned));
+    }
+  } else {
+    // Reserve size + 2 MiB so the user view can start on a 2 MiB boundary (blocks align with VA).
+    const size_t reserve = rounded + kBlockSize;
+    void* hole = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (hole == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("uhmm: reserving %u bytes of address space: %s", reserve, strerror(errno)));
+    }
+    const uintptr_t base = reinterpret_cast<uintptr_t>(hole);
+    aligned = (base + kBlockSize - 1) & ~(kBlockSize - 1);
+    if (aligned > base) munmap(hole, aligned - base);
+    const uintptr_t tail = aligned + rounded;
+    if (base + reserve > tail) munmap(reinterpret_cast<void*>(tail), base + reserve - tail);
+  }
+  // One pointer: the backend's reservation is a PROT_NONE host mapping; the user view replaces it.
+  void* user = mmap(reinterpret_cast<void*>(aligned), rounded, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_FIXED, memfd_, 0);
+  if (user == MAP_FAILED || reinterpret_cast<uintptr_t>(user) != aligned) {
+    const int err = errno;
+    start_ = aligned;
+    if (reserved_ != 0) {
+      ReleaseReservation();
+    } else {
+      munmap(reinterpret_cast<void*>(aligned), rounded);
+    }
+    start_ = 0;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "uhmm: mapping the user view at %#x (%s): %s", aligned,
+        reserved_ ? "the device's reserved address" : "chosen address",
+        user == MAP_FAILED ? strerror(err) : "the kernel placed it elsewhere"));
+  }
+  start_ = aligned;
+  return absl::OkStatus();
+}
+
+void ManagedRange::ReleaseReservation() {
+  if (reserved_ == 0 || start_ == 0) return;
+  // Restore the PROT_NONE reservation the backend made, so that releasing it unmaps nothing else.
+  void* p = mmap(reinterpret_cast<void*>(start_), reserved_, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  if (p == MAP_FAILED) {
+    std::fprintf(stderr, "uhmm: restoring the reservation at %#lx: %s; leaking it\n",
+                 static_cast<unsigned long>(start_), strerror(errno));
+  } else if (backend_ != nullptr) {
+    backend_->ReleaseAddressRange(start_, reserved_);
+  }
+  reserved_ = 0;
+}
+
 ManagedRange::~ManagedRange() {
-  if (runtime_view_ != nullptr) munmap(runtime_view_, size_);
+  if (runtime_view_ != nullptr) {
+    if (view_registered_ && backend_ != nullptr) backend_->UnregisterHostView(runtime_view_, size_);
+    munmap(runtime_view_, size_);
+  }
   if (memfd_ >= 0) close(memfd_);
 }
 

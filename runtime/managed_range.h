@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/sync.h"
 #include "runtime/va_block.h"
+#include "uhmm/backend.h"
 
 namespace uhmm {
 
@@ -31,9 +32,13 @@ inline void AppendPageRun(PageRuns* runs, uintptr_t addr) {
 
 class ManagedRange {
  public:
-  // Creates the memfd and both views; the user view is 2 MiB aligned. Does not register it.
-  static absl::StatusOr<std::unique_ptr<ManagedRange>> Create(RuntimeImpl* rt, size_t size);
-  ~ManagedRange();  // unmaps the runtime view and closes the memfd (the user view is torn down first)
+  // Creates the memfd and both views; the user view is 2 MiB aligned, and placed over the address
+  // space the backend reserved when it shares managed addresses with its devices. The runtime view
+  // is registered with the backend (pinned). Does not register the user view with userfaultfd.
+  static absl::StatusOr<std::unique_ptr<ManagedRange>> Create(RuntimeImpl* rt, Backend* backend,
+                                                              size_t size);
+  // Unregisters and unmaps the runtime view and closes the memfd (the user view is torn down first).
+  ~ManagedRange();
   ManagedRange(const ManagedRange&) = delete;
   ManagedRange& operator=(const ManagedRange&) = delete;
 
@@ -44,6 +49,13 @@ class ManagedRange {
   size_t requested_size() const { return requested_; }
   int memfd() const { return memfd_; }
   bool contains(uintptr_t addr) const { return addr >= start_ && addr < end(); }
+  // Bytes of address space the backend reserved at start() (0: the runtime chose the address).
+  size_t reserved() const { return reserved_; }
+  // Puts the backend's PROT_NONE reservation back over the user view and releases it. For ranges
+  // whose user view the runtime still owns (not after the application unmapped it).
+  void ReleaseReservation();
+  // In a forked child: the backend belongs to the parent, never call it.
+  void DetachBackend() { backend_ = nullptr; }
 
   size_t num_blocks() const { return num_blocks_; }
   VaBlock& block_of(uintptr_t addr) { return blocks_[(addr - start_) / kBlockSize]; }
@@ -62,14 +74,19 @@ class ManagedRange {
   void BeginTeardown();
 
  private:
-  ManagedRange(RuntimeImpl* rt, size_t size, size_t requested);
+  ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested);
+  // Maps the user view; at the backend's reserved address when it has one.
+  absl::Status MapUserView();
 
   RuntimeImpl* const rt_;
+  Backend* backend_;
   const size_t size_;
   const size_t requested_;
   const size_t num_blocks_;
   uintptr_t start_ = 0;
+  size_t reserved_ = 0;
   uint8_t* runtime_view_ = nullptr;
+  bool view_registered_ = false;
   int memfd_ = -1;
   std::unique_ptr<VaBlock[]> blocks_;
 

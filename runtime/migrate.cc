@@ -206,7 +206,7 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
   for (size_t idx = 0; idx < m->src.size(); ++idx) {
     const MigratePfn& src = m->src[idx];
     if (!(src.flags & kMigratePfnMigrate)) continue;
-    absl::StatusOr<Page*> page = alloc_device_page(pgmap);
+    absl::StatusOr<Page*> page = alloc_device_page(pgmap, m->start + idx * kPageSize);
     if (!page.ok()) {
       alloc_status = page.status();
       break;  // copy what was allocated; the rest stays on the host
@@ -222,9 +222,9 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
   return alloc_status;
 }
 
-absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap) {
+absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap, uintptr_t addr) {
   auto* ds = static_cast<DeviceState*>(pgmap.internal);
-  return ds->rt->AllocDevicePage(*ds);
+  return ds->rt->AllocDevicePage(*ds, addr);
 }
 
 void page_pool_release(Page* page) {
@@ -268,7 +268,9 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
     if (!s.ok()) return s;
     // A migration the caller asked for completes: pages another migration held (a fault bringing
     // them back, say) are retried once it finishes. Service threads never wait (see FaultService).
-    if (m.skipped_busy > 0 && (cause == MigrateCause::kPrefetch || cause == MigrateCause::kFork) &&
+    if (m.skipped_busy > 0 &&
+        (cause == MigrateCause::kPrefetch || cause == MigrateCause::kFork ||
+         cause == MigrateCause::kLaunch) &&
         !FaultService::OnServiceThread()) {
       sched_yield();
       continue;
@@ -295,21 +297,42 @@ absl::Status RuntimeImpl::MigrateToHost(ManagedRange& range, uintptr_t start, ui
   return absl::OkStatus();
 }
 
+absl::Status RuntimeImpl::MigrateToDevice(ManagedRange& range, uintptr_t start, uintptr_t end,
+                                          DeviceState& ds, MigrateCause cause) {
+  {
+    MutexLock lock(&fork_mu_);
+    while (forking_) fork_cv_.Wait(&fork_mu_);
+    ++to_device_inflight_;
+  }
+  absl::Status s = MigrateToDeviceLocked(range, start, end, ds, cause);
+  {
+    MutexLock lock(&fork_mu_);
+    if (--to_device_inflight_ == 0) fork_cv_.SignalAll();
+  }
+  return s;
+}
+
 absl::Status RuntimeImpl::MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
-                                                DeviceState& ds) {
-  // Pages on other devices come home first; device-to-device goes through RAM.
+                                                DeviceState& ds, MigrateCause cause) {
+  Device* dev = ds.device.get();
+  // Pages on other devices come home first; device-to-device goes through RAM. A device that
+  // shares managed addresses maps whole blocks, so the other devices give up whole blocks.
+  uintptr_t home_start = start, home_end = end;
+  if (dev->placement() == Placement::kSameAddress) {
+    home_start = start & ~(kBlockSize - 1);
+    home_end = std::min(range.end(), NextBlockBoundary(end - 1));
+  }
   for (auto& other : devices_) {
     if (other.get() == &ds) continue;
-    Device* dev = other->device.get();
+    Device* odev = other->device.get();
     absl::StatusOr<size_t> moved =
-        RunMigration(range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner,
-                     MigrateCause::kPrefetch, [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
+        RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
+                     cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
     if (!moved.ok()) return moved.status();
   }
-  Device* dev = ds.device.get();
   absl::StatusOr<size_t> moved =
-      RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner,
-                   MigrateCause::kPrefetch, [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
+      RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner, cause,
+                   [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
   if (!moved.ok()) {
     return absl::Status(moved.status().code(),
                         absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end,
@@ -318,10 +341,10 @@ absl::Status RuntimeImpl::MigrateToDeviceLocked(ManagedRange& range, uintptr_t s
   return absl::OkStatus();
 }
 
-absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds) {
+absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t addr) {
   absl::flat_hash_set<size_t> exclude;
   for (;;) {
-    absl::StatusOr<Page*> page = ds.pool->TryAlloc();
+    absl::StatusOr<Page*> page = ds.pool->TryAlloc(addr);
     if (!page.ok()) return page.status();
     if (*page != nullptr) return *page;
     std::optional<size_t> victim = ds.pool->PickVictim(exclude);

@@ -1,6 +1,8 @@
 // The device page pool: Page descriptors for every device page, carved from 2 MiB root chunks that
 // the backend allocates lazily up to a cap. Free pages sit at refcount 1 on per-chunk free lists.
-// Chunks carry a use tick so eviction can pick the least recently used one.
+// Chunks carry a use tick so eviction can pick the least recently used one. With
+// Placement::kSameAddress each chunk in use is bound to one 2 MiB block (mapped there by the device)
+// and the page for managed address A is the one at A's offset in its block's chunk.
 #ifndef UHMM_RUNTIME_PAGE_POOL_H_
 #define UHMM_RUNTIME_PAGE_POOL_H_
 
@@ -11,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "runtime/sync.h"
@@ -29,9 +32,10 @@ class PagePool {
   PagePool(const PagePool&) = delete;
   PagePool& operator=(const PagePool&) = delete;
 
-  // A free page at refcount 2 (the caller's reference), or nullptr when every page is in use and
-  // the cap is reached. Errors come from the device's chunk allocation.
-  absl::StatusOr<Page*> TryAlloc();
+  // A free page at refcount 2 (the caller's reference) for managed address `addr`, or nullptr when
+  // the pool must evict first (every page in use and the cap reached; with kSameAddress: no chunk
+  // bound to addr's block and none free to bind). Errors come from the device.
+  absl::StatusOr<Page*> TryAlloc(uintptr_t addr);
   // Puts a page whose refcount dropped to 1 back on its chunk's free list.
   void Release(Page* page);
 
@@ -41,6 +45,9 @@ class PagePool {
   std::vector<uintptr_t> CommittedAddresses(size_t index);
   // Gives chunks with no page in use back to the device ("pool release").
   void ReleaseEmptyChunks();
+  // kSameAddress: unbinds the chunks bound to blocks in [start, end), which must hold no page in use
+  // (the range is being destroyed and its pages were released).
+  void UnbindRange(uintptr_t start, uintptr_t end);
 
   size_t total_pages() const { return max_chunks_ * kPagesPerChunk; }
   size_t used_pages() const { return used_.load(std::memory_order_relaxed); }
@@ -48,19 +55,28 @@ class PagePool {
 
  private:
   struct Chunk {
-    uint64_t device_base = 0;
+    uint64_t device_base = 0;  // AllocChunk's value
+    uintptr_t bound = 0;       // kSameAddress: the block it is mapped at (0: none)
     std::unique_ptr<Page[]> pages;
-    std::vector<uint32_t> free;  // page indices
+    std::vector<uint32_t> free;  // kAnywhere: free page indices
+    uint32_t used = 0;
     uint64_t last_use = 0;
   };
+
+  // A new chunk in a free slot, or nullptr at the cap.
+  absl::StatusOr<Chunk*> NewChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Chunk*> ChunkForBlock(uintptr_t block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unbind(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Device* const device_;
   Pagemap* const pgmap_;
   const size_t max_chunks_;
+  const bool same_address_;
   std::atomic<size_t> used_{0};
   Mutex mu_;
   std::vector<std::unique_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);  // nullptr: slot given back
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uintptr_t, Chunk*> bound_ ABSL_GUARDED_BY(mu_);  // block -> chunk
 };
 
 }  // namespace uhmm

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "runtime/fork.h"
+#include "runtime/testing.h"
 
 namespace uhmm {
 namespace {
@@ -90,8 +91,19 @@ absl::Status RuntimeImpl::Init() {
     }
     pgmap.device = i;
     pgmap.internal = ds.get();
-    const size_t pool_bytes =
+    size_t pool_bytes =
         config_.device_pool_bytes ? config_.device_pool_bytes : ds->device->default_pool_bytes();
+    if (config_.device_pool_fraction > 0) {
+      absl::StatusOr<size_t> free_bytes = ds->device->free_memory();
+      if (!free_bytes.ok()) return free_bytes.status();
+      pool_bytes = static_cast<size_t>(static_cast<double>(*free_bytes) * config_.device_pool_fraction) &
+                   ~(kBlockSize - 1);
+      if (pool_bytes == 0) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "uhmm: device_pool_fraction %g of device %d's %u free bytes is less than one 2 MiB chunk",
+            config_.device_pool_fraction, i, *free_bytes));
+      }
+    }
     ds->pool = std::make_unique<PagePool>(ds->device.get(), &pgmap, pool_bytes / kBlockSize);
     devices_.push_back(std::move(ds));
   }
@@ -125,16 +137,30 @@ absl::Status RuntimeImpl::Init() {
   });
   if (absl::Status s = fault_service_->Start(); !s.ok()) return s;
   RegisterForFork(this);
+  if (config_.transparent_launch) {
+    absl::Status s = backend_->SetLaunchListener(this);
+    transparent_ = s.ok();
+    if (!s.ok() && !absl::IsUnimplemented(s)) {
+      std::fprintf(stderr,
+                   "uhmm: warning: transparent launches are off (%s); use uhmm_sync_for_device or "
+                   "uhmm_prefetch_on_queue before kernels\n",
+                   std::string(s.message()).c_str());
+    }
+  }
   return absl::OkStatus();
 }
 
 RuntimeImpl::~RuntimeImpl() {
   UnregisterForFork(this);
+  if (transparent_ && !forked_child_) (void)backend_->SetLaunchListener(nullptr);
   if (forked_child_) {
     // The service and copy-engine threads only exist in the parent: never join them. The managed
     // ranges are private copies here; unmap them and leak the rest.
     MutexLock lock(&ranges_mu_);
-    for (auto& [start, range] : ranges_) munmap(reinterpret_cast<void*>(start), range->size());
+    for (auto& [start, range] : ranges_) {
+      munmap(reinterpret_cast<void*>(start), range->size());
+      range->DetachBackend();
+    }
     ranges_.clear();
     (void)fault_service_.release();
     for (auto& ds : devices_) {
@@ -156,6 +182,12 @@ RuntimeImpl::~RuntimeImpl() {
   ReapZombies();
   if (fault_service_) fault_service_->Stop();
   devices_.clear();
+}
+
+DeviceTestHooks* DeviceHooks(Runtime& rt, int device) {
+  auto& impl = static_cast<RuntimeImpl&>(rt);
+  if (device < 0 || device >= impl.device_count()) return nullptr;
+  return impl.device(device).test_hooks();
 }
 
 absl::Status RuntimeImpl::CheckUsable() const {
@@ -184,15 +216,21 @@ absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
         "uhmm_alloc: size %u is larger than the 64 TiB limit (overflowed size computation?)", size));
   }
   ReapZombies();
-  absl::StatusOr<std::unique_ptr<ManagedRange>> created = ManagedRange::Create(this, size);
+  absl::StatusOr<std::unique_ptr<ManagedRange>> created =
+      ManagedRange::Create(this, backend_.get(), size);
   if (!created.ok()) return created.status();
   std::shared_ptr<ManagedRange> range = std::move(*created);
   if (absl::Status s = uffd_->Register(range->start(), range->size()); !s.ok()) {
-    munmap(reinterpret_cast<void*>(range->start()), range->size());
+    if (range->reserved() != 0) {
+      range->ReleaseReservation();
+    } else {
+      munmap(reinterpret_cast<void*>(range->start()), range->size());
+    }
     return s;
   }
   MutexLock lock(&ranges_mu_);
   ranges_[range->start()] = range;
+  host_epoch_.fetch_add(1, std::memory_order_acq_rel);  // new host-resident pages
   return reinterpret_cast<void*>(range->start());
 }
 
@@ -253,12 +291,27 @@ void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
                                }),
                 zaps_.end());
   }
+  const bool reserved = range.reserved() != 0;
   for (auto [s, e] : range.MappedRuns(range.start(), range.end())) {
     // Unregistering wakes any thread still waiting in the range.
     (void)uffd_->Unregister(s, e - s);
-    if (unmap_user_view) munmap(reinterpret_cast<void*>(s), e - s);
+    if (unmap_user_view && !reserved) munmap(reinterpret_cast<void*>(s), e - s);
   }
   for (Page* p : release) put_page(p);
+  if (reserved) {
+    // One pointer: the device mappings go first, then the address space goes back to the backend.
+    for (auto& ds : devices_) ds->pool->UnbindRange(range.start(), range.start() + range.reserved());
+    if (unmap_user_view) {
+      range.ReleaseReservation();
+    } else {
+      // The application unmapped the user view: the addresses may belong to a new mapping now,
+      // and releasing the reservation would unmap it. Leak the reservation instead.
+      std::fprintf(stderr,
+                   "uhmm: warning: a managed range at %#lx was munmapped by the application; its "
+                   "%zu-byte device address reservation is leaked\n",
+                   static_cast<unsigned long>(range.start()), range.reserved());
+    }
+  }
   fault_service_->Requeue(std::move(deferred));
 }
 
@@ -274,48 +327,118 @@ void RuntimeImpl::ReapZombies() {
   }
 }
 
-absl::Status RuntimeImpl::Migrate(void* ptr, size_t size, int device) {
+absl::StatusOr<RangeRef> RuntimeImpl::CheckMigrateRequest(const char* what, void* ptr, size_t size,
+                                                          int device) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
-  if (ptr == nullptr) return absl::InvalidArgumentError("uhmm_migrate: pointer is NULL");
-  if (size == 0) return absl::InvalidArgumentError("uhmm_migrate: size is 0");
+  if (ptr == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s: pointer is NULL", what));
+  if (size == 0) return absl::InvalidArgumentError(absl::StrFormat("%s: size is 0", what));
   if (addr % kPageSize != 0 || size % kPageSize != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm_migrate: [%p, +%#x) is not 4 KiB aligned (pointer and size must both be)", ptr, size));
+        "%s: [%p, +%#x) is not 4 KiB aligned (pointer and size must both be)", what, ptr, size));
   }
   if (addr + size < addr) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("uhmm_migrate: %p + %#x overflows the address space", ptr, size));
+        absl::StrFormat("%s: %p + %#x overflows the address space", what, ptr, size));
   }
   if (device != kHost && (device < 0 || device >= device_count())) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm_migrate: device %d does not exist; this runtime (%s backend) has devices 0..%d and "
+        "%s: device %d does not exist; this runtime (%s backend) has devices 0..%d and "
         "UHMM_LOCATION_HOST (-1)",
-        device, backend_name(), device_count() - 1));
+        what, device, backend_name(), device_count() - 1));
   }
   RangeRef range = Lookup(addr);
   if (!range) {
     return absl::NotFoundError(absl::StrFormat(
-        "uhmm_migrate: %p is not managed by this runtime (not from uhmm_alloc, or freed)", ptr));
+        "%s: %p is not managed by this runtime (not from uhmm_alloc, or freed)", what, ptr));
   }
   if (addr + size > range->end()) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm_migrate: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", ptr, size,
+        "%s: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", what, ptr, size,
         range->start(), range->end()));
   }
-  if (device == kHost) return MigrateToHost(*range, addr, addr + size, MigrateCause::kPrefetch);
+  return range;
+}
 
-  {
-    MutexLock lock(&fork_mu_);
-    while (forking_) fork_cv_.Wait(&fork_mu_);
-    ++to_device_inflight_;
+absl::Status RuntimeImpl::Migrate(void* ptr, size_t size, int device) {
+  absl::StatusOr<RangeRef> range = CheckMigrateRequest("uhmm_migrate", ptr, size, device);
+  if (!range.ok()) return range.status();
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  if (device == kHost) return MigrateToHost(**range, addr, addr + size, MigrateCause::kPrefetch);
+  return MigrateToDevice(**range, addr, addr + size, *devices_[device], MigrateCause::kPrefetch);
+}
+
+absl::Status RuntimeImpl::PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) {
+  absl::StatusOr<RangeRef> range = CheckMigrateRequest("uhmm_prefetch_on_queue", ptr, size, device);
+  if (!range.ok()) return range.status();
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  if (device != kHost) {
+    return MigrateToDevice(**range, addr, addr + size, *devices_[device], MigrateCause::kPrefetch);
   }
-  absl::Status s = MigrateToDeviceLocked(*range, addr, addr + size, *devices_[device]);
-  {
-    MutexLock lock(&fork_mu_);
-    if (--to_device_inflight_ == 0) fork_cv_.SignalAll();
+  // What kernels already queued write must land before the copies read device memory.
+  for (auto& ds : devices_) {
+    if (absl::Status s = ds->device->SynchronizeQueue(queue); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("uhmm_prefetch_on_queue: waiting for the queue "
+                                                    "of device %d: %s",
+                                                    ds->ordinal, s.message()));
+    }
   }
-  return s;
+  return MigrateToHost(**range, addr, addr + size, MigrateCause::kPrefetch);
+}
+
+absl::Status RuntimeImpl::SyncForDevice(int device, void* queue) {
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  if (device < 0 || device >= device_count()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_sync_for_device: device %d does not exist (devices 0..%d)", device, device_count() - 1));
+  }
+  DeviceState& ds = *devices_[device];
+  const uint64_t epoch = host_epoch_.load(std::memory_order_acquire);
+  if (ds.synced_epoch.load(std::memory_order_acquire) == epoch) return absl::OkStatus();
+  ReapZombies();
+  std::vector<std::shared_ptr<ManagedRange>> ranges;
+  size_t managed = 0;
+  {
+    ReaderMutexLock lock(&ranges_mu_);
+    for (auto& [start, r] : ranges_) {
+      ranges.push_back(r);
+      managed += r->size();
+    }
+  }
+  // Every managed byte must fit at once: evicting one range for another would leave a kernel
+  // that uses both reading unmapped device memory.
+  const size_t pool_bytes = ds.pool->total_pages() * kPageSize;
+  if (managed > pool_bytes) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "uhmm_sync_for_device: %u bytes are managed but device %d's pool holds %u; make only what "
+        "each kernel uses resident with uhmm_prefetch_on_queue (and UHMM_TRANSPARENT_LAUNCH=0), or "
+        "raise UHMM_DEVICE_POOL_BYTES",
+        managed, device, pool_bytes));
+  }
+  counters_.launch_syncs.fetch_add(1, std::memory_order_relaxed);
+  (void)queue;  // the migration is complete when it returns: ordered before anything queued next
+  for (auto& r : ranges) {
+    RangeRef ref(r);
+    if (!ref) continue;  // being freed
+    for (auto [s, e] : ref->MappedRuns(ref->start(), ref->end())) {
+      if (absl::Status st = MigrateToDevice(*ref, s, e, ds, MigrateCause::kLaunch); !st.ok()) {
+        return st;
+      }
+    }
+  }
+  ds.synced_epoch.store(epoch, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void RuntimeImpl::BeforeLaunch(int device, void* queue) {
+  absl::Status s = SyncForDevice(device, queue);
+  if (s.ok()) return;
+  // Once per epoch: a launch cannot be failed from here, so say why its data may be missing.
+  const uint64_t epoch = host_epoch_.load(std::memory_order_acquire);
+  if (launch_error_epoch_.exchange(epoch) != epoch) {
+    std::fprintf(stderr, "uhmm: transparent launch on device %d: managed data is not all resident: %s\n",
+                 device, std::string(s.message()).c_str());
+  }
 }
 
 absl::Status RuntimeImpl::EvictDevice(int device) {
@@ -408,6 +531,8 @@ Stats RuntimeImpl::stats() const {
   s.events_unmap = counters_.ev_unmap.load();
   s.events_remap = counters_.ev_remap.load();
   s.events_fork = counters_.ev_fork.load();
+  s.launch_syncs = counters_.launch_syncs.load();
+  s.launch_pages_to_device = counters_.launch_pages.load();
   for (const auto& ds : devices_) {
     if (!ds->pool) continue;
     s.device_pages_total += ds->pool->total_pages();
@@ -419,6 +544,8 @@ Stats RuntimeImpl::stats() const {
 void RuntimeImpl::CountMigrated(bool to_device, MigrateCause cause, size_t pages) {
   (to_device ? counters_.pages_to_device : counters_.pages_to_host).fetch_add(pages);
   if (cause == MigrateCause::kEviction) counters_.evicted_pages.fetch_add(pages);
+  if (cause == MigrateCause::kLaunch && to_device) counters_.launch_pages.fetch_add(pages);
+  if (!to_device && pages > 0) host_epoch_.fetch_add(1, std::memory_order_acq_rel);
 }
 
 // ---- The CPU fault path -------------------------------------------------------------------------

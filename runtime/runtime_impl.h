@@ -26,9 +26,11 @@ struct DeviceState {
   int ordinal = -1;
   std::unique_ptr<Device> device;
   std::unique_ptr<PagePool> pool;
+  // host_epoch_ value at this device's last complete launch-coherence pass.
+  std::atomic<uint64_t> synced_epoch{0};
 };
 
-class RuntimeImpl final : public Runtime {
+class RuntimeImpl final : public Runtime, public LaunchListener {
  public:
   static absl::StatusOr<std::unique_ptr<RuntimeImpl>> Create(const Config& config);
   ~RuntimeImpl() override;
@@ -38,6 +40,12 @@ class RuntimeImpl final : public Runtime {
   absl::Status Free(void* ptr) override;
   absl::Status Migrate(void* ptr, size_t size, int device) override;
   absl::Status EvictDevice(int device) override;
+  absl::Status PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) override;
+  absl::Status SyncForDevice(int device, void* queue) override;
+  bool transparent_launch_enabled() const override { return transparent_; }
+
+  // LaunchListener: transparent mode, called by the backend before each intercepted launch.
+  void BeforeLaunch(int device, void* queue) override;
   absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) override;
   Stats stats() const override;
   int device_count() const override { return static_cast<int>(devices_.size()); }
@@ -55,7 +63,8 @@ class RuntimeImpl final : public Runtime {
   Uffd& uffd() { return *uffd_; }
   FaultService& fault_service() { return *fault_service_; }
   const Config& config() const { return config_; }
-  absl::StatusOr<Page*> AllocDevicePage(DeviceState& ds);
+  Device& device(int ordinal) { return *devices_[ordinal]->device; }
+  absl::StatusOr<Page*> AllocDevicePage(DeviceState& ds, uintptr_t addr);
   void CountMigrated(bool to_device, MigrateCause cause, size_t pages);
   // Registers a zap of the user view so that its REMOVE events are recognised as ours. The entry
   // lives until OnRemove has consumed events covering it (reading the event releases madvise
@@ -76,7 +85,13 @@ class RuntimeImpl final : public Runtime {
 
   RangeRef Lookup(uintptr_t addr);
   absl::Status CheckUsable() const;
-  absl::Status MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds);
+  // Checks ptr/size/device of a migration request; `what` names the API call in errors.
+  absl::StatusOr<RangeRef> CheckMigrateRequest(const char* what, void* ptr, size_t size, int device);
+  // Migration to a device, held off while a fork is being prepared.
+  absl::Status MigrateToDevice(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds,
+                               MigrateCause cause);
+  absl::Status MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
+                                     DeviceState& ds, MigrateCause cause);
   absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed);
   void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);
   // Marks [start, end) of every range it overlaps as gone and releases the device pages there.
@@ -96,6 +111,11 @@ class RuntimeImpl final : public Runtime {
   std::vector<std::unique_ptr<DeviceState>> devices_;
   std::unique_ptr<Uffd> uffd_;
   std::unique_ptr<FaultService> fault_service_;
+  bool transparent_ = false;
+  // Bumped whenever pages may have become host-resident (allocation, migration to RAM): launch
+  // coherence has work only when it moved since a device's last pass.
+  std::atomic<uint64_t> host_epoch_{1};
+  std::atomic<uint64_t> launch_error_epoch_{0};  // last epoch whose launch-sync error was printed
 
   mutable Mutex ranges_mu_;
   std::map<uintptr_t, std::shared_ptr<ManagedRange>> ranges_ ABSL_GUARDED_BY(ranges_mu_);
@@ -121,6 +141,7 @@ class RuntimeImpl final : public Runtime {
     std::atomic<uint64_t> cpu_faults{0}, duplicate_faults{0}, unmanaged_faults{0};
     std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
     std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, ev_fork{0};
+    std::atomic<uint64_t> launch_syncs{0}, launch_pages{0};
   };
   mutable Counters counters_;
 };

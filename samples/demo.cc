@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     }
     absl::Status s = uhmm::host::LiveDevice(0)->RunKernel([&] {
       for (auto [off, addr] : pages) {
-        auto* d = static_cast<uint64_t*>(uhmm::host::DevicePointer(addr));
+        auto* d = static_cast<uint64_t*>(uhmm::host::LiveDevice(0)->DevicePointer(addr));
         for (size_t i = 0; i < uhmm::kPageSize / 8; ++i) d[i] = Pattern(2, off / 8 + i);
       }
     });

@@ -26,7 +26,7 @@ size_t OpenFds() {
 }
 
 void EightThreadsFaultSamePages(Harness& t, std::unique_ptr<Runtime>& rt,
-                                host::HostDeviceControls* dev, size_t granularity) {
+                                DeviceTestHooks* dev, size_t granularity) {
   const size_t bytes = 2 * kMiB;
   const size_t npages = bytes / kPageSize;
   uint64_t* p = t.AllocFilled(bytes, 100);
@@ -55,15 +55,16 @@ void EightThreadsFaultSamePages(Harness& t, std::unique_ptr<Runtime>& rt,
 }
 
 TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesEachMigratesOnce) {
-  EightThreadsFaultSamePages(*this, rt_, dev0_, HostConfig().fault_granularity);
+  EightThreadsFaultSamePages(*this, rt_, dev0_, TestConfig().fault_granularity);
 }
 
 TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesEachMigratesOnceAt4KGranularity) {
-  Config c = HostConfig();
+  Config c = TestConfig();
   c.fault_granularity = kPageSize;
   c.fault_threads = 4;
   rt_.reset();
   Start(c);
+  UHMM_RETURN_IF_SKIPPED();
   EightThreadsFaultSamePages(*this, rt_, dev0_, kPageSize);
 }
 
@@ -230,10 +231,11 @@ TEST_F(ConcurrencyTest, CpuWritersAndMigrationsRaceWithoutLostUpdates) {
 }
 
 TEST_F(ConcurrencyTest, ThreadsOversubscribingASmallPoolLoseNoData) {
-  Config c = HostConfig();
+  Config c = TestConfig();
   c.device_pool_bytes = 4 * kMiB;
   rt_.reset();
   Start(c);
+  UHMM_RETURN_IF_SKIPPED();
   constexpr int kThreads = 4;
   const size_t bytes = 3 * kMiB;
   std::vector<uint64_t*> bufs;
@@ -260,7 +262,8 @@ TEST_F(ConcurrencyTest, ThreadsOversubscribingASmallPoolLoseNoData) {
 }
 
 TEST(FaultServiceTest, ThreadsAreNamedAndTheirCountIsConfigurable) {
-  Config c = HostConfig();
+  UHMM_SKIP_UNLESS_HOST_BACKEND();  // counts the host copy engine's thread too
+  Config c = TestConfig();
   c.fault_threads = 3;
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
   ASSERT_TRUE(rt.ok()) << rt.status();

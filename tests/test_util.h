@@ -1,11 +1,15 @@
-// Shared fixture for the behaviour tests: a runtime on the host backend plus helpers that act as
-// a device "kernel" on device-resident pages and check data and residency.
+// Shared fixture for the behaviour tests: a runtime on the backend under test plus helpers that
+// write device-resident pages from the device side and check data and residency. The backend is
+// $UHMM_BACKEND (default "host"); ctest runs the suites on the host backend, on the host backend
+// emulating one pointer (UHMM_HOST_SAME_ADDRESS=1), and on CUDA, where they skip without a GPU.
 #ifndef UHMM_TESTS_TEST_UTIL_H_
 #define UHMM_TESTS_TEST_UTIL_H_
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <string_view>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -13,29 +17,52 @@
 #include <vector>
 
 #include "backends/host/host_backend.h"
+#include "runtime/testing.h"
 #include "uhmm/uhmm.hpp"
 
 namespace uhmm::testing {
 
 inline constexpr size_t kMiB = size_t{1} << 20;
 
-inline Config HostConfig() {
+inline Config TestConfig() {
   Config c;
-  c.backend = "host";
+  const char* backend = std::getenv("UHMM_BACKEND");
+  c.backend = backend && *backend ? backend : "host";
+  const char* same = std::getenv("UHMM_HOST_SAME_ADDRESS");
+  c.host_same_address = same && std::string_view(same) == "1";
   c.fault_threads = 2;
   c.device_pool_bytes = 64 * kMiB;
   return c;
 }
 
+inline bool TestingHostBackend() { return TestConfig().backend == "host"; }
+
+// Skips the calling test when the backend under test has no usable device here. Tests that need
+// the host backend's emulated launches skip on other backends.
+#define UHMM_SKIP_UNLESS_HOST_BACKEND()                                                   \
+  do {                                                                                    \
+    if (!::uhmm::testing::TestingHostBackend()) GTEST_SKIP() << "needs the host backend"; \
+  } while (0)
+
+// Creates a runtime, skipping the test (with the reason) when the backend is unavailable here.
+inline absl::StatusOr<std::unique_ptr<Runtime>> CreateOrSkip(const Config& config, bool* skip) {
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(config);
+  *skip = !rt.ok() && absl::IsUnavailable(rt.status()) && config.backend != "host";
+  return rt;
+}
+
 // Helpers over one runtime; usable in a fixture and in a forked child alike.
 class Harness {
  public:
-  void Start(Config config = HostConfig()) {
-    absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(config);
+  // Callers outside SetUp follow it with UHMM_RETURN_IF_SKIPPED().
+  void Start(Config config = TestConfig()) {
+    bool skip = false;
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateOrSkip(config, &skip);
+    if (skip) GTEST_SKIP() << "backend " << config.backend << " unavailable: " << rt.status();
     ASSERT_TRUE(rt.ok()) << rt.status();
     rt_ = std::move(*rt);
-    dev0_ = host::LiveDevice(0);
-    ASSERT_NE(dev0_, nullptr);
+    dev0_ = DeviceHooks(*rt_, 0);
+    ASSERT_NE(dev0_, nullptr) << "the " << config.backend << " backend has no test hooks";
   }
   // Allocates and fills with `seed`-derived words, on the CPU.
   uint64_t* AllocFilled(size_t bytes, uint64_t seed) {
@@ -55,23 +82,21 @@ class Harness {
     return -1;
   }
 
-  // A device "kernel": rewrites every device-resident page of [p, p+bytes) with `seed`'s pattern
-  // through the device address, without touching the managed pointer. It runs on the emulated
-  // device's queue, as a launch would. Returns pages written.
+  // A device-side write: rewrites every device-resident page of [p, p+bytes) with `seed`'s
+  // pattern through its device address, on the device's queue, without touching the managed
+  // pointer. Returns pages written.
   size_t DeviceWrite(uint64_t* p, size_t bytes, uint64_t seed) {
-    std::vector<std::pair<size_t, uint64_t>> pages;  // (byte offset, device address)
+    size_t pages = 0;
+    std::vector<uint64_t> buf(kPageSize / 8);
     for (size_t off = 0; off < bytes; off += kPageSize) {
       absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
-      if (dev.ok()) pages.emplace_back(off, *dev);
+      if (!dev.ok()) continue;
+      for (size_t i = 0; i < buf.size(); ++i) buf[i] = Pattern(seed, off / 8 + i);
+      absl::Status s = dev0_->DeviceWrite(*dev, buf.data(), kPageSize);
+      EXPECT_TRUE(s.ok()) << s;
+      ++pages;
     }
-    absl::Status s = host::LiveDevice(0)->RunKernel([&] {
-      for (auto [off, addr] : pages) {
-        auto* d = static_cast<uint64_t*>(host::DevicePointer(addr));
-        for (size_t i = 0; i < kPageSize / 8; ++i) d[i] = Pattern(seed, off / 8 + i);
-      }
-    });
-    EXPECT_TRUE(s.ok()) << s;
-    return pages.size();
+    return pages;
   }
 
   std::vector<int32_t> Residency(const void* p, size_t bytes) {
@@ -95,8 +120,13 @@ class Harness {
   }
 
   std::unique_ptr<Runtime> rt_;
-  host::HostDeviceControls* dev0_ = nullptr;
+  DeviceTestHooks* dev0_ = nullptr;
 };
+
+#define UHMM_RETURN_IF_SKIPPED()                                                      \
+  do {                                                                                \
+    if (::testing::Test::IsSkipped() || ::testing::Test::HasFatalFailure()) return; \
+  } while (0)
 
 class RuntimeTest : public ::testing::Test, public Harness {
  public:

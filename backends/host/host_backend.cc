@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -12,6 +13,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -33,7 +35,9 @@ bool TakeOne(std::atomic<int>& counter) {
 
 class HostCopyEngine final : public CopyEngine {
  public:
-  explicit HostCopyEngine(int ordinal) : ordinal_(ordinal), thread_([this] { Run(); }) {
+  // `translate` turns a device address into the memory behind it.
+  HostCopyEngine(int ordinal, std::function<void*(uint64_t)> translate)
+      : ordinal_(ordinal), translate_(std::move(translate)), thread_([this] { Run(); }) {
     char name[16];
     std::snprintf(name, sizeof(name), "uhmm-copy-%d", ordinal_);
     pthread_setname_np(thread_.native_handle(), name);
@@ -126,11 +130,19 @@ class HostCopyEngine final : public CopyEngine {
             to_device ? "host -> device" : "device -> host"));
       } else {
         for (const CopyOp& op : batch.ops) {
-          void* dev = DevicePointer(op.device);
-          if (to_device) {
-            std::memcpy(dev, op.host, op.bytes);
-          } else {
-            std::memcpy(op.host, dev, op.bytes);
+          // Page by page: with one pointer, consecutive device addresses may sit in different chunks.
+          for (size_t off = 0; off < op.bytes; off += kPageSize) {
+            auto* dev = static_cast<uint8_t*>(translate_(op.device + off));
+            auto* host = static_cast<uint8_t*>(op.host) + off;
+            const size_t n = std::min(kPageSize, op.bytes - off);
+            if (dev == nullptr) {
+              status = absl::InternalError(absl::StrFormat(
+                  "host device %d: copy to unmapped device address %#x", ordinal_, op.device + off));
+            } else if (to_device) {
+              std::memcpy(dev, host, n);
+            } else {
+              std::memcpy(host, dev, n);
+            }
           }
         }
         (to_device ? done_h2d_ : done_d2h_).fetch_add(1);
@@ -144,6 +156,7 @@ class HostCopyEngine final : public CopyEngine {
   }
 
   const int ordinal_;
+  const std::function<void*(uint64_t)> translate_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<Batch> queue_;
@@ -167,7 +180,11 @@ std::map<int, HostDevice*>& Live() {
 
 class HostDevice final : public Device, public HostDeviceControls {
  public:
-  explicit HostDevice(int ordinal) : ordinal_(ordinal), engine_(ordinal) {
+  HostDevice(int ordinal, bool same_address, std::atomic<LaunchListener*>* listener)
+      : ordinal_(ordinal),
+        same_address_(same_address),
+        listener_(listener),
+        engine_(ordinal, [this](uint64_t addr) { return DevicePointer(addr); }) {
     pagemap_.type = MemoryType::kDevicePrivate;
     pagemap_.ops = &kOps;
     pagemap_.owner = this;
@@ -186,6 +203,28 @@ class HostDevice final : public Device, public HostDeviceControls {
   Pagemap& pagemap() override { return pagemap_; }
   CopyEngine& copy_engine() override { return engine_; }
   size_t default_pool_bytes() const override { return kDefaultPoolBytes; }
+  Placement placement() const override {
+    return same_address_ ? Placement::kSameAddress : Placement::kAnywhere;
+  }
+  DeviceTestHooks* test_hooks() override { return this; }
+
+  // One pointer, emulated: the device's page tables map a chunk at each block it backs.
+  absl::Status MapChunk(uint64_t chunk, uintptr_t block) override {
+    std::unique_lock lock(map_mu_);
+    if (!mapped_.emplace(block, reinterpret_cast<uint8_t*>(chunk)).second) {
+      return absl::InternalError(
+          absl::StrFormat("host device %d: block %#x is already mapped", ordinal_, block));
+    }
+    return absl::OkStatus();
+  }
+  void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
+    (void)SynchronizeQueue(nullptr);  // queued device work may still use the block
+    std::unique_lock lock(map_mu_);
+    mapped_.erase(block);
+  }
+  absl::Status SynchronizeQueue(void*) override {
+    return engine_.Wait(engine_.SubmitKernel([] {}));
+  }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
     if (TakeOne(fail_allocs_)) {
@@ -201,7 +240,7 @@ class HostDevice final : public Device, public HostDeviceControls {
     }
     return reinterpret_cast<uint64_t>(p);
   }
-  void FreeChunk(uint64_t device_addr) override { munmap(DevicePointer(device_addr), kBlockSize); }
+  void FreeChunk(uint64_t chunk) override { munmap(reinterpret_cast<void*>(chunk), kBlockSize); }
 
   absl::Status MigrateToDevice(MigrateVma* m) override {
     return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
@@ -219,7 +258,20 @@ class HostDevice final : public Device, public HostDeviceControls {
   uint64_t page_free_total() const override { return free_total_.load(); }
   uint64_t copies(CopyDirection dir) const override { return engine_.copies(dir); }
   absl::Status RunKernel(std::function<void()> kernel) override {
+    if (LaunchListener* l = listener_->load(std::memory_order_acquire)) l->BeforeLaunch(ordinal_, nullptr);
     return engine_.Wait(engine_.SubmitKernel(std::move(kernel)));
+  }
+  void* DevicePointer(uint64_t addr) override {
+    if (!same_address_) return reinterpret_cast<void*>(addr);
+    std::shared_lock lock(map_mu_);
+    auto it = mapped_.find(addr & ~(kBlockSize - 1));
+    return it == mapped_.end() ? nullptr : it->second + addr % kBlockSize;
+  }
+  absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
+    return DeviceAccess(device_addr, const_cast<void*>(src), bytes, /*write=*/true);
+  }
+  absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) override {
+    return DeviceAccess(device_addr, dst, bytes, /*write=*/false);
   }
 
  private:
@@ -251,9 +303,35 @@ class HostDevice final : public Device, public HostDeviceControls {
     return s;
   }
 
+  // A device-side access on the device's queue (not a launch: no listener call).
+  absl::Status DeviceAccess(uint64_t device_addr, void* host, size_t bytes, bool write) {
+    absl::Status result;
+    absl::Status s = engine_.Wait(engine_.SubmitKernel([&] {
+      for (size_t off = 0; off < bytes; off += kPageSize) {
+        auto* dev = static_cast<uint8_t*>(DevicePointer(device_addr + off));
+        const size_t n = std::min(kPageSize, bytes - off);
+        if (dev == nullptr) {
+          result = absl::InvalidArgumentError(absl::StrFormat(
+              "host device %d: device address %#x is not mapped", ordinal_, device_addr + off));
+          return;
+        }
+        if (write) {
+          std::memcpy(dev, static_cast<const uint8_t*>(host) + off, n);
+        } else {
+          std::memcpy(static_cast<uint8_t*>(host) + off, dev, n);
+        }
+      }
+    }));
+    return s.ok() ? result : s;
+  }
+
   static constexpr PagemapOps kOps = {&HostDevice::PageFree, &HostDevice::PageFault};
 
   const int ordinal_;
+  const bool same_address_;
+  std::atomic<LaunchListener*>* const listener_;
+  std::shared_mutex map_mu_;
+  std::unordered_map<uintptr_t, uint8_t*> mapped_;  // block -> chunk memory (same-address mode)
   Pagemap pagemap_;
   HostCopyEngine engine_;
   std::atomic<int> fail_allocs_{0};
@@ -264,24 +342,51 @@ class HostDevice final : public Device, public HostDeviceControls {
 
 class HostBackend final : public Backend {
  public:
-  explicit HostBackend(int devices) : devices_(devices) {}
+  HostBackend(int devices, bool same_address) : devices_(devices), same_address_(same_address) {}
   std::string_view name() const override { return "host"; }
   int device_count() const override { return devices_; }
   absl::StatusOr<std::unique_ptr<Device>> OpenDevice(int ordinal) override {
     if (ordinal < 0 || ordinal >= devices_) {
       return absl::InvalidArgumentError(absl::StrFormat("host backend: no device %d", ordinal));
     }
-    return std::unique_ptr<Device>(new HostDevice(ordinal));
+    return std::unique_ptr<Device>(new HostDevice(ordinal, same_address_, &listener_));
+  }
+
+  // Like cuMemAddressReserve: a 2 MiB aligned PROT_NONE reservation the runtime maps over.
+  absl::StatusOr<uintptr_t> ReserveAddressRange(size_t bytes) override {
+    if (!same_address_) return uintptr_t{0};
+    const size_t span = bytes + kBlockSize;
+    void* hole = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (hole == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("host backend: reserving %u bytes of address space: %s", bytes, strerror(errno)));
+    }
+    const uintptr_t base = reinterpret_cast<uintptr_t>(hole);
+    const uintptr_t aligned = (base + kBlockSize - 1) & ~(kBlockSize - 1);
+    if (aligned > base) munmap(hole, aligned - base);
+    if (base + span > aligned + bytes) {
+      munmap(reinterpret_cast<void*>(aligned + bytes), base + span - (aligned + bytes));
+    }
+    return aligned;
+  }
+  void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
+    munmap(reinterpret_cast<void*>(start), bytes);
+  }
+  absl::Status SetLaunchListener(LaunchListener* listener) override {
+    listener_.store(listener, std::memory_order_release);
+    return absl::OkStatus();
   }
 
  private:
   const int devices_;
+  const bool same_address_;
+  std::atomic<LaunchListener*> listener_{nullptr};
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateHostBackend(const Config& config) {
-  return std::unique_ptr<Backend>(new HostBackend(config.host_devices));
+  return std::unique_ptr<Backend>(new HostBackend(config.host_devices, config.host_same_address));
 }
 
 HostDeviceControls* LiveDevice(int ordinal) {

@@ -1,7 +1,9 @@
 // The host-emulated device (like the kernel's lib/test_hmm.c dmirror): "VRAM" is separate host
 // memory that the managed pointer never maps, copied by a copy-engine thread with asynchronous
-// completion. It honours the same page_free/page_fault contract as a GPU. Tests reach a device
-// through LiveDevice() for fault injection and page_free accounting.
+// completion. It honours the same page_free/page_fault contract as a GPU. With
+// Config::host_same_address it also emulates one pointer the way the CUDA backend does it (device
+// memory mapped at the managed addresses, Placement::kSameAddress). Tests reach a device through
+// LiveDevice() for fault injection, page_free accounting and emulated kernel launches.
 #ifndef UHMM_BACKENDS_HOST_HOST_BACKEND_H_
 #define UHMM_BACKENDS_HOST_HOST_BACKEND_H_
 
@@ -16,29 +18,22 @@ namespace uhmm::host {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateHostBackend(const Config& config);
 
-// Test and sample controls of one emulated device.
-class HostDeviceControls {
+// Test and sample controls of one emulated device: the generic DeviceTestHooks plus emulated
+// kernel launches.
+class HostDeviceControls : public DeviceTestHooks {
  public:
-  virtual ~HostDeviceControls() = default;
-  // The next `n` copy batches in `dir` fail with ABORTED, as a lost device would.
-  virtual void FailNextCopies(CopyDirection dir, int n) = 0;
-  // The next `n` root-chunk allocations fail with ABORTED.
-  virtual void FailNextChunkAllocs(int n) = 0;
-  // How many times page_free ran for page `pfn`, and in total.
-  virtual uint64_t page_free_count(uint64_t pfn) const = 0;
-  virtual uint64_t page_free_total() const = 0;
-  // Copy batches completed in each direction.
-  virtual uint64_t copies(CopyDirection dir) const = 0;
   // Runs `kernel` on the device, ordered after the copies queued before it, and waits for it: the
-  // emulated kernel launch. Kernels address device memory through DevicePointer(dma_addr).
+  // emulated kernel launch. Like a launch the CUDA backend intercepts, it first calls the runtime's
+  // launch listener (transparent mode). Kernels address device memory through DevicePointer().
   virtual absl::Status RunKernel(std::function<void()> kernel) = 0;
+  // What a kernel dereferences for device address `device_addr`. With UHMM_HOST_SAME_ADDRESS=1 the
+  // device address is the managed address, translated through the chunks mapped at its block
+  // (nullptr when none is); otherwise it is the chunk memory itself.
+  virtual void* DevicePointer(uint64_t device_addr) = 0;
 };
 
 // The most recently opened, still open host device with this ordinal (nullptr if none).
 HostDeviceControls* LiveDevice(int ordinal);
-
-// Emulated device addresses are host addresses: what a "kernel" on the host device dereferences.
-inline void* DevicePointer(uint64_t device_addr) { return reinterpret_cast<void*>(device_addr); }
 
 }  // namespace uhmm::host
 

@@ -1,5 +1,6 @@
 // The interface a backend implements: a Backend enumerates devices; a Device provides device memory
-// in 2 MiB root chunks, a Pagemap (page_free/page_fault) and an asynchronous CopyEngine.
+// in 2 MiB root chunks, a Pagemap (page_free/page_fault) and an asynchronous CopyEngine. Optional
+// hooks serve GPUs that share the managed address ("one pointer") and intercept kernel launches.
 #ifndef UHMM_BACKEND_H_
 #define UHMM_BACKEND_H_
 
@@ -33,6 +34,45 @@ class CopyEngine {
   virtual absl::Status Wait(uint64_t fence) = 0;
 };
 
+// Where the pool may put the device page that backs managed address A.
+enum class Placement {
+  // Any free page: device addresses are unrelated to managed ones (the GPU uses DeviceAddress()).
+  kAnywhere,
+  // One pointer: the device page backing A has device address A. The pool binds a whole 2 MiB chunk
+  // to each 2 MiB block that has device pages (Device::MapChunk) and hands out the page at A's
+  // offset. A block's pages then live on one device at a time.
+  kSameAddress,
+};
+
+// Fault injection and introspection of a device, for tests and samples (optional).
+class DeviceTestHooks {
+ public:
+  virtual ~DeviceTestHooks() = default;
+  // The next `n` copy batches in `dir` fail, as a lost device would.
+  virtual void FailNextCopies(CopyDirection dir, int n) = 0;
+  // The next `n` root-chunk allocations fail.
+  virtual void FailNextChunkAllocs(int n) = 0;
+  // How many times page_free ran for page `pfn`, and in total.
+  virtual uint64_t page_free_count(uint64_t pfn) const = 0;
+  virtual uint64_t page_free_total() const = 0;
+  // Copy batches completed in each direction.
+  virtual uint64_t copies(CopyDirection dir) const = 0;
+  // Device-side write of `bytes` from `src` to device address `device_addr`, ordered after the
+  // copies queued before it; returns when it is done. What a kernel writing that memory does.
+  virtual absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) = 0;
+  // Device-side read, the counterpart of DeviceWrite.
+  virtual absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) = 0;
+};
+
+// Called by backends that intercept kernel launches (CUDA: CUPTI; Level Zero: the loader's tracer)
+// before each launch, on the launching thread, so the runtime can make managed data device-resident
+// and ordered before the kernel on `queue` (a cudaStream_t, ze_command_list_handle_t, ...).
+class LaunchListener {
+ public:
+  virtual ~LaunchListener() = default;
+  virtual void BeforeLaunch(int device, void* queue) = 0;
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -44,10 +84,25 @@ class Device {
   virtual void FreeChunk(uint64_t device_addr) = 0;
   // Pool cap when the configuration does not give one.
   virtual size_t default_pool_bytes() const = 0;
+  // Free device memory now, for pools sized as a fraction of it.
+  virtual absl::StatusOr<size_t> free_memory() const { return default_pool_bytes(); }
   // Phase 2 of a migration to this device: allocate destination pages and copy (RAM -> device).
   virtual absl::Status MigrateToDevice(MigrateVma* migrate) = 0;
   // Phase 2 of a migration from this device back to RAM (faults, prefetch to host, eviction).
   virtual absl::Status MigrateToRam(MigrateVma* migrate) = 0;
+
+  virtual Placement placement() const { return Placement::kAnywhere; }
+  // kSameAddress only: make chunk `chunk` (an AllocChunk value) the device memory at
+  // [block, block + 2 MiB), and undo it. UnmapChunk is called only when no page of the chunk is in
+  // use, and must first wait for device work that may still access the block.
+  virtual absl::Status MapChunk(uint64_t /*chunk*/, uintptr_t /*block*/) {
+    return absl::UnimplementedError("MapChunk: this device does not share managed addresses");
+  }
+  virtual void UnmapChunk(uint64_t /*chunk*/, uintptr_t /*block*/) {}
+  // Returns once the device work queued on `queue` so far is done (nullptr: all of the device's
+  // work). Host-bound prefetches on a queue use it so that they see what earlier kernels wrote.
+  virtual absl::Status SynchronizeQueue(void* /*queue*/) { return absl::OkStatus(); }
+  virtual DeviceTestHooks* test_hooks() { return nullptr; }
 };
 
 class Backend {
@@ -57,6 +112,22 @@ class Backend {
   virtual int device_count() const = 0;
   // `ordinal` is the runtime's device number; the backend stores it in pagemap().device.
   virtual absl::StatusOr<std::unique_ptr<Device>> OpenDevice(int ordinal) = 0;
+
+  // One pointer: reserves `bytes` (a multiple of 2 MiB) of address space, 2 MiB aligned, that the
+  // devices can map at the same addresses and over which the runtime maps the user view
+  // (mmap MAP_FIXED). 0 means the backend has no such need and the runtime picks the address.
+  // Release is called after the runtime has put a PROT_NONE mapping back over the range.
+  virtual absl::StatusOr<uintptr_t> ReserveAddressRange(size_t /*bytes*/) { return uintptr_t{0}; }
+  virtual void ReleaseAddressRange(uintptr_t /*start*/, size_t /*bytes*/) {}
+  // The runtime view of each range is the host side of every copy; backends whose copy engines need
+  // pinned memory pin it here (before any copy) and unpin it before it is unmapped.
+  virtual absl::Status RegisterHostView(void* /*view*/, size_t /*bytes*/) { return absl::OkStatus(); }
+  virtual void UnregisterHostView(void* /*view*/, size_t /*bytes*/) {}
+  // Transparent mode: call `listener` before every kernel launch until it is replaced (nullptr
+  // stops). UNIMPLEMENTED when the backend cannot intercept launches.
+  virtual absl::Status SetLaunchListener(LaunchListener* /*listener*/) {
+    return absl::UnimplementedError("this backend cannot intercept kernel launches");
+  }
 };
 
 // One entry per compiled-in backend, best first (see backends/registry.cc).

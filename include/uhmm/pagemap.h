@@ -81,7 +81,7 @@ enum MigratePfnFlags : uint32_t {
 };
 
 // Why a migration runs; kept for stats and tracing.
-enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork };
+enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork, kLaunch };
 
 // One src[] or dst[] entry. For system memory `host` is the runtime's DMA-able view of the page; for
 // device memory `page` is the descriptor.
@@ -121,9 +121,10 @@ void migrate_vma_finalize(MigrateVma* migrate);
 absl::Status migrate_copy_to_ram(MigrateVma* migrate, CopyEngine& engine);
 absl::Status migrate_alloc_and_copy_to_device(MigrateVma* migrate, Pagemap& pgmap, CopyEngine& engine);
 
-// A free device page from `pgmap`'s pool at refcount 2, evicting least recently used chunks back to
-// RAM when the pool is full. RESOURCE_EXHAUSTED when nothing can be evicted.
-absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap);
+// A free device page from `pgmap`'s pool at refcount 2 for managed address `addr`, evicting least
+// recently used chunks back to RAM when the pool is full. RESOURCE_EXHAUSTED when nothing can be
+// evicted. (`addr` matters for devices that share managed addresses, Placement::kSameAddress.)
+absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap, uintptr_t addr);
 // Returns a page to its pool's free list; for page_free implementations.
 void page_pool_release(Page* page);
 

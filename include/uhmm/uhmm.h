@@ -38,9 +38,13 @@ typedef struct uhmm_config {
   const char* backend;       /* "host", "cuda", ...; NULL: $UHMM_BACKEND, else the best available */
   int fault_threads;         /* fault-service threads (default 2, $UHMM_FAULT_THREADS) */
   size_t device_pool_bytes;  /* device pool cap per device, 2 MiB multiple (0: backend default) */
+  double device_pool_fraction; /* or this fraction (0, 1] of each device's free memory (0: unused) */
   size_t fault_granularity;  /* bytes migrated back per CPU fault, power of two, 4 KiB..2 MiB */
   int host_devices;          /* host backend: number of emulated devices (default 1) */
   uhmm_sigbus_mode_t sigbus_mode;
+  int transparent_launch;    /* 1 (default): make managed data device-resident before every kernel
+                                launch the backend intercepts; 0: only explicit prefetch/sync */
+  int host_same_address;     /* host backend: emulate one pointer (device address == managed) */
 } uhmm_config_t;
 
 typedef struct uhmm_stats {
@@ -55,6 +59,8 @@ typedef struct uhmm_stats {
   uint64_t events_remove, events_unmap, events_remap, events_fork;
   uint64_t device_pages_total;  /* pool capacity, all devices */
   uint64_t device_pages_used;   /* pages currently backing managed data */
+  uint64_t launch_syncs;        /* launch-coherence passes that had work (transparent or explicit) */
+  uint64_t launch_pages_to_device; /* pages those passes moved to a device */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;
@@ -74,6 +80,18 @@ uhmm_status_t uhmm_free(uhmm_runtime_t* rt, void* ptr);
 /* Migrates the pages of [ptr, ptr+size) to `device` (>= 0) or to UHMM_LOCATION_HOST.
  * ptr and size must be 4 KiB aligned and inside one allocation. */
 uhmm_status_t uhmm_migrate(uhmm_runtime_t* rt, void* ptr, size_t size, int device);
+/* Queue-ordered prefetch. `queue` is the backend's stream or command list (a cudaStream_t for CUDA;
+ * NULL: all of the device's work). To the host: waits for the work already on `queue`, then
+ * migrates, so the CPU sees what earlier kernels wrote. To a device: returns once the pages are
+ * device-resident, so work queued on `queue` afterwards finds them there. */
+uhmm_status_t uhmm_prefetch_on_queue(uhmm_runtime_t* rt, void* ptr, size_t size, int device,
+                                     void* queue);
+/* Explicit launch coherence (what transparent mode does before each launch): every managed page
+ * becomes resident on `device` and loses its CPU mapping, so the next CPU touch faults it back. */
+uhmm_status_t uhmm_sync_for_device(uhmm_runtime_t* rt, int device, void* queue);
+/* 1 when this runtime intercepts kernel launches (transparent mode), else 0. */
+int uhmm_transparent_launch_enabled(const uhmm_runtime_t* rt);
+
 /* Moves every page of `device` back to the host (releases the device pool). */
 uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device);
 

@@ -31,9 +31,12 @@ struct Config {
   std::string backend;                   // UHMM_BACKEND: "host", "cuda", ...; empty = best available
   int fault_threads = 2;                 // UHMM_FAULT_THREADS
   size_t device_pool_bytes = 0;          // UHMM_DEVICE_POOL_BYTES (0 = backend default)
+  double device_pool_fraction = 0;       // UHMM_DEVICE_POOL_BYTES=NN% (of free device memory)
   size_t fault_granularity = 64 * 1024;  // UHMM_FAULT_GRANULARITY
   int host_devices = 1;                  // UHMM_HOST_DEVICES
   SigbusMode sigbus_mode = SigbusMode::kAuto;  // UHMM_SIGBUS_MODE=auto|poison|tkill
+  bool transparent_launch = true;        // UHMM_TRANSPARENT_LAUNCH=1|0
+  bool host_same_address = false;        // UHMM_HOST_SAME_ADDRESS=1|0 (host backend)
   std::string env_error;                 // set by FromEnv for malformed variables
 
   // Defaults overridden by the environment. Malformed values are reported by Runtime::Create.
@@ -56,6 +59,11 @@ class Runtime {
   virtual absl::Status Migrate(void* ptr, size_t size, int device) = 0;
   // Returns every page of `device` to the host.
   virtual absl::Status EvictDevice(int device) = 0;
+  // Queue-ordered prefetch and explicit launch coherence; see uhmm_prefetch_on_queue and
+  // uhmm_sync_for_device in uhmm.h.
+  virtual absl::Status PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) = 0;
+  virtual absl::Status SyncForDevice(int device, void* queue) = 0;
+  virtual bool transparent_launch_enabled() const = 0;
 
   // One location per 4 KiB page: device ordinal, kHost, kPoisoned or kUnmapped.
   virtual absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) = 0;

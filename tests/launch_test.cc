@@ -1,0 +1,145 @@
+// Launch coherence: transparent mode (the backend calls the runtime before each kernel launch) and
+// the explicit calls (uhmm_sync_for_device, uhmm_prefetch_on_queue). Emulated launches are the host
+// backend's RunKernel, which calls the launch listener as the CUDA backend's CUPTI callback does.
+#include "tests/test_util.h"
+
+namespace uhmm::testing {
+namespace {
+
+class LaunchTest : public RuntimeTest {
+ public:
+  void SetUp() override {
+    UHMM_SKIP_UNLESS_HOST_BACKEND();  // emulated launches; the CUDA samples launch real kernels
+    RuntimeTest::SetUp();
+  }
+  host::HostDeviceControls* host_dev() { return host::LiveDevice(0); }
+
+  // An emulated kernel that checks every page of [p, p+bytes) holds `seed`'s pattern in device
+  // memory and rewrites it with `next`'s. Returns pages whose device copy was wrong or missing.
+  size_t Kernel(uint64_t* p, size_t bytes, uint64_t seed, uint64_t next) {
+    size_t bad = 0;
+    absl::Status s = host_dev()->RunKernel([&] {
+      // Device addresses are looked up inside the launch, after the launch listener ran (with one
+      // pointer they are the managed addresses anyway).
+      for (size_t off = 0; off < bytes; off += kPageSize) {
+        absl::StatusOr<uint64_t> addr = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
+        auto* d = addr.ok() ? static_cast<uint64_t*>(host_dev()->DevicePointer(*addr)) : nullptr;
+        if (d == nullptr) {
+          ++bad;
+          continue;
+        }
+        const size_t base = off / 8;
+        bool ok = true;
+        for (size_t i = 0; i < kPageSize / 8; ++i) {
+          ok &= d[i] == Pattern(seed, base + i);
+          d[i] = Pattern(next, base + i);
+        }
+        bad += !ok;
+      }
+    });
+    EXPECT_TRUE(s.ok()) << s;
+    return bad;
+  }
+};
+
+TEST_F(LaunchTest, TransparentLaunchShowsCpuWritesToTheKernelAndFaultsResultsBack) {
+  ASSERT_TRUE(rt_->transparent_launch_enabled());
+  const size_t bytes = 4 * kMiB + 12 * kPageSize;
+  uint64_t* p = AllocFilled(bytes, 1);
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  const uint64_t syncs = rt_->stats().launch_syncs;
+  // CPU writes after the sync fault the pages back; the next launch must push them again.
+  for (size_t i = 0; i < bytes / 8; ++i) p[i] = Pattern(2, i);
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  EXPECT_EQ(Kernel(p, bytes, 2, 3), 0u) << "the kernel saw stale device memory";
+  EXPECT_EQ(rt_->stats().launch_syncs, syncs + 1);
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize) << "CPU mappings were not taken away";
+  EXPECT_EQ(FirstMismatch(p, bytes, 3), -1) << "the CPU did not see the kernel's result";
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(LaunchTest, LaunchAfterNoCpuActivityDoesNothing) {
+  const size_t bytes = 2 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 4);
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  const Stats before = rt_->stats();
+  EXPECT_EQ(Kernel(p, bytes, 4, 5), 0u);
+  EXPECT_EQ(Kernel(p, bytes, 5, 6), 0u);
+  const Stats after = rt_->stats();
+  EXPECT_EQ(after.launch_syncs, before.launch_syncs);
+  EXPECT_EQ(after.pages_to_device, before.pages_to_device);
+  // One CPU touch faults one granule back; only that comes back at the next launch.
+  EXPECT_EQ(p[0], Pattern(6, 0));
+  EXPECT_EQ(Kernel(p, bytes, 6, 7), 0u);
+  EXPECT_EQ(rt_->stats().launch_pages_to_device, before.launch_pages_to_device +
+                                                     TestConfig().fault_granularity / kPageSize);
+  EXPECT_EQ(FirstMismatch(p, bytes, 7), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(LaunchTest, TransparentModeOffLeavesDataWhereItIs) {
+  Config c = TestConfig();
+  c.transparent_launch = false;
+  rt_.reset();
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  EXPECT_FALSE(rt_->transparent_launch_enabled());
+  const size_t bytes = 1 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 8);
+  EXPECT_EQ(Kernel(p, bytes, 8, 9), bytes / kPageSize) << "nothing is on the device";
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  EXPECT_EQ(rt_->stats().launch_syncs, 0u);
+  // The explicit call does what the launch hook would have done.
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
+  EXPECT_EQ(Kernel(p, bytes, 8, 9), 0u);
+  EXPECT_EQ(FirstMismatch(p, bytes, 9), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(LaunchTest, SyncRefusesMoreManagedMemoryThanThePoolAndMovesNothing) {
+  Config c = TestConfig();
+  c.device_pool_bytes = 4 * kMiB;
+  rt_.reset();
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  const size_t bytes = 6 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 10);
+  absl::Status s = rt_->SyncForDevice(0, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("uhmm_prefetch_on_queue"), std::string::npos) << s;
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  // Explicit, queue-ordered prefetch of what fits still works.
+  ASSERT_TRUE(rt_->PrefetchOnQueue(p, 4 * kMiB, 0, nullptr).ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), 4 * kMiB / kPageSize);
+  ASSERT_TRUE(rt_->PrefetchOnQueue(p, 4 * kMiB, kHost, nullptr).ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+  EXPECT_EQ(FirstMismatch(p, bytes, 10), -1);
+  EXPECT_EQ(rt_->PrefetchOnQueue(p, 3, 0, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(rt_->SyncForDevice(5, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(LaunchTest, SameAddressModeGivesTheKernelTheManagedPointer) {
+  Config c = TestConfig();
+  c.host_same_address = true;
+  rt_.reset();
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  const size_t bytes = 3 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 11);
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  for (size_t off = 0; off < bytes; off += 256 * 1024) {
+    absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
+    ASSERT_TRUE(dev.ok()) << dev.status();
+    EXPECT_EQ(*dev, reinterpret_cast<uint64_t>(p) + off) << "one pointer for CPU and device";
+  }
+  EXPECT_EQ(Kernel(p, bytes, 11, 12), 0u);
+  EXPECT_EQ(FirstMismatch(p, bytes, 12), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  // The range's blocks are unmapped from the device when it is freed.
+  EXPECT_EQ(host_dev()->DevicePointer(reinterpret_cast<uint64_t>(p)), nullptr);
+}
+
+}  // namespace
+}  // namespace uhmm::testing
