@@ -2,11 +2,17 @@
 // unless Config::backend / UHMM_BACKEND names one. GPU backends go ahead of "host" as they land.
 #include "backends/host/host_backend.h"
 #include "uhmm/backend.h"
+#if UHMM_HAVE_CUDA
+#include "backends/cuda/cuda_backend.h"
+#endif
 
 namespace uhmm {
 
 std::span<const BackendEntry> RegisteredBackends() {
   static const BackendEntry kEntries[] = {
+#if UHMM_HAVE_CUDA
+      {"cuda", &cuda::CreateCudaBackend},
+#endif
       {"host", &host::CreateHostBackend},
   };
   return kEntries;

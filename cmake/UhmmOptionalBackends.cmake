@@ -1,11 +1,22 @@
-# Detects the optional GPU toolchains. Nothing here links libcuda: the CUDA backend (its own issue)
-# loads the driver at run time, so the library starts on machines without the NVIDIA driver.
+# Detects the optional GPU toolchains. Nothing here links libcuda: the CUDA backend loads the driver
+# (and CUPTI) at run time, so the library starts on machines without the NVIDIA driver. nvcc is only
+# needed for the CUDA samples.
 set(UHMM_HAVE_CUDA OFF)
 if(UHMM_ENABLE_CUDA)
   find_package(CUDAToolkit QUIET)
-  if(CUDAToolkit_FOUND)
+  find_path(UHMM_CUPTI_INCLUDE_DIR cupti.h
+    HINTS ${CUDAToolkit_INCLUDE_DIRS} ${CUDAToolkit_LIBRARY_ROOT}/extras/CUPTI/include)
+  if(CUDAToolkit_FOUND AND UHMM_CUPTI_INCLUDE_DIR)
     set(UHMM_HAVE_CUDA ON)
+    # Where the CUDA backend looks for libcupti at run time, after the loader's own search path.
+    # Colon-separated, like LD_LIBRARY_PATH.
+    set(UHMM_CUPTI_LIBRARY_DIRS "${CUDAToolkit_LIBRARY_DIR}")
+    if(CUDAToolkit_LIBRARY_ROOT)
+      string(APPEND UHMM_CUPTI_LIBRARY_DIRS ":${CUDAToolkit_LIBRARY_ROOT}/extras/CUPTI/lib64")
+    endif()
     message(STATUS "uhmm: CUDA toolkit ${CUDAToolkit_VERSION} found at ${CUDAToolkit_BIN_DIR}")
+  elseif(CUDAToolkit_FOUND)
+    message(STATUS "uhmm: CUDA toolkit found but not cupti.h; CUDA backend not built")
   else()
     message(STATUS "uhmm: CUDA toolkit not found; CUDA backend not built")
   endif()

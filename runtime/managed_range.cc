@@ -2,6 +2,10 @@
 #include "runtime/managed_range.h"
 
 #include <sys/mman.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
 #include <unistd.h>
 
 #include <algorithm>
@@ -49,6 +53,14 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* 
         absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(errno))));
   }
   r->runtime_view_ = static_cast<uint8_t*>(view);
+  if (backend->pins_host_views()) {
+    // Pinning allocates every page anyway; doing it here, in one call, is faster than faulting.
+    if (madvise(view, rounded, MADV_POPULATE_WRITE) != 0) {
+      return fail(absl::ResourceExhaustedError(absl::StrFormat(
+          "uhmm: populating %u bytes of host memory for a managed range: %s", rounded, strerror(errno))));
+    }
+    r->populated_ = true;
+  }
   if (absl::Status s = backend->RegisterHostView(view, rounded); !s.ok()) {
     return fail(absl::Status(s.code(), absl::StrFormat("uhmm: registering the host view of a %u-byte range "
                                                   "with the %s backend: %s",

@@ -54,6 +54,8 @@ class ManagedRange {
   // Puts the backend's PROT_NONE reservation back over the user view and releases it. For ranges
   // whose user view the runtime still owns (not after the application unmapped it).
   void ReleaseReservation();
+  // Every page of the memfd exists (the backend pins host views): the user view can be mapped whole.
+  bool populated() const { return populated_; }
   // In a forked child: the backend belongs to the parent, never call it.
   void DetachBackend() { backend_ = nullptr; }
 
@@ -87,6 +89,7 @@ class ManagedRange {
   size_t reserved_ = 0;
   uint8_t* runtime_view_ = nullptr;
   bool view_registered_ = false;
+  bool populated_ = false;
   int memfd_ = -1;
   std::unique_ptr<VaBlock[]> blocks_;
 

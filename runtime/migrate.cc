@@ -222,6 +222,21 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
   return alloc_status;
 }
 
+absl::Status migrate_fault_to_ram(VmFault* vmf, const void* owner, CopyEngine& engine) {
+  MigrateVma m;
+  m.vma = vmf->vma;
+  m.start = vmf->start;
+  m.end = vmf->end;
+  m.flags = kMigrateSelectDevicePrivate;
+  m.pgmap_owner = owner;
+  m.cause = MigrateCause::kFault;
+  if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
+  absl::Status s = m.cpages ? migrate_copy_to_ram(&m, engine) : absl::OkStatus();
+  migrate_vma_pages(&m);
+  migrate_vma_finalize(&m);
+  return s;
+}
+
 absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap, uintptr_t addr) {
   auto* ds = static_cast<DeviceState*>(pgmap.internal);
   return ds->rt->AllocDevicePage(*ds, addr);

@@ -228,6 +228,11 @@ absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
     }
     return s;
   }
+  if (range->populated()) {
+    // The pages exist (pinned): map them all now instead of one minor fault per first touch. The
+    // range is not published yet, so nothing races with this.
+    LogIfError(uffd_->Continue(range->start(), range->size()));
+  }
   MutexLock lock(&ranges_mu_);
   ranges_[range->start()] = range;
   host_epoch_.fetch_add(1, std::memory_order_acq_rel);  // new host-resident pages

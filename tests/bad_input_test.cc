@@ -13,10 +13,12 @@ class BadInputTest : public RuntimeTest {
  public:
   void SetUp() override {
     RuntimeTest::SetUp();
+    UHMM_RETURN_IF_SKIPPED();
     live_ = AllocFilled(kBytes, 400);
     ASSERT_TRUE(rt_->Migrate(live_, kBytes / 2, 0).ok());
   }
   void TearDown() override {
+    if (live_ == nullptr) return;  // skipped
     // Nothing was lost: residency unchanged, data intact, then a clean free.
     std::vector<int32_t> res = Residency(live_, kBytes);
     EXPECT_EQ(CountAt(res, 0), kBytes / kPageSize / 2);
@@ -115,7 +117,7 @@ TEST(ConfigTest, BadConfigurationIsRejectedWithTheKnobName) {
                "UHMM_DEVICE_POOL_BYTES");
   c = TestConfig();
   c.backend = "no-such-gpu";
-  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument, "built-in backends: host");
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument, "built-in backends: ");
 }
 
 TEST(ConfigTest, EnvironmentVariablesAreParsedAndMalformedOnesReported) {

@@ -19,25 +19,18 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "backends/common/hook_state.h"
 
 namespace uhmm::host {
 namespace {
 
 constexpr size_t kDefaultPoolBytes = size_t{256} << 20;
 
-// Fault injection: consumes one of the `counter` failures still to inject, if any.
-bool TakeOne(std::atomic<int>& counter) {
-  int v = counter.load();
-  while (v > 0 && !counter.compare_exchange_weak(v, v - 1)) {
-  }
-  return v > 0;
-}
-
 class HostCopyEngine final : public CopyEngine {
  public:
   // `translate` turns a device address into the memory behind it.
-  HostCopyEngine(int ordinal, std::function<void*(uint64_t)> translate)
-      : ordinal_(ordinal), translate_(std::move(translate)), thread_([this] { Run(); }) {
+  HostCopyEngine(int ordinal, HookState* hooks, std::function<void*(uint64_t)> translate)
+      : ordinal_(ordinal), hooks_(hooks), translate_(std::move(translate)), thread_([this] { Run(); }) {
     char name[16];
     std::snprintf(name, sizeof(name), "uhmm-copy-%d", ordinal_);
     pthread_setname_np(thread_.native_handle(), name);
@@ -70,13 +63,6 @@ class HostCopyEngine final : public CopyEngine {
     absl::Status s = it->second;
     results_.erase(it);
     return s;
-  }
-
-  void FailNext(CopyDirection dir, int n) {
-    (dir == CopyDirection::kHostToDevice ? fail_h2d_ : fail_d2h_).store(n);
-  }
-  uint64_t copies(CopyDirection dir) const {
-    return (dir == CopyDirection::kHostToDevice ? done_h2d_ : done_d2h_).load();
   }
 
  private:
@@ -124,7 +110,7 @@ class HostCopyEngine final : public CopyEngine {
       absl::Status status;
       if (batch.kernel) {
         batch.kernel();
-      } else if (TakeOne(to_device ? fail_h2d_ : fail_d2h_)) {
+      } else if (hooks_->copy_failures(batch.dir).TakeOne()) {
         status = absl::AbortedError(absl::StrFormat(
             "host device %d: injected copy failure (%s)", ordinal_,
             to_device ? "host -> device" : "device -> host"));
@@ -145,7 +131,7 @@ class HostCopyEngine final : public CopyEngine {
             }
           }
         }
-        (to_device ? done_h2d_ : done_d2h_).fetch_add(1);
+        hooks_->CountCopy(batch.dir);
       }
       lock.lock();
       if (!status.ok()) results_[batch.fence] = status;
@@ -156,6 +142,7 @@ class HostCopyEngine final : public CopyEngine {
   }
 
   const int ordinal_;
+  HookState* const hooks_;
   const std::function<void*(uint64_t)> translate_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
@@ -166,8 +153,6 @@ class HostCopyEngine final : public CopyEngine {
   uint64_t completed_ = 0;
   std::atomic<uint64_t> submitted_pub_{0}, completed_pub_{0};  // for polling without the lock
   bool stop_ = false;
-  std::atomic<int> fail_h2d_{0}, fail_d2h_{0};
-  std::atomic<uint64_t> done_h2d_{0}, done_d2h_{0};
   std::thread thread_;  // last: starts after everything above is constructed
 };
 
@@ -184,7 +169,7 @@ class HostDevice final : public Device, public HostDeviceControls {
       : ordinal_(ordinal),
         same_address_(same_address),
         listener_(listener),
-        engine_(ordinal, [this](uint64_t addr) { return DevicePointer(addr); }) {
+        engine_(ordinal, &hooks_, [this](uint64_t addr) { return DevicePointer(addr); }) {
     pagemap_.type = MemoryType::kDevicePrivate;
     pagemap_.ops = &kOps;
     pagemap_.owner = this;
@@ -227,7 +212,7 @@ class HostDevice final : public Device, public HostDeviceControls {
   }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
-    if (TakeOne(fail_allocs_)) {
+    if (hooks_.alloc_failures().TakeOne()) {
       return absl::AbortedError(
           absl::StrFormat("host device %d: injected device memory allocation failure", ordinal_));
     }
@@ -248,15 +233,11 @@ class HostDevice final : public Device, public HostDeviceControls {
   absl::Status MigrateToRam(MigrateVma* m) override { return migrate_copy_to_ram(m, engine_); }
 
   // HostDeviceControls.
-  void FailNextCopies(CopyDirection dir, int n) override { engine_.FailNext(dir, n); }
-  void FailNextChunkAllocs(int n) override { fail_allocs_.store(n); }
-  uint64_t page_free_count(uint64_t pfn) const override {
-    std::lock_guard<std::mutex> lock(free_mu_);
-    auto it = free_counts_.find(pfn);
-    return it == free_counts_.end() ? 0 : it->second;
-  }
-  uint64_t page_free_total() const override { return free_total_.load(); }
-  uint64_t copies(CopyDirection dir) const override { return engine_.copies(dir); }
+  void FailNextCopies(CopyDirection dir, int n) override { hooks_.copy_failures(dir).Set(n); }
+  void FailNextChunkAllocs(int n) override { hooks_.alloc_failures().Set(n); }
+  uint64_t page_free_count(uint64_t pfn) const override { return hooks_.page_free_count(pfn); }
+  uint64_t page_free_total() const override { return hooks_.page_free_total(); }
+  uint64_t copies(CopyDirection dir) const override { return hooks_.copies(dir); }
   absl::Status RunKernel(std::function<void()> kernel) override {
     if (LaunchListener* l = listener_->load(std::memory_order_acquire)) l->BeforeLaunch(ordinal_, nullptr);
     return engine_.Wait(engine_.SubmitKernel(std::move(kernel)));
@@ -277,11 +258,7 @@ class HostDevice final : public Device, public HostDeviceControls {
  private:
   static void PageFree(Page* page) {
     auto* dev = static_cast<HostDevice*>(page->pgmap->owner);
-    {
-      std::lock_guard<std::mutex> lock(dev->free_mu_);
-      ++dev->free_counts_[page->pfn];
-    }
-    dev->free_total_.fetch_add(1);
+    dev->hooks_.CountPageFree(page->pfn);
     page_pool_release(page);
   }
 
@@ -289,18 +266,7 @@ class HostDevice final : public Device, public HostDeviceControls {
   // maps it and wakes the thread in finalize; an error return makes the access SIGBUS.
   static absl::Status PageFault(VmFault* vmf) {
     auto* dev = static_cast<HostDevice*>(vmf->page->pgmap->owner);
-    MigrateVma m;
-    m.vma = vmf->vma;
-    m.start = vmf->start;
-    m.end = vmf->end;
-    m.flags = kMigrateSelectDevicePrivate;
-    m.pgmap_owner = dev;
-    m.cause = MigrateCause::kFault;
-    if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
-    absl::Status s = m.cpages ? migrate_copy_to_ram(&m, dev->engine_) : absl::OkStatus();
-    migrate_vma_pages(&m);
-    migrate_vma_finalize(&m);
-    return s;
+    return migrate_fault_to_ram(vmf, dev, dev->engine_);
   }
 
   // A device-side access on the device's queue (not a launch: no listener call).
@@ -332,12 +298,9 @@ class HostDevice final : public Device, public HostDeviceControls {
   std::atomic<LaunchListener*>* const listener_;
   std::shared_mutex map_mu_;
   std::unordered_map<uintptr_t, uint8_t*> mapped_;  // block -> chunk memory (same-address mode)
+  HookState hooks_;  // before engine_, which uses it
   Pagemap pagemap_;
   HostCopyEngine engine_;
-  std::atomic<int> fail_allocs_{0};
-  mutable std::mutex free_mu_;
-  std::unordered_map<uint64_t, uint64_t> free_counts_;
-  std::atomic<uint64_t> free_total_{0};
 };
 
 class HostBackend final : public Backend {

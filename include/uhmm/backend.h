@@ -120,7 +120,10 @@ class Backend {
   virtual absl::StatusOr<uintptr_t> ReserveAddressRange(size_t /*bytes*/) { return uintptr_t{0}; }
   virtual void ReleaseAddressRange(uintptr_t /*start*/, size_t /*bytes*/) {}
   // The runtime view of each range is the host side of every copy; backends whose copy engines need
-  // pinned memory pin it here (before any copy) and unpin it before it is unmapped.
+  // pinned memory pin it here (before any copy) and unpin it before it is unmapped. When
+  // pins_host_views() is true the runtime populates the view first and then maps every page in the
+  // user view, so that first CPU touches of a new range do not fault.
+  virtual bool pins_host_views() const { return false; }
   virtual absl::Status RegisterHostView(void* /*view*/, size_t /*bytes*/) { return absl::OkStatus(); }
   virtual void UnregisterHostView(void* /*view*/, size_t /*bytes*/) {}
   // Transparent mode: call `listener` before every kernel launch until it is replaced (nullptr

@@ -121,6 +121,10 @@ void migrate_vma_finalize(MigrateVma* migrate);
 absl::Status migrate_copy_to_ram(MigrateVma* migrate, CopyEngine& engine);
 absl::Status migrate_alloc_and_copy_to_device(MigrateVma* migrate, Pagemap& pgmap, CopyEngine& engine);
 
+// The usual page_fault body: migrates [vmf->start, vmf->end) of the faulting device (`owner`) back
+// to RAM through the three phases, copying with `engine`. Returns the copy error, if any.
+absl::Status migrate_fault_to_ram(VmFault* vmf, const void* owner, CopyEngine& engine);
+
 // A free device page from `pgmap`'s pool at refcount 2 for managed address `addr`, evicting least
 // recently used chunks back to RAM when the pool is full. RESOURCE_EXHAUSTED when nothing can be
 // evicted. (`addr` matters for devices that share managed addresses, Placement::kSameAddress.)

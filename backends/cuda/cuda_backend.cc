@@ -1,0 +1,445 @@
+// NVIDIA backend; see cuda_backend.h.
+#include "backends/cuda/cuda_backend.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "backends/common/hook_state.h"
+#include "backends/cuda/cuda_driver.h"
+#include "backends/cuda/cupti_launch.h"
+
+namespace uhmm::cuda {
+namespace {
+
+// Makes `ctx` current on this thread for the scope and puts back whatever was current before (the
+// application's thread may have its own context current).
+class ScopedContext {
+ public:
+  ScopedContext(const Driver& d, CUcontext ctx) : d_(d) {
+    if (d_.cuCtxGetCurrent(&prev_) != CUDA_SUCCESS) prev_ = nullptr;
+    if (prev_ != ctx) {
+      status_ = CudaStatus(d_, d_.cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+      switched_ = status_.ok();
+    }
+  }
+  ~ScopedContext() {
+    if (switched_) d_.cuCtxSetCurrent(prev_);
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  const Driver& d_;
+  CUcontext prev_ = nullptr;
+  bool switched_ = false;
+  absl::Status status_;
+};
+
+#define UHMM_CU(call, name)                                                   \
+  do {                                                                        \
+    if (absl::Status s_ = CudaStatus(*d_, (call), name); !s_.ok()) return s_; \
+  } while (0)
+
+// Two non-blocking streams, one per direction, with an event per batch as its fence. Copies go
+// between VRAM (at the managed address) and the pinned runtime view. Fences of one direction
+// complete in submission order.
+class CudaCopyEngine final : public CopyEngine {
+ public:
+  CudaCopyEngine(const Driver* d, CUcontext ctx, HookState* hooks) : d_(d), ctx_(ctx), hooks_(hooks) {}
+  ~CudaCopyEngine() override {
+    ScopedContext scope(*d_, ctx_);
+    for (auto& [fence, p] : pending_) d_->cuEventDestroy(p.event);
+    for (CUevent e : free_events_) d_->cuEventDestroy(e);
+    if (h2d_) d_->cuStreamDestroy(h2d_);
+    if (d2h_) d_->cuStreamDestroy(d2h_);
+  }
+
+  absl::Status Init() {
+    ScopedContext scope(*d_, ctx_);
+    if (!scope.status().ok()) return scope.status();
+    UHMM_CU(d_->cuStreamCreate(&h2d_, CU_STREAM_NON_BLOCKING), "cuStreamCreate(host->device)");
+    UHMM_CU(d_->cuStreamCreate(&d2h_, CU_STREAM_NON_BLOCKING), "cuStreamCreate(device->host)");
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
+    if (hooks_->copy_failures(dir).TakeOne()) {
+      return absl::AbortedError(absl::StrFormat("CUDA copy engine: injected copy failure (%s)",
+                                                dir == CopyDirection::kHostToDevice
+                                                    ? "host -> device" : "device -> host"));
+    }
+    ScopedContext scope(*d_, ctx_);
+    if (!scope.status().ok()) return scope.status();
+    const bool to_device = dir == CopyDirection::kHostToDevice;
+    CUstream stream = to_device ? h2d_ : d2h_;
+    for (const CopyOp& op : ops) {
+      CUresult r = to_device ? d_->cuMemcpyHtoDAsync(op.device, op.host, op.bytes, stream)
+                             : d_->cuMemcpyDtoHAsync(op.host, op.device, op.bytes, stream);
+      if (r != CUDA_SUCCESS) {
+        d_->cuStreamSynchronize(stream);  // what was queued before the failure is done with
+        return CudaStatus(*d_, r, to_device ? "cuMemcpyHtoDAsync" : "cuMemcpyDtoHAsync");
+      }
+    }
+    CUevent event = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_events_.empty()) {
+        event = free_events_.back();
+        free_events_.pop_back();
+      }
+    }
+    if (event == nullptr) {
+      UHMM_CU(d_->cuEventCreate(&event, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+    }
+    if (CUresult r = d_->cuEventRecord(event, stream); r != CUDA_SUCCESS) {
+      d_->cuEventDestroy(event);
+      d_->cuStreamSynchronize(stream);
+      return CudaStatus(*d_, r, "cuEventRecord");
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t fence = ++next_fence_;
+    pending_[fence] = Pending{event, dir};
+    return fence;
+  }
+
+  absl::Status Wait(uint64_t fence) override {
+    Pending p;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = pending_.find(fence);
+      if (it == pending_.end()) {
+        return absl::InvalidArgumentError(absl::StrFormat("CUDA copy engine: unknown fence %u", fence));
+      }
+      p = it->second;
+      pending_.erase(it);
+    }
+    ScopedContext scope(*d_, ctx_);
+    // Busy-poll first: a fault-sized copy finishes in microseconds, sooner than a blocking wait
+    // wakes up (DESIGN.md: 21 us busy-poll against 32 us poll for an isolated fault).
+    CUresult r = CUDA_ERROR_NOT_READY;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
+    while ((r = d_->cuEventQuery(p.event)) == CUDA_ERROR_NOT_READY &&
+           std::chrono::steady_clock::now() < deadline) {
+    }
+    if (r == CUDA_ERROR_NOT_READY) r = d_->cuEventSynchronize(p.event);
+    if (r != CUDA_SUCCESS) {
+      d_->cuEventDestroy(p.event);
+      return CudaStatus(*d_, r, "waiting for a copy (cuEventSynchronize)");
+    }
+    hooks_->CountCopy(p.dir);
+    std::lock_guard<std::mutex> lock(mu_);
+    free_events_.push_back(p.event);
+    return absl::OkStatus();
+  }
+
+  CUstream stream(CopyDirection dir) const { return dir == CopyDirection::kHostToDevice ? h2d_ : d2h_; }
+
+ private:
+  static constexpr int kSpinUs = 200;
+  struct Pending {
+    CUevent event = nullptr;
+    CopyDirection dir = CopyDirection::kHostToDevice;
+  };
+  const Driver* const d_;
+  const CUcontext ctx_;
+  HookState* const hooks_;
+  CUstream h2d_ = nullptr, d2h_ = nullptr;
+  std::mutex mu_;
+  uint64_t next_fence_ = 0;
+  std::unordered_map<uint64_t, Pending> pending_;
+  std::vector<CUevent> free_events_;
+};
+
+class CudaDevice final : public Device, public DeviceTestHooks {
+ public:
+  CudaDevice(const Driver* d, CUdevice dev, CUcontext ctx, int ordinal, std::string name)
+      : d_(d), dev_(dev), ctx_(ctx), name_(std::move(name)), engine_(d, ctx, &hooks_) {
+    pagemap_.type = MemoryType::kDevicePrivate;
+    pagemap_.ops = &kOps;
+    pagemap_.owner = this;
+    pagemap_.device = ordinal;
+  }
+
+  absl::Status Init() {
+    if (absl::Status s = engine_.Init(); !s.ok()) return s;
+    ScopedContext scope(*d_, ctx_);
+    if (!scope.status().ok()) return scope.status();
+    UHMM_CU(d_->cuStreamCreate(&test_stream_, CU_STREAM_NON_BLOCKING), "cuStreamCreate(test)");
+    size_t free_bytes = 0, total = 0;
+    UHMM_CU(d_->cuMemGetInfo(&free_bytes, &total), "cuMemGetInfo");
+    // Default pool: three quarters of the VRAM free at start, leaving room for cudaMalloc users.
+    default_pool_ = (free_bytes / 4 * 3) & ~(kBlockSize - 1);
+    return absl::OkStatus();
+  }
+
+  ~CudaDevice() override {
+    ScopedContext scope(*d_, ctx_);
+    if (test_stream_) d_->cuStreamDestroy(test_stream_);
+    if (test_staging_) d_->cuMemFreeHost(test_staging_);
+  }
+
+  // Device.
+  std::string name() const override { return name_; }
+  Pagemap& pagemap() override { return pagemap_; }
+  CopyEngine& copy_engine() override { return engine_; }
+  size_t default_pool_bytes() const override { return default_pool_; }
+  absl::StatusOr<size_t> free_memory() const override {
+    ScopedContext scope(*d_, ctx_);
+    size_t free_bytes = 0, total = 0;
+    UHMM_CU(d_->cuMemGetInfo(&free_bytes, &total), "cuMemGetInfo");
+    return free_bytes;
+  }
+  Placement placement() const override { return Placement::kSameAddress; }
+  DeviceTestHooks* test_hooks() override { return this; }
+
+  absl::StatusOr<uint64_t> AllocChunk() override {
+    if (hooks_.alloc_failures().TakeOne()) {
+      return absl::AbortedError("CUDA device: injected device memory allocation failure");
+    }
+    ScopedContext scope(*d_, ctx_);
+    CUmemAllocationProp prop = {};
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = dev_;
+    CUmemGenericAllocationHandle handle = 0;
+    UHMM_CU(d_->cuMemCreate(&handle, kBlockSize, &prop, 0), "cuMemCreate(2 MiB of VRAM)");
+    return static_cast<uint64_t>(handle);
+  }
+  void FreeChunk(uint64_t chunk) override {
+    ScopedContext scope(*d_, ctx_);
+    LogError(CudaStatus(*d_, d_->cuMemRelease(chunk), "cuMemRelease"));
+  }
+
+  absl::Status MapChunk(uint64_t chunk, uintptr_t block) override {
+    ScopedContext scope(*d_, ctx_);
+    UHMM_CU(d_->cuMemMap(block, kBlockSize, 0, chunk, 0), "cuMemMap");
+    CUmemAccessDesc access = {};
+    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    access.location.id = dev_;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    if (CUresult r = d_->cuMemSetAccess(block, kBlockSize, &access, 1); r != CUDA_SUCCESS) {
+      d_->cuMemUnmap(block, kBlockSize);
+      return CudaStatus(*d_, r, "cuMemSetAccess");
+    }
+    return absl::OkStatus();
+  }
+  void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
+    ScopedContext scope(*d_, ctx_);
+    // A kernel still running may use the block: unmapping under it would fault the context.
+    LogError(CudaStatus(*d_, d_->cuCtxSynchronize(), "cuCtxSynchronize before cuMemUnmap"));
+    LogError(CudaStatus(*d_, d_->cuMemUnmap(block, kBlockSize), "cuMemUnmap"));
+  }
+  absl::Status SynchronizeQueue(void* queue) override {
+    ScopedContext scope(*d_, ctx_);
+    if (queue != nullptr) {
+      return CudaStatus(*d_, d_->cuStreamSynchronize(static_cast<CUstream>(queue)), "cuStreamSynchronize");
+    }
+    return CudaStatus(*d_, d_->cuCtxSynchronize(), "cuCtxSynchronize");
+  }
+
+  absl::Status MigrateToDevice(MigrateVma* m) override {
+    return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
+  }
+  absl::Status MigrateToRam(MigrateVma* m) override {
+    if (m->cause == MigrateCause::kEviction) {
+      // Kernels queued earlier may still read or write the evicted pages.
+      ScopedContext scope(*d_, ctx_);
+      UHMM_CU(d_->cuCtxSynchronize(), "cuCtxSynchronize before eviction");
+    }
+    return migrate_copy_to_ram(m, engine_);
+  }
+
+  // DeviceTestHooks.
+  void FailNextCopies(CopyDirection dir, int n) override { hooks_.copy_failures(dir).Set(n); }
+  void FailNextChunkAllocs(int n) override { hooks_.alloc_failures().Set(n); }
+  uint64_t page_free_count(uint64_t pfn) const override { return hooks_.page_free_count(pfn); }
+  uint64_t page_free_total() const override { return hooks_.page_free_total(); }
+  uint64_t copies(CopyDirection dir) const override { return hooks_.copies(dir); }
+  absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
+    return DeviceAccess(device_addr, const_cast<void*>(src), bytes, /*write=*/true);
+  }
+  absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) override {
+    return DeviceAccess(device_addr, dst, bytes, /*write=*/false);
+  }
+
+ private:
+  // Test-hook copies, through a pinned staging buffer on their own stream.
+  absl::Status DeviceAccess(uint64_t device_addr, void* host, size_t bytes, bool write) {
+    std::lock_guard<std::mutex> lock(test_mu_);
+    ScopedContext scope(*d_, ctx_);
+    if (test_staging_ == nullptr) {
+      UHMM_CU(d_->cuMemAllocHost(&test_staging_, kBlockSize), "cuMemAllocHost(test staging)");
+    }
+    auto* staging = static_cast<uint8_t*>(test_staging_);
+    for (size_t off = 0; off < bytes; off += kBlockSize) {
+      const size_t n = std::min(kBlockSize, bytes - off);
+      if (write) {
+        std::memcpy(staging, static_cast<const uint8_t*>(host) + off, n);
+        UHMM_CU(d_->cuMemcpyHtoDAsync(device_addr + off, staging, n, test_stream_), "cuMemcpyHtoDAsync(test)");
+      } else {
+        UHMM_CU(d_->cuMemcpyDtoHAsync(staging, device_addr + off, n, test_stream_), "cuMemcpyDtoHAsync(test)");
+      }
+      UHMM_CU(d_->cuStreamSynchronize(test_stream_), "cuStreamSynchronize(test)");
+      if (!write) std::memcpy(static_cast<uint8_t*>(host) + off, staging, n);
+    }
+    return absl::OkStatus();
+  }
+
+  static void LogError(const absl::Status& s) {
+    if (!s.ok()) std::fprintf(stderr, "uhmm: CUDA backend: %s\n", std::string(s.message()).c_str());
+  }
+  static void PageFree(Page* page) {
+    static_cast<CudaDevice*>(page->pgmap->owner)->hooks_.CountPageFree(page->pfn);
+    page_pool_release(page);
+  }
+  // A CPU touch of a page in VRAM: DMA the granule into the pinned shadow pages; the runtime maps
+  // them (UFFDIO_CONTINUE) and wakes the thread. A CUDA error here ends the access in SIGBUS.
+  static absl::Status PageFault(VmFault* vmf) {
+    auto* dev = static_cast<CudaDevice*>(vmf->page->pgmap->owner);
+    return migrate_fault_to_ram(vmf, dev, dev->engine_);
+  }
+  static constexpr PagemapOps kOps = {&CudaDevice::PageFree, &CudaDevice::PageFault};
+
+  const Driver* const d_;
+  const CUdevice dev_;
+  const CUcontext ctx_;
+  const std::string name_;
+  HookState hooks_;  // before engine_, which uses it
+  CudaCopyEngine engine_;
+  Pagemap pagemap_;
+  CUstream test_stream_ = nullptr;
+  std::mutex test_mu_;
+  void* test_staging_ = nullptr;
+  size_t default_pool_ = 0;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const Driver* d, CUdevice dev, int cuda_ordinal, CUcontext ctx, std::string name)
+      : d_(d), dev_(dev), cuda_ordinal_(cuda_ordinal), ctx_(ctx), name_(std::move(name)) {}
+  ~CudaBackend() override {
+    interceptor_.reset();
+    d_->cuDevicePrimaryCtxRelease(dev_);
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  int device_count() const override { return 1; }
+  absl::StatusOr<std::unique_ptr<Device>> OpenDevice(int ordinal) override {
+    if (ordinal != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat("CUDA backend: no device %d", ordinal));
+    }
+    auto dev = std::make_unique<CudaDevice>(
+        d_, dev_, ctx_, ordinal, absl::StrFormat("CUDA device %d: %s", cuda_ordinal_, name_));
+    if (absl::Status s = dev->Init(); !s.ok()) return s;
+    return std::unique_ptr<Device>(std::move(dev));
+  }
+
+  absl::StatusOr<uintptr_t> ReserveAddressRange(size_t bytes) override {
+    ScopedContext scope(*d_, ctx_);
+    CUdeviceptr ptr = 0;
+    UHMM_CU(d_->cuMemAddressReserve(&ptr, bytes, kBlockSize, 0, 0), "cuMemAddressReserve");
+    return static_cast<uintptr_t>(ptr);
+  }
+  void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
+    ScopedContext scope(*d_, ctx_);
+    if (absl::Status s = CudaStatus(*d_, d_->cuMemAddressFree(start, bytes), "cuMemAddressFree"); !s.ok()) {
+      std::fprintf(stderr, "uhmm: CUDA backend: %s\n", std::string(s.message()).c_str());
+    }
+  }
+  bool pins_host_views() const override { return true; }
+  absl::Status RegisterHostView(void* view, size_t bytes) override {
+    ScopedContext scope(*d_, ctx_);
+    UHMM_CU(d_->cuMemHostRegister(view, bytes, CU_MEMHOSTREGISTER_PORTABLE),
+            "cuMemHostRegister(runtime view)");
+    return absl::OkStatus();
+  }
+  void UnregisterHostView(void* view, size_t /*bytes*/) override {
+    ScopedContext scope(*d_, ctx_);
+    d_->cuMemHostUnregister(view);
+  }
+  absl::Status SetLaunchListener(LaunchListener* listener) override {
+    interceptor_.reset();
+    if (listener == nullptr) return absl::OkStatus();
+    absl::StatusOr<std::unique_ptr<LaunchInterceptor>> li = LaunchInterceptor::Create(ctx_, 0, listener);
+    if (!li.ok()) return li.status();
+    interceptor_ = std::move(*li);
+    return absl::OkStatus();
+  }
+
+ private:
+  const Driver* const d_;
+  const CUdevice dev_;
+  const int cuda_ordinal_;
+  const CUcontext ctx_;
+  const std::string name_;
+  std::unique_ptr<LaunchInterceptor> interceptor_;
+};
+
+#undef UHMM_CU
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& /*config*/) {
+  absl::StatusOr<const Driver*> driver = LoadDriver();
+  if (!driver.ok()) return driver.status();
+  const Driver& d = **driver;
+  int count = 0;
+  if (absl::Status s = CudaStatus(d, d.cuDeviceGetCount(&count), "cuDeviceGetCount"); !s.ok()) {
+    return absl::UnavailableError(s.message());
+  }
+  if (count == 0) return absl::UnavailableError("the NVIDIA driver reports no CUDA device");
+  // One GPU per runtime: the device mappings of one pointer are process-wide, so two GPUs cannot
+  // both map a block. UHMM_CUDA_DEVICE picks which.
+  int ordinal = 0;
+  if (const char* v = std::getenv("UHMM_CUDA_DEVICE"); v && *v) {
+    if (!absl::SimpleAtoi(v, &ordinal) || ordinal < 0 || ordinal >= count) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "UHMM_CUDA_DEVICE='%s' is not a CUDA device ordinal (this machine has %d)", v, count));
+    }
+  }
+  CUdevice dev = 0;
+  if (absl::Status s = CudaStatus(d, d.cuDeviceGet(&dev, ordinal), "cuDeviceGet"); !s.ok()) return s;
+  int vmm = 0;
+  d.cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
+  if (!vmm) {
+    return absl::UnavailableError(absl::StrFormat(
+        "CUDA device %d does not support virtual memory management (cuMemMap), which one pointer needs",
+        ordinal));
+  }
+  char name[256] = {};
+  d.cuDeviceGetName(name, sizeof(name), dev);
+  CUmemAllocationProp prop = {};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = dev;
+  size_t granularity = 0;
+  if (absl::Status s = CudaStatus(d, d.cuMemGetAllocationGranularity(&granularity, &prop,
+                                                                    CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+                                  "cuMemGetAllocationGranularity");
+      !s.ok()) {
+    return s;
+  }
+  if (granularity == 0 || kBlockSize % granularity != 0) {
+    return absl::UnavailableError(absl::StrFormat(
+        "CUDA device %d maps VRAM in %u-byte units; uhmm needs a divisor of 2 MiB", ordinal, granularity));
+  }
+  CUcontext ctx = nullptr;
+  if (absl::Status s = CudaStatus(d, d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+      !s.ok()) {
+    return s;
+  }
+  return std::unique_ptr<Backend>(new CudaBackend(&d, dev, ordinal, ctx, name));
+}
+
+}  // namespace uhmm::cuda

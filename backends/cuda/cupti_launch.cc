@@ -1,0 +1,178 @@
+// CUPTI launch interception; see cupti_launch.h.
+#include "backends/cuda/cupti_launch.h"
+
+#include <cupti.h>
+#include <dlfcn.h>
+#include <sched.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+
+#ifndef UHMM_CUPTI_DIRS
+#define UHMM_CUPTI_DIRS ""
+#endif
+
+namespace uhmm::cuda {
+namespace {
+
+struct Cupti {
+  void* handle = nullptr;
+  std::string path;
+  decltype(&::cuptiSubscribe) subscribe = nullptr;
+  decltype(&::cuptiUnsubscribe) unsubscribe = nullptr;
+  decltype(&::cuptiEnableCallback) enable_callback = nullptr;
+  decltype(&::cuptiGetResultString) result_string = nullptr;
+};
+
+absl::StatusOr<const Cupti*> LoadCupti() {
+  static const absl::StatusOr<const Cupti*> kCupti = []() -> absl::StatusOr<const Cupti*> {
+    std::vector<std::string> candidates;
+    if (const char* p = std::getenv("UHMM_CUPTI_LIBRARY"); p && *p) candidates.emplace_back(p);
+    const std::string soname = absl::StrFormat("libcupti.so.%d", CUDA_VERSION / 1000);
+    candidates.push_back(soname);
+    // The toolkit this was built with, then the usual install folders.
+    for (absl::string_view dir : absl::StrSplit(UHMM_CUPTI_DIRS, ':', absl::SkipEmpty())) {
+      candidates.push_back(absl::StrFormat("%s/%s", std::string(dir), soname));
+    }
+    for (const char* dir : {"/usr/local/cuda/lib64", "/usr/local/cuda/extras/CUPTI/lib64",
+                            "/usr/local/cuda/lib"}) {
+      candidates.push_back(absl::StrFormat("%s/%s", dir, soname));
+    }
+    std::string tried;
+    auto c = std::make_unique<Cupti>();
+    for (const std::string& path : candidates) {
+      c->handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (c->handle != nullptr) {
+        c->path = path;
+        break;
+      }
+      const char* err = dlerror();
+      tried += absl::StrFormat("%s%s", tried.empty() ? "" : "; ", err ? err : path);
+    }
+    if (c->handle == nullptr) {
+      return absl::UnavailableError(
+          absl::StrFormat("CUPTI (%s) not found, set UHMM_CUPTI_LIBRARY: %s", soname, tried));
+    }
+    c->subscribe = reinterpret_cast<decltype(c->subscribe)>(dlsym(c->handle, "cuptiSubscribe"));
+    c->unsubscribe = reinterpret_cast<decltype(c->unsubscribe)>(dlsym(c->handle, "cuptiUnsubscribe"));
+    c->enable_callback =
+        reinterpret_cast<decltype(c->enable_callback)>(dlsym(c->handle, "cuptiEnableCallback"));
+    c->result_string =
+        reinterpret_cast<decltype(c->result_string)>(dlsym(c->handle, "cuptiGetResultString"));
+    if (!c->subscribe || !c->unsubscribe || !c->enable_callback || !c->result_string) {
+      return absl::UnavailableError(absl::StrFormat("%s lacks the callback API", c->path));
+    }
+    return c.release();  // process lifetime
+  }();
+  return kCupti;
+}
+
+std::string CuptiError(const Cupti& c, CUptiResult r) {
+  const char* s = nullptr;
+  if (c.result_string(r, &s) != CUPTI_SUCCESS || s == nullptr) return absl::StrFormat("CUptiResult %d", r);
+  return s;
+}
+
+// Every driver entry point that queues device work running user kernels.
+constexpr CUpti_CallbackId kLaunchCallbacks[] = {
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel_ptsz,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx_ptsz,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel,
+    CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel_ptsz,
+    CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch,
+    CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch_ptsz,
+};
+
+// The stream a launch goes to, from the entry point's parameters.
+CUstream LaunchStream(CUpti_CallbackId cbid, const void* params) {
+  switch (cbid) {
+    case CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel:
+      return static_cast<const cuLaunchKernel_params*>(params)->hStream;
+    case CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel_ptsz:
+      return static_cast<const cuLaunchKernel_ptsz_params*>(params)->hStream;
+    case CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx: {
+      const CUlaunchConfig* config = static_cast<const cuLaunchKernelEx_params*>(params)->config;
+      return config ? config->hStream : nullptr;
+    }
+    case CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx_ptsz: {
+      const CUlaunchConfig* config = static_cast<const cuLaunchKernelEx_ptsz_params*>(params)->config;
+      return config ? config->hStream : nullptr;
+    }
+    case CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel:
+      return static_cast<const cuLaunchCooperativeKernel_params*>(params)->hStream;
+    case CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel_ptsz:
+      return static_cast<const cuLaunchCooperativeKernel_ptsz_params*>(params)->hStream;
+    case CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch:
+      return static_cast<const cuGraphLaunch_params*>(params)->hStream;
+    case CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch_ptsz:
+      return static_cast<const cuGraphLaunch_ptsz_params*>(params)->hStream;
+    default:
+      return nullptr;
+  }
+}
+
+thread_local bool t_in_listener = false;
+
+void CUPTIAPI OnCallback(void* userdata, CUpti_CallbackDomain domain, CUpti_CallbackId cbid,
+                         const void* data) {
+  const auto* info = static_cast<const CUpti_CallbackData*>(data);
+  if (domain != CUPTI_CB_DOMAIN_DRIVER_API || info->callbackSite != CUPTI_API_ENTER) return;
+  static_cast<LaunchInterceptor*>(userdata)->OnLaunch(info->context,
+                                                      LaunchStream(cbid, info->functionParams));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
+    CUcontext context, int ordinal, LaunchListener* listener) {
+  absl::StatusOr<const Cupti*> cupti = LoadCupti();
+  if (!cupti.ok()) return cupti.status();
+  const Cupti& c = **cupti;
+  std::unique_ptr<LaunchInterceptor> li(new LaunchInterceptor(context, ordinal, listener));
+  CUpti_SubscriberHandle sub = nullptr;
+  CUptiResult r = c.subscribe(&sub, &OnCallback, li.get());
+  if (r != CUPTI_SUCCESS) {
+    return absl::UnavailableError(absl::StrFormat(
+        "cuptiSubscribe: %s%s", CuptiError(c, r),
+        r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED
+            ? " (another CUPTI client, such as a profiler, is attached)" : ""));
+  }
+  li->subscriber_ = sub;
+  for (CUpti_CallbackId cbid : kLaunchCallbacks) {
+    r = c.enable_callback(1, sub, CUPTI_CB_DOMAIN_DRIVER_API, cbid);
+    if (r != CUPTI_SUCCESS) {
+      return absl::UnavailableError(
+          absl::StrFormat("cuptiEnableCallback(driver cbid %u): %s", cbid, CuptiError(c, r)));
+    }
+  }
+  return li;
+}
+
+LaunchInterceptor::~LaunchInterceptor() {
+  listener_.store(nullptr, std::memory_order_release);
+  if (subscriber_ != nullptr) {
+    absl::StatusOr<const Cupti*> cupti = LoadCupti();
+    if (cupti.ok()) (*cupti)->unsubscribe(static_cast<CUpti_SubscriberHandle>(subscriber_));
+  }
+  while (in_flight_.load(std::memory_order_acquire) != 0) sched_yield();
+}
+
+void LaunchInterceptor::OnLaunch(CUcontext context, CUstream stream) {
+  // Our own driver calls from inside the listener never launch kernels, but stay safe.
+  if (t_in_listener || context != context_) return;
+  in_flight_.fetch_add(1, std::memory_order_acq_rel);
+  if (LaunchListener* l = listener_.load(std::memory_order_acquire)) {
+    t_in_listener = true;
+    l->BeforeLaunch(ordinal_, stream);
+    t_in_listener = false;
+  }
+  in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+}  // namespace uhmm::cuda

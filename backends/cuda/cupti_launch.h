@@ -1,0 +1,41 @@
+// Transparent launches: a CUPTI subscriber on the driver's kernel-launch entry points calls the
+// runtime's LaunchListener on API_ENTER, on the launching thread, before the launch is queued.
+// libcupti is loaded at run time ($UHMM_CUPTI_LIBRARY, libcupti.so.<major>, the toolkit folders).
+#ifndef UHMM_BACKENDS_CUDA_CUPTI_LAUNCH_H_
+#define UHMM_BACKENDS_CUDA_CUPTI_LAUNCH_H_
+
+#include <cuda.h>
+
+#include <atomic>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "uhmm/backend.h"
+
+namespace uhmm::cuda {
+
+class LaunchInterceptor {
+ public:
+  // Calls listener->BeforeLaunch(ordinal, stream) for launches in `context`.
+  static absl::StatusOr<std::unique_ptr<LaunchInterceptor>> Create(CUcontext context, int ordinal,
+                                                                   LaunchListener* listener);
+  // Unsubscribes and waits for callbacks in flight.
+  ~LaunchInterceptor();
+
+  // From the CUPTI callback, at API_ENTER of a launch in `context` to `stream`.
+  void OnLaunch(CUcontext context, CUstream stream);
+
+ private:
+  LaunchInterceptor(CUcontext context, int ordinal, LaunchListener* listener)
+      : context_(context), ordinal_(ordinal), listener_(listener) {}
+
+  const CUcontext context_;
+  const int ordinal_;
+  std::atomic<LaunchListener*> listener_;
+  std::atomic<int> in_flight_{0};
+  void* subscriber_ = nullptr;
+};
+
+}  // namespace uhmm::cuda
+
+#endif  // UHMM_BACKENDS_CUDA_CUPTI_LAUNCH_H_

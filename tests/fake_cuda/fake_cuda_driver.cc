@@ -1,0 +1,471 @@
+// An emulated CUDA driver for CI, loaded by the CUDA backend through UHMM_CUDA_DRIVER instead of
+// NVIDIA's libcuda.so.1. It is not a GPU: it gives the backend's own code (driver loading, VMM
+// reservation and mapping, pinned host views, streams, events, errors) something to run against on
+// machines without one. What it emulates, and how faithfully:
+//  - one device whose "VRAM" is host memory that the managed pointer never maps: device addresses
+//    are resolved through the cuMemMap table, so a copy to an unmapped device address fails with
+//    CUDA_ERROR_INVALID_VALUE as on a GPU;
+//  - cuMemAddressReserve leaves a PROT_NONE host mapping, as the real driver does;
+//  - asynchronous copies require the host side to be pinned (cuMemHostRegister, cuMemAllocHost):
+//    uhmm must never DMA into pageable memory. (The real driver accepts pageable memory, slowly.);
+//  - every stream is a worker thread running its operations in order; events mark positions.
+// Everything else (kernels, CUPTI, peer access, ...) is absent.
+#include <cuda.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr size_t kChunk = size_t{2} << 20;
+constexpr size_t kVram = size_t{1} << 30;
+
+struct Stream {
+  std::mutex mu;
+  std::condition_variable cv, done_cv;
+  std::deque<std::function<void()>> work;
+  uint64_t queued = 0, done = 0;
+  bool stop = false;
+  std::thread thread;
+
+  Stream() {
+    thread = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mu);
+      for (;;) {
+        cv.wait(lock, [&] { return stop || !work.empty(); });
+        if (work.empty()) return;
+        auto fn = std::move(work.front());
+        work.pop_front();
+        lock.unlock();
+        fn();
+        lock.lock();
+        ++done;
+        done_cv.notify_all();
+      }
+    });
+  }
+  ~Stream() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    thread.join();
+  }
+  uint64_t Enqueue(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(mu);
+    work.push_back(std::move(fn));
+    cv.notify_all();
+    return ++queued;
+  }
+  void WaitFor(uint64_t pos) {
+    std::unique_lock<std::mutex> lock(mu);
+    done_cv.wait(lock, [&] { return done >= pos; });
+  }
+  bool Reached(uint64_t pos) {
+    std::lock_guard<std::mutex> lock(mu);
+    return done >= pos;
+  }
+};
+
+struct Event {
+  Stream* stream = nullptr;
+  uint64_t pos = 0;
+};
+
+struct State {
+  std::mutex mu;
+  bool initialized = false;
+  std::map<uintptr_t, size_t> reservations;   // start -> bytes
+  std::map<uintptr_t, uint8_t*> mapped;       // 2 MiB block -> chunk memory
+  std::set<uintptr_t> accessible;             // blocks with cuMemSetAccess done
+  std::map<uintptr_t, size_t> registered;     // host start -> bytes
+  std::set<Stream*> streams;
+  size_t chunks = 0;
+};
+State& S() {
+  static auto* s = new State();
+  return *s;
+}
+thread_local CUcontext t_ctx = nullptr;
+CUcontext const kPrimary = reinterpret_cast<CUcontext>(0x1000);
+
+// Resolves [addr, addr+bytes) of device memory (within one block); nullptr when not mapped.
+uint8_t* DevicePtr(CUdeviceptr addr, size_t bytes) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  const uintptr_t block = addr & ~(kChunk - 1);
+  if ((addr + bytes - 1) / kChunk != addr / kChunk) return nullptr;
+  auto it = S().mapped.find(block);
+  if (it == S().mapped.end() || !S().accessible.count(block)) return nullptr;
+  return it->second + (addr - block);
+}
+
+bool HostRegistered(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = S().registered.upper_bound(a);
+  if (it == S().registered.begin()) return false;
+  --it;
+  return a >= it->first && a + bytes <= it->first + it->second;
+}
+
+CUresult Ready() { return S().initialized ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED; }
+
+CUresult Init(unsigned int) {
+  S().initialized = true;
+  return CUDA_SUCCESS;
+}
+CUresult DriverGetVersion(int* v) {
+  *v = CUDA_VERSION;
+  return CUDA_SUCCESS;
+}
+CUresult GetErrorName(CUresult r, const char** s) {
+  switch (r) {
+    case CUDA_SUCCESS: *s = "CUDA_SUCCESS"; break;
+    case CUDA_ERROR_INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+    case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+    case CUDA_ERROR_NOT_INITIALIZED: *s = "CUDA_ERROR_NOT_INITIALIZED"; break;
+    case CUDA_ERROR_NOT_READY: *s = "CUDA_ERROR_NOT_READY"; break;
+    case CUDA_ERROR_INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
+    case CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED"; break;
+    default: *s = "CUDA_ERROR_UNKNOWN"; return CUDA_ERROR_INVALID_VALUE;
+  }
+  return CUDA_SUCCESS;
+}
+CUresult GetErrorString(CUresult r, const char** s) {
+  const CUresult rc = GetErrorName(r, s);
+  if (rc == CUDA_SUCCESS) *s = "emulated driver error";
+  return rc;
+}
+CUresult DeviceGetCount(int* n) {
+  *n = 1;
+  return Ready();
+}
+CUresult DeviceGet(CUdevice* d, int ordinal) {
+  if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+  *d = 0;
+  return Ready();
+}
+CUresult DeviceGetName(char* name, int len, CUdevice) {
+  std::snprintf(name, static_cast<size_t>(len), "uhmm emulated GPU (tests/fake_cuda)");
+  return Ready();
+}
+CUresult DeviceGetAttribute(int* v, CUdevice_attribute attr, CUdevice) {
+  *v = attr == CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED ? 1 : 0;
+  return Ready();
+}
+CUresult PrimaryCtxRetain(CUcontext* ctx, CUdevice) {
+  *ctx = kPrimary;
+  return Ready();
+}
+CUresult PrimaryCtxRelease(CUdevice) { return CUDA_SUCCESS; }
+CUresult CtxSetCurrent(CUcontext ctx) {
+  t_ctx = ctx;
+  return CUDA_SUCCESS;
+}
+CUresult CtxGetCurrent(CUcontext* ctx) {
+  *ctx = t_ctx;
+  return CUDA_SUCCESS;
+}
+CUresult NeedCtx() { return t_ctx == kPrimary ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
+CUresult CtxGetDevice(CUdevice* d) {
+  *d = 0;
+  return NeedCtx();
+}
+CUresult CtxSynchronize() {
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  std::vector<std::pair<Stream*, uint64_t>> marks;
+  {
+    std::lock_guard<std::mutex> lock(S().mu);
+    for (Stream* s : S().streams) {
+      std::lock_guard<std::mutex> slock(s->mu);
+      marks.emplace_back(s, s->queued);
+    }
+  }
+  for (auto [s, pos] : marks) s->WaitFor(pos);
+  return CUDA_SUCCESS;
+}
+CUresult MemGetInfo(size_t* free_bytes, size_t* total) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  *total = kVram;
+  *free_bytes = kVram - S().chunks * kChunk;
+  return NeedCtx();
+}
+CUresult MemGetAllocationGranularity(size_t* g, const CUmemAllocationProp*, CUmemAllocationGranularity_flags) {
+  *g = kChunk;
+  return Ready();
+}
+CUresult MemAddressReserve(CUdeviceptr* ptr, size_t size, size_t alignment, CUdeviceptr, unsigned long long) {
+  if (size == 0 || size % kChunk || (alignment && alignment % kChunk && kChunk % alignment)) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  // Like the real driver: a PROT_NONE host mapping holds the range.
+  const size_t span = size + kChunk;
+  void* hole = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (hole == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(hole);
+  const uintptr_t start = (base + kChunk - 1) & ~(kChunk - 1);
+  if (start > base) munmap(hole, start - base);
+  if (base + span > start + size) munmap(reinterpret_cast<void*>(start + size), base + span - start - size);
+  std::lock_guard<std::mutex> lock(S().mu);
+  S().reservations[start] = size;
+  *ptr = start;
+  return CUDA_SUCCESS;
+}
+CUresult MemAddressFree(CUdeviceptr ptr, size_t size) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  auto it = S().reservations.find(ptr);
+  if (it == S().reservations.end() || it->second != size) return CUDA_ERROR_INVALID_VALUE;
+  for (uintptr_t b = ptr; b < ptr + size; b += kChunk) {
+    if (S().mapped.count(b)) return CUDA_ERROR_INVALID_VALUE;  // still mapped: a real error too
+  }
+  S().reservations.erase(it);
+  munmap(reinterpret_cast<void*>(ptr), size);
+  return CUDA_SUCCESS;
+}
+CUresult MemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAllocationProp*, unsigned long long) {
+  if (size != kChunk) return CUDA_ERROR_INVALID_VALUE;  // uhmm only creates 2 MiB chunks
+  std::lock_guard<std::mutex> lock(S().mu);
+  if ((S().chunks + 1) * kChunk > kVram) return CUDA_ERROR_OUT_OF_MEMORY;
+  void* p = mmap(nullptr, kChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::memset(p, 0xA5, 64);  // VRAM is not zeroed
+  ++S().chunks;
+  *h = reinterpret_cast<uintptr_t>(p);
+  return CUDA_SUCCESS;
+}
+CUresult MemRelease(CUmemGenericAllocationHandle h) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  for (auto& [block, mem] : S().mapped) {
+    if (reinterpret_cast<uintptr_t>(mem) == h) return CUDA_ERROR_INVALID_VALUE;  // still mapped
+  }
+  munmap(reinterpret_cast<void*>(h), kChunk);
+  --S().chunks;
+  return CUDA_SUCCESS;
+}
+bool InReservation(uintptr_t addr, size_t size) {
+  auto it = S().reservations.upper_bound(addr);
+  if (it == S().reservations.begin()) return false;
+  --it;
+  return addr >= it->first && addr + size <= it->first + it->second;
+}
+CUresult MemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle h, unsigned long long) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  if (size != kChunk || offset != 0 || ptr % kChunk || !InReservation(ptr, size)) return CUDA_ERROR_INVALID_VALUE;
+  if (!S().mapped.emplace(ptr, reinterpret_cast<uint8_t*>(h)).second) return CUDA_ERROR_INVALID_VALUE;
+  return CUDA_SUCCESS;
+}
+CUresult MemUnmap(CUdeviceptr ptr, size_t size) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  if (size != kChunk || !S().mapped.erase(ptr)) return CUDA_ERROR_INVALID_VALUE;
+  S().accessible.erase(ptr);
+  return CUDA_SUCCESS;
+}
+CUresult MemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc, size_t count) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  if (count != 1 || desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE) return CUDA_ERROR_INVALID_VALUE;
+  for (uintptr_t b = ptr; b < ptr + size; b += kChunk) {
+    if (!S().mapped.count(b)) return CUDA_ERROR_INVALID_VALUE;
+    S().accessible.insert(b);
+  }
+  return CUDA_SUCCESS;
+}
+CUresult MemHostRegister(void* p, size_t bytes, unsigned int) {
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  // Pinning faults every page in, as the real driver does.
+  volatile uint8_t* b = static_cast<uint8_t*>(p);
+  for (size_t off = 0; off < bytes; off += 4096) (void)b[off];
+  std::lock_guard<std::mutex> lock(S().mu);
+  if (!S().registered.emplace(reinterpret_cast<uintptr_t>(p), bytes).second) {
+    return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+  }
+  return CUDA_SUCCESS;
+}
+CUresult MemHostUnregister(void* p) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  return S().registered.erase(reinterpret_cast<uintptr_t>(p)) ? CUDA_SUCCESS
+                                                               : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+}
+CUresult MemAllocHost(void** p, size_t bytes) {
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(S().mu);
+  S().registered.emplace(reinterpret_cast<uintptr_t>(m), bytes);
+  *p = m;
+  return CUDA_SUCCESS;
+}
+CUresult MemFreeHost(void* p) {
+  std::lock_guard<std::mutex> lock(S().mu);
+  auto it = S().registered.find(reinterpret_cast<uintptr_t>(p));
+  if (it == S().registered.end()) return CUDA_ERROR_INVALID_VALUE;
+  munmap(p, it->second);
+  S().registered.erase(it);
+  return CUDA_SUCCESS;
+}
+CUresult Copy(CUstream stream, uint8_t* host, CUdeviceptr dev, size_t bytes, bool to_device) {
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  auto* s = reinterpret_cast<Stream*>(stream);
+  if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;  // uhmm never uses the legacy stream
+  if (!HostRegistered(host, bytes)) return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+  for (size_t off = 0; off < bytes;) {
+    const size_t n = std::min<size_t>(bytes - off, kChunk - (dev + off) % kChunk);
+    if (DevicePtr(dev + off, n) == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    off += n;
+  }
+  s->Enqueue([=] {
+    for (size_t off = 0; off < bytes;) {
+      const size_t n = std::min<size_t>(bytes - off, kChunk - (dev + off) % kChunk);
+      uint8_t* d = DevicePtr(dev + off, n);
+      if (d != nullptr) {
+        if (to_device) {
+          std::memcpy(d, host + off, n);
+        } else {
+          std::memcpy(host + off, d, n);
+        }
+      }
+      off += n;
+    }
+  });
+  return CUDA_SUCCESS;
+}
+CUresult MemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t bytes, CUstream s) {
+  return Copy(s, static_cast<uint8_t*>(const_cast<void*>(src)), dst, bytes, true);
+}
+CUresult MemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, CUstream s) {
+  return Copy(s, static_cast<uint8_t*>(dst), src, bytes, false);
+}
+CUresult MemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream stream) {
+  uint8_t* d = DevicePtr(dst, n);
+  if (d == nullptr || stream == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  reinterpret_cast<Stream*>(stream)->Enqueue([=] { std::memset(d, v, n); });
+  return CUDA_SUCCESS;
+}
+CUresult StreamCreate(CUstream* out, unsigned int) {
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  auto* s = new Stream();
+  std::lock_guard<std::mutex> lock(S().mu);
+  S().streams.insert(s);
+  *out = reinterpret_cast<CUstream>(s);
+  return CUDA_SUCCESS;
+}
+CUresult StreamDestroy(CUstream stream) {
+  auto* s = reinterpret_cast<Stream*>(stream);
+  {
+    std::lock_guard<std::mutex> lock(S().mu);
+    if (!S().streams.erase(s)) return CUDA_ERROR_INVALID_HANDLE;
+  }
+  delete s;
+  return CUDA_SUCCESS;
+}
+CUresult StreamSynchronize(CUstream stream) {
+  auto* s = reinterpret_cast<Stream*>(stream);
+  if (s == nullptr) return CtxSynchronize();
+  uint64_t pos;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    pos = s->queued;
+  }
+  s->WaitFor(pos);
+  return CUDA_SUCCESS;
+}
+CUresult EventCreate(CUevent* e, unsigned int) {
+  *e = reinterpret_cast<CUevent>(new Event());
+  return CUDA_SUCCESS;
+}
+CUresult EventDestroy(CUevent e) {
+  delete reinterpret_cast<Event*>(e);
+  return CUDA_SUCCESS;
+}
+CUresult EventRecord(CUevent e, CUstream stream) {
+  auto* ev = reinterpret_cast<Event*>(e);
+  auto* s = reinterpret_cast<Stream*>(stream);
+  if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  std::lock_guard<std::mutex> lock(s->mu);
+  ev->stream = s;
+  ev->pos = s->queued;
+  return CUDA_SUCCESS;
+}
+CUresult EventQuery(CUevent e) {
+  auto* ev = reinterpret_cast<Event*>(e);
+  return ev->stream == nullptr || ev->stream->Reached(ev->pos) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
+CUresult EventSynchronize(CUevent e) {
+  auto* ev = reinterpret_cast<Event*>(e);
+  if (ev->stream != nullptr) ev->stream->WaitFor(ev->pos);
+  return CUDA_SUCCESS;
+}
+
+struct Entry {
+  const char* name;
+  void* fn;
+};
+#define UHMM_FAKE(name, impl) Entry{#name, reinterpret_cast<void*>(static_cast<decltype(&::name)>(&impl))}
+const Entry kEntries[] = {
+    UHMM_FAKE(cuInit, Init),
+    UHMM_FAKE(cuDriverGetVersion, DriverGetVersion),
+    UHMM_FAKE(cuGetErrorName, GetErrorName),
+    UHMM_FAKE(cuGetErrorString, GetErrorString),
+    UHMM_FAKE(cuDeviceGetCount, DeviceGetCount),
+    UHMM_FAKE(cuDeviceGet, DeviceGet),
+    UHMM_FAKE(cuDeviceGetName, DeviceGetName),
+    UHMM_FAKE(cuDeviceGetAttribute, DeviceGetAttribute),
+    UHMM_FAKE(cuDevicePrimaryCtxRetain, PrimaryCtxRetain),
+    UHMM_FAKE(cuDevicePrimaryCtxRelease, PrimaryCtxRelease),
+    UHMM_FAKE(cuCtxSetCurrent, CtxSetCurrent),
+    UHMM_FAKE(cuCtxGetCurrent, CtxGetCurrent),
+    UHMM_FAKE(cuCtxGetDevice, CtxGetDevice),
+    UHMM_FAKE(cuCtxSynchronize, CtxSynchronize),
+    UHMM_FAKE(cuMemGetInfo, MemGetInfo),
+    UHMM_FAKE(cuMemGetAllocationGranularity, MemGetAllocationGranularity),
+    UHMM_FAKE(cuMemAddressReserve, MemAddressReserve),
+    UHMM_FAKE(cuMemAddressFree, MemAddressFree),
+    UHMM_FAKE(cuMemCreate, MemCreate),
+    UHMM_FAKE(cuMemRelease, MemRelease),
+    UHMM_FAKE(cuMemMap, MemMap),
+    UHMM_FAKE(cuMemUnmap, MemUnmap),
+    UHMM_FAKE(cuMemSetAccess, MemSetAccess),
+    UHMM_FAKE(cuMemHostRegister, MemHostRegister),
+    UHMM_FAKE(cuMemHostUnregister, MemHostUnregister),
+    UHMM_FAKE(cuMemAllocHost, MemAllocHost),
+    UHMM_FAKE(cuMemFreeHost, MemFreeHost),
+    UHMM_FAKE(cuMemcpyHtoDAsync, MemcpyHtoDAsync),
+    UHMM_FAKE(cuMemcpyDtoHAsync, MemcpyDtoHAsync),
+    UHMM_FAKE(cuMemsetD8Async, MemsetD8Async),
+    UHMM_FAKE(cuStreamCreate, StreamCreate),
+    UHMM_FAKE(cuStreamDestroy, StreamDestroy),
+    UHMM_FAKE(cuStreamSynchronize, StreamSynchronize),
+    UHMM_FAKE(cuEventCreate, EventCreate),
+    UHMM_FAKE(cuEventDestroy, EventDestroy),
+    UHMM_FAKE(cuEventRecord, EventRecord),
+    UHMM_FAKE(cuEventQuery, EventQuery),
+    UHMM_FAKE(cuEventSynchronize, EventSynchronize),
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) CUresult cuGetProcAddress_v2(
+    const char* symbol, void** fn, int, cuuint64_t, CUdriverProcAddressQueryResult* status) {
+  for (const Entry& e : kEntries) {
+    if (std::strcmp(e.name, symbol) == 0) {
+      *fn = e.fn;
+      if (status) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+      return CUDA_SUCCESS;
+    }
+  }
+  *fn = nullptr;
+  if (status) *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  return CUDA_ERROR_NOT_FOUND;
+}
