@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <cstdint>
 #include <functional>
@@ -24,12 +25,28 @@ namespace uhmm::testing {
 
 inline constexpr size_t kMiB = size_t{1} << 20;
 
+// The configuration under test: $UHMM_TEST_BACKEND (set by ctest) is host, host-same-address,
+// cuda-emulated or cuda; without it, $UHMM_BACKEND (default host) and $UHMM_HOST_SAME_ADDRESS.
 inline Config TestConfig() {
   Config c;
-  const char* backend = std::getenv("UHMM_BACKEND");
-  c.backend = backend && *backend ? backend : "host";
-  const char* same = std::getenv("UHMM_HOST_SAME_ADDRESS");
-  c.host_same_address = same && std::string_view(same) == "1";
+  const char* test_backend = std::getenv("UHMM_TEST_BACKEND");
+  const std::string_view which = test_backend ? test_backend : "";
+  if (which == "host-same-address") {
+    c.backend = "host";
+    c.host_same_address = true;
+  } else if (which == "cuda-emulated") {
+    c.backend = "cuda";
+#ifdef UHMM_FAKE_CUDA_DRIVER
+    setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
+#endif
+  } else if (!which.empty()) {
+    c.backend = std::string(which);
+  } else {
+    const char* backend = std::getenv("UHMM_BACKEND");
+    c.backend = backend && *backend ? backend : "host";
+    const char* same = std::getenv("UHMM_HOST_SAME_ADDRESS");
+    c.host_same_address = same && std::string_view(same) == "1";
+  }
   c.fault_threads = 2;
   c.device_pool_bytes = 64 * kMiB;
   return c;

@@ -87,6 +87,7 @@ struct Event {
 
 struct State {
   std::mutex mu;
+  std::mutex vram_mu;
   bool initialized = false;
   std::map<uintptr_t, size_t> reservations;   // start -> bytes
   std::map<uintptr_t, uint8_t*> mapped;       // 2 MiB block -> chunk memory
@@ -326,6 +327,9 @@ CUresult Copy(CUstream stream, uint8_t* host, CUdeviceptr dev, size_t bytes, boo
     off += n;
   }
   s->Enqueue([=] {
+    // Device memory is coherent across engines: copies on different streams that touch it in turn
+    // are ordered (this lock also shows ThreadSanitizer that order, which on a GPU is the hardware's).
+    std::lock_guard<std::mutex> vram(S().vram_mu);
     for (size_t off = 0; off < bytes;) {
       const size_t n = std::min<size_t>(bytes - off, kChunk - (dev + off) % kChunk);
       uint8_t* d = DevicePtr(dev + off, n);
@@ -350,7 +354,10 @@ CUresult MemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, CUstream s) {
 CUresult MemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream stream) {
   uint8_t* d = DevicePtr(dst, n);
   if (d == nullptr || stream == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  reinterpret_cast<Stream*>(stream)->Enqueue([=] { std::memset(d, v, n); });
+  reinterpret_cast<Stream*>(stream)->Enqueue([=] {
+    std::lock_guard<std::mutex> vram(S().vram_mu);
+    std::memset(d, v, n);
+  });
   return CUDA_SUCCESS;
 }
 CUresult StreamCreate(CUstream* out, unsigned int) {
