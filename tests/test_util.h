@@ -36,6 +36,7 @@ inline Config TestConfig() {
     c.host_same_address = true;
   } else if (which == "cuda-emulated") {
     c.backend = "cuda";
+    c.transparent_launch = false;  // CUPTI needs NVIDIA's driver, not the emulated one
 #ifdef UHMM_FAKE_CUDA_DRIVER
     setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
 #endif

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "backends/common/hook_state.h"
 #include "backends/cuda/cuda_driver.h"
@@ -232,7 +233,13 @@ class CudaDevice final : public Device, public DeviceTestHooks {
       d_->cuMemUnmap(block, kBlockSize);
       return CudaStatus(*d_, r, "cuMemSetAccess");
     }
-    return absl::OkStatus();
+    // One pointer relies on the driver leaving the CPU side of a mapped range alone (DESIGN.md,
+    // measured on an H100 with driver 580). Check that once, so a driver that behaves otherwise
+    // gives a clear error instead of silently detaching the application's view.
+    static std::once_flag checked;
+    static absl::Status host_view_intact;
+    std::call_once(checked, [&] { host_view_intact = CheckHostViewIntact(block); });
+    return host_view_intact;
   }
   void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
     ScopedContext scope(*d_, ctx_);
@@ -274,6 +281,27 @@ class CudaDevice final : public Device, public DeviceTestHooks {
   }
 
  private:
+  // The CPU mapping at `addr` must still be the range's memfd view after cuMemMap.
+  static absl::Status CheckHostViewIntact(uintptr_t addr) {
+    std::FILE* f = std::fopen("/proc/self/maps", "r");
+    if (f == nullptr) return absl::OkStatus();  // cannot tell; do not fail for that
+    char line[512];
+    absl::Status result = absl::OkStatus();
+    while (std::fgets(line, sizeof(line), f) != nullptr) {
+      unsigned long lo = 0, hi = 0;
+      if (std::sscanf(line, "%lx-%lx", &lo, &hi) != 2 || addr < lo || addr >= hi) continue;
+      if (std::strstr(line, "uhmm-range") == nullptr) {
+        result = absl::FailedPreconditionError(absl::StrFormat(
+            "after cuMemMap at %#x the CPU mapping there is no longer uhmm's view (%s): this driver "
+            "replaces host mappings of VMM ranges, so one pointer cannot work with it",
+            addr, std::string(absl::StripTrailingAsciiWhitespace(line))));
+      }
+      break;
+    }
+    std::fclose(f);
+    return result;
+  }
+
   // Test-hook copies, through a pinned staging buffer on their own stream.
   absl::Status DeviceAccess(uint64_t device_addr, void* host, size_t bytes, bool write) {
     std::lock_guard<std::mutex> lock(test_mu_);
