@@ -2,7 +2,8 @@
 //
 // Before fork (prepare): new migrations to devices wait, in-flight ones finish, and every range is
 // migrated to the host, so the memfd shadows hold all data. A pipe is opened.
-// In the child: each range's user view is replaced by a private anonymous copy of its shadow
+// In the child: each range's user view is replaced by a private anonymous copy of its shadow (read
+// through a new mapping of the memfd)
 // (fork's copy semantics; the shared memfd must not leak writes between the processes), then the
 // pipe's write end is closed. The child's runtime refuses further migrations.
 // In the parent: it waits until the child closed the pipe (the copy is a consistent snapshot), then
@@ -108,7 +109,17 @@ void RuntimeImpl::ForkChild() {
                    static_cast<unsigned long>(start), strerror(errno));
       continue;
     }
-    std::memcpy(copy, r->host_view(r->start()), r->size());
+    // Read the shadow through a fresh mapping of the memfd: the runtime view may not exist here
+    // (drivers mark pinned memory MADV_DONTFORK), and the user view may still be registered.
+    void* shadow = mmap(nullptr, r->size(), PROT_READ, MAP_SHARED, r->memfd(), 0);
+    if (shadow == MAP_FAILED) {
+      std::fprintf(stderr, "uhmm: fork child: mapping the shadow of range %#lx: %s\n",
+                   static_cast<unsigned long>(start), strerror(errno));
+      munmap(copy, r->size());
+      continue;
+    }
+    std::memcpy(copy, shadow, r->size());
+    munmap(shadow, r->size());
     if (mremap(copy, r->size(), r->size(), MREMAP_MAYMOVE | MREMAP_FIXED,
                reinterpret_cast<void*>(start)) == MAP_FAILED) {
       std::fprintf(stderr, "uhmm: fork child: mremap over %#lx failed: %s\n",

@@ -6,6 +6,7 @@
 //    are resolved through the cuMemMap table, so a copy to an unmapped device address fails with
 //    CUDA_ERROR_INVALID_VALUE as on a GPU;
 //  - cuMemAddressReserve leaves a PROT_NONE host mapping, as the real driver does;
+//  - registered host memory is MADV_DONTFORK (not inherited by fork children);
 //  - asynchronous copies require the host side to be pinned (cuMemHostRegister, cuMemAllocHost):
 //    uhmm must never DMA into pageable memory. (The real driver accepts pageable memory, slowly.);
 //  - every stream is a worker thread running its operations in order; events mark positions.
@@ -285,9 +286,11 @@ CUresult MemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc,
 }
 CUresult MemHostRegister(void* p, size_t bytes, unsigned int) {
   if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
-  // Pinning faults every page in, as the real driver does.
+  // Pinning faults every page in, as the real driver does, and (worst case for uhmm's fork
+  // handling) keeps the pinned mapping out of forked children.
   volatile uint8_t* b = static_cast<uint8_t*>(p);
   for (size_t off = 0; off < bytes; off += 4096) (void)b[off];
+  madvise(p, bytes, MADV_DONTFORK);
   std::lock_guard<std::mutex> lock(S().mu);
   if (!S().registered.emplace(reinterpret_cast<uintptr_t>(p), bytes).second) {
     return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
@@ -296,8 +299,11 @@ CUresult MemHostRegister(void* p, size_t bytes, unsigned int) {
 }
 CUresult MemHostUnregister(void* p) {
   std::lock_guard<std::mutex> lock(S().mu);
-  return S().registered.erase(reinterpret_cast<uintptr_t>(p)) ? CUDA_SUCCESS
-                                                               : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+  auto it = S().registered.find(reinterpret_cast<uintptr_t>(p));
+  if (it == S().registered.end()) return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+  madvise(p, it->second, MADV_DOFORK);
+  S().registered.erase(it);
+  return CUDA_SUCCESS;
 }
 CUresult MemAllocHost(void** p, size_t bytes) {
   if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
