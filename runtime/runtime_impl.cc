@@ -425,7 +425,7 @@ absl::Status RuntimeImpl::SyncForDevice(int device, void* queue) {
   for (auto& r : ranges) {
     RangeRef ref(r);
     if (!ref) continue;  // being freed
-    for (auto [s, e] : ref->MappedRuns(ref->start(), ref->end())) {
+    for (auto [s, e] : BlocksWithHostPages(*ref)) {
       if (absl::Status st = MigrateToDevice(*ref, s, e, ds, MigrateCause::kLaunch); !st.ok()) {
         return st;
       }
@@ -433,6 +433,30 @@ absl::Status RuntimeImpl::SyncForDevice(int device, void* queue) {
   }
   ds.synced_epoch.store(epoch, std::memory_order_release);
   return absl::OkStatus();
+}
+
+PageRuns RuntimeImpl::BlocksWithHostPages(ManagedRange& range) {
+  PageRuns runs;
+  for (size_t b = 0; b < range.num_blocks(); ++b) {
+    const uintptr_t start = range.block_start(b);
+    const uintptr_t end = std::min(range.end(), start + kBlockSize);
+    const size_t n = (end - start) / kPageSize;
+    VaBlock& blk = range.block(b);
+    bool work;
+    {
+      MutexLock lock(&blk.mu);
+      // Pages that stay where they are: on a device, unmapped by the application, or poisoned.
+      const PageMask settled = blk.device | blk.unmapped | blk.poisoned;
+      work = blk.busy.any() || settled.count() < n;
+    }
+    if (!work) continue;
+    if (!runs.empty() && runs.back().second == start) {
+      runs.back().second = end;
+    } else {
+      runs.emplace_back(start, end);
+    }
+  }
+  return runs;
 }
 
 void RuntimeImpl::BeforeLaunch(int device, void* queue) {

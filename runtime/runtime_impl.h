@@ -93,6 +93,8 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::Status MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
                                      DeviceState& ds, MigrateCause cause);
   absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed);
+  // Runs of whole blocks of `range` that hold host-resident (or in-flight) pages.
+  PageRuns BlocksWithHostPages(ManagedRange& range);
   void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);
   // Marks [start, end) of every range it overlaps as gone and releases the device pages there.
   void ForgetAddresses(uintptr_t start, uintptr_t end);
