@@ -17,6 +17,22 @@
 
 namespace uhmm {
 
+absl::StatusOr<uintptr_t> reserve_block_aligned_address_space(size_t bytes) {
+  // Reserve 2 MiB more, then trim both ends to the aligned span.
+  const size_t span = bytes + kBlockSize;
+  void* hole = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (hole == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("uhmm: reserving %u bytes of address space: %s", bytes, strerror(errno)));
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(hole);
+  const uintptr_t aligned = (base + kBlockSize - 1) & ~(kBlockSize - 1);
+  if (aligned > base) munmap(hole, aligned - base);
+  const uintptr_t tail = aligned + bytes;
+  if (base + span > tail) munmap(reinterpret_cast<void*>(tail), base + span - tail);
+  return aligned;
+}
+
 ManagedRange::ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested)
     : rt_(rt),
       backend_(backend),
@@ -86,18 +102,9 @@ absl::Status ManagedRange::MapUserView() {
           backend_->name(), aligned));
     }
   } else {
-    // Reserve size + 2 MiB so the user view can start on a 2 MiB boundary (blocks align with VA).
-    const size_t reserve = rounded + kBlockSize;
-    void* hole = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (hole == MAP_FAILED) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("uhmm: reserving %u bytes of address space: %s", reserve, strerror(errno)));
-    }
-    const uintptr_t base = reinterpret_cast<uintptr_t>(hole);
-    aligned = (base + kBlockSize - 1) & ~(kBlockSize - 1);
-    if (aligned > base) munmap(hole, aligned - base);
-    const uintptr_t tail = aligned + rounded;
-    if (base + reserve > tail) munmap(reinterpret_cast<void*>(tail), base + reserve - tail);
+    absl::StatusOr<uintptr_t> hole = reserve_block_aligned_address_space(rounded);
+    if (!hole.ok()) return hole.status();
+    aligned = *hole;
   }
   // One pointer: the backend's reservation is a PROT_NONE host mapping; the user view replaces it.
   void* user = mmap(reinterpret_cast<void*>(aligned), rounded, PROT_READ | PROT_WRITE,

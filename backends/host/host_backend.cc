@@ -318,19 +318,7 @@ class HostBackend final : public Backend {
   // Like cuMemAddressReserve: a 2 MiB aligned PROT_NONE reservation the runtime maps over.
   absl::StatusOr<uintptr_t> ReserveAddressRange(size_t bytes) override {
     if (!same_address_) return uintptr_t{0};
-    const size_t span = bytes + kBlockSize;
-    void* hole = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (hole == MAP_FAILED) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("host backend: reserving %u bytes of address space: %s", bytes, strerror(errno)));
-    }
-    const uintptr_t base = reinterpret_cast<uintptr_t>(hole);
-    const uintptr_t aligned = (base + kBlockSize - 1) & ~(kBlockSize - 1);
-    if (aligned > base) munmap(hole, aligned - base);
-    if (base + span > aligned + bytes) {
-      munmap(reinterpret_cast<void*>(aligned + bytes), base + span - (aligned + bytes));
-    }
-    return aligned;
+    return reserve_block_aligned_address_space(bytes);
   }
   void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
     munmap(reinterpret_cast<void*>(start), bytes);

@@ -133,6 +133,10 @@ class Backend {
   }
 };
 
+// A PROT_NONE reservation of `bytes` of address space starting on a 2 MiB boundary (what
+// cuMemAddressReserve leaves behind); for backends that emulate or need one. Release with munmap.
+absl::StatusOr<uintptr_t> reserve_block_aligned_address_space(size_t bytes);
+
 // One entry per compiled-in backend, best first (see backends/registry.cc).
 struct BackendEntry {
   std::string_view name;
