@@ -84,6 +84,7 @@ absl::StatusOr<size_t> FaultService::ReadMessages(uffd_msg* msgs, size_t max) {
   absl::StatusOr<size_t> n = uffd_->Read(msgs, max);
   if (n.ok()) {
     for (size_t i = 0; i < *n; ++i) {
+      SetReadSeq(&msgs[i], read_seq_.fetch_add(1, std::memory_order_acq_rel) + 1);
       if (msgs[i].event == UFFD_EVENT_REMAP) {
         MutexLock rl(&remap_mu_);
         ++remaps_pending_;
@@ -122,7 +123,7 @@ void FaultService::DrainToQueue() {
 void FaultService::Dispatch(const uffd_msg& msg) {
   switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT:
-      rt_->HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid);
+      rt_->HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg));
       break;
     case UFFD_EVENT_REMOVE:
       rt_->OnRemove(msg.arg.remove.start, msg.arg.remove.end);

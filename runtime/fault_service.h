@@ -37,6 +37,12 @@ class FaultService {
   // True on a fault-service thread.
   static bool OnServiceThread();
 
+  // Every message gets a sequence number when it is read from the userfaultfd, kept in the
+  // header's reserved3 field (unused by the kernel on read). read_seq() is the last one handed out.
+  uint32_t read_seq() const { return read_seq_.load(std::memory_order_acquire); }
+  static uint32_t ReadSeq(const uffd_msg& msg) { return msg.reserved3; }
+  static void SetReadSeq(uffd_msg* msg, uint32_t seq) { msg->reserved3 = seq; }
+
   // mremap support: a REMAP event releases the mremap caller as soon as it is read, so a fault at
   // the new address can arrive before the event is handled. Reads are serialised and count REMAP
   // events, and faults at unknown addresses (and UNMAP events, which mremap raises for the old
@@ -59,6 +65,7 @@ class FaultService {
   Mutex q_mu_;
   std::deque<uffd_msg> queue_ ABSL_GUARDED_BY(q_mu_);
   Mutex read_mu_;
+  std::atomic<uint32_t> read_seq_{0};
   Mutex remap_mu_;
   int remaps_pending_ ABSL_GUARDED_BY(remap_mu_) = 0;
   std::vector<uffd_msg> parked_ ABSL_GUARDED_BY(remap_mu_);

@@ -27,12 +27,13 @@ void LogIfError(const absl::Status& s) {
   if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
 }
 
-uffd_msg FaultMsg(uintptr_t address, uint32_t tid) {
+uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq) {
   uffd_msg m;
   std::memset(&m, 0, sizeof(m));
   m.event = UFFD_EVENT_PAGEFAULT;
   m.arg.pagefault.address = address;
   m.arg.pagefault.feat.ptid = tid;
+  FaultService::SetReadSeq(&m, seq);
   return m;
 }
 
@@ -188,6 +189,13 @@ DeviceTestHooks* DeviceHooks(Runtime& rt, int device) {
   auto& impl = static_cast<RuntimeImpl&>(rt);
   if (device < 0 || device >= impl.device_count()) return nullptr;
   return impl.device(device).test_hooks();
+}
+
+void InjectFaultMessage(Runtime& rt, const void* addr, bool stale) {
+  auto& impl = static_cast<RuntimeImpl&>(rt);
+  const uint32_t now = impl.fault_service().read_seq();
+  impl.HandleFault(reinterpret_cast<uintptr_t>(addr), static_cast<uint32_t>(syscall(SYS_gettid)),
+                   stale ? now : now + 1);
 }
 
 absl::Status RuntimeImpl::CheckUsable() const {
@@ -560,6 +568,7 @@ Stats RuntimeImpl::stats() const {
   s.events_unmap = counters_.ev_unmap.load();
   s.events_remap = counters_.ev_remap.load();
   s.events_fork = counters_.ev_fork.load();
+  s.stale_faults = counters_.stale_faults.load();
   s.launch_syncs = counters_.launch_syncs.load();
   s.launch_pages_to_device = counters_.launch_pages.load();
   for (const auto& ds : devices_) {
@@ -579,14 +588,14 @@ void RuntimeImpl::CountMigrated(bool to_device, MigrateCause cause, size_t pages
 
 // ---- The CPU fault path -------------------------------------------------------------------------
 
-void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid) {
+void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq) {
   counters_.cpu_faults.fetch_add(1, std::memory_order_relaxed);
   const uintptr_t page = address & ~(kPageSize - 1);
   RangeRef range = Lookup(page);
   if (!range) {
     // Registered memory that no live range covers (mremapped away, or racing with free): the
     // shadow page is the data, so map it; but first let pending mremaps bring their data home.
-    if (fault_service_->ParkIfRemapPending(FaultMsg(address, tid))) return;
+    if (fault_service_->ParkIfRemapPending(FaultMsg(address, tid, seq))) return;
     counters_.unmanaged_faults.fetch_add(1, std::memory_order_relaxed);
     LogIfError(uffd_->Continue(page, kPageSize));
     return;
@@ -601,11 +610,22 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid) {
       if (blk.busy[i]) {
         // A migration holds the page; finalize re-queues us. Never wait here: the migration may
         // itself be waiting for a service thread to read its REMOVE event.
-        blk.deferred.push_back(FaultMsg(address, tid));
+        blk.deferred.push_back(FaultMsg(address, tid, seq));
         return;
       }
       poisoned = blk.poisoned[i];
-      if (!poisoned && blk.device[i]) dpage = blk.pages[i];
+      if (!poisoned && blk.device[i]) {
+        // A message read before this block last gained device pages is stale when its thread has
+        // moved on (a signal makes the kernel raise the fault again; our own fault-back already
+        // woke it): migrating back would pull data from under a kernel that was just given it.
+        // Wake instead: a thread that is still waiting retries and faults afresh.
+        if (static_cast<int32_t>(seq - blk.device_seq) <= 0) {
+          counters_.stale_faults.fetch_add(1, std::memory_order_relaxed);
+          LogIfError(uffd_->Wake(page, kPageSize));
+          return;
+        }
+        dpage = blk.pages[i];
+      }
       if (!poisoned && dpage == nullptr) {
         // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
         // Map it under the block lock: a migration to a device that starts after we looked must

@@ -53,7 +53,8 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::StatusOr<uint64_t> DeviceAddress(const void* ptr) const override;
 
   // Fault service entry points (service threads).
-  void HandleFault(uintptr_t address, uint32_t tid);
+  // `seq` is the message's read sequence number (FaultService::ReadSeq).
+  void HandleFault(uintptr_t address, uint32_t tid, uint32_t seq);
   void OnRemove(uintptr_t start, uintptr_t end);
   void OnUnmap(uintptr_t start, uintptr_t end);
   void OnRemap(uintptr_t from, uintptr_t to, size_t len);
@@ -143,7 +144,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
     std::atomic<uint64_t> cpu_faults{0}, duplicate_faults{0}, unmanaged_faults{0};
     std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
     std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, ev_fork{0};
-    std::atomic<uint64_t> launch_syncs{0}, launch_pages{0};
+    std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};
   };
   mutable Counters counters_;
 };

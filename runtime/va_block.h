@@ -29,6 +29,9 @@ struct VaBlock {
   PageMask unmapped ABSL_GUARDED_BY(mu);  // the application munmapped/mremapped it away
   std::array<Page*, kPagesPerBlock> pages ABSL_GUARDED_BY(mu) = {};
   std::vector<uffd_msg> deferred ABSL_GUARDED_BY(mu);  // faults that hit busy pages
+  // FaultService::read_seq() when pages of this block last moved to a device: fault messages read
+  // up to then predate that move (see HandleFault).
+  uint32_t device_seq ABSL_GUARDED_BY(mu) = 0;
 };
 
 }  // namespace uhmm

@@ -1,6 +1,16 @@
 // Launch coherence: transparent mode (the backend calls the runtime before each kernel launch) and
 // the explicit calls (uhmm_sync_for_device, uhmm_prefetch_on_queue). Emulated launches are the host
 // backend's RunKernel, which calls the launch listener as the CUDA backend's CUPTI callback does.
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+
 #include "tests/test_util.h"
 
 namespace uhmm::testing {
@@ -13,6 +23,8 @@ class LaunchTest : public RuntimeTest {
     RuntimeTest::SetUp();
   }
   host::HostDeviceControls* host_dev() { return host::LiveDevice(0); }
+  std::mutex note_mu_;
+  std::string note_;  // the first page a kernel found missing
 
   // An emulated kernel that checks every page of [p, p+bytes) holds `seed`'s pattern in device
   // memory and rewrites it with `next`'s. Returns pages whose device copy was wrong or missing.
@@ -26,6 +38,11 @@ class LaunchTest : public RuntimeTest {
         auto* d = addr.ok() ? static_cast<uint64_t*>(host_dev()->DevicePointer(*addr)) : nullptr;
         if (d == nullptr) {
           ++bad;
+          std::lock_guard<std::mutex> lock(note_mu_);
+          if (note_.empty()) {
+            note_ = "page at offset " + std::to_string(off) + " not on the device at launch: " +
+                    (addr.ok() ? "device address not mapped" : addr.status().ToString());
+          }
           continue;
         }
         const size_t base = off / 8;
@@ -139,6 +156,65 @@ TEST_F(LaunchTest, SameAddressModeGivesTheKernelTheManagedPointer) {
   ASSERT_TRUE(rt_->Free(p).ok());
   // The range's blocks are unmapped from the device when it is freed.
   EXPECT_EQ(host_dev()->DevicePointer(reinterpret_cast<uint64_t>(p)), nullptr);
+}
+
+// Threads that each own a range loop: CPU writes round r, launch a kernel that checks round r in
+// device memory and writes r + 1, CPU checks r + 1. With `signals`, another thread keeps
+// interrupting them with SIGUSR1, which makes the kernel repeat pending faults (stale messages).
+void RunCpuGpuRounds(LaunchTest& t, int threads, int rounds, bool signals) {
+  const size_t bytes = 1 * kMiB + 3 * kPageSize;
+  std::vector<uint64_t*> bufs;
+  for (int i = 0; i < threads; ++i) bufs.push_back(t.AllocFilled(bytes, 0));
+  std::atomic<size_t> bad_kernel{0}, bad_cpu{0};
+  std::vector<std::atomic<pid_t>> tids(threads);
+  std::atomic<int> running{threads};
+  std::vector<std::thread> workers;
+  for (int i = 0; i < threads; ++i) {
+    workers.emplace_back([&, i] {
+      tids[i] = static_cast<pid_t>(syscall(SYS_gettid));
+      uint64_t* p = bufs[i];
+      for (int r = 1; r <= rounds; ++r) {
+        const uint64_t seed = uint64_t(i) * 1000 + 2 * r;
+        for (size_t w = 0; w < bytes / 8; ++w) p[w] = Harness::Pattern(seed, w);
+        bad_kernel += t.Kernel(p, bytes, seed, seed + 1);
+        if (Harness::FirstMismatch(p, bytes, seed + 1) != -1) ++bad_cpu;
+      }
+      --running;
+    });
+  }
+  std::thread storm;
+  if (signals) {
+    storm = std::thread([&] {
+      while (running.load() > 0) {
+        for (auto& tid : tids) {
+          if (pid_t id = tid.load()) syscall(SYS_tgkill, getpid(), id, SIGUSR1);
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    });
+  }
+  for (auto& th : workers) th.join();
+  if (storm.joinable()) storm.join();
+  EXPECT_EQ(bad_kernel.load(), 0u) << "a kernel saw stale device memory; " << t.note_;
+  EXPECT_EQ(bad_cpu.load(), 0u) << "the CPU missed a kernel's result";
+  for (uint64_t* p : bufs) ASSERT_TRUE(t.rt_->Free(p).ok());
+  EXPECT_EQ(t.rt_->stats().device_pages_used, 0u);
+}
+
+TEST_F(LaunchTest, ConcurrentLaunchesAndCpuPhasesLoseNothing) {
+  // Launch passes from one thread migrate the others' ranges while they are in their CPU phase.
+  RunCpuGpuRounds(*this, 4, 12, /*signals=*/false);
+}
+
+TEST_F(LaunchTest, SignalsDuringFaultsDoNotPullDataFromUnderAKernel) {
+  struct sigaction sa = {}, old = {};
+  sa.sa_handler = [](int) {};
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &sa, &old);
+  RunCpuGpuRounds(*this, 3, 12, /*signals=*/true);
+  sigaction(SIGUSR1, &old, nullptr);
+  std::printf("stale fault messages answered with a wake: %llu\n",
+              static_cast<unsigned long long>(rt_->stats().stale_faults));
 }
 
 }  // namespace

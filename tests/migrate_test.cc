@@ -291,5 +291,20 @@ TEST_F(MigrateTest, SystemCallsReadAndWriteDeviceResidentBuffers) {
   ASSERT_TRUE(rt_->Free(dst).ok());
 }
 
+TEST_F(MigrateTest, StaleFaultMessageWakesInsteadOfPullingThePageBack) {
+  const size_t bytes = 256 * 1024;
+  uint64_t* p = AllocFilled(bytes, 80);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  // A message read before the pages moved to the device: its thread has long moved on.
+  InjectFaultMessage(*rt_, p + 100, /*stale=*/true);
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize) << "a stale message migrated data";
+  EXPECT_EQ(rt_->stats().stale_faults, 1u);
+  // A message read after the move is a real access: its granule comes back.
+  InjectFaultMessage(*rt_, p + 100, /*stale=*/false);
+  EXPECT_EQ(CountAt(Residency(p, bytes), kHost), TestConfig().fault_granularity / kPageSize);
+  EXPECT_EQ(FirstMismatch(p, bytes, 80), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
 }  // namespace
 }  // namespace uhmm::testing

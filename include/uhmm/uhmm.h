@@ -50,6 +50,9 @@ typedef struct uhmm_config {
 typedef struct uhmm_stats {
   uint64_t cpu_faults;          /* userfaultfd fault messages served */
   uint64_t duplicate_faults;    /* faults on pages someone else had already brought back */
+  uint64_t stale_faults;        /* fault messages older than the page's last move to a device
+                                   (a signal can make the kernel repeat a fault): answered with a
+                                   wake, not a migration */
   uint64_t unmanaged_faults;    /* faults at addresses no live range covers (resolved as host) */
   uint64_t pages_to_device;     /* 4 KiB pages migrated host -> device */
   uint64_t pages_to_host;       /* 4 KiB pages migrated device -> host (faults, prefetch, eviction) */
