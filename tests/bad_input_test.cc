@@ -170,6 +170,36 @@ TEST(CApiTest, ErrorsComeBackAsCodesWithMessages) {
   uhmm_destroy(rt);
 }
 
+TEST(CApiTest, QueueOrderedPrefetchAndLaunchSync) {
+  uhmm_config_t cfg;
+  uhmm_config_init(&cfg);
+  cfg.backend = "host";
+  uhmm_runtime_t* rt = nullptr;
+  ASSERT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  EXPECT_EQ(uhmm_transparent_launch_enabled(rt), 1);
+  EXPECT_EQ(uhmm_transparent_launch_enabled(nullptr), 0);
+  void* p = nullptr;
+  ASSERT_EQ(uhmm_alloc(rt, 16 * kPageSize, &p), UHMM_OK);
+  std::memset(p, 0x3c, 16 * kPageSize);
+  EXPECT_EQ(uhmm_prefetch_on_queue(rt, p, 16 * kPageSize, 0, nullptr), UHMM_OK);
+  EXPECT_EQ(uhmm_prefetch_on_queue(rt, static_cast<char*>(p) + 1, kPageSize, 0, nullptr),
+            UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(uhmm_last_error()).find("uhmm_prefetch_on_queue"), std::string::npos);
+  EXPECT_EQ(uhmm_prefetch_on_queue(rt, p, 32 * kPageSize, 0, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(uhmm_prefetch_on_queue(rt, p, kPageSize, 3, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(uhmm_prefetch_on_queue(rt, &cfg, kPageSize, 0, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(uhmm_prefetch_on_queue(rt, p, 16 * kPageSize, UHMM_LOCATION_HOST, nullptr), UHMM_OK);
+  EXPECT_EQ(uhmm_sync_for_device(rt, 0, nullptr), UHMM_OK);
+  EXPECT_EQ(uhmm_sync_for_device(rt, -1, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(uhmm_sync_for_device(nullptr, 0, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  int32_t res[16];
+  ASSERT_EQ(uhmm_query_residency(rt, p, 16 * kPageSize, res, 16), UHMM_OK);
+  for (int32_t r : res) EXPECT_EQ(r, 0);
+  EXPECT_EQ(static_cast<unsigned char*>(p)[5 * kPageSize + 7], 0x3c);
+  EXPECT_EQ(uhmm_free(rt, p), UHMM_OK);
+  uhmm_destroy(rt);
+}
+
 TEST(CApiTest, CreateReportsUnknownBackend) {
   uhmm_config_t cfg;
   uhmm_config_init(&cfg);
