@@ -304,24 +304,26 @@ void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
                                }),
                 zaps_.end());
   }
-  const bool reserved = range.reserved() != 0;
-  for (auto [s, e] : range.MappedRuns(range.start(), range.end())) {
+  const PageRuns mapped = range.MappedRuns(range.start(), range.end());
+  // One pointer: the backend's reservation can go back only if the application unmapped none of
+  // it; otherwise those addresses may belong to a new mapping, which releasing would unmap.
+  const bool release_reservation = range.reserved() != 0 && unmap_user_view && mapped.size() == 1 &&
+                                   mapped[0] == std::make_pair(range.start(), range.end());
+  for (auto [s, e] : mapped) {
     // Unregistering wakes any thread still waiting in the range.
     (void)uffd_->Unregister(s, e - s);
-    if (unmap_user_view && !reserved) munmap(reinterpret_cast<void*>(s), e - s);
+    if (unmap_user_view && !release_reservation) munmap(reinterpret_cast<void*>(s), e - s);
   }
   for (Page* p : release) put_page(p);
-  if (reserved) {
-    // One pointer: the device mappings go first, then the address space goes back to the backend.
+  if (range.reserved() != 0) {
+    // The device mappings go first, then the address space goes back to the backend.
     for (auto& ds : devices_) ds->pool->UnbindRange(range.start(), range.start() + range.reserved());
-    if (unmap_user_view) {
+    if (release_reservation) {
       range.ReleaseReservation();
     } else {
-      // The application unmapped the user view: the addresses may belong to a new mapping now,
-      // and releasing the reservation would unmap it. Leak the reservation instead.
       std::fprintf(stderr,
-                   "uhmm: warning: a managed range at %#lx was munmapped by the application; its "
-                   "%zu-byte device address reservation is leaked\n",
+                   "uhmm: warning: the application munmapped (part of) the managed range at %#lx; "
+                   "its %zu-byte device address reservation is leaked\n",
                    static_cast<unsigned long>(range.start()), range.reserved());
     }
   }

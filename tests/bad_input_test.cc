@@ -139,12 +139,19 @@ TEST(ConfigTest, EnvironmentVariablesAreParsedAndMalformedOnesReported) {
 }
 
 // The C API: the same checks come back as status codes with a per-thread message.
-TEST(CApiTest, ErrorsComeBackAsCodesWithMessages) {
+// A C runtime on the host backend (nullptr and a test failure if it cannot be created).
+uhmm_runtime_t* CreateHostC() {
   uhmm_config_t cfg;
   uhmm_config_init(&cfg);
   cfg.backend = "host";
   uhmm_runtime_t* rt = nullptr;
-  ASSERT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  EXPECT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  return rt;
+}
+
+TEST(CApiTest, ErrorsComeBackAsCodesWithMessages) {
+  uhmm_runtime_t* rt = CreateHostC();
+  ASSERT_NE(rt, nullptr);
   EXPECT_STREQ(uhmm_backend_name(rt), "host");
   EXPECT_EQ(uhmm_device_count(rt), 1);
   void* p = nullptr;
@@ -171,11 +178,8 @@ TEST(CApiTest, ErrorsComeBackAsCodesWithMessages) {
 }
 
 TEST(CApiTest, QueueOrderedPrefetchAndLaunchSync) {
-  uhmm_config_t cfg;
-  uhmm_config_init(&cfg);
-  cfg.backend = "host";
-  uhmm_runtime_t* rt = nullptr;
-  ASSERT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  uhmm_runtime_t* rt = CreateHostC();
+  ASSERT_NE(rt, nullptr);
   EXPECT_EQ(uhmm_transparent_launch_enabled(rt), 1);
   EXPECT_EQ(uhmm_transparent_launch_enabled(nullptr), 0);
   void* p = nullptr;
@@ -187,7 +191,8 @@ TEST(CApiTest, QueueOrderedPrefetchAndLaunchSync) {
   EXPECT_NE(std::string(uhmm_last_error()).find("uhmm_prefetch_on_queue"), std::string::npos);
   EXPECT_EQ(uhmm_prefetch_on_queue(rt, p, 32 * kPageSize, 0, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(uhmm_prefetch_on_queue(rt, p, kPageSize, 3, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
-  EXPECT_EQ(uhmm_prefetch_on_queue(rt, &cfg, kPageSize, 0, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  int not_managed = 0;
+  EXPECT_EQ(uhmm_prefetch_on_queue(rt, &not_managed, kPageSize, 0, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(uhmm_prefetch_on_queue(rt, p, 16 * kPageSize, UHMM_LOCATION_HOST, nullptr), UHMM_OK);
   EXPECT_EQ(uhmm_sync_for_device(rt, 0, nullptr), UHMM_OK);
   EXPECT_EQ(uhmm_sync_for_device(rt, -1, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
