@@ -139,7 +139,6 @@ void migrate_vma_finalize(MigrateVma* m) {
   std::vector<Page*> release;
   PageRuns map_runs;
   size_t moved = 0;
-  const uint32_t seq = rt->fault_service().read_seq();
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const MigratePfn& src = m->src[idx];
@@ -149,7 +148,8 @@ void migrate_vma_finalize(MigrateVma* m) {
                         !blk.unmapped[i];
     if (to_device) {
       if (commit) {
-        blk.device_seq = seq;
+        // Under the block lock: a fault message read after this is newer than the move.
+        blk.device_seq = rt->fault_service().read_seq();
         blk.device.set(i);
         blk.pages[i] = dst.page;
         dst.page->managed_addr.store(addr, std::memory_order_release);
