@@ -40,6 +40,14 @@ run() {
   mkdir -p "$logs"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
     | sed 's/^/gpu: /' || echo "gpu: nvidia-smi not available"
+  # Transparent launches need CUPTI; the backend searches the usual toolkit folders, this finds
+  # it anywhere under /usr/local and /opt.
+  if [[ -z "${UHMM_CUPTI_LIBRARY:-}" ]]; then
+    local cupti
+    cupti=$(find /usr/local /opt /usr/lib -name 'libcupti.so*' 2>/dev/null | sort | head -1)
+    [[ -n "$cupti" ]] && export UHMM_CUPTI_LIBRARY="$cupti"
+  fi
+  echo "cupti: ${UHMM_CUPTI_LIBRARY:-not found (transparent launches off; samples sync explicitly)}"
   local rows=() failed=0
   for suite in migrate_test concurrency_test process_test bad_input_test; do
     UHMM_TEST_BACKEND=cuda timeout 600 "$B/tests/$suite" >"$logs/$suite.log" 2>&1

@@ -38,9 +38,12 @@ absl::StatusOr<const Cupti*> LoadCupti() {
     for (absl::string_view dir : absl::StrSplit(UHMM_CUPTI_DIRS, ':', absl::SkipEmpty())) {
       candidates.push_back(absl::StrFormat("%s/%s", std::string(dir), soname));
     }
-    for (const char* dir : {"/usr/local/cuda/lib64", "/usr/local/cuda/extras/CUPTI/lib64",
-                            "/usr/local/cuda/lib"}) {
-      candidates.push_back(absl::StrFormat("%s/%s", dir, soname));
+    const std::string versioned =
+        absl::StrFormat("/usr/local/cuda-%d.%d", CUDA_VERSION / 1000, CUDA_VERSION % 1000 / 10);
+    for (const std::string& root : {std::string("/usr/local/cuda"), versioned}) {
+      for (const char* sub : {"lib64", "extras/CUPTI/lib64", "lib", "targets/x86_64-linux/lib"}) {
+        candidates.push_back(absl::StrFormat("%s/%s/%s", root, sub, soname));
+      }
     }
     std::string tried;
     auto c = std::make_unique<Cupti>();
