@@ -415,9 +415,11 @@ absl::Status RuntimeImpl::SyncForDevice(int device, void* queue) {
   size_t managed = 0;
   {
     ReaderMutexLock lock(&ranges_mu_);
+    // With one pointer a partly used block still takes a whole chunk.
+    const bool whole_blocks = ds.device->placement() == Placement::kSameAddress;
     for (auto& [start, r] : ranges_) {
       ranges.push_back(r);
-      managed += r->size();
+      managed += whole_blocks ? r->num_blocks() * kBlockSize : r->size();
     }
   }
   // Every managed byte must fit at once: evicting one range for another would leave a kernel

@@ -137,6 +137,27 @@ TEST_F(LaunchTest, SyncRefusesMoreManagedMemoryThanThePoolAndMovesNothing) {
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 
+TEST_F(LaunchTest, WithOnePointerPartlyUsedBlocksCountAsWholeChunks) {
+  Config c = TestConfig();
+  c.host_same_address = true;
+  c.device_pool_bytes = 4 * kMiB;
+  rt_.reset();
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  // 3 MiB in bytes, but three 2 MiB blocks (one per range): more than the two chunks the pool has.
+  std::vector<uint64_t*> bufs;
+  for (int i = 0; i < 3; ++i) bufs.push_back(AllocFilled(1 * kMiB, 20 + i));
+  absl::Status s = rt_->SyncForDevice(0, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  ASSERT_TRUE(rt_->Free(bufs[2]).ok());
+  EXPECT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(CountAt(Residency(bufs[i], 1 * kMiB), 0), 1 * kMiB / kPageSize);
+    EXPECT_EQ(FirstMismatch(bufs[i], 1 * kMiB, 20 + i), -1);
+    ASSERT_TRUE(rt_->Free(bufs[i]).ok());
+  }
+}
+
 TEST_F(LaunchTest, SameAddressModeGivesTheKernelTheManagedPointer) {
   Config c = TestConfig();
   c.host_same_address = true;
