@@ -357,7 +357,7 @@ class CudaBackend final : public Backend {
   CudaBackend(const Driver* d, CUdevice dev, int cuda_ordinal, CUcontext ctx, std::string name)
       : d_(d), dev_(dev), cuda_ordinal_(cuda_ordinal), ctx_(ctx), name_(std::move(name)) {}
   ~CudaBackend() override {
-    interceptor_.reset();
+    LaunchInterceptor::Retire(std::move(interceptor_));
     d_->cuDevicePrimaryCtxRelease(dev_);
   }
 
@@ -397,7 +397,7 @@ class CudaBackend final : public Backend {
     d_->cuMemHostUnregister(view);
   }
   absl::Status SetLaunchListener(LaunchListener* listener) override {
-    interceptor_.reset();
+    LaunchInterceptor::Retire(std::move(interceptor_));
     if (listener == nullptr) return absl::OkStatus();
     absl::StatusOr<std::unique_ptr<LaunchInterceptor>> li = LaunchInterceptor::Create(ctx_, 0, listener);
     if (!li.ok()) return li.status();

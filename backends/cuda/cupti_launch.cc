@@ -150,6 +150,7 @@ absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
   for (CUpti_CallbackId cbid : kLaunchCallbacks) {
     r = c.enable_callback(1, sub, CUPTI_CB_DOMAIN_DRIVER_API, cbid);
     if (r != CUPTI_SUCCESS) {
+      Retire(std::move(li));  // subscribed: must not be freed
       return absl::UnavailableError(
           absl::StrFormat("cuptiEnableCallback(driver cbid %u): %s", cbid, CuptiError(c, r)));
     }
@@ -157,13 +158,20 @@ absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
   return li;
 }
 
-LaunchInterceptor::~LaunchInterceptor() {
+void LaunchInterceptor::Shutdown() {
   listener_.store(nullptr, std::memory_order_release);
   if (subscriber_ != nullptr) {
     absl::StatusOr<const Cupti*> cupti = LoadCupti();
     if (cupti.ok()) (*cupti)->unsubscribe(static_cast<CUpti_SubscriberHandle>(subscriber_));
+    subscriber_ = nullptr;
   }
   while (in_flight_.load(std::memory_order_acquire) != 0) sched_yield();
+}
+
+void LaunchInterceptor::Retire(std::unique_ptr<LaunchInterceptor> li) {
+  if (li == nullptr) return;
+  li->Shutdown();
+  (void)li.release();  // see the header
 }
 
 void LaunchInterceptor::OnLaunch(CUcontext context, CUstream stream) {

@@ -19,8 +19,12 @@ class LaunchInterceptor {
   // Calls listener->BeforeLaunch(ordinal, stream) for launches in `context`.
   static absl::StatusOr<std::unique_ptr<LaunchInterceptor>> Create(CUcontext context, int ordinal,
                                                                    LaunchListener* listener);
-  // Unsubscribes and waits for callbacks in flight.
-  ~LaunchInterceptor();
+  // Unsubscribes and waits for callbacks in flight. CUPTI may still be entering a callback as this
+  // returns, so owners keep the object alive afterwards (Retire()).
+  void Shutdown();
+  // Shuts down and leaks the object: a callback racing with the unsubscription then never touches
+  // freed memory. A few bytes per runtime with transparent launches.
+  static void Retire(std::unique_ptr<LaunchInterceptor> li);
 
   // From the CUPTI callback, at API_ENTER of a launch in `context` to `stream`.
   void OnLaunch(CUcontext context, CUstream stream);
