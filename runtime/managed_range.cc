@@ -2,10 +2,6 @@
 #include "runtime/managed_range.h"
 
 #include <sys/mman.h>
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux 5.14
-#endif
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +10,10 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
 
 namespace uhmm {
 
@@ -56,11 +56,7 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* 
   if (absl::Status s = r->MapUserView(); !s.ok()) return s;
   // Failures from here on give the user view back too.
   auto fail = [&r](absl::Status s) {
-    if (r->reserved_ != 0) {
-      r->ReleaseReservation();
-    } else {
-      munmap(reinterpret_cast<void*>(r->start_), r->size_);
-    }
+    r->DiscardUserView();
     return s;
   };
   void* view = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd_, 0);
@@ -111,16 +107,13 @@ absl::Status ManagedRange::MapUserView() {
                     MAP_SHARED | MAP_FIXED, memfd_, 0);
   if (user == MAP_FAILED || reinterpret_cast<uintptr_t>(user) != aligned) {
     const int err = errno;
+    const bool from_backend = reserved_ != 0;
     start_ = aligned;
-    if (reserved_ != 0) {
-      ReleaseReservation();
-    } else {
-      munmap(reinterpret_cast<void*>(aligned), rounded);
-    }
+    DiscardUserView();
     start_ = 0;
     return absl::ResourceExhaustedError(absl::StrFormat(
         "uhmm: mapping the user view at %#x (%s): %s", aligned,
-        reserved_ ? "the device's reserved address" : "chosen address",
+        from_backend ? "the device's reserved address" : "chosen address",
         user == MAP_FAILED ? strerror(err) : "the kernel placed it elsewhere"));
   }
   start_ = aligned;
@@ -139,6 +132,14 @@ void ManagedRange::ReleaseReservation() {
     backend_->ReleaseAddressRange(start_, reserved_);
   }
   reserved_ = 0;
+}
+
+void ManagedRange::DiscardUserView() {
+  if (reserved_ != 0) {
+    ReleaseReservation();
+  } else if (start_ != 0) {
+    munmap(reinterpret_cast<void*>(start_), size_);
+  }
 }
 
 ManagedRange::~ManagedRange() {

@@ -54,6 +54,9 @@ class ManagedRange {
   // Puts the backend's PROT_NONE reservation back over the user view and releases it. For ranges
   // whose user view the runtime still owns (not after the application unmapped it).
   void ReleaseReservation();
+  // Gives back a user view that was never published: the backend's reservation when it made one,
+  // else plain munmap. For creation failures.
+  void DiscardUserView();
   // Every page of the memfd exists (the backend pins host views): the user view can be mapped whole.
   bool populated() const { return populated_; }
   // In a forked child: the backend belongs to the parent, never call it.

@@ -229,11 +229,7 @@ absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
   if (!created.ok()) return created.status();
   std::shared_ptr<ManagedRange> range = std::move(*created);
   if (absl::Status s = uffd_->Register(range->start(), range->size()); !s.ok()) {
-    if (range->reserved() != 0) {
-      range->ReleaseReservation();
-    } else {
-      munmap(reinterpret_cast<void*>(range->start()), range->size());
-    }
+    range->DiscardUserView();
     return s;
   }
   if (range->populated()) {
