@@ -1,5 +1,6 @@
 // Bookkeeping behind DeviceTestHooks that every backend shares: fault-injection budgets and
-// page_free accounting. Header-only; holds no backend types.
+// page_free accounting, and the DeviceTestHooks methods that only read or set them. Header-only;
+// holds no backend types.
 #ifndef UHMM_BACKENDS_COMMON_HOOK_STATE_H_
 #define UHMM_BACKENDS_COMMON_HOOK_STATE_H_
 
@@ -62,6 +63,23 @@ class HookState {
   std::unordered_map<uint64_t, uint64_t> free_counts_;
   std::atomic<uint64_t> free_total_{0};
   std::atomic<uint64_t> done_h2d_{0}, done_d2h_{0};
+};
+
+// The DeviceTestHooks methods every backend implements the same way, over a HookState. `Hooks` is
+// DeviceTestHooks or an interface derived from it; the device supplies DeviceWrite/DeviceRead (and
+// whatever else `Hooks` adds). Backends inject the failures at their copy-engine and chunk-
+// allocation entry points through hooks_.
+template <class Hooks = DeviceTestHooks>
+class HookStateTestHooks : public Hooks {
+ public:
+  void FailNextCopies(CopyDirection dir, int n) override { hooks_.copy_failures(dir).Set(n); }
+  void FailNextChunkAllocs(int n) override { hooks_.alloc_failures().Set(n); }
+  uint64_t page_free_count(uint64_t pfn) const override { return hooks_.page_free_count(pfn); }
+  uint64_t page_free_total() const override { return hooks_.page_free_total(); }
+  uint64_t copies(CopyDirection dir) const override { return hooks_.copies(dir); }
+
+ protected:
+  HookState hooks_;
 };
 
 }  // namespace uhmm

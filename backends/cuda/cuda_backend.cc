@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "backends/common/hook_state.h"
+#include "backends/common/one_pointer.h"
 #include "backends/cuda/cuda_driver.h"
 #include "backends/cuda/cupti_launch.h"
 
@@ -162,7 +162,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::vector<CUevent> free_events_;
 };
 
-class CudaDevice final : public Device, public DeviceTestHooks {
+class CudaDevice final : public Device, public HookStateTestHooks<> {
  public:
   CudaDevice(const Driver* d, CUdevice dev, CUcontext ctx, int ordinal, std::string name)
       : d_(d), dev_(dev), ctx_(ctx), name_(std::move(name)), engine_(d, ctx, &hooks_) {
@@ -238,7 +238,7 @@ class CudaDevice final : public Device, public DeviceTestHooks {
     // gives a clear error instead of silently detaching the application's view.
     static std::once_flag checked;
     static absl::Status host_view_intact;
-    std::call_once(checked, [&] { host_view_intact = CheckHostViewIntact(block); });
+    std::call_once(checked, [&] { host_view_intact = CheckManagedViewIntact(block, "cuMemMap"); });
     return host_view_intact;
   }
   void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
@@ -267,12 +267,7 @@ class CudaDevice final : public Device, public DeviceTestHooks {
     return migrate_copy_to_ram(m, engine_);
   }
 
-  // DeviceTestHooks.
-  void FailNextCopies(CopyDirection dir, int n) override { hooks_.copy_failures(dir).Set(n); }
-  void FailNextChunkAllocs(int n) override { hooks_.alloc_failures().Set(n); }
-  uint64_t page_free_count(uint64_t pfn) const override { return hooks_.page_free_count(pfn); }
-  uint64_t page_free_total() const override { return hooks_.page_free_total(); }
-  uint64_t copies(CopyDirection dir) const override { return hooks_.copies(dir); }
+  // DeviceTestHooks (the rest comes from HookStateTestHooks).
   absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
     return DeviceAccess(device_addr, const_cast<void*>(src), bytes, /*write=*/true);
   }
@@ -281,27 +276,6 @@ class CudaDevice final : public Device, public DeviceTestHooks {
   }
 
  private:
-  // The CPU mapping at `addr` must still be the range's memfd view after cuMemMap.
-  static absl::Status CheckHostViewIntact(uintptr_t addr) {
-    std::FILE* f = std::fopen("/proc/self/maps", "r");
-    if (f == nullptr) return absl::OkStatus();  // cannot tell; do not fail for that
-    char line[512];
-    absl::Status result = absl::OkStatus();
-    while (std::fgets(line, sizeof(line), f) != nullptr) {
-      unsigned long lo = 0, hi = 0;
-      if (std::sscanf(line, "%lx-%lx", &lo, &hi) != 2 || addr < lo || addr >= hi) continue;
-      if (std::strstr(line, "uhmm-range") == nullptr) {
-        result = absl::FailedPreconditionError(absl::StrFormat(
-            "after cuMemMap at %#x the CPU mapping there is no longer uhmm's view (%s): this driver "
-            "replaces host mappings of VMM ranges, so one pointer cannot work with it",
-            addr, std::string(absl::StripTrailingAsciiWhitespace(line))));
-      }
-      break;
-    }
-    std::fclose(f);
-    return result;
-  }
-
   // Test-hook copies, through a pinned staging buffer on their own stream.
   absl::Status DeviceAccess(uint64_t device_addr, void* host, size_t bytes, bool write) {
     std::lock_guard<std::mutex> lock(test_mu_);
@@ -343,7 +317,6 @@ class CudaDevice final : public Device, public DeviceTestHooks {
   const CUdevice dev_;
   const CUcontext ctx_;
   const std::string name_;
-  HookState hooks_;  // before engine_, which uses it
   CudaCopyEngine engine_;
   Pagemap pagemap_;
   CUstream test_stream_ = nullptr;

@@ -163,7 +163,7 @@ std::map<int, HostDevice*>& Live() {
   return *m;
 }
 
-class HostDevice final : public Device, public HostDeviceControls {
+class HostDevice final : public Device, public HookStateTestHooks<HostDeviceControls> {
  public:
   HostDevice(int ordinal, bool same_address, std::atomic<LaunchListener*>* listener)
       : ordinal_(ordinal),
@@ -233,11 +233,6 @@ class HostDevice final : public Device, public HostDeviceControls {
   absl::Status MigrateToRam(MigrateVma* m) override { return migrate_copy_to_ram(m, engine_); }
 
   // HostDeviceControls.
-  void FailNextCopies(CopyDirection dir, int n) override { hooks_.copy_failures(dir).Set(n); }
-  void FailNextChunkAllocs(int n) override { hooks_.alloc_failures().Set(n); }
-  uint64_t page_free_count(uint64_t pfn) const override { return hooks_.page_free_count(pfn); }
-  uint64_t page_free_total() const override { return hooks_.page_free_total(); }
-  uint64_t copies(CopyDirection dir) const override { return hooks_.copies(dir); }
   absl::Status RunKernel(std::function<void()> kernel) override {
     if (LaunchListener* l = listener_->load(std::memory_order_acquire)) l->BeforeLaunch(ordinal_, nullptr);
     return engine_.Wait(engine_.SubmitKernel(std::move(kernel)));
@@ -298,7 +293,6 @@ class HostDevice final : public Device, public HostDeviceControls {
   std::atomic<LaunchListener*>* const listener_;
   std::shared_mutex map_mu_;
   std::unordered_map<uintptr_t, uint8_t*> mapped_;  // block -> chunk memory (same-address mode)
-  HookState hooks_;  // before engine_, which uses it
   Pagemap pagemap_;
   HostCopyEngine engine_;
 };
