@@ -123,6 +123,15 @@ int uhmm_transparent_launch_enabled(const uhmm_runtime_t* rt) {
   return rt && rt->rt->transparent_launch_enabled() ? 1 : 0;
 }
 
+uhmm_status_t uhmm_get_native_handles(uhmm_runtime_t* rt, int device, uhmm_native_handles_t* out) {
+  if (rt == nullptr) return NullRuntime("uhmm_get_native_handles");
+  if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_get_native_handles: out is NULL"));
+  absl::StatusOr<uhmm_native_handles_t> h = rt->rt->NativeHandles(device);
+  if (!h.ok()) return Report(h.status());
+  *out = *h;
+  return UHMM_OK;
+}
+
 uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device) {
   if (rt == nullptr) return NullRuntime("uhmm_evict_device");
   return Report(rt->rt->EvictDevice(device));

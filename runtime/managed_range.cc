@@ -134,6 +134,13 @@ void ManagedRange::ReleaseReservation() {
   reserved_ = 0;
 }
 
+bool ManagedRange::AbandonReservation() {
+  if (reserved_ == 0 || start_ == 0) return true;
+  const bool released = backend_ != nullptr && backend_->AbandonAddressRange(start_, reserved_);
+  reserved_ = 0;
+  return released;
+}
+
 void ManagedRange::DiscardUserView() {
   if (reserved_ != 0) {
     ReleaseReservation();

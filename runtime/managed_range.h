@@ -54,6 +54,9 @@ class ManagedRange {
   // Puts the backend's PROT_NONE reservation back over the user view and releases it. For ranges
   // whose user view the runtime still owns (not after the application unmapped it).
   void ReleaseReservation();
+  // The application unmapped some of the range: the CPU addresses may now belong to someone else.
+  // Gives back only what the backend holds apart from them; false if it must be leaked.
+  bool AbandonReservation();
   // Gives back a user view that was never published: the backend's reservation when it made one,
   // else plain munmap. For creation failures.
   void DiscardUserView();

@@ -314,13 +314,14 @@ void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
   if (range.reserved() != 0) {
     // The device mappings go first, then the address space goes back to the backend.
     for (auto& ds : devices_) ds->pool->UnbindRange(range.start(), range.start() + range.reserved());
+    const size_t reserved = range.reserved();
     if (release_reservation) {
       range.ReleaseReservation();
-    } else {
+    } else if (!range.AbandonReservation()) {
       std::fprintf(stderr,
                    "uhmm: warning: the application munmapped (part of) the managed range at %#lx; "
                    "its %zu-byte device address reservation is leaked\n",
-                   static_cast<unsigned long>(range.start()), range.reserved());
+                   static_cast<unsigned long>(range.start()), reserved);
     }
   }
   fault_service_->Requeue(std::move(deferred));
@@ -476,6 +477,14 @@ void RuntimeImpl::BeforeLaunch(int device, void* queue) {
     std::fprintf(stderr, "uhmm: transparent launch on device %d: managed data is not all resident: %s\n",
                  device, std::string(s.message()).c_str());
   }
+}
+
+absl::StatusOr<uhmm_native_handles_t> RuntimeImpl::NativeHandles(int device) const {
+  if (device < 0 || device >= device_count()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm_get_native_handles: device %d does not exist (devices 0..%d)", device, device_count() - 1));
+  }
+  return devices_[device]->device->native_handles();
 }
 
 absl::Status RuntimeImpl::EvictDevice(int device) {

@@ -43,6 +43,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::Status PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) override;
   absl::Status SyncForDevice(int device, void* queue) override;
   bool transparent_launch_enabled() const override { return transparent_; }
+  absl::StatusOr<uhmm_native_handles_t> NativeHandles(int device) const override;
 
   // LaunchListener: transparent mode, called by the backend before each intercepted launch.
   void BeforeLaunch(int device, void* queue) override;

@@ -203,6 +203,9 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
   }
   Placement placement() const override { return Placement::kSameAddress; }
   DeviceTestHooks* test_hooks() override { return this; }
+  uhmm_native_handles_t native_handles() const override {
+    return {nullptr, reinterpret_cast<void*>(static_cast<intptr_t>(dev_)), ctx_};
+  }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
     if (hooks_.alloc_failures().TakeOne()) {

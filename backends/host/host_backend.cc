@@ -317,6 +317,8 @@ class HostBackend final : public Backend {
   void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
     munmap(reinterpret_cast<void*>(start), bytes);
   }
+  // The reservation is CPU address space only; what the application left mapped is its own.
+  bool AbandonAddressRange(uintptr_t, size_t) override { return true; }
   absl::Status SetLaunchListener(LaunchListener* listener) override {
     listener_.store(listener, std::memory_order_release);
     return absl::OkStatus();

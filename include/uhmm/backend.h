@@ -103,6 +103,8 @@ class Device {
   // work). Host-bound prefetches on a queue use it so that they see what earlier kernels wrote.
   virtual absl::Status SynchronizeQueue(void* /*queue*/) { return absl::OkStatus(); }
   virtual DeviceTestHooks* test_hooks() { return nullptr; }
+  // The vendor handles applications queue kernels with (uhmm_get_native_handles).
+  virtual uhmm_native_handles_t native_handles() const { return {}; }
 };
 
 class Backend {
@@ -119,6 +121,10 @@ class Backend {
   // Release is called after the runtime has put a PROT_NONE mapping back over the range.
   virtual absl::StatusOr<uintptr_t> ReserveAddressRange(size_t /*bytes*/) { return uintptr_t{0}; }
   virtual void ReleaseAddressRange(uintptr_t /*start*/, size_t /*bytes*/) {}
+  // The application unmapped (part of) a reserved range itself, so its CPU addresses may already
+  // belong to a new mapping: give back whatever the backend holds apart from them (device address
+  // space) without touching them. False when that is impossible and the range is leaked.
+  virtual bool AbandonAddressRange(uintptr_t /*start*/, size_t /*bytes*/) { return false; }
   // The runtime view of each range is the host side of every copy; backends whose copy engines need
   // pinned memory pin it here (before any copy) and unpin it before it is unmapped. When
   // pins_host_views() is true the runtime populates the view first and then maps every page in the

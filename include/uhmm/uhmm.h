@@ -68,6 +68,17 @@ typedef struct uhmm_stats {
 
 typedef struct uhmm_runtime uhmm_runtime_t;
 
+/* The vendor objects behind a runtime device, for launching kernels that use managed memory. Device
+ * memory is mapped in the backend's own context, so kernels must be queued in `context` to see it.
+ * level_zero: ze_driver_handle_t, ze_device_handle_t, ze_context_handle_t.
+ * cuda: NULL, the CUdevice (cast), the primary CUcontext (what the CUDA runtime API uses).
+ * host: all NULL. */
+typedef struct uhmm_native_handles {
+  void* driver;
+  void* device;
+  void* context;
+} uhmm_native_handles_t;
+
 /* Fills *config with defaults, then applies the UHMM_* environment variables. */
 void uhmm_config_init(uhmm_config_t* config);
 
@@ -104,6 +115,7 @@ uhmm_status_t uhmm_query_residency(uhmm_runtime_t* rt, const void* ptr, size_t s
 uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out);
 
 int uhmm_device_count(const uhmm_runtime_t* rt);
+uhmm_status_t uhmm_get_native_handles(uhmm_runtime_t* rt, int device, uhmm_native_handles_t* out);
 const char* uhmm_backend_name(const uhmm_runtime_t* rt);
 
 /* The calling thread's message for its last failed call ("" if none). */

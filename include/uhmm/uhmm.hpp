@@ -64,6 +64,8 @@ class Runtime {
   virtual absl::Status PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) = 0;
   virtual absl::Status SyncForDevice(int device, void* queue) = 0;
   virtual bool transparent_launch_enabled() const = 0;
+  // The backend's driver/device/context handles for `device`; see uhmm_native_handles_t.
+  virtual absl::StatusOr<uhmm_native_handles_t> NativeHandles(int device) const = 0;
 
   // One location per 4 KiB page: device ordinal, kHost, kPoisoned or kUnmapped.
   virtual absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) = 0;
