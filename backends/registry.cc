@@ -5,6 +5,9 @@
 #if UHMM_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
+#if UHMM_HAVE_LEVEL_ZERO
+#include "backends/level_zero/level_zero_backend.h"
+#endif
 
 namespace uhmm {
 
@@ -12,6 +15,9 @@ std::span<const BackendEntry> RegisteredBackends() {
   static const BackendEntry kEntries[] = {
 #if UHMM_HAVE_CUDA
       {"cuda", &cuda::CreateCudaBackend},
+#endif
+#if UHMM_HAVE_LEVEL_ZERO
+      {"level_zero", &level_zero::CreateLevelZeroBackend},
 #endif
       {"host", &host::CreateHostBackend},
   };

@@ -1,0 +1,565 @@
+// Intel GPU backend; see level_zero_backend.h.
+#include "backends/level_zero/level_zero_backend.h"
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "backends/common/hook_state.h"
+#include "backends/common/one_pointer.h"
+#include "backends/level_zero/ze_events.h"
+#include "backends/level_zero/ze_loader.h"
+#include "backends/level_zero/ze_tracer.h"
+
+namespace uhmm::level_zero {
+namespace {
+
+#define UHMM_ZE(call, name)                                              \
+  do {                                                                   \
+    if (absl::Status s_ = ZeStatus((call), name); !s_.ok()) return s_;  \
+  } while (0)
+
+// Busy-polls `event` for a while, then blocks: a fault-sized copy is done in microseconds, sooner
+// than a blocking wait wakes up.
+absl::Status WaitForEvent(const Loader& l, ze_event_handle_t event, const char* what) {
+  constexpr auto kSpin = std::chrono::microseconds(200);
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  ze_result_t r = ZE_RESULT_NOT_READY;
+  while ((r = l.zeEventQueryStatus(event)) == ZE_RESULT_NOT_READY &&
+         std::chrono::steady_clock::now() < deadline) {
+  }
+  if (r == ZE_RESULT_NOT_READY) r = l.zeEventHostSynchronize(event, UINT64_MAX);
+  return ZeStatus(r, what);
+}
+
+absl::StatusOr<ze_command_list_handle_t> CreateImmediateList(const Loader& l, ze_context_handle_t ctx,
+                                                             ze_device_handle_t dev, uint32_t ordinal,
+                                                             uint32_t index) {
+  ScopedUntraced untraced;
+  ze_command_queue_desc_t desc = {ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, ordinal, index, 0,
+                                  ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS, ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+  ze_command_list_handle_t list = nullptr;
+  UHMM_ZE(l.zeCommandListCreateImmediate(ctx, dev, &desc, &list), "zeCommandListCreateImmediate");
+  return list;
+}
+
+// One immediate command list and the lock that serializes appends to it (Level Zero command lists
+// are not thread-safe).
+struct Lane {
+  ze_command_list_handle_t list = nullptr;
+  std::mutex mu;
+};
+
+// Appends a barrier that signals an event from `events` on `lane` and waits for it: everything
+// appended before is done. The lane's lock must be held for the append only.
+absl::Status DrainLane(const Loader& l, EventCache& events, Lane& lane, const char* what) {
+  absl::StatusOr<ze_event_handle_t> e = events.Acquire();
+  if (!e.ok()) return e.status();
+  absl::Status s;
+  {
+    std::lock_guard<std::mutex> lock(lane.mu);
+    s = ZeStatus(l.zeCommandListAppendBarrier(lane.list, *e, 0, nullptr), "zeCommandListAppendBarrier");
+  }
+  if (s.ok()) s = WaitForEvent(l, *e, what);
+  events.Release(*e);
+  return s;
+}
+
+// Copies between device memory (at the managed address) and the runtime view, on two immediate
+// command lists of the copy-only queue group, one per direction. A batch is its copies followed by
+// a barrier that signals the batch's event, its fence.
+class ZeCopyEngine final : public CopyEngine {
+ public:
+  ZeCopyEngine(const Loader* l, ze_context_handle_t ctx, HookState* hooks)
+      : l_(l), ctx_(ctx), hooks_(hooks), events_(l, ctx) {}
+  ~ZeCopyEngine() override {
+    ScopedUntraced untraced;
+    for (auto& [fence, p] : pending_) l_->zeEventHostSynchronize(p.event, UINT64_MAX);
+    for (Lane* lane : {&h2d_, &d2h_}) {
+      if (lane->list) l_->zeCommandListDestroy(lane->list);
+    }
+  }
+
+  absl::Status Init(ze_device_handle_t dev, uint32_t ordinal, uint32_t queues) {
+    absl::StatusOr<ze_command_list_handle_t> a = CreateImmediateList(*l_, ctx_, dev, ordinal, 0);
+    if (!a.ok()) return a.status();
+    h2d_.list = *a;
+    absl::StatusOr<ze_command_list_handle_t> b =
+        CreateImmediateList(*l_, ctx_, dev, ordinal, queues > 1 ? 1 : 0);
+    if (!b.ok()) return b.status();
+    d2h_.list = *b;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
+    const bool to_device = dir == CopyDirection::kHostToDevice;
+    if (hooks_->copy_failures(dir).TakeOne()) {
+      return absl::AbortedError(absl::StrFormat("Level Zero copy engine: injected copy failure (%s)",
+                                                to_device ? "host -> device" : "device -> host"));
+    }
+    absl::StatusOr<ze_event_handle_t> event = events_.Acquire();
+    if (!event.ok()) return event.status();
+    Lane& lane = to_device ? h2d_ : d2h_;
+    ScopedUntraced untraced;
+    absl::Status s;
+    {
+      std::lock_guard<std::mutex> lock(lane.mu);
+      for (const CopyOp& op : ops) {
+        void* dev = reinterpret_cast<void*>(op.device);
+        s = ZeStatus(to_device ? l_->zeCommandListAppendMemoryCopy(lane.list, dev, op.host, op.bytes,
+                                                                  nullptr, 0, nullptr)
+                               : l_->zeCommandListAppendMemoryCopy(lane.list, op.host, dev, op.bytes,
+                                                                  nullptr, 0, nullptr),
+                     "zeCommandListAppendMemoryCopy");
+        if (!s.ok()) break;
+      }
+      // Also after a failed append: the copies queued before it must be done before we return.
+      absl::Status b = ZeStatus(l_->zeCommandListAppendBarrier(lane.list, *event, 0, nullptr),
+                                "zeCommandListAppendBarrier");
+      if (s.ok()) s = b;
+      if (!b.ok()) {
+        events_.Release(*event);
+        return s;
+      }
+    }
+    if (!s.ok()) {
+      (void)WaitForEvent(*l_, *event, "zeEventHostSynchronize");
+      events_.Release(*event);
+      return s;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t fence = ++next_fence_;
+    pending_[fence] = Pending{*event, dir};
+    return fence;
+  }
+
+  absl::Status Wait(uint64_t fence) override {
+    Pending p;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = pending_.find(fence);
+      if (it == pending_.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("Level Zero copy engine: unknown fence %u", fence));
+      }
+      p = it->second;
+      pending_.erase(it);
+    }
+    absl::Status s = WaitForEvent(*l_, p.event, "waiting for a copy (zeEventHostSynchronize)");
+    events_.Release(p.event);
+    if (s.ok()) hooks_->CountCopy(p.dir);
+    return s;
+  }
+
+  // Waits for every copy queued so far in both directions.
+  absl::Status Drain() {
+    absl::Status s = DrainLane(*l_, events_, h2d_, "draining host -> device copies");
+    absl::Status t = DrainLane(*l_, events_, d2h_, "draining device -> host copies");
+    return s.ok() ? t : s;
+  }
+
+ private:
+  struct Pending {
+    ze_event_handle_t event = nullptr;
+    CopyDirection dir = CopyDirection::kHostToDevice;
+  };
+  const Loader* const l_;
+  const ze_context_handle_t ctx_;
+  HookState* const hooks_;
+  EventCache events_;
+  Lane h2d_, d2h_;
+  std::mutex mu_;
+  uint64_t next_fence_ = 0;
+  std::unordered_map<uint64_t, Pending> pending_;
+};
+
+class LevelZeroBackend;
+
+class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
+ public:
+  LevelZeroDevice(const Loader* l, ze_driver_handle_t driver, ze_device_handle_t dev,
+                  ze_context_handle_t ctx, int ordinal, std::string name,
+                  std::function<absl::Status()> wait_for_kernels)
+      : l_(l),
+        driver_(driver),
+        dev_(dev),
+        ctx_(ctx),
+        name_(std::move(name)),
+        wait_for_kernels_(std::move(wait_for_kernels)),
+        engine_(l, ctx, &hooks_),
+        test_events_(l, ctx) {
+    pagemap_.type = MemoryType::kDevicePrivate;
+    pagemap_.ops = &kOps;
+    pagemap_.owner = this;
+    pagemap_.device = ordinal;
+  }
+  ~LevelZeroDevice() override {
+    ScopedUntraced untraced;
+    if (test_.list) l_->zeCommandListDestroy(test_.list);
+  }
+
+  absl::Status Init() {
+    uint32_t count = 0;
+    UHMM_ZE(l_->zeDeviceGetCommandQueueGroupProperties(dev_, &count, nullptr),
+            "zeDeviceGetCommandQueueGroupProperties");
+    std::vector<ze_command_queue_group_properties_t> groups(count);
+    for (auto& g : groups) {
+      g = {};
+      g.stype = ZE_STRUCTURE_TYPE_COMMAND_QUEUE_GROUP_PROPERTIES;
+    }
+    UHMM_ZE(l_->zeDeviceGetCommandQueueGroupProperties(dev_, &count, groups.data()),
+            "zeDeviceGetCommandQueueGroupProperties");
+    // The copy engines: a group with COPY and without COMPUTE (a blitter). Fall back to any group
+    // that copies, so a device without blitters still works.
+    int copy = -1, any_copy = -1;
+    for (uint32_t i = 0; i < count; ++i) {
+      const bool copies = groups[i].flags & ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COPY;
+      const bool computes = groups[i].flags & ZE_COMMAND_QUEUE_GROUP_PROPERTY_FLAG_COMPUTE;
+      if (copies && !computes && copy < 0) copy = static_cast<int>(i);
+      if (copies && any_copy < 0) any_copy = static_cast<int>(i);
+    }
+    if (copy < 0) copy = any_copy;
+    if (copy < 0) {
+      return absl::UnavailableError(absl::StrFormat("%s has no command queue group that copies", name_));
+    }
+    copy_group_ = static_cast<uint32_t>(copy);
+    if (absl::Status s = engine_.Init(dev_, copy_group_, groups[copy].numQueues); !s.ok()) return s;
+    absl::StatusOr<ze_command_list_handle_t> t = CreateImmediateList(*l_, ctx_, dev_, copy_group_, 0);
+    if (!t.ok()) return t.status();
+    test_.list = *t;
+
+    uint32_t mems = 0;
+    UHMM_ZE(l_->zeDeviceGetMemoryProperties(dev_, &mems, nullptr), "zeDeviceGetMemoryProperties");
+    std::vector<ze_device_memory_properties_t> props(mems);
+    for (auto& p : props) {
+      p = {};
+      p.stype = ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES;
+    }
+    UHMM_ZE(l_->zeDeviceGetMemoryProperties(dev_, &mems, props.data()), "zeDeviceGetMemoryProperties");
+    uint64_t total = 0;
+    for (const auto& p : props) total += p.totalSize;
+    // Level Zero's core API reports no free size: default to three quarters of the total.
+    default_pool_ = (total / 4 * 3) & ~(uint64_t{kBlockSize} - 1);
+    return absl::OkStatus();
+  }
+
+  // Device.
+  std::string name() const override { return name_; }
+  Pagemap& pagemap() override { return pagemap_; }
+  CopyEngine& copy_engine() override { return engine_; }
+  size_t default_pool_bytes() const override { return default_pool_; }
+  Placement placement() const override { return Placement::kSameAddress; }
+  DeviceTestHooks* test_hooks() override { return this; }
+  uhmm_native_handles_t native_handles() const override { return {driver_, dev_, ctx_}; }
+
+  absl::StatusOr<uint64_t> AllocChunk() override {
+    if (hooks_.alloc_failures().TakeOne()) {
+      return absl::AbortedError("Level Zero device: injected device memory allocation failure");
+    }
+    ze_physical_mem_desc_t desc = {ZE_STRUCTURE_TYPE_PHYSICAL_MEM_DESC, nullptr, 0, kBlockSize};
+    ze_physical_mem_handle_t mem = nullptr;
+    UHMM_ZE(l_->zePhysicalMemCreate(ctx_, dev_, &desc, &mem), "zePhysicalMemCreate(2 MiB)");
+    return reinterpret_cast<uint64_t>(mem);
+  }
+  void FreeChunk(uint64_t chunk) override {
+    LogError(ZeStatus(l_->zePhysicalMemDestroy(ctx_, reinterpret_cast<ze_physical_mem_handle_t>(chunk)),
+                      "zePhysicalMemDestroy"));
+  }
+
+  absl::Status MapChunk(uint64_t chunk, uintptr_t block) override {
+    void* va = reinterpret_cast<void*>(block);
+    UHMM_ZE(l_->zeVirtualMemMap(ctx_, va, kBlockSize, reinterpret_cast<ze_physical_mem_handle_t>(chunk),
+                                0, ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE),
+            "zeVirtualMemMap");
+    if (ze_result_t r = l_->zeVirtualMemSetAccessAttribute(ctx_, va, kBlockSize,
+                                                           ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE);
+        r != ZE_RESULT_SUCCESS) {
+      l_->zeVirtualMemUnmap(ctx_, va, kBlockSize);
+      return ZeStatus(r, "zeVirtualMemSetAccessAttribute");
+    }
+    static std::once_flag checked;
+    static absl::Status host_view_intact;
+    std::call_once(checked, [&] { host_view_intact = CheckManagedViewIntact(block, "zeVirtualMemMap"); });
+    return host_view_intact;
+  }
+  void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
+    // A kernel still running may use the block.
+    LogError(WaitForDeviceWork());
+    LogError(ZeStatus(l_->zeVirtualMemUnmap(ctx_, reinterpret_cast<void*>(block), kBlockSize),
+                      "zeVirtualMemUnmap"));
+  }
+  // `queue` is an immediate command list of this device's context (what the tracer passes to the
+  // runtime); nullptr waits for every kernel uhmm saw launched. A barrier is appended to the list,
+  // so call it from the thread that owns the list.
+  absl::Status SynchronizeQueue(void* queue) override {
+    if (queue == nullptr) return WaitForDeviceWork();
+    Lane lane;
+    lane.list = static_cast<ze_command_list_handle_t>(queue);
+    return DrainLane(*l_, test_events_, lane, "waiting for the command list");
+  }
+
+  absl::Status MigrateToDevice(MigrateVma* m) override {
+    return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
+  }
+  absl::Status MigrateToRam(MigrateVma* m) override {
+    if (m->cause == MigrateCause::kEviction) {
+      // Kernels queued earlier may still read or write the evicted pages.
+      if (absl::Status s = WaitForDeviceWork(); !s.ok()) return s;
+    }
+    return migrate_copy_to_ram(m, engine_);
+  }
+
+  // DeviceTestHooks (the rest comes from HookStateTestHooks): copies on a list of their own,
+  // ordered after the copy engine's earlier batches.
+  absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
+    return DeviceAccess(reinterpret_cast<void*>(device_addr), src, bytes);
+  }
+  absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) override {
+    return DeviceAccess(dst, reinterpret_cast<const void*>(device_addr), bytes);
+  }
+
+ private:
+  absl::Status DeviceAccess(void* dst, const void* src, size_t bytes) {
+    if (absl::Status s = engine_.Drain(); !s.ok()) return s;
+    ScopedUntraced untraced;
+    {
+      std::lock_guard<std::mutex> lock(test_.mu);
+      UHMM_ZE(l_->zeCommandListAppendMemoryCopy(test_.list, dst, src, bytes, nullptr, 0, nullptr),
+              "zeCommandListAppendMemoryCopy(test)");
+    }
+    return DrainLane(*l_, test_events_, test_, "waiting for a test copy");
+  }
+
+  absl::Status WaitForDeviceWork() {
+    absl::Status s = wait_for_kernels_();
+    absl::Status t = engine_.Drain();
+    return s.ok() ? t : s;
+  }
+
+  static void LogError(const absl::Status& s) {
+    if (!s.ok()) std::fprintf(stderr, "uhmm: Level Zero backend: %s\n", std::string(s.message()).c_str());
+  }
+  static void PageFree(Page* page) {
+    static_cast<LevelZeroDevice*>(page->pgmap->owner)->hooks_.CountPageFree(page->pfn);
+    page_pool_release(page);
+  }
+  // A CPU touch of a page in device memory: copy the granule back into the runtime view; the
+  // runtime maps it and wakes the thread. A Level Zero error here ends the access in SIGBUS.
+  static absl::Status PageFault(VmFault* vmf) {
+    auto* dev = static_cast<LevelZeroDevice*>(vmf->page->pgmap->owner);
+    return migrate_fault_to_ram(vmf, dev, dev->engine_);
+  }
+  static constexpr PagemapOps kOps = {&LevelZeroDevice::PageFree, &LevelZeroDevice::PageFault};
+
+  const Loader* const l_;
+  const ze_driver_handle_t driver_;
+  const ze_device_handle_t dev_;
+  const ze_context_handle_t ctx_;
+  const std::string name_;
+  const std::function<absl::Status()> wait_for_kernels_;
+  ZeCopyEngine engine_;
+  Pagemap pagemap_;
+  EventCache test_events_;
+  Lane test_;
+  uint32_t copy_group_ = 0;
+  size_t default_pool_ = 0;
+};
+
+class LevelZeroBackend final : public Backend {
+ public:
+  LevelZeroBackend(const Loader* l, ze_driver_handle_t driver, ze_device_handle_t dev,
+                   ze_context_handle_t ctx, std::string name)
+      : l_(l), driver_(driver), dev_(dev), ctx_(ctx), name_(std::move(name)) {
+    // Kernels are tracked from the start, transparent mode or not: eviction waits for them.
+    absl::StatusOr<std::unique_ptr<LaunchTracer>> t = LaunchTracer::Create(l_, ctx_, 0);
+    if (t.ok()) {
+      tracer_.store(t->release());
+    } else {
+      tracer_status_ = t.status();
+      std::fprintf(stderr, "uhmm: Level Zero backend: warning: %s\n",
+                   std::string(tracer_status_.message()).c_str());
+    }
+  }
+  ~LevelZeroBackend() override {
+    LaunchTracer::Retire(std::unique_ptr<LaunchTracer>(tracer_.exchange(nullptr)));
+    ScopedUntraced untraced;
+    l_->zeContextDestroy(ctx_);
+  }
+
+  std::string_view name() const override { return "level_zero"; }
+  int device_count() const override { return 1; }
+  absl::StatusOr<std::unique_ptr<Device>> OpenDevice(int ordinal) override {
+    if (ordinal != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat("Level Zero backend: no device %d", ordinal));
+    }
+    auto dev = std::make_unique<LevelZeroDevice>(l_, driver_, dev_, ctx_, ordinal, name_,
+                                                 [this] { return WaitForKernels(); });
+    if (absl::Status s = dev->Init(); !s.ok()) return s;
+    return std::unique_ptr<Device>(std::move(dev));
+  }
+
+  // A CPU reservation, then the device reservation at the same address. Level Zero takes the
+  // address only as a hint: a driver that puts it elsewhere cannot give one pointer.
+  absl::StatusOr<uintptr_t> ReserveAddressRange(size_t bytes) override {
+    absl::StatusOr<uintptr_t> cpu = reserve_block_aligned_address_space(bytes);
+    if (!cpu.ok()) return cpu.status();
+    absl::Status s = ReserveDeviceRange(*l_, ctx_, *cpu, bytes);
+    if (!s.ok()) {
+      munmap(reinterpret_cast<void*>(*cpu), bytes);
+      return s;
+    }
+    return *cpu;
+  }
+  void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
+    ScopedUntraced untraced;
+    if (absl::Status s = ZeStatus(l_->zeVirtualMemFree(ctx_, reinterpret_cast<void*>(start), bytes),
+                                  "zeVirtualMemFree");
+        !s.ok()) {
+      std::fprintf(stderr, "uhmm: Level Zero backend: %s\n", std::string(s.message()).c_str());
+    }
+    munmap(reinterpret_cast<void*>(start), bytes);
+  }
+  // The device reservation is separate from the CPU's: it can go back on its own.
+  bool AbandonAddressRange(uintptr_t start, size_t bytes) override {
+    ScopedUntraced untraced;
+    return l_->zeVirtualMemFree(ctx_, reinterpret_cast<void*>(start), bytes) == ZE_RESULT_SUCCESS;
+  }
+
+  absl::Status SetLaunchListener(LaunchListener* listener) override {
+    LaunchTracer* t = tracer_.load(std::memory_order_acquire);
+    if (t == nullptr) return listener ? tracer_status_ : absl::OkStatus();
+    t->SetListener(listener);
+    return absl::OkStatus();
+  }
+
+  // Reserves [start, start + bytes) of the device's address space, exactly there.
+  static absl::Status ReserveDeviceRange(const Loader& l, ze_context_handle_t ctx, uintptr_t start,
+                                         size_t bytes) {
+    ScopedUntraced untraced;
+    void* got = nullptr;
+    UHMM_ZE(l.zeVirtualMemReserve(ctx, reinterpret_cast<void*>(start), bytes, &got), "zeVirtualMemReserve");
+    if (reinterpret_cast<uintptr_t>(got) != start) {
+      if (got != nullptr) l.zeVirtualMemFree(ctx, got, bytes);
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "zeVirtualMemReserve put %u bytes of device address space at %p instead of the requested "
+          "%#x (the start address is only a hint): this device cannot map its memory at the CPU's "
+          "addresses, which uhmm's one pointer needs", bytes, got, start));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // The tracer lives until the backend goes, after the devices that call this.
+  absl::Status WaitForKernels() {
+    LaunchTracer* t = tracer_.load(std::memory_order_acquire);
+    return t ? t->WaitForKernels() : absl::OkStatus();
+  }
+
+  const Loader* const l_;
+  const ze_driver_handle_t driver_;
+  const ze_device_handle_t dev_;
+  const ze_context_handle_t ctx_;
+  const std::string name_;
+  std::atomic<LaunchTracer*> tracer_{nullptr};
+  absl::Status tracer_status_;  // why there is no tracer
+};
+
+#undef UHMM_ZE
+
+// Every GPU of every driver, in order.
+struct Gpu {
+  ze_driver_handle_t driver;
+  ze_device_handle_t device;
+  std::string name;
+};
+absl::StatusOr<std::vector<Gpu>> EnumerateGpus(const Loader& l) {
+  uint32_t drivers = 0;
+  if (absl::Status s = ZeStatus(l.zeDriverGet(&drivers, nullptr), "zeDriverGet"); !s.ok()) return s;
+  std::vector<ze_driver_handle_t> dh(drivers);
+  if (absl::Status s = ZeStatus(l.zeDriverGet(&drivers, dh.data()), "zeDriverGet"); !s.ok()) return s;
+  std::vector<Gpu> gpus;
+  for (ze_driver_handle_t d : dh) {
+    uint32_t n = 0;
+    if (l.zeDeviceGet(d, &n, nullptr) != ZE_RESULT_SUCCESS) continue;
+    std::vector<ze_device_handle_t> devs(n);
+    if (l.zeDeviceGet(d, &n, devs.data()) != ZE_RESULT_SUCCESS) continue;
+    for (ze_device_handle_t dev : devs) {
+      ze_device_properties_t props = {};
+      props.stype = ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES;
+      if (l.zeDeviceGetProperties(dev, &props) != ZE_RESULT_SUCCESS || props.type != ZE_DEVICE_TYPE_GPU) {
+        continue;
+      }
+      gpus.push_back({d, dev, props.name});
+    }
+  }
+  return gpus;
+}
+
+// Device memory is mapped in 2 MiB chunks at CPU addresses: the device's page size must divide
+// 2 MiB and its reservations must land where asked. Found out at creation rather than at the first
+// allocation.
+absl::Status CheckOnePointer(const Loader& l, ze_context_handle_t ctx, const Gpu& gpu) {
+  size_t page = 0;
+  if (absl::Status s = ZeStatus(l.zeVirtualMemQueryPageSize(ctx, gpu.device, kBlockSize, &page),
+                                "zeVirtualMemQueryPageSize");
+      !s.ok()) {
+    return absl::UnavailableError(s.message());
+  }
+  if (page == 0 || kBlockSize % page != 0) {
+    return absl::UnavailableError(absl::StrFormat(
+        "%s maps device memory in %u-byte pages; uhmm needs a divisor of 2 MiB", gpu.name, page));
+  }
+  absl::StatusOr<uintptr_t> probe = reserve_block_aligned_address_space(kBlockSize);
+  if (!probe.ok()) return probe.status();
+  absl::Status placed = LevelZeroBackend::ReserveDeviceRange(l, ctx, *probe, kBlockSize);
+  if (placed.ok()) l.zeVirtualMemFree(ctx, reinterpret_cast<void*>(*probe), kBlockSize);
+  munmap(reinterpret_cast<void*>(*probe), kBlockSize);
+  return placed.ok() ? placed : absl::UnavailableError(placed.message());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateLevelZeroBackend(const Config& /*config*/) {
+  absl::StatusOr<const Loader*> loader = LoadLoader();
+  if (!loader.ok()) return loader.status();
+  const Loader& l = **loader;
+  absl::StatusOr<std::vector<Gpu>> gpus = EnumerateGpus(l);
+  if (!gpus.ok()) return absl::UnavailableError(gpus.status().message());
+  if (gpus->empty()) return absl::UnavailableError("the Level Zero drivers report no GPU");
+  // One GPU per runtime, as with CUDA: device mappings of one pointer are per address.
+  int index = 0;
+  if (const char* v = std::getenv("UHMM_ZE_DEVICE"); v && *v) {
+    if (!absl::SimpleAtoi(v, &index) || index < 0 || index >= static_cast<int>(gpus->size())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "UHMM_ZE_DEVICE='%s' is not a Level Zero GPU index (this machine has %d)", v, gpus->size()));
+    }
+  }
+  const Gpu& gpu = (*gpus)[index];
+  ze_context_desc_t ctx_desc = {ZE_STRUCTURE_TYPE_CONTEXT_DESC, nullptr, 0};
+  ze_context_handle_t ctx = nullptr;
+  if (absl::Status s = ZeStatus(l.zeContextCreate(gpu.driver, &ctx_desc, &ctx), "zeContextCreate"); !s.ok()) {
+    return s;
+  }
+  absl::Status usable = CheckOnePointer(l, ctx, gpu);
+  if (!usable.ok()) {
+    l.zeContextDestroy(ctx);
+    return usable;
+  }
+  return std::unique_ptr<Backend>(new LevelZeroBackend(
+      &l, gpu.driver, gpu.device, ctx, absl::StrFormat("Level Zero GPU %d: %s", index, gpu.name)));
+}
+
+}  // namespace uhmm::level_zero
