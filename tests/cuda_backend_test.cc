@@ -31,24 +31,12 @@ bool Mapped(uintptr_t addr) {
 
 TEST(CudaBackendTest, WithoutADriverItIsUnavailableAndSaysWhy) {
   // The driver is loaded once per process: ask in a fresh child.
-  int fds[2];
-  ASSERT_EQ(pipe(fds), 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
+  const std::string msg = StatusInFreshChild([] {
     setenv("UHMM_CUDA_DRIVER", "/nonexistent/libcuda.so.1", 1);
     Config c;
     c.backend = "cuda";
-    absl::Status s = Runtime::Create(c).status();
-    std::string msg = std::string(absl::StatusCodeToString(s.code())) + ": " + std::string(s.message());
-    (void)!write(fds[1], msg.data(), msg.size());
-    _exit(0);
-  }
-  close(fds[1]);
-  std::string msg;
-  char buf[512];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) msg.append(buf, static_cast<size_t>(n));
-  close(fds[0]);
-  waitpid(pid, nullptr, 0);
+    return Runtime::Create(c).status();
+  });
   EXPECT_EQ(msg.rfind("UNAVAILABLE: ", 0), 0u) << msg;
   EXPECT_NE(msg.find("/nonexistent/libcuda.so.1"), std::string::npos) << msg;
   EXPECT_NE(msg.find("no NVIDIA driver"), std::string::npos) << msg;

@@ -6,6 +6,8 @@
 #define UHMM_TESTS_TEST_UTIL_H_
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -26,7 +28,7 @@ namespace uhmm::testing {
 inline constexpr size_t kMiB = size_t{1} << 20;
 
 // The configuration under test: $UHMM_TEST_BACKEND (set by ctest) is host, host-same-address,
-// cuda-emulated or cuda; without it, $UHMM_BACKEND (default host) and $UHMM_HOST_SAME_ADDRESS.
+// cuda-emulated, cuda, level-zero-emulated or level-zero; without it, $UHMM_BACKEND (default host) and $UHMM_HOST_SAME_ADDRESS.
 inline Config TestConfig() {
   Config c;
   const char* test_backend = std::getenv("UHMM_TEST_BACKEND");
@@ -39,6 +41,13 @@ inline Config TestConfig() {
     c.transparent_launch = false;  // CUPTI needs NVIDIA's driver, not the emulated one
 #ifdef UHMM_FAKE_CUDA_DRIVER
     setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
+#endif
+  } else if (which == "level-zero-emulated" || which == "level-zero") {
+    c.backend = "level_zero";
+#ifdef UHMM_FAKE_ZE_DRIVER
+    // The real loader with tests/fake_level_zero as its only driver. The loader reads this at its
+    // first zeInit, which the backend makes.
+    if (which == "level-zero-emulated") setenv("ZE_ENABLE_ALT_DRIVERS", UHMM_FAKE_ZE_DRIVER, 1);
 #endif
   } else if (!which.empty()) {
     c.backend = std::string(which);
@@ -55,6 +64,14 @@ inline Config TestConfig() {
 
 inline bool TestingHostBackend() { return TestConfig().backend == "host"; }
 
+// The emulated configurations exist to run everywhere: an unavailable backend there is a failure,
+// never a skip.
+inline bool TestingEmulatedBackend() {
+  const char* b = std::getenv("UHMM_TEST_BACKEND");
+  const std::string_view which = b ? b : "";
+  return which.ends_with("-emulated");
+}
+
 // Skips the calling test when the backend under test has no usable device here. Tests that need
 // the host backend's emulated launches skip on other backends.
 #define UHMM_SKIP_UNLESS_HOST_BACKEND()                                                   \
@@ -65,8 +82,31 @@ inline bool TestingHostBackend() { return TestConfig().backend == "host"; }
 // Creates a runtime, skipping the test (with the reason) when the backend is unavailable here.
 inline absl::StatusOr<std::unique_ptr<Runtime>> CreateOrSkip(const Config& config, bool* skip) {
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(config);
-  *skip = !rt.ok() && absl::IsUnavailable(rt.status()) && config.backend != "host";
+  *skip = !rt.ok() && absl::IsUnavailable(rt.status()) && config.backend != "host" &&
+          !TestingEmulatedBackend();
   return rt;
+}
+
+// Runs `fn` in a forked child and returns "CODE: message" for the status it returned. For checks of
+// state a process sets up once (a driver library loaded, a variable read at first use).
+inline std::string StatusInFreshChild(const std::function<absl::Status()>& fn) {
+  int fds[2];
+  if (pipe(fds) != 0) return "pipe failed";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    absl::Status s = fn();
+    std::string msg = std::string(absl::StatusCodeToString(s.code())) + ": " + std::string(s.message());
+    (void)!write(fds[1], msg.data(), msg.size());
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string msg;
+  char buf[512];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) msg.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  waitpid(pid, nullptr, 0);
+  return msg;
 }
 
 // Helpers over one runtime; usable in a fixture and in a forked child alike.
