@@ -7,7 +7,9 @@ pkgs=(
   build-essential cmake ninja-build pkg-config   # toolchain
   libabsl-dev                                    # runtime dependency
   libhwloc-dev                                   # topology-aware placement (performance issue)
-  libze-dev libze1                               # Level Zero loader (backend issue)
+  libze-dev libze1                               # Level Zero loader and headers
+  llvm-spirv-14                                  # SPIR-V kernel of the Level Zero sample (with clang)
+  python3                                        # generates the emulated Level Zero driver's tables
   googletest libgtest-dev                        # tests
   clang libclang-rt-14-dev                       # the tsan preset
 )
