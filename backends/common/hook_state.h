@@ -77,9 +77,27 @@ class HookStateTestHooks : public Hooks {
   uint64_t page_free_count(uint64_t pfn) const override { return hooks_.page_free_count(pfn); }
   uint64_t page_free_total() const override { return hooks_.page_free_total(); }
   uint64_t copies(CopyDirection dir) const override { return hooks_.copies(dir); }
+  HookState& hook_state() { return hooks_; }
 
  protected:
   HookState hooks_;
+};
+
+// The pagemap ops the backends share: page_free counts the page for the test hooks and returns it
+// to the pool; page_fault migrates the fault's granule back to RAM through the device's copy engine
+// (the runtime then maps it and wakes the thread; a copy error ends the access in SIGBUS). `Dev`
+// derives from Device and HookStateTestHooks and is the pagemap's owner.
+template <class Dev>
+struct CopyBackPagemap {
+  static void PageFree(Page* page) {
+    static_cast<Dev*>(page->pgmap->owner)->hook_state().CountPageFree(page->pfn);
+    page_pool_release(page);
+  }
+  static absl::Status PageFault(VmFault* vmf) {
+    auto* dev = static_cast<Dev*>(vmf->page->pgmap->owner);
+    return migrate_fault_to_ram(vmf, dev, dev->copy_engine());
+  }
+  static constexpr PagemapOps kOps = {&PageFree, &PageFault};
 };
 
 }  // namespace uhmm

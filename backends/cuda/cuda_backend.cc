@@ -16,6 +16,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "backends/common/fence_table.h"
 #include "backends/common/hook_state.h"
 #include "backends/common/one_pointer.h"
 #include "backends/cuda/cuda_driver.h"
@@ -60,7 +61,7 @@ class CudaCopyEngine final : public CopyEngine {
   CudaCopyEngine(const Driver* d, CUcontext ctx, HookState* hooks) : d_(d), ctx_(ctx), hooks_(hooks) {}
   ~CudaCopyEngine() override {
     ScopedContext scope(*d_, ctx_);
-    for (auto& [fence, p] : pending_) d_->cuEventDestroy(p.event);
+    fences_.ForEachPending([&](CUevent e) { d_->cuEventDestroy(e); });
     for (CUevent e : free_events_) d_->cuEventDestroy(e);
     if (h2d_) d_->cuStreamDestroy(h2d_);
     if (d2h_) d_->cuStreamDestroy(d2h_);
@@ -108,23 +109,13 @@ class CudaCopyEngine final : public CopyEngine {
       d_->cuStreamSynchronize(stream);
       return CudaStatus(*d_, r, "cuEventRecord");
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    const uint64_t fence = ++next_fence_;
-    pending_[fence] = Pending{event, dir};
-    return fence;
+    return fences_.Add(event, dir);
   }
 
   absl::Status Wait(uint64_t fence) override {
-    Pending p;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = pending_.find(fence);
-      if (it == pending_.end()) {
-        return absl::InvalidArgumentError(absl::StrFormat("CUDA copy engine: unknown fence %u", fence));
-      }
-      p = it->second;
-      pending_.erase(it);
-    }
+    absl::StatusOr<FenceTable<CUevent>::Batch> b = fences_.Take(fence, "CUDA copy engine");
+    if (!b.ok()) return b.status();
+    const FenceTable<CUevent>::Batch& p = *b;
     ScopedContext scope(*d_, ctx_);
     // Busy-poll first: a fault-sized copy finishes in microseconds, sooner than a blocking wait
     // wakes up (DESIGN.md: 21 us busy-poll against 32 us poll for an isolated fault).
@@ -148,17 +139,12 @@ class CudaCopyEngine final : public CopyEngine {
 
  private:
   static constexpr int kSpinUs = 200;
-  struct Pending {
-    CUevent event = nullptr;
-    CopyDirection dir = CopyDirection::kHostToDevice;
-  };
   const Driver* const d_;
   const CUcontext ctx_;
   HookState* const hooks_;
   CUstream h2d_ = nullptr, d2h_ = nullptr;
-  std::mutex mu_;
-  uint64_t next_fence_ = 0;
-  std::unordered_map<uint64_t, Pending> pending_;
+  FenceTable<CUevent> fences_;
+  std::mutex mu_;  // guards free_events_
   std::vector<CUevent> free_events_;
 };
 
@@ -167,7 +153,7 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
   CudaDevice(const Driver* d, CUdevice dev, CUcontext ctx, int ordinal, std::string name)
       : d_(d), dev_(dev), ctx_(ctx), name_(std::move(name)), engine_(d, ctx, &hooks_) {
     pagemap_.type = MemoryType::kDevicePrivate;
-    pagemap_.ops = &kOps;
+    pagemap_.ops = &CopyBackPagemap<CudaDevice>::kOps;
     pagemap_.owner = this;
     pagemap_.device = ordinal;
   }
@@ -304,17 +290,6 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
   static void LogError(const absl::Status& s) {
     if (!s.ok()) std::fprintf(stderr, "uhmm: CUDA backend: %s\n", std::string(s.message()).c_str());
   }
-  static void PageFree(Page* page) {
-    static_cast<CudaDevice*>(page->pgmap->owner)->hooks_.CountPageFree(page->pfn);
-    page_pool_release(page);
-  }
-  // A CPU touch of a page in VRAM: DMA the granule into the pinned shadow pages; the runtime maps
-  // them (UFFDIO_CONTINUE) and wakes the thread. A CUDA error here ends the access in SIGBUS.
-  static absl::Status PageFault(VmFault* vmf) {
-    auto* dev = static_cast<CudaDevice*>(vmf->page->pgmap->owner);
-    return migrate_fault_to_ram(vmf, dev, dev->engine_);
-  }
-  static constexpr PagemapOps kOps = {&CudaDevice::PageFree, &CudaDevice::PageFault};
 
   const Driver* const d_;
   const CUdevice dev_;

@@ -171,7 +171,7 @@ class HostDevice final : public Device, public HookStateTestHooks<HostDeviceCont
         listener_(listener),
         engine_(ordinal, &hooks_, [this](uint64_t addr) { return DevicePointer(addr); }) {
     pagemap_.type = MemoryType::kDevicePrivate;
-    pagemap_.ops = &kOps;
+    pagemap_.ops = &CopyBackPagemap<HostDevice>::kOps;
     pagemap_.owner = this;
     pagemap_.device = ordinal;
     std::lock_guard<std::mutex> lock(g_live_mu);
@@ -251,19 +251,6 @@ class HostDevice final : public Device, public HookStateTestHooks<HostDeviceCont
   }
 
  private:
-  static void PageFree(Page* page) {
-    auto* dev = static_cast<HostDevice*>(page->pgmap->owner);
-    dev->hooks_.CountPageFree(page->pfn);
-    page_pool_release(page);
-  }
-
-  // The CPU touched a page that lives here: migrate the fault's granule back to RAM. The runtime
-  // maps it and wakes the thread in finalize; an error return makes the access SIGBUS.
-  static absl::Status PageFault(VmFault* vmf) {
-    auto* dev = static_cast<HostDevice*>(vmf->page->pgmap->owner);
-    return migrate_fault_to_ram(vmf, dev, dev->engine_);
-  }
-
   // A device-side access on the device's queue (not a launch: no listener call).
   absl::Status DeviceAccess(uint64_t device_addr, void* host, size_t bytes, bool write) {
     absl::Status result;
@@ -285,8 +272,6 @@ class HostDevice final : public Device, public HookStateTestHooks<HostDeviceCont
     }));
     return s.ok() ? result : s;
   }
-
-  static constexpr PagemapOps kOps = {&HostDevice::PageFree, &HostDevice::PageFault};
 
   const int ordinal_;
   const bool same_address_;

@@ -18,6 +18,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "backends/common/fence_table.h"
 #include "backends/common/hook_state.h"
 #include "backends/common/one_pointer.h"
 #include "backends/level_zero/ze_events.h"
@@ -87,7 +88,7 @@ class ZeCopyEngine final : public CopyEngine {
       : l_(l), ctx_(ctx), hooks_(hooks), events_(l, ctx) {}
   ~ZeCopyEngine() override {
     ScopedUntraced untraced;
-    for (auto& [fence, p] : pending_) l_->zeEventHostSynchronize(p.event, UINT64_MAX);
+    fences_.ForEachPending([&](ze_event_handle_t e) { l_->zeEventHostSynchronize(e, UINT64_MAX); });
     for (Lane* lane : {&h2d_, &d2h_}) {
       if (lane->list) l_->zeCommandListDestroy(lane->list);
     }
@@ -140,24 +141,13 @@ class ZeCopyEngine final : public CopyEngine {
       events_.Release(*event);
       return s;
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    const uint64_t fence = ++next_fence_;
-    pending_[fence] = Pending{*event, dir};
-    return fence;
+    return fences_.Add(*event, dir);
   }
 
   absl::Status Wait(uint64_t fence) override {
-    Pending p;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = pending_.find(fence);
-      if (it == pending_.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("Level Zero copy engine: unknown fence %u", fence));
-      }
-      p = it->second;
-      pending_.erase(it);
-    }
+    absl::StatusOr<FenceTable<ze_event_handle_t>::Batch> b = fences_.Take(fence, "Level Zero copy engine");
+    if (!b.ok()) return b.status();
+    const FenceTable<ze_event_handle_t>::Batch& p = *b;
     absl::Status s = WaitForEvent(*l_, p.event, "waiting for a copy (zeEventHostSynchronize)");
     events_.Release(p.event);
     if (s.ok()) hooks_->CountCopy(p.dir);
@@ -172,18 +162,12 @@ class ZeCopyEngine final : public CopyEngine {
   }
 
  private:
-  struct Pending {
-    ze_event_handle_t event = nullptr;
-    CopyDirection dir = CopyDirection::kHostToDevice;
-  };
   const Loader* const l_;
   const ze_context_handle_t ctx_;
   HookState* const hooks_;
   EventCache events_;
   Lane h2d_, d2h_;
-  std::mutex mu_;
-  uint64_t next_fence_ = 0;
-  std::unordered_map<uint64_t, Pending> pending_;
+  FenceTable<ze_event_handle_t> fences_;
 };
 
 class LevelZeroBackend;
@@ -202,7 +186,7 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
         engine_(l, ctx, &hooks_),
         test_events_(l, ctx) {
     pagemap_.type = MemoryType::kDevicePrivate;
-    pagemap_.ops = &kOps;
+    pagemap_.ops = &CopyBackPagemap<LevelZeroDevice>::kOps;
     pagemap_.owner = this;
     pagemap_.device = ordinal;
   }
@@ -352,17 +336,6 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
   static void LogError(const absl::Status& s) {
     if (!s.ok()) std::fprintf(stderr, "uhmm: Level Zero backend: %s\n", std::string(s.message()).c_str());
   }
-  static void PageFree(Page* page) {
-    static_cast<LevelZeroDevice*>(page->pgmap->owner)->hooks_.CountPageFree(page->pfn);
-    page_pool_release(page);
-  }
-  // A CPU touch of a page in device memory: copy the granule back into the runtime view; the
-  // runtime maps it and wakes the thread. A Level Zero error here ends the access in SIGBUS.
-  static absl::Status PageFault(VmFault* vmf) {
-    auto* dev = static_cast<LevelZeroDevice*>(vmf->page->pgmap->owner);
-    return migrate_fault_to_ram(vmf, dev, dev->engine_);
-  }
-  static constexpr PagemapOps kOps = {&LevelZeroDevice::PageFree, &LevelZeroDevice::PageFault};
 
   const Loader* const l_;
   const ze_driver_handle_t driver_;

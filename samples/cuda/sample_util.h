@@ -11,10 +11,11 @@
 #include <cstdlib>
 #include <vector>
 
+#include "../uhmm_check.h"
 #include "uhmm/uhmm.h"
 
 // Exit codes: 0 PASS, 1 FAIL, 77 SKIP (no GPU here; ctest reports it as skipped).
-inline constexpr int kSkip = 77;
+inline constexpr int kSkip = UHMM_SAMPLE_SKIP;
 
 #define CUDA_CHECK(call)                                                                  \
   do {                                                                                    \
@@ -25,14 +26,6 @@ inline constexpr int kSkip = 77;
     }                                                                                     \
   } while (0)
 
-#define UHMM_CHECK(call)                                                                        \
-  do {                                                                                          \
-    uhmm_status_t s_ = (call);                                                                  \
-    if (s_ != UHMM_OK) {                                                                        \
-      std::printf("FAIL: %s: %s: %s\n", #call, uhmm_status_string(s_), uhmm_last_error());     \
-      std::exit(1);                                                                             \
-    }                                                                                           \
-  } while (0)
 
 // A uhmm runtime on the CUDA backend, or exit(kSkip) with the reason when this machine has no
 // usable GPU. `tweak` adjusts the configuration (from the UHMM_* environment) before creation.

@@ -14,9 +14,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "../uhmm_check.h"
 #include "uhmm/uhmm.h"
-
-#define SKIP 77
 
 #define ZE_CHECK(call)                                                           \
   do {                                                                           \
@@ -27,14 +26,6 @@
     }                                                                            \
   } while (0)
 
-#define UHMM_CHECK(call)                                                                   \
-  do {                                                                                     \
-    uhmm_status_t s_ = (call);                                                             \
-    if (s_ != UHMM_OK) {                                                                   \
-      printf("FAIL: %s: %s: %s\n", #call, uhmm_status_string(s_), uhmm_last_error());      \
-      exit(1);                                                                             \
-    }                                                                                      \
-  } while (0)
 
 static double now_ms(void) {
   struct timespec ts;
@@ -86,7 +77,7 @@ int main(int argc, char** argv) {
   uhmm_status_t st = uhmm_create(&cfg, &rt);
   if (st == UHMM_ERROR_UNAVAILABLE) {
     printf("SKIP: vector_add: no Level Zero GPU here: %s\n", uhmm_last_error());
-    return SKIP;
+    return UHMM_SAMPLE_SKIP;
   }
   UHMM_CHECK(st);
   ZE_CHECK(zeInit(ZE_INIT_FLAG_GPU_ONLY)); /* uhmm already initialized the loader; harmless */
