@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/runtime_impl.h"
+#include "runtime/tracer.h"
 
 namespace uhmm {
 namespace {
@@ -120,10 +121,11 @@ void FaultService::DrainToQueue() {
   Requeue(std::vector<uffd_msg>(msgs, msgs + *n));
 }
 
-void FaultService::Dispatch(const uffd_msg& msg) {
+void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
   switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT:
-      rt_->HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg));
+      rt_->HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg),
+                       received_ns, (msg.arg.pagefault.flags & kDeferredFault) != 0);
       break;
     case UFFD_EVENT_REMOVE:
       rt_->OnRemove(msg.arg.remove.start, msg.arg.remove.end);
@@ -153,7 +155,7 @@ void FaultService::ThreadMain() {
   uffd_msg msgs[kBatch];
   while (!stop_.load(std::memory_order_acquire)) {
     uffd_msg queued;
-    while (PopQueued(&queued)) Dispatch(queued);
+    while (PopQueued(&queued)) Dispatch(queued, trace::Tracer::enabled() ? trace::Tracer::Now() : 0);
     int r = poll(fds, 2, -1);
     if (r < 0 && errno != EINTR) {
       std::fprintf(stderr, "uhmm: fault service poll failed: %s\n", strerror(errno));
@@ -172,7 +174,8 @@ void FaultService::ThreadMain() {
         std::fprintf(stderr, "%s\n", n.status().ToString().c_str());
         continue;
       }
-      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i]);
+      const uint64_t received = trace::Tracer::enabled() ? trace::Tracer::Now() : 0;
+      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], received);
     }
   }
 }

@@ -42,6 +42,9 @@ class FaultService {
   uint32_t read_seq() const { return read_seq_.load(std::memory_order_acquire); }
   static uint32_t ReadSeq(const uffd_msg& msg) { return msg.reserved3; }
   static void SetReadSeq(uffd_msg* msg, uint32_t seq) { msg->reserved3 = seq; }
+  // Set in pagefault.flags (whose high bits the kernel leaves 0) on a message that waited for a
+  // migration holding its page: the trace marks such faults.
+  static constexpr uint64_t kDeferredFault = uint64_t{1} << 63;
 
   // mremap support: a REMAP event releases the mremap caller as soon as it is read, so a fault at
   // the new address can arrive before the event is handled. Reads are serialised and count REMAP
@@ -52,7 +55,8 @@ class FaultService {
 
  private:
   void ThreadMain();
-  void Dispatch(const uffd_msg& msg);
+  // `received_ns`: when the message was read or taken from the queue (0: tracing is off).
+  void Dispatch(const uffd_msg& msg, uint64_t received_ns);
   bool PopQueued(uffd_msg* msg);
   absl::StatusOr<size_t> ReadMessages(uffd_msg* msgs, size_t max);
 

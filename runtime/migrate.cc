@@ -12,6 +12,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "runtime/runtime_impl.h"
+#include "runtime/tracer.h"
 #include "uhmm/pagemap.h"
 
 namespace uhmm {
@@ -48,11 +49,45 @@ void AppendCopy(std::vector<CopyOp>* ops, void* host, uint64_t device) {
   ops->push_back({host, device, kPageSize});
 }
 
-absl::Status CopyAndWait(CopyEngine& engine, CopyDirection dir, const std::vector<CopyOp>& ops) {
+// The migration's trace record, and the fault's mapped phase when this migration serves a fault.
+void TraceMigration(const MigrateVma& m, bool to_device, int device, size_t moved) {
+  const uint64_t now = trace::Tracer::Now();
+  if (trace::FaultTrace* ft = trace::CurrentFaultTrace(); ft && m.cause == MigrateCause::kFault) {
+    ft->rec.t[trace::kMapped] = now;
+    ft->rec.bytes += moved * kPageSize;
+    ft->rec.device = static_cast<int8_t>(device);
+  }
+  if (!trace::Tracer::enabled() || m.cpages == 0) return;
+  trace::TraceRecord r = {};
+  r.type = trace::RecordType::kMigration;
+  r.cause = static_cast<uint8_t>(m.cause);
+  r.flags = to_device ? trace::kMigToDevice : 0;
+  r.device = static_cast<int8_t>(device);
+  r.addr = m.start;
+  r.bytes = moved * kPageSize;
+  r.t[trace::kMigStart] = m.trace_start_ns;
+  r.t[trace::kMigSubmitted] = m.trace_submitted_ns;
+  r.t[trace::kMigCopied] = m.trace_copied_ns;
+  r.t[trace::kMigEnd] = now;
+  trace::Tracer::Emit(r);
+}
+
+absl::Status CopyAndWait(CopyEngine& engine, CopyDirection dir, const std::vector<CopyOp>& ops,
+                         MigrateVma* m) {
   if (ops.empty()) return absl::OkStatus();
   absl::StatusOr<uint64_t> fence = engine.Submit(dir, ops);
   if (!fence.ok()) return fence.status();
-  return engine.Wait(*fence);
+  trace::FaultTrace* ft = m->cause == MigrateCause::kFault ? trace::CurrentFaultTrace() : nullptr;
+  if (m->trace_start_ns != 0) {
+    m->trace_submitted_ns = trace::Tracer::Now();
+    if (ft) ft->rec.t[trace::kSubmitted] = m->trace_submitted_ns;
+  }
+  absl::Status s = engine.Wait(*fence);
+  if (m->trace_start_ns != 0) {
+    m->trace_copied_ns = trace::Tracer::Now();
+    if (ft) ft->rec.t[trace::kCopied] = m->trace_copied_ns;
+  }
+  return s;
 }
 
 }  // namespace
@@ -61,6 +96,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   if (m == nullptr || m->vma == nullptr) {
     return absl::InvalidArgumentError("migrate_vma_setup: no vma");
   }
+  m->trace_start_ns = trace::Tracer::enabled() ? trace::Tracer::Now() : 0;
   ManagedRange& r = RangeOf(m);
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   if (m->start >= m->end || m->start % kPageSize || m->end % kPageSize || m->start < r.start() ||
@@ -139,6 +175,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   std::vector<Page*> release;
   PageRuns map_runs;
   size_t moved = 0;
+  int device = -1;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const MigratePfn& src = m->src[idx];
@@ -153,6 +190,7 @@ void migrate_vma_finalize(MigrateVma* m) {
         blk.device.set(i);
         blk.pages[i] = dst.page;
         dst.page->managed_addr.store(addr, std::memory_order_release);
+        device = dst.page->pgmap->device;
         ++moved;
       } else if (dst.page != nullptr) {
         release.push_back(dst.page);
@@ -162,6 +200,7 @@ void migrate_vma_finalize(MigrateVma* m) {
       blk.pages[i] = nullptr;
       release.push_back(src.page);
       if (commit) {
+        device = src.page->pgmap->device;
         ++moved;
         AppendPageRun(&map_runs, addr);
       }
@@ -176,6 +215,7 @@ void migrate_vma_finalize(MigrateVma* m) {
     absl::Status st = rt->uffd().Continue(s, e - s);
     if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
   }
+  if (m->trace_start_ns != 0) TraceMigration(*m, to_device, device, moved);
   std::vector<uffd_msg> deferred;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -194,7 +234,7 @@ absl::Status migrate_copy_to_ram(MigrateVma* m, CopyEngine& engine) {
     const MigratePfn& src = m->src[idx];
     if (src.flags & kMigratePfnMigrate) AppendCopy(&ops, m->dst[idx].host, src.page->dma_addr);
   }
-  absl::Status s = CopyAndWait(engine, CopyDirection::kDeviceToHost, ops);
+  absl::Status s = CopyAndWait(engine, CopyDirection::kDeviceToHost, ops, m);
   if (!s.ok()) return s;  // dst entries stay without kMigratePfnMigrate: finalize rolls back
   for (size_t idx = 0; idx < m->src.size(); ++idx) {
     if (m->src[idx].flags & kMigratePfnMigrate) m->dst[idx].flags |= kMigratePfnMigrate;
@@ -216,7 +256,7 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
     m->dst[idx] = MigratePfn{*page, nullptr, kMigratePfnValid | kMigratePfnDevice};
     AppendCopy(&ops, src.host, (*page)->dma_addr);
   }
-  absl::Status s = CopyAndWait(engine, CopyDirection::kHostToDevice, ops);
+  absl::Status s = CopyAndWait(engine, CopyDirection::kHostToDevice, ops, m);
   if (!s.ok()) return s;
   for (MigratePfn& dst : m->dst) {
     if (dst.page != nullptr) dst.flags |= kMigratePfnMigrate;
@@ -282,7 +322,10 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
     migrate_vma_pages(&m);
     for (const MigratePfn& src : m.src) moved += (src.flags & kMigratePfnMigrate) ? 1 : 0;
     migrate_vma_finalize(&m);
-    if (!s.ok()) return s;
+    if (!s.ok()) {
+      trace::TraceError(s.code(), a, -1);
+      return s;
+    }
     // A migration the caller asked for completes: pages another migration held (a fault bringing
     // them back, say) are retried once it finishes. Service threads never wait (see FaultService).
     if (m.skipped_busy > 0 &&
@@ -382,6 +425,7 @@ absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* free
   std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
   if (addrs.empty()) return absl::OkStatus();
   counters_.evicted_chunks.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t t0 = trace::Tracer::enabled() ? trace::Tracer::Now() : 0;
   Device* dev = ds.device.get();
   for (size_t i = 0; i < addrs.size();) {
     size_t j = i + 1;
@@ -403,6 +447,17 @@ absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* free
                                           moved.status().message()));
     }
     *freed += *moved;
+  }
+  if (t0 != 0 && trace::Tracer::enabled()) {
+    trace::TraceRecord r = {};
+    r.type = trace::RecordType::kEviction;
+    r.cause = static_cast<uint8_t>(MigrateCause::kEviction);
+    r.device = static_cast<int8_t>(ds.ordinal);
+    r.addr = addrs.front() & ~(kBlockSize - 1);
+    r.bytes = *freed * kPageSize;
+    r.t[0] = t0;
+    r.t[1] = trace::Tracer::Now();
+    trace::Tracer::Emit(r);
   }
   return absl::OkStatus();
 }

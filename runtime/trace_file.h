@@ -97,6 +97,8 @@ class TraceWriter {
   absl::Status Write(const TraceRecord* records, size_t n);
   // Writes the kEnd record and closes the file.
   absl::Status Finish(uint32_t dropped, uint64_t end_ns);
+  // Lets go of the file without writing or closing it (a forked child shares the parent's).
+  void Abandon() { f_ = nullptr; }
   uint64_t records_written() const { return written_; }
   const std::string& path() const { return path_; }
 

@@ -21,6 +21,7 @@
 #include "backends/common/one_pointer.h"
 #include "backends/cuda/cuda_driver.h"
 #include "backends/cuda/cupti_launch.h"
+#include "backends/cuda/nvtx_ranges.h"
 
 namespace uhmm::cuda {
 namespace {
@@ -153,7 +154,7 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
   CudaDevice(const Driver* d, CUdevice dev, CUcontext ctx, int ordinal, std::string name)
       : d_(d), dev_(dev), ctx_(ctx), name_(std::move(name)), engine_(d, ctx, &hooks_) {
     pagemap_.type = MemoryType::kDevicePrivate;
-    pagemap_.ops = &CopyBackPagemap<CudaDevice>::kOps;
+    pagemap_.ops = &kOps;
     pagemap_.owner = this;
     pagemap_.device = ordinal;
   }
@@ -245,9 +246,11 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
   }
 
   absl::Status MigrateToDevice(MigrateVma* m) override {
+    NvtxRange range(NvtxRange::MigrationName(true, m->cause));
     return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
   }
   absl::Status MigrateToRam(MigrateVma* m) override {
+    NvtxRange range(NvtxRange::MigrationName(false, m->cause));
     if (m->cause == MigrateCause::kEviction) {
       // Kernels queued earlier may still read or write the evicted pages.
       ScopedContext scope(*d_, ctx_);
@@ -255,6 +258,13 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
     }
     return migrate_copy_to_ram(m, engine_);
   }
+
+  // A CPU fault served from VRAM, as an NVTX range on the fault-service thread.
+  static absl::Status PageFault(VmFault* vmf) {
+    NvtxRange range("uhmm fault service");
+    return CopyBackPagemap<CudaDevice>::PageFault(vmf);
+  }
+  static constexpr PagemapOps kOps = {&CopyBackPagemap<CudaDevice>::PageFree, &CudaDevice::PageFault};
 
   // DeviceTestHooks (the rest comes from HookStateTestHooks).
   absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {

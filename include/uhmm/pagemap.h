@@ -81,7 +81,9 @@ enum MigratePfnFlags : uint32_t {
 };
 
 // Why a migration runs; kept for stats and tracing.
-enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork, kLaunch };
+// Why pages move (also the cause field of trace records). kPrefetcher is reserved for the runtime's
+// own read-ahead.
+enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork, kLaunch, kPrefetcher };
 
 // One src[] or dst[] entry. For system memory `host` is the runtime's DMA-able view of the page; for
 // device memory `page` is the descriptor.
@@ -110,6 +112,8 @@ struct MigrateVma {
   size_t cpages = 0;  // entries collected by setup
   size_t skipped_busy = 0;  // pages setup left out because another migration holds them
   MigrateCause cause = MigrateCause::kPrefetch;
+  // Tracing (runtime-owned): CLOCK_MONOTONIC ns at setup, copy submitted, copy done; 0 when off.
+  uint64_t trace_start_ns = 0, trace_submitted_ns = 0, trace_copied_ns = 0;
 };
 
 absl::Status migrate_vma_setup(MigrateVma* migrate);
