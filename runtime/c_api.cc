@@ -61,6 +61,8 @@ void uhmm_config_init(uhmm_config_t* config) {
   config->device_pool_fraction = c.device_pool_fraction;
   config->transparent_launch = c.transparent_launch ? 1 : 0;
   config->host_same_address = c.host_same_address ? 1 : 0;
+  config->trace_path = nullptr;  // resolved from UHMM_TRACE at create time
+  config->print_stats = c.print_stats ? 1 : 0;
 }
 
 uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
@@ -77,6 +79,8 @@ uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
     c.device_pool_fraction = config->device_pool_fraction;
     c.transparent_launch = config->transparent_launch != 0;
     c.host_same_address = config->host_same_address != 0;
+    if (config->trace_path != nullptr) c.trace_path = config->trace_path;
+    c.print_stats = config->print_stats != 0;
   }
   absl::StatusOr<std::unique_ptr<uhmm::Runtime>> rt = uhmm::Runtime::Create(c);
   if (!rt.ok()) return Report(rt.status());
@@ -130,6 +134,19 @@ uhmm_status_t uhmm_get_native_handles(uhmm_runtime_t* rt, int device, uhmm_nativ
   if (!h.ok()) return Report(h.status());
   *out = *h;
   return UHMM_OK;
+}
+
+uhmm_status_t uhmm_trace_start(uhmm_runtime_t* rt, const char* path) {
+  if (rt == nullptr) return NullRuntime("uhmm_trace_start");
+  if (path == nullptr || *path == 0) {
+    return Report(absl::InvalidArgumentError("uhmm_trace_start: path is NULL or empty"));
+  }
+  return Report(rt->rt->StartTrace(path));
+}
+
+uhmm_status_t uhmm_trace_stop(uhmm_runtime_t* rt) {
+  if (rt == nullptr) return NullRuntime("uhmm_trace_stop");
+  return Report(rt->rt->StopTrace());
 }
 
 uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device) {

@@ -74,6 +74,8 @@ Config Config::FromEnv() {
   };
   flag("UHMM_TRANSPARENT_LAUNCH", &c.transparent_launch);
   flag("UHMM_HOST_SAME_ADDRESS", &c.host_same_address);
+  flag("UHMM_STATS", &c.print_stats);
+  if (const char* v = std::getenv("UHMM_TRACE"); v && *v) c.trace_path = v;
   if (const char* v = std::getenv("UHMM_SIGBUS_MODE"); v && *v) {
     std::string m = absl::AsciiStrToLower(v);
     if (m == "auto") {

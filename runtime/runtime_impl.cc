@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <mutex>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "runtime/fork.h"
 #include "runtime/testing.h"
+#include "runtime/tracer.h"
 
 namespace uhmm {
 namespace {
@@ -27,15 +29,57 @@ void LogIfError(const absl::Status& s) {
   if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
 }
 
-uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq) {
+uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred = false) {
   uffd_msg m;
   std::memset(&m, 0, sizeof(m));
   m.event = UFFD_EVENT_PAGEFAULT;
+  m.arg.pagefault.flags = deferred ? FaultService::kDeferredFault : 0;
   m.arg.pagefault.address = address;
   m.arg.pagefault.feat.ptid = tid;
   FaultService::SetReadSeq(&m, seq);
   return m;
 }
+
+// The trace of one fault message on this thread: HandleFault stamps the lookup, the migration code
+// the copy and mapping phases (through trace::CurrentFaultTrace()), and the destructor the wake-up,
+// then emits the record. Inactive (no clock reads) when the message was read with tracing off.
+class FaultTraceScope {
+ public:
+  FaultTraceScope(uint64_t received_ns, uintptr_t address, uint32_t tid, bool deferred)
+      : active_(received_ns != 0), deferred_(deferred) {
+    if (!active_) return;
+    ft_.rec.type = trace::RecordType::kFault;
+    ft_.rec.device = -1;
+    ft_.rec.addr = address;
+    ft_.rec.aux = tid;
+    ft_.rec.t[trace::kReceived] = received_ns;
+    trace::CurrentFaultTrace() = &ft_;
+  }
+  ~FaultTraceScope() {
+    if (!active_) return;
+    trace::CurrentFaultTrace() = nullptr;
+    if (ft_.deferred || !trace::Tracer::enabled()) return;
+    ft_.rec.t[trace::kWoken] = trace::Tracer::Now();
+    trace::Tracer::Emit(ft_.rec);
+  }
+  FaultTraceScope(const FaultTraceScope&) = delete;
+  FaultTraceScope& operator=(const FaultTraceScope&) = delete;
+
+  void Stamp(int phase) {
+    if (active_) ft_.rec.t[phase] = trace::Tracer::Now();
+  }
+  void Flag(uint8_t flag) { ft_.rec.flags |= flag; }
+  // Host resident when we looked: a duplicate, "covered" when it waited for the migration that
+  // brought the page back.
+  void Duplicate() { Flag(deferred_ ? trace::kFaultCovered : trace::kFaultDuplicate); }
+  // Handed to a migration in flight: that message's next dispatch is the one traced.
+  void Defer() { ft_.deferred = true; }
+
+ private:
+  const bool active_;
+  const bool deferred_;
+  trace::FaultTrace ft_;
+};
 
 }  // namespace
 
@@ -137,6 +181,16 @@ absl::Status RuntimeImpl::Init() {
     }
   });
   if (absl::Status s = fault_service_->Start(); !s.ok()) return s;
+  if (!config_.trace_path.empty()) {
+    absl::Status s = StartTrace(config_.trace_path);
+    if (absl::IsFailedPrecondition(s)) {
+      std::fprintf(stderr, "uhmm: warning: UHMM_TRACE ignored for this runtime: %s\n",
+                   std::string(s.message()).c_str());
+    } else if (!s.ok()) {
+      return absl::InvalidArgumentError(absl::StrFormat("uhmm: UHMM_TRACE: %s", s.message()));
+    }
+  }
+  if (config_.print_stats) StatsAtExit(this, true);
   RegisterForFork(this);
   if (config_.transparent_launch) {
     absl::Status s = backend_->SetLaunchListener(this);
@@ -153,6 +207,10 @@ absl::Status RuntimeImpl::Init() {
 
 RuntimeImpl::~RuntimeImpl() {
   UnregisterForFork(this);
+  if (config_.print_stats && !forked_child_) {
+    StatsAtExit(this, false);
+    PrintStats(*this);
+  }
   if (transparent_ && !forked_child_) (void)backend_->SetLaunchListener(nullptr);
   if (forked_child_) {
     // The service and copy-engine threads only exist in the parent: never join them. The managed
@@ -183,6 +241,65 @@ RuntimeImpl::~RuntimeImpl() {
   ReapZombies();
   if (fault_service_) fault_service_->Stop();
   devices_.clear();
+  if (owns_trace_) (void)StopTrace();
+}
+
+absl::Status RuntimeImpl::StartTrace(const std::string& path) {
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  absl::Status s = trace::Tracer::Start(path, backend_->name());
+  if (s.ok()) owns_trace_ = true;
+  return s;
+}
+
+absl::Status RuntimeImpl::StopTrace() {
+  if (forked_child_) return absl::OkStatus();  // the parent's trace: not ours to end
+  owns_trace_ = false;
+  return trace::Tracer::Stop();
+}
+
+void PrintStats(const Runtime& rt) {
+  const Stats s = rt.stats();
+  const double mib = 1.0 / (1 << 20);
+  std::fprintf(stderr,
+               "uhmm stats (backend %s, %d device(s)):\n"
+               "  cpu faults        %llu (duplicates %llu, stale %llu, unmanaged %llu)\n"
+               "  to device         %.1f MiB (%llu pages; %llu by launch syncs in %llu passes)\n"
+               "  to host           %.1f MiB (%llu pages)\n"
+               "  evictions         %llu chunks, %llu pages\n"
+               "  SIGBUS delivered  %llu\n"
+               "  device pool       %llu of %llu pages in use (%.1f%%)\n",
+               std::string(rt.backend_name()).c_str(), rt.device_count(),
+               static_cast<unsigned long long>(s.cpu_faults), static_cast<unsigned long long>(s.duplicate_faults),
+               static_cast<unsigned long long>(s.stale_faults), static_cast<unsigned long long>(s.unmanaged_faults),
+               s.pages_to_device * kPageSize * mib, static_cast<unsigned long long>(s.pages_to_device),
+               static_cast<unsigned long long>(s.launch_pages_to_device),
+               static_cast<unsigned long long>(s.launch_syncs), s.pages_to_host * kPageSize * mib,
+               static_cast<unsigned long long>(s.pages_to_host),
+               static_cast<unsigned long long>(s.evicted_chunks), static_cast<unsigned long long>(s.evicted_pages),
+               static_cast<unsigned long long>(s.sigbus_delivered),
+               static_cast<unsigned long long>(s.device_pages_used),
+               static_cast<unsigned long long>(s.device_pages_total),
+               s.device_pages_total ? 100.0 * s.device_pages_used / s.device_pages_total : 0.0);
+}
+
+// Runtimes with UHMM_STATS=1 that are still alive at exit print then.
+void StatsAtExit(RuntimeImpl* rt, bool add) {
+  static std::mutex mu;
+  static auto* live = new std::vector<RuntimeImpl*>();
+  static std::once_flag registered;
+  std::lock_guard<std::mutex> lock(mu);
+  if (add) {
+    std::call_once(registered, [] {
+      std::atexit([] {
+        std::lock_guard<std::mutex> l(mu);
+        for (RuntimeImpl* r : *live) PrintStats(*r);
+        live->clear();
+      });
+    });
+    live->push_back(rt);
+  } else {
+    std::erase(*live, rt);
+  }
 }
 
 DeviceTestHooks* DeviceHooks(Runtime& rt, int device) {
@@ -240,6 +357,7 @@ absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
   MutexLock lock(&ranges_mu_);
   ranges_[range->start()] = range;
   host_epoch_.fetch_add(1, std::memory_order_acq_rel);  // new host-resident pages
+  trace::TraceRange(/*alloc=*/true, range->start(), range->size());
   return reinterpret_cast<void*>(range->start());
 }
 
@@ -269,6 +387,7 @@ absl::Status RuntimeImpl::Free(void* ptr) {
     return absl::OkStatus();
   }
   range->BeginTeardown();
+  trace::TraceRange(/*alloc=*/false, range->start(), range->size());
   DestroyRange(*range, /*unmap_user_view=*/true);
   ReapZombies();
   return absl::OkStatus();
@@ -597,14 +716,21 @@ void RuntimeImpl::CountMigrated(bool to_device, MigrateCause cause, size_t pages
 
 // ---- The CPU fault path -------------------------------------------------------------------------
 
-void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq) {
+void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns,
+                              bool deferred) {
   counters_.cpu_faults.fetch_add(1, std::memory_order_relaxed);
+  FaultTraceScope trace(received_ns, address, tid, deferred);
   const uintptr_t page = address & ~(kPageSize - 1);
   RangeRef range = Lookup(page);
   if (!range) {
     // Registered memory that no live range covers (mremapped away, or racing with free): the
     // shadow page is the data, so map it; but first let pending mremaps bring their data home.
-    if (fault_service_->ParkIfRemapPending(FaultMsg(address, tid, seq))) return;
+    if (fault_service_->ParkIfRemapPending(FaultMsg(address, tid, seq))) {
+      trace.Defer();
+      return;
+    }
+    trace.Stamp(trace::kLookedUp);
+    trace.Duplicate();
     counters_.unmanaged_faults.fetch_add(1, std::memory_order_relaxed);
     LogIfError(uffd_->Continue(page, kPageSize));
     return;
@@ -619,7 +745,8 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq) {
       if (blk.busy[i]) {
         // A migration holds the page; finalize re-queues us. Never wait here: the migration may
         // itself be waiting for a service thread to read its REMOVE event.
-        blk.deferred.push_back(FaultMsg(address, tid, seq));
+        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true));
+        trace.Defer();
         return;
       }
       poisoned = blk.poisoned[i];
@@ -630,6 +757,8 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq) {
         // Wake instead: a thread that is still waiting retries and faults afresh.
         if (static_cast<int32_t>(seq - blk.device_seq) <= 0) {
           counters_.stale_faults.fetch_add(1, std::memory_order_relaxed);
+          trace.Stamp(trace::kLookedUp);
+          trace.Flag(trace::kFaultStale);
           LogIfError(uffd_->Wake(page, kPageSize));
           return;
         }
@@ -639,12 +768,18 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq) {
         // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
         // Map it under the block lock: a migration to a device that starts after we looked must
         // not zap first and see its zap undone by this CONTINUE (a lost CPU write).
-        if (attempt == 0) counters_.duplicate_faults.fetch_add(1, std::memory_order_relaxed);
+        if (attempt == 0) {
+          counters_.duplicate_faults.fetch_add(1, std::memory_order_relaxed);
+          trace.Stamp(trace::kLookedUp);
+          trace.Duplicate();
+        }
         LogIfError(uffd_->Continue(page, kPageSize));
         return;
       }
     }
+    trace.Stamp(trace::kLookedUp);
     if (poisoned) {
+      trace.Flag(trace::kFaultSigbus);
       DeliverSigbus(*range, page, tid);
       return;
     }
@@ -661,6 +796,8 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq) {
     if (!s.ok()) {
       std::fprintf(stderr, "uhmm: device could not migrate page %#lx back (%s); SIGBUS to thread %u\n",
                    static_cast<unsigned long>(page), s.ToString().c_str(), tid);
+      trace.Flag(trace::kFaultSigbus);
+      trace::TraceError(s.code(), page, dpage->pgmap->device);
       DeliverSigbus(*range, page, tid);
       return;
     }

@@ -44,6 +44,8 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::Status SyncForDevice(int device, void* queue) override;
   bool transparent_launch_enabled() const override { return transparent_; }
   absl::StatusOr<uhmm_native_handles_t> NativeHandles(int device) const override;
+  absl::Status StartTrace(const std::string& path) override;
+  absl::Status StopTrace() override;
 
   // LaunchListener: transparent mode, called by the backend before each intercepted launch.
   void BeforeLaunch(int device, void* queue) override;
@@ -55,7 +57,10 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
 
   // Fault service entry points (service threads).
   // `seq` is the message's read sequence number (FaultService::ReadSeq).
-  void HandleFault(uintptr_t address, uint32_t tid, uint32_t seq);
+  // `received_ns`: when a service thread got the message (0: not traced). `deferred`: it waited
+  // for a migration that held the page.
+  void HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns = 0,
+                   bool deferred = false);
   void OnRemove(uintptr_t start, uintptr_t end);
   void OnUnmap(uintptr_t start, uintptr_t end);
   void OnRemap(uintptr_t from, uintptr_t to, size_t len);
@@ -110,6 +115,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   void ReapZombies();
 
   const Config config_;
+  bool owns_trace_ = false;  // this runtime started the process's trace session (UHMM_TRACE)
   SigbusMode sigbus_mode_ = SigbusMode::kTkill;
   std::unique_ptr<Backend> backend_;
   std::vector<std::unique_ptr<DeviceState>> devices_;
@@ -149,6 +155,11 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   };
   mutable Counters counters_;
 };
+
+// UHMM_STATS=1: the counters, to stderr.
+void PrintStats(const Runtime& rt);
+// Adds (or removes) a runtime to those that print their counters at process exit.
+void StatsAtExit(RuntimeImpl* rt, bool add);
 
 }  // namespace uhmm
 

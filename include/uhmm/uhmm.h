@@ -45,6 +45,8 @@ typedef struct uhmm_config {
   int transparent_launch;    /* 1 (default): make managed data device-resident before every kernel
                                 launch the backend intercepts; 0: only explicit prefetch/sync */
   int host_same_address;     /* host backend: emulate one pointer (device address == managed) */
+  const char* trace_path;    /* write a fault trace for uhmm-prof here ("%p": pid); NULL: $UHMM_TRACE */
+  int print_stats;           /* 1: print the counters to stderr when the runtime goes ($UHMM_STATS) */
 } uhmm_config_t;
 
 typedef struct uhmm_stats {
@@ -105,6 +107,12 @@ uhmm_status_t uhmm_prefetch_on_queue(uhmm_runtime_t* rt, void* ptr, size_t size,
 uhmm_status_t uhmm_sync_for_device(uhmm_runtime_t* rt, int device, void* queue);
 /* 1 when this runtime intercepts kernel launches (transparent mode), else 0. */
 int uhmm_transparent_launch_enabled(const uhmm_runtime_t* rt);
+
+/* Fault tracing for uhmm-prof (also UHMM_TRACE=path). One trace per process at a time: starting a
+ * second fails with UHMM_ERROR_FAILED_PRECONDITION. Stopping writes the end record and closes the
+ * file; a trace still running at exit is stopped then. */
+uhmm_status_t uhmm_trace_start(uhmm_runtime_t* rt, const char* path);
+uhmm_status_t uhmm_trace_stop(uhmm_runtime_t* rt);
 
 /* Moves every page of `device` back to the host (releases the device pool). */
 uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device);

@@ -37,6 +37,8 @@ struct Config {
   SigbusMode sigbus_mode = SigbusMode::kAuto;  // UHMM_SIGBUS_MODE=auto|poison|tkill
   bool transparent_launch = true;        // UHMM_TRANSPARENT_LAUNCH=1|0
   bool host_same_address = false;        // UHMM_HOST_SAME_ADDRESS=1|0 (host backend)
+  std::string trace_path;                // UHMM_TRACE=path: write a fault trace ("%p": the pid)
+  bool print_stats = false;              // UHMM_STATS=1: print the counters when the runtime goes
   std::string env_error;                 // set by FromEnv for malformed variables
 
   // Defaults overridden by the environment. Malformed values are reported by Runtime::Create.
@@ -66,6 +68,9 @@ class Runtime {
   virtual bool transparent_launch_enabled() const = 0;
   // The backend's driver/device/context handles for `device`; see uhmm_native_handles_t.
   virtual absl::StatusOr<uhmm_native_handles_t> NativeHandles(int device) const = 0;
+  // Fault tracing (uhmm_trace_start / uhmm_trace_stop): one trace per process at a time.
+  virtual absl::Status StartTrace(const std::string& path) = 0;
+  virtual absl::Status StopTrace() = 0;
 
   // One location per 4 KiB page: device ordinal, kHost, kPoisoned or kUnmapped.
   virtual absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) = 0;
