@@ -174,8 +174,7 @@ void FaultService::ThreadMain() {
         std::fprintf(stderr, "%s\n", n.status().ToString().c_str());
         continue;
       }
-      const uint64_t received = trace::Tracer::enabled() ? trace::Tracer::Now() : 0;
-      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], received);
+      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], trace::Tracer::enabled() ? trace::Tracer::Now() : 0);
     }
   }
 }

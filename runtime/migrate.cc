@@ -53,7 +53,6 @@ void AppendCopy(std::vector<CopyOp>* ops, void* host, uint64_t device) {
 void TraceMigration(const MigrateVma& m, bool to_device, int device, size_t moved) {
   const uint64_t now = trace::Tracer::Now();
   if (trace::FaultTrace* ft = trace::CurrentFaultTrace(); ft && m.cause == MigrateCause::kFault) {
-    ft->rec.t[trace::kMapped] = now;
     ft->rec.bytes += moved * kPageSize;
     ft->rec.device = static_cast<int8_t>(device);
   }
@@ -211,9 +210,20 @@ void migrate_vma_finalize(MigrateVma* m) {
   rt->CountMigrated(to_device, m->cause, moved);
   // Map the RAM pages for the CPU while they are still busy, so no migration can zap them first.
   // CONTINUE also wakes the threads waiting on them.
+  // A traced fault maps first and wakes after, so that its trace tells the two apart.
+  trace::FaultTrace* ft =
+      m->trace_start_ns != 0 && m->cause == MigrateCause::kFault ? trace::CurrentFaultTrace() : nullptr;
   for (auto [s, e] : map_runs) {
-    absl::Status st = rt->uffd().Continue(s, e - s);
+    absl::Status st = rt->uffd().Continue(s, e - s, /*wake=*/ft == nullptr);
     if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
+  }
+  if (ft != nullptr && !map_runs.empty()) {
+    ft->rec.t[trace::kMapped] = trace::Tracer::Now();
+    for (auto [s, e] : map_runs) {
+      absl::Status st = rt->uffd().Wake(s, e - s);
+      if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
+    }
+    ft->rec.t[trace::kWoken] = trace::Tracer::Now();
   }
   if (m->trace_start_ns != 0) TraceMigration(*m, to_device, device, moved);
   std::vector<uffd_msg> deferred;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -46,7 +47,9 @@ uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred =
 class FaultTraceScope {
  public:
   FaultTraceScope(uint64_t received_ns, uintptr_t address, uint32_t tid, bool deferred)
-      : active_(received_ns != 0), deferred_(deferred) {
+      : writer_(received_ns != 0 ? std::make_optional<trace::Tracer::ScopedWriter>() : std::nullopt),
+        active_(writer_ && writer_->active()),
+        deferred_(deferred) {
     if (!active_) return;
     ft_.rec.type = trace::RecordType::kFault;
     ft_.rec.device = -1;
@@ -58,8 +61,10 @@ class FaultTraceScope {
   ~FaultTraceScope() {
     if (!active_) return;
     trace::CurrentFaultTrace() = nullptr;
-    if (ft_.deferred || !trace::Tracer::enabled()) return;
-    ft_.rec.t[trace::kWoken] = trace::Tracer::Now();
+    if (ft_.deferred) return;
+    // A migration that served this fault stamped its own wake-up; otherwise the wake was the
+    // CONTINUE or WAKE just before returning.
+    if (ft_.rec.t[trace::kWoken] == 0) ft_.rec.t[trace::kWoken] = trace::Tracer::Now();
     trace::Tracer::Emit(ft_.rec);
   }
   FaultTraceScope(const FaultTraceScope&) = delete;
@@ -76,6 +81,7 @@ class FaultTraceScope {
   void Defer() { ft_.deferred = true; }
 
  private:
+  std::optional<trace::Tracer::ScopedWriter> writer_;  // the session stays open until we emit
   const bool active_;
   const bool deferred_;
   trace::FaultTrace ft_;
@@ -247,8 +253,12 @@ RuntimeImpl::~RuntimeImpl() {
 absl::Status RuntimeImpl::StartTrace(const std::string& path) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   absl::Status s = trace::Tracer::Start(path, backend_->name());
-  if (s.ok()) owns_trace_ = true;
-  return s;
+  if (!s.ok()) return s;
+  owns_trace_ = true;
+  // Ranges allocated before the session, so that uhmm-prof can attribute their faults.
+  ReaderMutexLock lock(&ranges_mu_);
+  for (const auto& [start, range] : ranges_) trace::TraceRange(/*alloc=*/true, start, range->size());
+  return absl::OkStatus();
 }
 
 absl::Status RuntimeImpl::StopTrace() {

@@ -46,12 +46,13 @@ enum class RecordType : uint8_t {
 // Fault phases, the indexes of TraceRecord::t for kFault. A phase that did not happen is 0 (a
 // duplicate fault maps a page another fault brought back: it has no copy).
 enum FaultPhase : int {
-  kReceived = 0,   // a service thread read the message (or re-dispatched a deferred one)
+  kReceived = 0,   // a service thread took the message up (read it, or re-dispatched a deferred
+                   // one); messages read in one batch are each stamped when their turn comes
   kLookedUp = 1,   // range and block found, the page's state known
   kSubmitted = 2,  // the copy back is queued on the copy engine
   kCopied = 3,     // the copy engine finished
-  kMapped = 4,     // UFFDIO_CONTINUE mapped the granule
-  kWoken = 5,      // the faulting thread was woken: the fault is over
+  kMapped = 4,     // UFFDIO_CONTINUE mapped the granule (traced faults map without waking)
+  kWoken = 5,      // UFFDIO_WAKE returned: the faulting thread can run
   kFaultPhases = 6,
 };
 // Migration timestamps, indexes of TraceRecord::t for kMigration.

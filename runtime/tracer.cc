@@ -2,6 +2,7 @@
 #include "runtime/tracer.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@
 namespace uhmm::trace {
 
 std::atomic<bool> Tracer::enabled_{false};
+std::atomic<int> Tracer::writers_{0};
 
 namespace {
 
@@ -182,11 +184,13 @@ absl::Status Tracer::Stop() {
   {
     std::lock_guard<std::mutex> lock(s.mu);
     if (!s.writer) return absl::OkStatus();
-    enabled_.store(false, std::memory_order_release);
+    enabled_.store(false);  // seq_cst: see BeginWrite
     s.stop = true;
     drainer = s.drainer;
     s.drainer = nullptr;
   }
+  // Work that started tracing before the flag fell finishes its records first.
+  while (writers_.load() != 0) sched_yield();
   s.cv.notify_all();
   if (drainer != nullptr) {
     drainer->join();
@@ -210,6 +214,8 @@ std::string Tracer::path() {
 }
 
 void Tracer::Emit(TraceRecord r) {
+  ScopedWriter writer;
+  if (!writer.active()) return;
   if (t_ring.ring == nullptr) t_ring.ring = AcquireRing();
   if (t_tid == 0) t_tid = static_cast<uint32_t>(syscall(SYS_gettid));
   Ring* ring = t_ring.ring;

@@ -37,12 +37,38 @@ class Tracer {
   static absl::Status Stop();
   static std::string path();  // of the active session ("" if none)
 
-  // Appends `r` to the calling thread's ring (stamping r.tid). Call only when enabled().
+  // Appends `r` to the calling thread's ring (stamping r.tid). Dropped when no session is active.
   static void Emit(TraceRecord r);
-  static void DisableInForkedChild() { enabled_.store(false); }
+  static void DisableInForkedChild() {
+    enabled_.store(false);
+    writers_.store(0);  // the parent's threads in flight do not exist here
+  }
+
+  // Holds the session open while the work it traces is in flight: Stop waits for every writer, so
+  // a fault that woke its thread before its record was written still lands in the file.
+  class ScopedWriter {
+   public:
+    ScopedWriter() : active_(BeginWrite()) {}
+    ~ScopedWriter() {
+      if (active_) writers_.fetch_sub(1);
+    }
+    ScopedWriter(const ScopedWriter&) = delete;
+    ScopedWriter& operator=(const ScopedWriter&) = delete;
+    bool active() const { return active_; }
+
+   private:
+    const bool active_;
+  };
 
  private:
+  static bool BeginWrite() {
+    writers_.fetch_add(1);  // seq_cst, against Stop's store of enabled_ and load of writers_
+    if (enabled_.load()) return true;
+    writers_.fetch_sub(1);
+    return false;
+  }
   static std::atomic<bool> enabled_;
+  static std::atomic<int> writers_;
 };
 
 // A CPU fault being served on this thread: HandleFault owns it; the migration code stamps the copy

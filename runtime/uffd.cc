@@ -158,12 +158,13 @@ void Uffd::OnEagain() {
   }
 }
 
-absl::Status Uffd::Continue(uintptr_t addr, size_t len) {
+absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake) {
   uintptr_t cur = addr;
   const uintptr_t end = addr + len;
   bool skipped = false;
   while (cur < end) {
-    uffdio_continue c{.range = {.start = cur, .len = end - cur}, .mode = 0, .mapped = 0};
+    uffdio_continue c{.range = {.start = cur, .len = end - cur},
+                      .mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE, .mapped = 0};
     if (ioctl(fd_, UFFDIO_CONTINUE, &c) == 0) break;
     const int err = errno;
     if (c.mapped > 0) cur += static_cast<uint64_t>(c.mapped);  // partial progress
@@ -184,7 +185,7 @@ absl::Status Uffd::Continue(uintptr_t addr, size_t len) {
       return Errno(absl::StrFormat("uhmm: UFFDIO_CONTINUE at %#x", cur), err);
     }
   }
-  return skipped ? Wake(addr, len) : absl::OkStatus();
+  return skipped && wake ? Wake(addr, len) : absl::OkStatus();
 }
 
 absl::Status Uffd::Wake(uintptr_t addr, size_t len) {

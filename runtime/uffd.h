@@ -54,7 +54,8 @@ class Uffd {
   // Installs PTEs for [addr, addr+len) from the page cache. Pages that are already mapped (EEXIST)
   // count as done. Wakes the threads waiting in the range. On EAGAIN (a non-fault event is pending)
   // runs the EAGAIN hook, which drains events, and retries.
-  absl::Status Continue(uintptr_t addr, size_t len);
+  // wake = false: UFFDIO_CONTINUE_MODE_DONTWAKE; the caller wakes the threads with Wake.
+  absl::Status Continue(uintptr_t addr, size_t len, bool wake = true);
   absl::Status Wake(uintptr_t addr, size_t len);
   // Installs a poison marker: this and later accesses of the page raise SIGBUS.
   absl::Status Poison(uintptr_t addr, size_t len);
