@@ -91,6 +91,15 @@ inline absl::StatusOr<std::unique_ptr<Runtime>> CreateOrSkip(const Config& confi
   return rt;
 }
 
+// Everything readable from `fd` until EOF; closes it.
+inline std::string ReadAllAndClose(int fd) {
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return out;
+}
+
 // Runs `fn` in a forked child and returns "CODE: message" for the status it returned. For checks of
 // state a process sets up once (a driver library loaded, a variable read at first use).
 inline std::string StatusInFreshChild(const std::function<absl::Status()>& fn) {
@@ -105,10 +114,7 @@ inline std::string StatusInFreshChild(const std::function<absl::Status()>& fn) {
     _exit(0);
   }
   close(fds[1]);
-  std::string msg;
-  char buf[512];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) msg.append(buf, static_cast<size_t>(n));
-  close(fds[0]);
+  std::string msg = ReadAllAndClose(fds[0]);
   waitpid(pid, nullptr, 0);
   return msg;
 }

@@ -244,10 +244,7 @@ TEST(StatsEnvTest, UhmmStatsPrintsTheCountersWhenTheRuntimeGoes) {
     _exit(0);
   }
   close(fds[1]);
-  std::string err;
-  char buf[4096];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) err.append(buf, static_cast<size_t>(n));
-  close(fds[0]);
+  const std::string err = ReadAllAndClose(fds[0]);
   int status = 0;
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status));
