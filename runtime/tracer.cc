@@ -24,6 +24,7 @@ namespace uhmm::trace {
 
 std::atomic<bool> Tracer::enabled_{false};
 std::atomic<int> Tracer::writers_{0};
+thread_local int Tracer::depth_ = 0;
 
 namespace {
 

@@ -48,9 +48,14 @@ class Tracer {
   // a fault that woke its thread before its record was written still lands in the file.
   class ScopedWriter {
    public:
-    ScopedWriter() : active_(BeginWrite()) {}
+    // Nested in an active writer on the same thread, it is active too: the session cannot end
+    // before the outer one is done.
+    ScopedWriter() : active_(depth_ > 0 || BeginWrite()), counted_(depth_ == 0 && active_) {
+      if (active_) ++depth_;
+    }
     ~ScopedWriter() {
-      if (active_) writers_.fetch_sub(1);
+      if (active_) --depth_;
+      if (counted_) writers_.fetch_sub(1);
     }
     ScopedWriter(const ScopedWriter&) = delete;
     ScopedWriter& operator=(const ScopedWriter&) = delete;
@@ -58,6 +63,7 @@ class Tracer {
 
    private:
     const bool active_;
+    const bool counted_;
   };
 
  private:
@@ -69,6 +75,7 @@ class Tracer {
   }
   static std::atomic<bool> enabled_;
   static std::atomic<int> writers_;
+  static thread_local int depth_;  // active ScopedWriters on this thread
 };
 
 // A CPU fault being served on this thread: HandleFault owns it; the migration code stamps the copy
