@@ -72,7 +72,17 @@ run() {
   local rc=$?
   [[ $rc -ne 0 ]] && failed=1
   rows+=("| demo: uhmm_demo (cuda) | $(tail -1 "$logs/demo.log" | cut -c1-160) | rc $rc |")
+  # Where a GPU fault's microseconds go: the demo under uhmm-prof, per-phase table kept.
+  UHMM_BACKEND=cuda timeout 600 "$B/tools/uhmm_prof/uhmm-prof" record -o "$logs/demo.trace" -- \
+    "$B/samples/uhmm_demo" >"$logs/prof_record.log" 2>&1
+  rc=$?
+  "$B/tools/uhmm_prof/uhmm-prof" report "$logs/demo.trace" --plot "$logs/demo_faults.svg" \
+    --chrome "$logs/demo_trace.json" >"$logs/prof_report.log" 2>&1 || rc=1
+  [[ $rc -ne 0 ]] && failed=1
+  rows+=("| uhmm-prof: demo (cuda) | $(grep -E '^  end to end' "$logs/prof_report.log" | tr -s ' ' | cut -c1-120) | rc $rc |")
 
+  echo "---- uhmm-prof report (demo on the GPU)"
+  sed -n '/^CPU fault latency/,/^$/p' "$logs/prof_report.log"
   for f in "$logs"/{vector_add,stencil,oversubscribe,fault_latency,demo}.log; do
     echo "---- $(basename "$f")"
     grep -E '^\||PASS|FAIL|SKIP|stats|ratio|/ UVM|%' "$f" | head -20
