@@ -50,10 +50,12 @@ struct Session {
   std::mutex drain_mu;  // one drain at a time (writer thread, Stop)
 };
 
-Session& S() {
-  static auto* s = new Session();  // process lifetime: threads may emit during exit
-  return *s;
+// Process lifetime (threads may emit during exit); a forked child replaces it (ForgetInChild).
+Session*& SessionPtr() {
+  static Session* s = new Session();
+  return s;
 }
+Session& S() { return *SessionPtr(); }
 
 // Releases the calling thread's ring when it exits.
 struct RingOwner {
@@ -118,25 +120,14 @@ void StopAtExit() {
   }
 }
 
-// fork(): the session's locks are held across it, so the child gets them in a known state. In the
-// child the drainer thread does not exist and the file belongs to the parent: tracing stops there
-// without writing anything.
-void LockForFork() {
-  S().drain_mu.lock();
-  S().mu.lock();
-}
-void UnlockInParent() {
-  S().mu.unlock();
-  S().drain_mu.unlock();
-}
+// fork(): in the child the drainer thread does not exist, the file belongs to the parent, and the
+// session's locks may have been held by threads that are gone. Tracing stops there and the child
+// starts from a fresh session, leaking the parent's (nothing of it is touched). No lock is taken
+// around fork itself: the runtime's own fork handler emits records while it brings data home.
 void ForgetInChild() {
-  Session& s = S();
   Tracer::DisableInForkedChild();
-  s.drainer = nullptr;  // leaked: it is the parent's thread
-  if (s.writer) s.writer->Abandon();
-  s.writer.reset();
-  s.mu.unlock();
-  s.drain_mu.unlock();
+  t_ring.ring = nullptr;  // the parent's ring; this is the child's only thread
+  SessionPtr() = new Session();
 }
 
 }  // namespace
@@ -173,7 +164,7 @@ absl::Status Tracer::Start(const std::string& path, std::string_view backend) {
   static std::once_flag hooks;
   std::call_once(hooks, [] {
     std::atexit(StopAtExit);
-    pthread_atfork(LockForFork, UnlockInParent, ForgetInChild);
+    pthread_atfork(nullptr, nullptr, ForgetInChild);
   });
   enabled_.store(true, std::memory_order_release);
   return absl::OkStatus();

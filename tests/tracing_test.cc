@@ -16,6 +16,16 @@
 #include "runtime/trace_file.h"
 #include "tests/test_util.h"
 
+// fork() of a process with runtime threads hangs in ThreadSanitizer's fork interceptor; the
+// release and asan runs cover the fork tests here (as they cover ForkTest).
+#if defined(__SANITIZE_THREAD__)
+#define UHMM_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UHMM_UNDER_TSAN 1
+#endif
+#endif
+
 namespace uhmm::testing {
 namespace {
 
@@ -173,16 +183,6 @@ TEST_F(TracingTest, ThreadsFaultingWhileTracingLoseNoRecords) {
   std::remove(path.c_str());
 }
 
-// fork() of a process with runtime threads from inside a forked child hangs in ThreadSanitizer's
-// fork interceptor; the release and asan runs cover this test (as they cover ForkTest).
-#if defined(__SANITIZE_THREAD__)
-#define UHMM_UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UHMM_UNDER_TSAN 1
-#endif
-#endif
-
 TEST(TracingEnvTest, UhmmTraceWritesACompleteFilePerProcessAndForkedChildrenLeaveItAlone) {
 #ifdef UHMM_UNDER_TSAN
   GTEST_SKIP() << "fork of a multithreaded child under ThreadSanitizer; runs in the release and asan presets";
@@ -222,6 +222,41 @@ TEST(TracingEnvTest, UhmmTraceWritesACompleteFilePerProcessAndForkedChildrenLeav
   EXPECT_TRUE(t->complete);
   EXPECT_EQ(t->header.pid, static_cast<uint32_t>(pid));
   EXPECT_FALSE(OfType(*t, RecordType::kFault).empty());
+  std::remove(path.c_str());
+}
+
+TEST_F(TracingTest, ForkWhileTracingStartedThroughTheApiKeepsTheParentsTraceWhole) {
+#ifdef UHMM_UNDER_TSAN
+  GTEST_SKIP() << "fork of a multithreaded process under ThreadSanitizer; runs in the release and asan presets";
+#endif
+  // Started after the runtime registered its fork handler: the runtime's prepare handler, which
+  // brings device data home and emits migration records, runs after the tracer's registration.
+  const std::string path = TempPath("fork");
+  ASSERT_TRUE(rt().StartTrace(path).ok());
+  uint64_t* p = AllocFilled(4 * kMiB, 21);
+  ASSERT_TRUE(rt().Migrate(p, 4 * kMiB, 0).ok());
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    _exit(p[100] == Pattern(21, 100) ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_TRUE(rt().Migrate(p, 4 * kMiB, 0).ok());
+  EXPECT_EQ(p[kMiB / 8], Pattern(21, kMiB / 8));
+  ASSERT_TRUE(rt().Free(p).ok());
+  ASSERT_TRUE(rt().StopTrace().ok());
+  absl::StatusOr<trace::Trace> t = trace::ReadTrace(path);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(t->complete);
+  EXPECT_FALSE(OfType(*t, RecordType::kFault).empty());
+  bool fork_migration = false;
+  for (const TraceRecord& m : OfType(*t, RecordType::kMigration)) {
+    fork_migration |= m.cause == static_cast<uint8_t>(MigrateCause::kFork);
+  }
+  EXPECT_TRUE(fork_migration) << "fork() brings device data home; that migration is traced";
   std::remove(path.c_str());
 }
 
