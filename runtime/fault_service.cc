@@ -155,7 +155,7 @@ void FaultService::ThreadMain() {
   uffd_msg msgs[kBatch];
   while (!stop_.load(std::memory_order_acquire)) {
     uffd_msg queued;
-    while (PopQueued(&queued)) Dispatch(queued, trace::Tracer::enabled() ? trace::Tracer::Now() : 0);
+    while (PopQueued(&queued)) Dispatch(queued, trace::Tracer::NowIfEnabled());
     int r = poll(fds, 2, -1);
     if (r < 0 && errno != EINTR) {
       std::fprintf(stderr, "uhmm: fault service poll failed: %s\n", strerror(errno));
@@ -174,7 +174,7 @@ void FaultService::ThreadMain() {
         std::fprintf(stderr, "%s\n", n.status().ToString().c_str());
         continue;
       }
-      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], trace::Tracer::enabled() ? trace::Tracer::Now() : 0);
+      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], trace::Tracer::NowIfEnabled());
     }
   }
 }

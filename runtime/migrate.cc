@@ -49,14 +49,14 @@ void AppendCopy(std::vector<CopyOp>* ops, void* host, uint64_t device) {
   ops->push_back({host, device, kPageSize});
 }
 
-// The migration's trace record, and the fault's mapped phase when this migration serves a fault.
+// The migration's trace record, and the bytes and device of the fault it serves, if any.
 void TraceMigration(const MigrateVma& m, bool to_device, int device, size_t moved) {
-  const uint64_t now = trace::Tracer::Now();
   if (trace::FaultTrace* ft = trace::CurrentFaultTrace(); ft && m.cause == MigrateCause::kFault) {
     ft->rec.bytes += moved * kPageSize;
     ft->rec.device = static_cast<int8_t>(device);
   }
   if (!trace::Tracer::enabled() || m.cpages == 0) return;
+  const uint64_t now = trace::Tracer::Now();
   trace::TraceRecord r = {};
   r.type = trace::RecordType::kMigration;
   r.cause = static_cast<uint8_t>(m.cause);
@@ -95,7 +95,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   if (m == nullptr || m->vma == nullptr) {
     return absl::InvalidArgumentError("migrate_vma_setup: no vma");
   }
-  m->trace_start_ns = trace::Tracer::enabled() ? trace::Tracer::Now() : 0;
+  m->trace_start_ns = trace::Tracer::NowIfEnabled();
   ManagedRange& r = RangeOf(m);
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   if (m->start >= m->end || m->start % kPageSize || m->end % kPageSize || m->start < r.start() ||
@@ -435,7 +435,7 @@ absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* free
   std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
   if (addrs.empty()) return absl::OkStatus();
   counters_.evicted_chunks.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t t0 = trace::Tracer::enabled() ? trace::Tracer::Now() : 0;
+  const uint64_t t0 = trace::Tracer::NowIfEnabled();
   Device* dev = ds.device.get();
   for (size_t i = 0; i < addrs.size();) {
     size_t j = i + 1;

@@ -29,6 +29,8 @@ class Tracer {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
   }
+  // Now() while a session is active, else 0 (no clock read): the start stamp of traced work.
+  static uint64_t NowIfEnabled() { return enabled() ? Now() : 0; }
 
   // Starts writing to `path` ("%p" becomes the process id). FAILED_PRECONDITION when a session is
   // already active. The session ends with Stop, or at process exit.

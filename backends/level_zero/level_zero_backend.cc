@@ -12,7 +12,6 @@
 #include <mutex>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -219,9 +218,9 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
     if (copy < 0) {
       return absl::UnavailableError(absl::StrFormat("%s has no command queue group that copies", name_));
     }
-    copy_group_ = static_cast<uint32_t>(copy);
-    if (absl::Status s = engine_.Init(dev_, copy_group_, groups[copy].numQueues); !s.ok()) return s;
-    absl::StatusOr<ze_command_list_handle_t> t = CreateImmediateList(*l_, ctx_, dev_, copy_group_, 0);
+    const auto copy_group = static_cast<uint32_t>(copy);
+    if (absl::Status s = engine_.Init(dev_, copy_group, groups[copy].numQueues); !s.ok()) return s;
+    absl::StatusOr<ze_command_list_handle_t> t = CreateImmediateList(*l_, ctx_, dev_, copy_group, 0);
     if (!t.ok()) return t.status();
     test_.list = *t;
 
@@ -347,7 +346,6 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
   Pagemap pagemap_;
   EventCache test_events_;
   Lane test_;
-  uint32_t copy_group_ = 0;
   size_t default_pool_ = 0;
 };
 
