@@ -3,6 +3,7 @@
 #include <new>
 #include <string>
 
+#include "absl/strings/str_format.h"
 #include "runtime/runtime_impl.h"
 #include "uhmm/uhmm.h"
 
@@ -63,6 +64,15 @@ void uhmm_config_init(uhmm_config_t* config) {
   config->host_same_address = c.host_same_address ? 1 : 0;
   config->trace_path = nullptr;  // resolved from UHMM_TRACE at create time
   config->print_stats = c.print_stats ? 1 : 0;
+  config->readahead_bytes = c.readahead_bytes;
+  config->prefetch_threads = c.prefetch_threads;
+  config->prefetch_threshold = c.prefetch_threshold;
+  config->thrashing_threshold = c.thrashing_threshold;
+  config->thrashing_lapse_us = c.thrashing_lapse_us;
+  config->hugetlb = static_cast<uhmm_hugetlb_mode_t>(c.hugetlb);
+  config->hugetlb_min_bytes = c.hugetlb_min_bytes;
+  config->fault_spin_us = c.fault_spin_us;
+  config->placement = c.placement ? 1 : 0;
 }
 
 uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
@@ -81,6 +91,15 @@ uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
     c.host_same_address = config->host_same_address != 0;
     if (config->trace_path != nullptr) c.trace_path = config->trace_path;
     c.print_stats = config->print_stats != 0;
+    c.readahead_bytes = config->readahead_bytes;
+    c.prefetch_threads = config->prefetch_threads;
+    c.prefetch_threshold = config->prefetch_threshold;
+    c.thrashing_threshold = config->thrashing_threshold;
+    c.thrashing_lapse_us = config->thrashing_lapse_us;
+    c.hugetlb = static_cast<uhmm::HugetlbMode>(config->hugetlb);
+    if (config->hugetlb_min_bytes != 0) c.hugetlb_min_bytes = config->hugetlb_min_bytes;
+    c.fault_spin_us = config->fault_spin_us;
+    c.placement = config->placement != 0;
   }
   absl::StatusOr<std::unique_ptr<uhmm::Runtime>> rt = uhmm::Runtime::Create(c);
   if (!rt.ok()) return Report(rt.status());
@@ -93,10 +112,19 @@ uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
 void uhmm_destroy(uhmm_runtime_t* rt) { delete rt; }
 
 uhmm_status_t uhmm_alloc(uhmm_runtime_t* rt, size_t size, void** out) {
+  return uhmm_alloc_backed(rt, size, UHMM_BACKING_DEFAULT, out);
+}
+
+uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backing_t backing,
+                                void** out) {
   if (rt == nullptr) return NullRuntime("uhmm_alloc");
   if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_alloc: out is NULL"));
   *out = nullptr;
-  absl::StatusOr<void*> p = rt->rt->Allocate(size);
+  if (backing != UHMM_BACKING_DEFAULT && backing != UHMM_BACKING_4K && backing != UHMM_BACKING_HUGETLB) {
+    return Report(absl::InvalidArgumentError(
+        absl::StrFormat("uhmm_alloc_backed: backing %d is not a uhmm_page_backing_t", static_cast<int>(backing))));
+  }
+  absl::StatusOr<void*> p = rt->rt->Allocate(size, static_cast<uhmm::Backing>(backing));
   if (!p.ok()) return Report(p.status());
   *out = *p;
   return UHMM_OK;

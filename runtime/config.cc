@@ -76,6 +76,41 @@ Config Config::FromEnv() {
   flag("UHMM_HOST_SAME_ADDRESS", &c.host_same_address);
   flag("UHMM_STATS", &c.print_stats);
   if (const char* v = std::getenv("UHMM_TRACE"); v && *v) c.trace_path = v;
+  auto integer = [&](const char* var, int* out) {
+    if (const char* v = std::getenv(var); v && *v && !absl::SimpleAtoi(v, out)) note(var, v, "an integer");
+  };
+  auto bytes = [&](const char* var, size_t* out) {
+    if (const char* v = std::getenv(var); v && *v && !ParseBytes(v, out)) note(var, v, "a size like 32M");
+  };
+  bytes("UHMM_READAHEAD", &c.readahead_bytes);
+  integer("UHMM_PREFETCH_THREADS", &c.prefetch_threads);
+  integer("UHMM_PREFETCH_THRESHOLD", &c.prefetch_threshold);
+  integer("UHMM_THRASHING_THRESHOLD", &c.thrashing_threshold);
+  integer("UHMM_THRASHING_LAPSE_US", &c.thrashing_lapse_us);
+  bytes("UHMM_HUGETLB_MIN", &c.hugetlb_min_bytes);
+  integer("UHMM_FAULT_SPIN_US", &c.fault_spin_us);
+  if (const char* v = std::getenv("UHMM_HUGETLB"); v && *v) {
+    std::string m = absl::AsciiStrToLower(v);
+    if (m == "auto") {
+      c.hugetlb = HugetlbMode::kAuto;
+    } else if (m == "never" || m == "0") {
+      c.hugetlb = HugetlbMode::kNever;
+    } else if (m == "always" || m == "1") {
+      c.hugetlb = HugetlbMode::kAlways;
+    } else {
+      note("UHMM_HUGETLB", v, "auto, never or always");
+    }
+  }
+  if (const char* v = std::getenv("UHMM_PLACEMENT"); v && *v) {
+    std::string m = absl::AsciiStrToLower(v);
+    if (m == "auto" || m == "1") {
+      c.placement = true;
+    } else if (m == "none" || m == "0") {
+      c.placement = false;
+    } else {
+      note("UHMM_PLACEMENT", v, "auto or none");
+    }
+  }
   if (const char* v = std::getenv("UHMM_SIGBUS_MODE"); v && *v) {
     std::string m = absl::AsciiStrToLower(v);
     if (m == "auto") {
@@ -119,6 +154,33 @@ absl::Status Config::Validate() const {
   if (host_devices < 1 || host_devices > 16) {
     return absl::InvalidArgumentError(
         absl::StrFormat("uhmm: host_devices (UHMM_HOST_DEVICES) is %d; use 1..16", host_devices));
+  }
+  if (prefetch_threads < 0 || prefetch_threads > 64) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: prefetch_threads (UHMM_PREFETCH_THREADS) is %d; use 0..64", prefetch_threads));
+  }
+  if (readahead_bytes % kBlockSize != 0 || readahead_bytes > (size_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: readahead_bytes (UHMM_READAHEAD) is %u; use a multiple of 2 MiB up to 1G (0 = off)",
+        readahead_bytes));
+  }
+  if (prefetch_threshold < 0 || prefetch_threshold > 100) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: prefetch_threshold (UHMM_PREFETCH_THRESHOLD) is %d; use a percentage 0..100 (0 = off)",
+        prefetch_threshold));
+  }
+  if (thrashing_threshold < 0 || thrashing_lapse_us < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: thrashing_threshold %d / thrashing_lapse_us %d (UHMM_THRASHING_*) must not be negative",
+        thrashing_threshold, thrashing_lapse_us));
+  }
+  if (hugetlb != HugetlbMode::kAuto && hugetlb != HugetlbMode::kNever && hugetlb != HugetlbMode::kAlways) {
+    return absl::InvalidArgumentError(absl::StrFormat("uhmm: hugetlb mode %d is not auto, never or always",
+                                                      static_cast<int>(hugetlb)));
+  }
+  if (fault_spin_us < -1 || fault_spin_us > 1000000) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: fault_spin_us (UHMM_FAULT_SPIN_US) is %d; use -1 (auto) or 0..1000000", fault_spin_us));
   }
   return absl::OkStatus();
 }

@@ -34,6 +34,20 @@ typedef enum uhmm_sigbus_mode {
   UHMM_SIGBUS_TKILL = 2,  /* tgkill(SIGBUS) to the faulting thread; si_code is SI_TKILL */
 } uhmm_sigbus_mode_t;
 
+/* Host page size behind a managed range (per range, like AMD SVM's GRANULARITY attribute). */
+typedef enum uhmm_page_backing {
+  UHMM_BACKING_DEFAULT = 0, /* the runtime's hugetlb policy decides (uhmm_config_t.hugetlb) */
+  UHMM_BACKING_4K = 1,      /* 4 KiB shmem pages: lowest isolated-fault latency */
+  UHMM_BACKING_HUGETLB = 2, /* 2 MiB hugetlb pages: fastest streaming; every CPU fault and
+                               migration moves whole 2 MiB blocks. Needs vm.nr_hugepages. */
+} uhmm_page_backing_t;
+
+typedef enum uhmm_hugetlb_mode {
+  UHMM_HUGETLB_AUTO = 0,   /* hugetlb for ranges >= hugetlb_min_bytes while hugepages are free */
+  UHMM_HUGETLB_NEVER = 1,  /* always 4 KiB unless a range asks for UHMM_BACKING_HUGETLB */
+  UHMM_HUGETLB_ALWAYS = 2, /* every range hugetlb; allocation fails when no hugepage is free */
+} uhmm_hugetlb_mode_t;
+
 typedef struct uhmm_config {
   const char* backend;       /* "host", "cuda", ...; NULL: $UHMM_BACKEND, else the best available */
   int fault_threads;         /* fault-service threads (default 2, $UHMM_FAULT_THREADS) */
@@ -47,6 +61,27 @@ typedef struct uhmm_config {
   int host_same_address;     /* host backend: emulate one pointer (device address == managed) */
   const char* trace_path;    /* write a fault trace for uhmm-prof here ("%p": pid); NULL: $UHMM_TRACE */
   int print_stats;           /* 1: print the counters to stderr when the runtime goes ($UHMM_STATS) */
+  /* Policy (docs/CONFIG.md and docs/PERFORMANCE.md say what each buys). */
+  size_t readahead_bytes;    /* largest read-ahead window on sequential CPU faults (default 32 MiB,
+                                $UHMM_READAHEAD; 0: off) */
+  int prefetch_threads;      /* threads running read-ahead and bulk migrations (default 2,
+                                $UHMM_PREFETCH_THREADS; 0: everything on the calling thread) */
+  int prefetch_threshold;    /* percent: a fault grows its granule to the largest aligned region
+                                that would then be more than this full (default 51,
+                                $UHMM_PREFETCH_THRESHOLD; 0: off) */
+  int thrashing_threshold;   /* faults back within thrashing_lapse_us of a move to a device that
+                                mark a block thrashing: no read-ahead or growth there (default 3,
+                                $UHMM_THRASHING_THRESHOLD; 0: off) */
+  int thrashing_lapse_us;    /* default 500, $UHMM_THRASHING_LAPSE_US */
+  uhmm_hugetlb_mode_t hugetlb;  /* default AUTO, $UHMM_HUGETLB=auto|never|always */
+  size_t hugetlb_min_bytes;  /* AUTO picks hugetlb from this size (0 or default: 64 MiB,
+                                $UHMM_HUGETLB_MIN) */
+  int fault_spin_us;         /* busy-poll: the first fault thread keeps reading this long after a
+                                message before sleeping in poll() (-1 default: 50 on machines with
+                                8+ CPUs, else 0; $UHMM_FAULT_SPIN_US) */
+  int placement;             /* 1 (default): hwloc binds fault threads near the device and its
+                                runtime views to the device's NUMA node; 0: no binding
+                                ($UHMM_PLACEMENT=auto|none) */
 } uhmm_config_t;
 
 typedef struct uhmm_stats {
@@ -66,6 +101,10 @@ typedef struct uhmm_stats {
   uint64_t device_pages_used;   /* pages currently backing managed data */
   uint64_t launch_syncs;        /* launch-coherence passes that had work (transparent or explicit) */
   uint64_t launch_pages_to_device; /* pages those passes moved to a device */
+  uint64_t readahead_pages;     /* pages read-ahead brought back before the CPU touched them */
+  uint64_t grown_faults;        /* faults whose granule the density policy grew */
+  uint64_t thrashing_blocks;    /* times a block was marked thrashing */
+  uint64_t hugetlb_ranges;      /* live ranges backed by 2 MiB hugetlb pages */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;
@@ -90,6 +129,9 @@ void uhmm_destroy(uhmm_runtime_t* rt);
 
 /* Allocates `size` bytes of managed memory, page aligned, resident on the host. */
 uhmm_status_t uhmm_alloc(uhmm_runtime_t* rt, size_t size, void** out);
+/* uhmm_alloc with the range's host page backing chosen (see uhmm_page_backing_t). */
+uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backing_t backing,
+                                void** out);
 /* Frees a pointer returned by uhmm_alloc. Device pages go back to the pool. */
 uhmm_status_t uhmm_free(uhmm_runtime_t* rt, void* ptr);
 

@@ -24,6 +24,9 @@ inline constexpr int kHost = UHMM_LOCATION_HOST;
 inline constexpr int kPoisoned = UHMM_LOCATION_POISONED;
 inline constexpr int kUnmapped = UHMM_LOCATION_UNMAPPED;
 
+enum class Backing { kDefault = UHMM_BACKING_DEFAULT, k4K = UHMM_BACKING_4K, kHugetlb = UHMM_BACKING_HUGETLB };
+enum class HugetlbMode { kAuto = UHMM_HUGETLB_AUTO, kNever = UHMM_HUGETLB_NEVER, kAlways = UHMM_HUGETLB_ALWAYS };
+
 enum class SigbusMode { kAuto = UHMM_SIGBUS_AUTO, kPoison = UHMM_SIGBUS_POISON, kTkill = UHMM_SIGBUS_TKILL };
 
 // Every knob is also an environment variable, read by FromEnv() (see docs/CONFIG.md).
@@ -39,6 +42,16 @@ struct Config {
   bool host_same_address = false;        // UHMM_HOST_SAME_ADDRESS=1|0 (host backend)
   std::string trace_path;                // UHMM_TRACE=path: write a fault trace ("%p": the pid)
   bool print_stats = false;              // UHMM_STATS=1: print the counters when the runtime goes
+  // Policy knobs, in the spirit of nvidia-uvm's uvm_perf_* parameters (docs/PERFORMANCE.md).
+  size_t readahead_bytes = size_t{32} << 20;  // UHMM_READAHEAD (0: off)
+  int prefetch_threads = 2;              // UHMM_PREFETCH_THREADS (0: on the calling thread)
+  int prefetch_threshold = 51;           // UHMM_PREFETCH_THRESHOLD, percent (0: off)
+  int thrashing_threshold = 3;           // UHMM_THRASHING_THRESHOLD (0: off)
+  int thrashing_lapse_us = 500;         // UHMM_THRASHING_LAPSE_US
+  HugetlbMode hugetlb = HugetlbMode::kAuto;  // UHMM_HUGETLB=auto|never|always
+  size_t hugetlb_min_bytes = size_t{64} << 20;  // UHMM_HUGETLB_MIN
+  int fault_spin_us = -1;                // UHMM_FAULT_SPIN_US (-1: 50 with 8+ CPUs, else 0)
+  bool placement = true;                 // UHMM_PLACEMENT=auto|none (hwloc)
   std::string env_error;                 // set by FromEnv for malformed variables
 
   // Defaults overridden by the environment. Malformed values are reported by Runtime::Create.
@@ -54,7 +67,7 @@ class Runtime {
   virtual ~Runtime() = default;
 
   // Managed memory: page aligned, host resident until migrated.
-  virtual absl::StatusOr<void*> Allocate(size_t size) = 0;
+  virtual absl::StatusOr<void*> Allocate(size_t size, Backing backing = Backing::kDefault) = 0;
   virtual absl::Status Free(void* ptr) = 0;
 
   // Moves [ptr, ptr+size) to `device` or to kHost. Cannot be refused for kHost.
