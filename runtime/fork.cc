@@ -101,6 +101,7 @@ void RuntimeImpl::ForkChild() {
   forked_child_ = true;
   if (fork_pipe_[0] >= 0) close(fork_pipe_[0]);
   fault_service_->AbandonAfterFork();
+  workers_->AbandonAfterFork();
   // Only this thread exists now; no other thread can hold ranges_mu_ in this process.
   for (auto& [start, r] : ranges_) {
     void* copy = mmap(nullptr, r->size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

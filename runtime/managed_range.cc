@@ -1,6 +1,7 @@
 // ManagedRange: memfd, two views, blocks, lifetime; see managed_range.h.
 #include "runtime/managed_range.h"
 
+#include <linux/memfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -33,38 +34,60 @@ absl::StatusOr<uintptr_t> reserve_block_aligned_address_space(size_t bytes) {
   return aligned;
 }
 
-ManagedRange::ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested)
+ManagedRange::ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested,
+                           bool hugetlb)
     : rt_(rt),
       backend_(backend),
       size_(size),
       requested_(requested),
       num_blocks_((size + kBlockSize - 1) / kBlockSize),
+      hugetlb_(hugetlb),
       blocks_(std::make_unique<VaBlock[]>(num_blocks_)) {}
 
+size_t FreeHugepages() {
+  FILE* f = std::fopen("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "re");
+  if (f == nullptr) return 0;
+  unsigned long n = 0;
+  if (std::fscanf(f, "%lu", &n) != 1) n = 0;
+  std::fclose(f);
+  return n;
+}
+
 absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* rt, Backend* backend,
-                                                                   size_t size) {
-  const size_t rounded = (size + kPageSize - 1) & ~(kPageSize - 1);
-  std::unique_ptr<ManagedRange> r(new ManagedRange(rt, backend, rounded, size));
-  r->memfd_ = memfd_create("uhmm-range", MFD_CLOEXEC);
+                                                                   size_t size, bool hugetlb) {
+  const size_t unit = hugetlb ? kBlockSize : kPageSize;
+  const size_t rounded = (size + unit - 1) & ~(unit - 1);
+  std::unique_ptr<ManagedRange> r(new ManagedRange(rt, backend, rounded, size, hugetlb));
+  r->memfd_ = memfd_create("uhmm-range", MFD_CLOEXEC | (hugetlb ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
   if (r->memfd_ < 0) {
-    return absl::ResourceExhaustedError(absl::StrFormat("uhmm: memfd_create: %s", strerror(errno)));
+    return absl::ResourceExhaustedError(absl::StrFormat("uhmm: memfd_create%s: %s",
+                                                        hugetlb ? "(MFD_HUGETLB)" : "", strerror(errno)));
   }
   if (ftruncate(r->memfd_, static_cast<off_t>(rounded)) != 0) {
     return absl::ResourceExhaustedError(
         absl::StrFormat("uhmm: ftruncate(memfd, %u): %s", rounded, strerror(errno)));
   }
+  // The runtime view first: for hugetlb this mapping reserves the hugepages, and fails cleanly
+  // when they are not there.
+  void* view = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd_, 0);
+  if (view == MAP_FAILED) {
+    const int err = errno;
+    if (hugetlb) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "uhmm: a %u-byte hugetlb range needs %u free 2 MiB hugepages; %u are free (%s). Reserve "
+          "them with 'sysctl vm.nr_hugepages=N' as root, or allocate with 4 KiB pages",
+          rounded, rounded / kBlockSize, FreeHugepages(), strerror(err)));
+    }
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(err)));
+  }
+  r->runtime_view_ = static_cast<uint8_t*>(view);
   if (absl::Status s = r->MapUserView(); !s.ok()) return s;
   // Failures from here on give the user view back too.
   auto fail = [&r](absl::Status s) {
     r->DiscardUserView();
     return s;
   };
-  void* view = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd_, 0);
-  if (view == MAP_FAILED) {
-    return fail(absl::ResourceExhaustedError(
-        absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(errno))));
-  }
-  r->runtime_view_ = static_cast<uint8_t*>(view);
   if (backend->pins_host_views()) {
     // Pinning allocates every page anyway; doing it here, in one call, is faster than faulting.
     if (madvise(view, rounded, MADV_POPULATE_WRITE) != 0) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/policy.h"
 #include "runtime/sync.h"
 #include "runtime/va_block.h"
 #include "uhmm/backend.h"
@@ -30,13 +31,18 @@ inline void AppendPageRun(PageRuns* runs, uintptr_t addr) {
   }
 }
 
+// 2 MiB hugepages free in the system's pool (0 when it cannot be read).
+size_t FreeHugepages();
+
 class ManagedRange {
  public:
   // Creates the memfd and both views; the user view is 2 MiB aligned, and placed over the address
   // space the backend reserved when it shares managed addresses with its devices. The runtime view
   // is registered with the backend (pinned). Does not register the user view with userfaultfd.
+  // `hugetlb`: the memfd is hugetlbfs (2 MiB pages, size rounded up to 2 MiB); fails with
+  // RESOURCE_EXHAUSTED naming vm.nr_hugepages when not enough hugepages are free.
   static absl::StatusOr<std::unique_ptr<ManagedRange>> Create(RuntimeImpl* rt, Backend* backend,
-                                                              size_t size);
+                                                              size_t size, bool hugetlb = false);
   // Unregisters and unmaps the runtime view and closes the memfd (the user view is torn down first).
   ~ManagedRange();
   ManagedRange(const ManagedRange&) = delete;
@@ -48,6 +54,12 @@ class ManagedRange {
   size_t size() const { return size_; }
   size_t requested_size() const { return requested_; }
   int memfd() const { return memfd_; }
+  // 2 MiB hugetlb pages: the CPU maps a block whole or not at all, so every migration and every
+  // CPU mapping of this range covers whole blocks (a block is entirely host or entirely device).
+  bool hugetlb() const { return hugetlb_; }
+  // The unit the CPU side maps: 4 KiB, or 2 MiB for hugetlb ranges.
+  size_t cpu_page() const { return hugetlb_ ? kBlockSize : kPageSize; }
+  ReadAhead& readahead() { return readahead_; }
   bool contains(uintptr_t addr) const { return addr >= start_ && addr < end(); }
   // Bytes of address space the backend reserved at start() (0: the runtime chose the address).
   size_t reserved() const { return reserved_; }
@@ -82,7 +94,7 @@ class ManagedRange {
   void BeginTeardown();
 
  private:
-  ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested);
+  ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested, bool hugetlb);
   // Maps the user view; at the backend's reserved address when it has one.
   absl::Status MapUserView();
 
@@ -96,7 +108,9 @@ class ManagedRange {
   uint8_t* runtime_view_ = nullptr;
   bool view_registered_ = false;
   bool populated_ = false;
+  const bool hugetlb_;
   int memfd_ = -1;
+  ReadAhead readahead_;
   std::unique_ptr<VaBlock[]> blocks_;
 
   Mutex life_mu_;
@@ -118,6 +132,8 @@ class RangeRef {
   ~RangeRef() {
     if (range_) range_->Exit();
   }
+  // Another reference to the same range (empty when it is being torn down).
+  RangeRef Clone() const { return RangeRef(range_); }
   ManagedRange* operator->() const { return range_.get(); }
   ManagedRange& operator*() const { return *range_; }
   ManagedRange* get() const { return range_.get(); }

@@ -110,15 +110,18 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   m->cpages = 0;
   m->skipped_busy = 0;
   PageRuns zap;
+  const uint64_t wanted_ns = to_device ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     MigratePfn& src = m->src[idx];
     src.host = r.host_view(addr);
+    if (to_device) blk.device_wanted_ns = wanted_ns;
     if (blk.busy[i]) {
       ++m->skipped_busy;
       return;
     }
     if (blk.poisoned[i] || blk.unmapped[i]) return;
+    if (m->skip_if_moved_after_ns != 0 && blk.device_wanted_ns > m->skip_if_moved_after_ns) return;
     if (to_device) {
       if (blk.device[i]) return;
       src.flags = kMigratePfnValid | kMigratePfnMigrate;
@@ -158,13 +161,22 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
 }
 
 void migrate_vma_pages(MigrateVma* m) {
+  bool lost = false;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     MigratePfn& src = m->src[idx];
     if (!(src.flags & kMigratePfnMigrate)) return;
     // Lost races: the backend did not copy it, or the application unmapped it meanwhile.
-    if (!(m->dst[idx].flags & kMigratePfnMigrate) || blk.unmapped[i]) src.flags &= ~kMigratePfnMigrate;
+    if (!(m->dst[idx].flags & kMigratePfnMigrate) || blk.unmapped[i]) {
+      src.flags &= ~kMigratePfnMigrate;
+      lost = true;
+    }
   });
+  // A hugetlb block is mapped for the CPU whole or not at all, so it moves whole or not at all
+  // (the drivers migrate such ranges one whole block at a time).
+  if (lost && RangeOf(m).hugetlb()) {
+    for (MigratePfn& src : m->src) src.flags &= ~kMigratePfnMigrate;
+  }
 }
 
 void migrate_vma_finalize(MigrateVma* m) {
@@ -175,6 +187,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   PageRuns map_runs;
   size_t moved = 0;
   int device = -1;
+  const uint64_t now = to_device ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const MigratePfn& src = m->src[idx];
@@ -186,6 +199,8 @@ void migrate_vma_finalize(MigrateVma* m) {
       if (commit) {
         // Under the block lock: a fault message read after this is newer than the move.
         blk.device_seq = rt->fault_service().read_seq();
+        blk.to_device_ns = now;  // thrashing detection (policy.h)
+        blk.returned = false;
         blk.device.set(i);
         blk.pages[i] = dst.page;
         dst.page->managed_addr.store(addr, std::memory_order_release);
@@ -214,7 +229,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   trace::FaultTrace* ft =
       m->trace_start_ns != 0 && m->cause == MigrateCause::kFault ? trace::CurrentFaultTrace() : nullptr;
   for (auto [s, e] : map_runs) {
-    absl::Status st = rt->uffd().Continue(s, e - s, /*wake=*/ft == nullptr);
+    absl::Status st = rt->uffd().Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page());
     if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
   }
   if (ft != nullptr && !map_runs.empty()) {
@@ -316,8 +331,12 @@ namespace {
 template <typename Copy>
 absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintptr_t end,
                                     uint32_t select, const void* owner, MigrateCause cause,
-                                    Copy copy) {
+                                    Copy copy, uint64_t skip_if_moved_after_ns = 0) {
   size_t moved = 0;
+  if (range.hugetlb()) {  // whole blocks only (see migrate_vma_pages)
+    start &= ~(kBlockSize - 1);
+    end = std::min(range.end(), NextBlockBoundary(end - 1));
+  }
   for (uintptr_t a = start; a < end;) {
     const uintptr_t stop = std::min(end, NextBlockBoundary(a));
     MigrateVma m;
@@ -327,6 +346,7 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
     m.flags = select;
     m.pgmap_owner = owner;
     m.cause = cause;
+    m.skip_if_moved_after_ns = skip_if_moved_after_ns;
     if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
     absl::Status s = m.cpages ? copy(&m) : absl::OkStatus();
     migrate_vma_pages(&m);
@@ -352,12 +372,12 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
 }  // namespace
 
 absl::Status RuntimeImpl::MigrateToHost(ManagedRange& range, uintptr_t start, uintptr_t end,
-                                        MigrateCause cause) {
+                                        MigrateCause cause, uint64_t skip_if_moved_after_ns) {
   for (auto& ds : devices_) {
     Device* dev = ds->device.get();
     absl::StatusOr<size_t> moved =
         RunMigration(range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner, cause,
-                     [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
+                     [dev](MigrateVma* m) { return dev->MigrateToRam(m); }, skip_if_moved_after_ns);
     if (!moved.ok()) {
       return absl::Status(moved.status().code(),
                           absl::StrFormat("uhmm: migrating [%#x, %#x) from device %d to the host: %s",

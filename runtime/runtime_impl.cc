@@ -187,6 +187,8 @@ absl::Status RuntimeImpl::Init() {
     }
   });
   if (absl::Status s = fault_service_->Start(); !s.ok()) return s;
+  workers_ = std::make_unique<WorkerPool>(config_.prefetch_threads, "uhmm-mig-");
+  workers_->Start();
   if (!config_.trace_path.empty()) {
     absl::Status s = StartTrace(config_.trace_path);
     if (absl::IsFailedPrecondition(s)) {
@@ -228,6 +230,7 @@ RuntimeImpl::~RuntimeImpl() {
     }
     ranges_.clear();
     (void)fault_service_.release();
+    (void)workers_.release();
     for (auto& ds : devices_) {
       (void)ds->pool.release();
       (void)ds->device.release();
@@ -245,6 +248,7 @@ RuntimeImpl::~RuntimeImpl() {
     DestroyRange(*range, /*unmap_user_view=*/true);
   }
   ReapZombies();
+  if (workers_) workers_->Stop();
   if (fault_service_) fault_service_->Stop();
   devices_.clear();
   if (owns_trace_) (void)StopTrace();
@@ -343,7 +347,7 @@ RangeRef RuntimeImpl::Lookup(uintptr_t addr) {
   return RangeRef(it->second);
 }
 
-absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
+absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size, Backing backing) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   if (size == 0) return absl::InvalidArgumentError("uhmm_alloc: size is 0");
   if (size > kMaxAllocation) {
@@ -351,8 +355,16 @@ absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
         "uhmm_alloc: size %u is larger than the 64 TiB limit (overflowed size computation?)", size));
   }
   ReapZombies();
+  // Page backing: what the range asked for, else the hugetlb policy. AUTO takes hugetlb only for
+  // large ranges while enough hugepages are free, and falls back to 4 KiB pages.
+  const size_t huge_pages = (size + kBlockSize - 1) / kBlockSize;
+  const bool auto_huge = backing == Backing::kDefault && config_.hugetlb == HugetlbMode::kAuto &&
+                         size >= config_.hugetlb_min_bytes && FreeHugepages() >= huge_pages;
+  const bool huge = backing == Backing::kHugetlb ||
+                    (backing == Backing::kDefault && config_.hugetlb == HugetlbMode::kAlways) || auto_huge;
   absl::StatusOr<std::unique_ptr<ManagedRange>> created =
-      ManagedRange::Create(this, backend_.get(), size);
+      ManagedRange::Create(this, backend_.get(), size, huge);
+  if (!created.ok() && auto_huge) created = ManagedRange::Create(this, backend_.get(), size, false);
   if (!created.ok()) return created.status();
   std::shared_ptr<ManagedRange> range = std::move(*created);
   if (absl::Status s = uffd_->Register(range->start(), range->size()); !s.ok()) {
@@ -362,7 +374,7 @@ absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size) {
   if (range->populated()) {
     // The pages exist (pinned): map them all now instead of one minor fault per first touch. The
     // range is not published yet, so nothing races with this.
-    LogIfError(uffd_->Continue(range->start(), range->size()));
+    LogIfError(uffd_->Continue(range->start(), range->size(), /*wake=*/true, range->cpu_page()));
   }
   MutexLock lock(&ranges_mu_);
   ranges_[range->start()] = range;
@@ -501,21 +513,44 @@ absl::StatusOr<RangeRef> RuntimeImpl::CheckMigrateRequest(const char* what, void
   return range;
 }
 
+absl::Status RuntimeImpl::BulkMigrate(ManagedRange& range, uintptr_t start, uintptr_t end, int device) {
+  // One job per 2 MiB block on the caller and the migration workers: one block's zap or PTE
+  // installation overlaps another's copy. To a device, every worker holds a block of the pool
+  // while it copies; small pools stay serial so that eviction always finds a victim.
+  const size_t blocks = (((end - 1) & ~(kBlockSize - 1)) - (start & ~(kBlockSize - 1))) / kBlockSize + 1;
+  const bool parallel =
+      blocks > 1 && workers_->threads() > 0 &&
+      (device == kHost ||
+       devices_[device]->pool->total_pages() / kPagesPerBlock >= 8 * (size_t{1} + workers_->threads()));
+  auto run = [&](uintptr_t s, uintptr_t e) {
+    return device == kHost ? MigrateToHost(range, s, e, MigrateCause::kPrefetch)
+                           : MigrateToDevice(range, s, e, *devices_[device], MigrateCause::kPrefetch);
+  };
+  if (!parallel) return run(start, end);
+  Mutex mu;
+  absl::Status first;
+  workers_->ParallelFor(blocks, [&](size_t i) {
+    const uintptr_t s = std::max(start, (start & ~(kBlockSize - 1)) + i * kBlockSize);
+    const uintptr_t e = std::min(end, (start & ~(kBlockSize - 1)) + (i + 1) * kBlockSize);
+    absl::Status st = run(s, e);
+    MutexLock lock(&mu);
+    if (first.ok()) first = st;
+  });
+  return first;
+}
+
 absl::Status RuntimeImpl::Migrate(void* ptr, size_t size, int device) {
   absl::StatusOr<RangeRef> range = CheckMigrateRequest("uhmm_migrate", ptr, size, device);
   if (!range.ok()) return range.status();
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
-  if (device == kHost) return MigrateToHost(**range, addr, addr + size, MigrateCause::kPrefetch);
-  return MigrateToDevice(**range, addr, addr + size, *devices_[device], MigrateCause::kPrefetch);
+  return BulkMigrate(**range, addr, addr + size, device);
 }
 
 absl::Status RuntimeImpl::PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) {
   absl::StatusOr<RangeRef> range = CheckMigrateRequest("uhmm_prefetch_on_queue", ptr, size, device);
   if (!range.ok()) return range.status();
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
-  if (device != kHost) {
-    return MigrateToDevice(**range, addr, addr + size, *devices_[device], MigrateCause::kPrefetch);
-  }
+  if (device != kHost) return BulkMigrate(**range, addr, addr + size, device);
   // What kernels already queued write must land before the copies read device memory.
   for (auto& ds : devices_) {
     if (absl::Status s = ds->device->SynchronizeQueue(queue); !s.ok()) {
@@ -524,7 +559,7 @@ absl::Status RuntimeImpl::PrefetchOnQueue(void* ptr, size_t size, int device, vo
                                                     ds->ordinal, s.message()));
     }
   }
-  return MigrateToHost(**range, addr, addr + size, MigrateCause::kPrefetch);
+  return BulkMigrate(**range, addr, addr + size, kHost);
 }
 
 absl::Status RuntimeImpl::SyncForDevice(int device, void* queue) {
@@ -709,6 +744,13 @@ Stats RuntimeImpl::stats() const {
   s.stale_faults = counters_.stale_faults.load();
   s.launch_syncs = counters_.launch_syncs.load();
   s.launch_pages_to_device = counters_.launch_pages.load();
+  s.readahead_pages = counters_.readahead_pages.load();
+  s.grown_faults = counters_.grown_faults.load();
+  s.thrashing_blocks = counters_.thrashing_blocks.load();
+  {
+    ReaderMutexLock lock(&ranges_mu_);
+    for (const auto& [start, r] : ranges_) s.hugetlb_ranges += r->hugetlb() ? 1 : 0;
+  }
   for (const auto& ds : devices_) {
     if (!ds->pool) continue;
     s.device_pages_total += ds->pool->total_pages();
@@ -721,6 +763,7 @@ void RuntimeImpl::CountMigrated(bool to_device, MigrateCause cause, size_t pages
   (to_device ? counters_.pages_to_device : counters_.pages_to_host).fetch_add(pages);
   if (cause == MigrateCause::kEviction) counters_.evicted_pages.fetch_add(pages);
   if (cause == MigrateCause::kLaunch && to_device) counters_.launch_pages.fetch_add(pages);
+  if (cause == MigrateCause::kPrefetcher) counters_.readahead_pages.fetch_add(pages);
   if (!to_device && pages > 0) host_epoch_.fetch_add(1, std::memory_order_acq_rel);
 }
 
@@ -728,7 +771,8 @@ void RuntimeImpl::CountMigrated(bool to_device, MigrateCause cause, size_t pages
 
 void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns,
                               bool deferred) {
-  counters_.cpu_faults.fetch_add(1, std::memory_order_relaxed);
+  // A deferred message comes back once the migration that held its page is done: same fault.
+  if (!deferred) counters_.cpu_faults.fetch_add(1, std::memory_order_relaxed);
   FaultTraceScope trace(received_ns, address, tid, deferred);
   const uintptr_t page = address & ~(kPageSize - 1);
   RangeRef range = Lookup(page);
@@ -742,11 +786,18 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
     trace.Stamp(trace::kLookedUp);
     trace.Duplicate();
     counters_.unmanaged_faults.fetch_add(1, std::memory_order_relaxed);
-    LogIfError(uffd_->Continue(page, kPageSize));
+    // A hugetlb mapping takes only whole 2 MiB pages (EINVAL otherwise).
+    if (absl::Status st = uffd_->Continue(page, kPageSize); absl::IsInvalidArgument(st)) {
+      LogIfError(uffd_->Continue(page & ~(kBlockSize - 1), kBlockSize, /*wake=*/true, kBlockSize));
+    } else {
+      LogIfError(st);
+    }
     return;
   }
   VaBlock& blk = range->block_of(page);
   const size_t i = ManagedRange::page_in_block(page);
+  std::pair<uintptr_t, uintptr_t> granule;
+  bool readahead_ok = false;
   for (int attempt = 0;; ++attempt) {
     Page* dpage = nullptr;
     bool poisoned = false;
@@ -769,10 +820,11 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
           counters_.stale_faults.fetch_add(1, std::memory_order_relaxed);
           trace.Stamp(trace::kLookedUp);
           trace.Flag(trace::kFaultStale);
-          LogIfError(uffd_->Wake(page, kPageSize));
+          LogIfError(uffd_->Wake(page & ~(range->cpu_page() - 1), range->cpu_page()));
           return;
         }
         dpage = blk.pages[i];
+        if (attempt == 0) granule = FaultGranule(*range, blk, page, &readahead_ok);
       }
       if (!poisoned && dpage == nullptr) {
         // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
@@ -783,7 +835,8 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
           trace.Stamp(trace::kLookedUp);
           trace.Duplicate();
         }
-        LogIfError(uffd_->Continue(page, kPageSize));
+        LogIfError(uffd_->Continue(page & ~(range->cpu_page() - 1), range->cpu_page(), /*wake=*/true,
+                                   range->cpu_page()));
         return;
       }
     }
@@ -793,14 +846,11 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
       DeliverSigbus(*range, page, tid);
       return;
     }
-    // Policy: the granule around the fault, clipped to the block and the range.
-    const uintptr_t gran = config_.fault_granularity;
-    const uintptr_t block_start = page & ~(kBlockSize - 1);
     VmFault vmf;
     vmf.vma = range.get();
     vmf.address = page;
-    vmf.start = std::max({page & ~(gran - 1), block_start, range->start()});
-    vmf.end = std::min({(page & ~(gran - 1)) + gran, block_start + kBlockSize, range->end()});
+    vmf.start = granule.first;
+    vmf.end = granule.second;
     vmf.page = dpage;
     absl::Status s = dpage->pgmap->ops->page_fault(&vmf);
     if (!s.ok()) {
@@ -811,35 +861,84 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
       DeliverSigbus(*range, page, tid);
       return;
     }
+    if (readahead_ok) {
+      readahead_ok = false;
+      auto [from, to] = range->readahead().OnFault(vmf.start, vmf.end, range->end(), config_.readahead_bytes);
+      if (from < to) PostReadAhead(range, from, to);
+    }
     // Loop: the page is normally host resident and mapped now; if another migration took it in
     // between, the next round defers or retries.
   }
 }
 
+std::pair<uintptr_t, uintptr_t> RuntimeImpl::FaultGranule(ManagedRange& range, VaBlock& blk,
+                                                          uintptr_t page, bool* readahead_ok) {
+  const uintptr_t block_start = page & ~(kBlockSize - 1);
+  const uintptr_t lo = std::max(block_start, range.start());
+  const uintptr_t hi = std::min(block_start + kBlockSize, range.end());
+  // Thrashing: pages of this block keep coming back right after moving to a device.
+  if (config_.thrashing_threshold > 0 &&
+      NoteReturn(blk, trace::Tracer::Now(), uint64_t{1000} * config_.thrashing_lapse_us,
+                 config_.thrashing_threshold)) {
+    counters_.thrashing_blocks.fetch_add(1, std::memory_order_relaxed);
+  }
+  *readahead_ok = !blk.thrashing;
+  if (range.hugetlb()) return {lo, hi};  // the CPU maps the block whole
+  // The configured granule around the fault, clipped to the block and the range; grown by density
+  // unless the block thrashes.
+  const uintptr_t gran = config_.fault_granularity;
+  uintptr_t start = std::max(page & ~(gran - 1), lo);
+  uintptr_t end = std::min((page & ~(gran - 1)) + gran, hi);
+  if (!blk.thrashing &&
+      GrowGranule(~blk.device, block_start, lo, hi, config_.prefetch_threshold, &start, &end)) {
+    counters_.grown_faults.fetch_add(1, std::memory_order_relaxed);
+  }
+  return {start, end};
+}
+
+void RuntimeImpl::PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to) {
+  for (uintptr_t a = from; a < to;) {
+    const uintptr_t b = std::min(to, (a & ~(kBlockSize - 1)) + kBlockSize);
+    RangeRef ref = range.Clone();
+    if (!ref) return;
+    auto job = [this, r = std::make_shared<RangeRef>(std::move(ref)), a, b, decided = trace::Tracer::Now()] {
+      absl::Status s = MigrateToHost(**r, a, b, MigrateCause::kPrefetcher, decided);
+      if (!s.ok()) trace::TraceError(s.code(), a, -1);  // the CPU's own fault reports it
+    };
+    if (!workers_->Post(std::move(job))) return;
+    a = b;
+  }
+}
+
 void RuntimeImpl::DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid) {
   counters_.sigbus.fetch_add(1, std::memory_order_relaxed);
+  // The CPU's unit: a hugetlb block is poisoned (and its data lost) whole.
+  const size_t unit = range.cpu_page();
+  const uintptr_t first = page & ~(unit - 1);
   if (sigbus_mode_ == SigbusMode::kPoison) {
-    Page* release = nullptr;
+    std::vector<Page*> release;
     {
       VaBlock& blk = range.block_of(page);
       MutexLock lock(&blk.mu);
-      const size_t i = ManagedRange::page_in_block(page);
-      if (blk.device[i] && !blk.busy[i]) {
-        release = blk.pages[i];
-        blk.pages[i] = nullptr;
-        blk.device.reset(i);
+      for (uintptr_t a = first; a < first + unit; a += kPageSize) {
+        const size_t i = ManagedRange::page_in_block(a);
+        if (blk.device[i] && !blk.busy[i]) {
+          release.push_back(blk.pages[i]);
+          blk.pages[i] = nullptr;
+          blk.device.reset(i);
+        }
+        blk.poisoned.set(i);
       }
-      blk.poisoned.set(i);
     }
-    if (release) put_page(release);
-    if (!uffd_->Poison(page, kPageSize).ok()) LogIfError(uffd_->Wake(page, kPageSize));
+    for (Page* p : release) put_page(p);
+    if (!uffd_->Poison(first, unit).ok()) LogIfError(uffd_->Wake(first, unit));
     return;
   }
   // Fallback without UFFDIO_POISON: signal the faulting thread, then wake it so it leaves the
   // fault and takes the signal. si_code is SI_TKILL and si_addr is not set. The page stays on the
   // device, so a later access asks the device again.
   syscall(SYS_tgkill, getpid(), static_cast<pid_t>(tid), SIGBUS);
-  LogIfError(uffd_->Wake(page, kPageSize));
+  LogIfError(uffd_->Wake(first, unit));
 }
 
 // ---- Events ----------------------------------------------------------------------------------

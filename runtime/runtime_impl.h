@@ -15,6 +15,7 @@
 #include "runtime/page_pool.h"
 #include "runtime/sync.h"
 #include "runtime/uffd.h"
+#include "runtime/workers.h"
 #include "uhmm/backend.h"
 #include "uhmm/uhmm.hpp"
 
@@ -36,7 +37,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   ~RuntimeImpl() override;
 
   // Runtime.
-  absl::StatusOr<void*> Allocate(size_t size) override;
+  absl::StatusOr<void*> Allocate(size_t size, Backing backing = Backing::kDefault) override;
   absl::Status Free(void* ptr) override;
   absl::Status Migrate(void* ptr, size_t size, int device) override;
   absl::Status EvictDevice(int device) override;
@@ -78,8 +79,10 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   // before the event is handled), or EndZap(failed=true) when madvise failed.
   void BeginZap(uintptr_t start, uintptr_t end);
   void EndZap(uintptr_t start, uintptr_t end, bool failed);
-  // Moves every device page in [start, end) of `range` back to RAM.
-  absl::Status MigrateToHost(ManagedRange& range, uintptr_t start, uintptr_t end, MigrateCause cause);
+  // Moves every device page in [start, end) of `range` back to RAM (but, with
+  // `skip_if_moved_after_ns`, not blocks that moved to a device after that time: read-ahead).
+  absl::Status MigrateToHost(ManagedRange& range, uintptr_t start, uintptr_t end, MigrateCause cause,
+                             uint64_t skip_if_moved_after_ns = 0);
 
   // fork() support (pthread_atfork handlers, see fork.cc).
   void ForkPrepare();
@@ -97,12 +100,21 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   // Migration to a device, held off while a fork is being prepared.
   absl::Status MigrateToDevice(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds,
                                MigrateCause cause);
+  // uhmm_migrate / uhmm_prefetch_on_queue: [start, end) to `device` (or kHost), block by block,
+  // in parallel on the migration workers when the range spans several blocks.
+  absl::Status BulkMigrate(ManagedRange& range, uintptr_t start, uintptr_t end, int device);
   absl::Status MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
                                      DeviceState& ds, MigrateCause cause);
   absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed);
   // Runs of whole blocks of `range` that hold host-resident (or in-flight) pages.
   PageRuns BlocksWithHostPages(ManagedRange& range);
   void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);
+  // Policy for a fault at `page` whose block holds it on a device (caller holds blk.mu): the run
+  // to migrate back, and whether read-ahead may follow (not for thrashing blocks).
+  std::pair<uintptr_t, uintptr_t> FaultGranule(ManagedRange& range, VaBlock& blk, uintptr_t page,
+                                               bool* readahead_ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
+  // Queues [from, to) of `range` for the migration workers, one block per job.
+  void PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to);
   // Marks [start, end) of every range it overlaps as gone and releases the device pages there.
   void ForgetAddresses(uintptr_t start, uintptr_t end);
   std::vector<std::shared_ptr<ManagedRange>> Overlapping(uintptr_t start, uintptr_t end);
@@ -121,6 +133,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   std::vector<std::unique_ptr<DeviceState>> devices_;
   std::unique_ptr<Uffd> uffd_;
   std::unique_ptr<FaultService> fault_service_;
+  std::unique_ptr<WorkerPool> workers_;  // read-ahead and parallel bulk migration
   bool transparent_ = false;
   // Bumped whenever pages may have become host-resident (allocation, migration to RAM): launch
   // coherence has work only when it moved since a device's last pass.
@@ -152,6 +165,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
     std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
     std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, ev_fork{0};
     std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};
+    std::atomic<uint64_t> readahead_pages{0}, grown_faults{0}, thrashing_blocks{0};
   };
   mutable Counters counters_;
 };

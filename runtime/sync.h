@@ -36,6 +36,7 @@ class CondVar {
     cv_.wait(lk);
     lk.release();
   }
+  void Signal() { cv_.notify_one(); }
   void SignalAll() { cv_.notify_all(); }
 
  private:
@@ -57,6 +58,7 @@ class ABSL_LOCKABLE Mutex {
 class CondVar {
  public:
   void Wait(Mutex* mu) { cv_.Wait(mu->native()); }
+  void Signal() { cv_.Signal(); }
   void SignalAll() { cv_.SignalAll(); }
 
  private:

@@ -158,7 +158,7 @@ void Uffd::OnEagain() {
   }
 }
 
-absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake) {
+absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page) {
   uintptr_t cur = addr;
   const uintptr_t end = addr + len;
   bool skipped = false;
@@ -170,14 +170,14 @@ absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake) {
     if (c.mapped > 0) cur += static_cast<uint64_t>(c.mapped);  // partial progress
     if (err == EEXIST) {
       // Someone else already mapped the page at `cur`: benign, skip it.
-      cur += kPage;
+      cur += page;
       skipped = true;
     } else if (err == EAGAIN) {
       if (c.mapped <= 0) OnEagain();
     } else if (err == EFAULT || err == ENOENT) {
       // No page-cache page behind `cur` (hole punched meanwhile): let the thread retry the access,
       // which then takes an ordinary missing fault.
-      cur += kPage;
+      cur += page;
       skipped = true;
     } else if (err == ESRCH) {
       return absl::OkStatus();  // the process is exiting

@@ -55,7 +55,8 @@ class Uffd {
   // count as done. Wakes the threads waiting in the range. On EAGAIN (a non-fault event is pending)
   // runs the EAGAIN hook, which drains events, and retries.
   // wake = false: UFFDIO_CONTINUE_MODE_DONTWAKE; the caller wakes the threads with Wake.
-  absl::Status Continue(uintptr_t addr, size_t len, bool wake = true);
+  // `page`: the mapping's page size (2 MiB for hugetlb), the step past an already mapped page.
+  absl::Status Continue(uintptr_t addr, size_t len, bool wake = true, size_t page = 4096);
   absl::Status Wake(uintptr_t addr, size_t len);
   // Installs a poison marker: this and later accesses of the page raise SIGBUS.
   absl::Status Poison(uintptr_t addr, size_t len);

@@ -32,6 +32,15 @@ struct VaBlock {
   // FaultService::read_seq() when pages of this block last moved to a device: fault messages read
   // up to then predate that move (see HandleFault).
   uint32_t device_seq ABSL_GUARDED_BY(mu) = 0;
+  // Thrashing detection (policy.h): when pages of this block last moved to a device, how many
+  // faults brought them back soon after, and whether the block counts as thrashing.
+  uint64_t to_device_ns ABSL_GUARDED_BY(mu) = 0;
+  uint32_t quick_returns ABSL_GUARDED_BY(mu) = 0;
+  bool returned ABSL_GUARDED_BY(mu) = false;  // a fault brought pages back since to_device_ns
+  bool thrashing ABSL_GUARDED_BY(mu) = false;
+  // When a migration to a device last started here (even if the pages were there already): read-
+  // ahead decided before that leaves the block alone (MigrateVma::skip_if_moved_after_ns).
+  uint64_t device_wanted_ns ABSL_GUARDED_BY(mu) = 0;
 };
 
 }  // namespace uhmm

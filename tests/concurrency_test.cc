@@ -55,11 +55,19 @@ void EightThreadsFaultSamePages(Harness& t, std::unique_ptr<Runtime>& rt,
 }
 
 TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesEachMigratesOnce) {
+  rt_.reset();
+  Start(PerFaultConfig());
+  UHMM_RETURN_IF_SKIPPED();
   EightThreadsFaultSamePages(*this, rt_, dev0_, TestConfig().fault_granularity);
 }
 
+TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesWithReadAheadAndGrowth) {
+  // The default policy: fewer faults, same data, still every page exactly once.
+  EightThreadsFaultSamePages(*this, rt_, dev0_, kBlockSize);
+}
+
 TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesEachMigratesOnceAt4KGranularity) {
-  Config c = TestConfig();
+  Config c = PerFaultConfig();
   c.fault_granularity = kPageSize;
   c.fault_threads = 4;
   rt_.reset();

@@ -23,6 +23,16 @@
 #include "runtime/testing.h"
 #include "uhmm/uhmm.hpp"
 
+// fork() of a process with runtime threads hangs in ThreadSanitizer's fork interceptor; the
+// release and asan runs cover the fork tests (as they cover ForkTest).
+#if defined(__SANITIZE_THREAD__)
+#define UHMM_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UHMM_UNDER_TSAN 1
+#endif
+#endif
+
 namespace uhmm::testing {
 
 inline constexpr size_t kMiB = size_t{1} << 20;
@@ -59,6 +69,18 @@ inline Config TestConfig() {
   }
   c.fault_threads = 2;
   c.device_pool_bytes = 64 * kMiB;
+  // Tests that want 2 MiB pages ask per range (Backing::kHugetlb); the page granularity of every
+  // other test must not depend on whether hugepages happen to be reserved.
+  c.hugetlb = HugetlbMode::kNever;
+  return c;
+}
+
+// TestConfig with the fault policy off: every CPU fault migrates exactly its configured granule
+// (no density growth, no read-ahead), for tests that count faults and granules.
+inline Config PerFaultConfig() {
+  Config c = TestConfig();
+  c.readahead_bytes = 0;
+  c.prefetch_threshold = 0;
   return c;
 }
 

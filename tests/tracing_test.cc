@@ -16,16 +16,6 @@
 #include "runtime/trace_file.h"
 #include "tests/test_util.h"
 
-// fork() of a process with runtime threads hangs in ThreadSanitizer's fork interceptor; the
-// release and asan runs cover the fork tests here (as they cover ForkTest).
-#if defined(__SANITIZE_THREAD__)
-#define UHMM_UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UHMM_UNDER_TSAN 1
-#endif
-#endif
-
 namespace uhmm::testing {
 namespace {
 
@@ -51,6 +41,9 @@ class TracingTest : public RuntimeTest {
 };
 
 TEST_F(TracingTest, EveryFaultHasItsPhasesInOrderAndEveryMigrationItsCause) {
+  rt_.reset();
+  Start(PerFaultConfig());  // one migration of exactly one granule per fault
+  UHMM_RETURN_IF_SKIPPED();
   const std::string path = TempPath("faults");
   ASSERT_TRUE(rt().StartTrace(path).ok());
   constexpr size_t kBytes = 8 * kMiB;

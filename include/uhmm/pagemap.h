@@ -81,7 +81,7 @@ enum MigratePfnFlags : uint32_t {
 };
 
 // Why a migration runs; kept for stats and tracing.
-// Why pages move (also the cause field of trace records). kPrefetcher is reserved for the runtime's
+// Why pages move (also the cause field of trace records). kPrefetcher is the runtime's
 // own read-ahead.
 enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork, kLaunch, kPrefetcher };
 
@@ -114,6 +114,10 @@ struct MigrateVma {
   MigrateCause cause = MigrateCause::kPrefetch;
   // Tracing (runtime-owned): CLOCK_MONOTONIC ns at setup, copy submitted, copy done; 0 when off.
   uint64_t trace_start_ns = 0, trace_submitted_ns = 0, trace_copied_ns = 0;
+  // Runtime read-ahead (not 0): setup leaves out blocks that a migration to a device started on
+  // after this time (the Tracer clock), so read-ahead decided earlier never undoes a later prefetch
+  // or launch.
+  uint64_t skip_if_moved_after_ns = 0;
 };
 
 absl::Status migrate_vma_setup(MigrateVma* migrate);
