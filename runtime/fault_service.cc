@@ -22,8 +22,14 @@ thread_local bool t_service_thread = false;
 constexpr size_t kBatch = 32;
 }  // namespace
 
-FaultService::FaultService(RuntimeImpl* rt, Uffd* uffd, int threads)
-    : rt_(rt), uffd_(uffd), nthreads_(threads) {}
+FaultService::FaultService(RuntimeImpl* rt, Uffd* uffd, int threads, int spin_us)
+    : rt_(rt), uffd_(uffd), nthreads_(threads), spin_ns_(spin_us > 0 ? uint64_t{1000} * spin_us : 0) {}
+
+std::vector<pthread_t> FaultService::native_handles() {
+  std::vector<pthread_t> out;
+  for (auto& t : threads_) out.push_back(t.native_handle());
+  return out;
+}
 
 FaultService::~FaultService() { Stop(); }
 
@@ -33,7 +39,7 @@ absl::Status FaultService::Start() {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) return absl::InternalError(absl::StrFormat("uhmm: eventfd: %s", strerror(errno)));
   for (int i = 0; i < nthreads_; ++i) {
-    threads_.emplace_back(&FaultService::ThreadMain, this);
+    threads_.emplace_back(&FaultService::ThreadMain, this, i);
     // Named by the creator, so the name is there when Start returns (ps, top, perf, gdb).
     const std::string name = "uhmm-fault-" + std::to_string(i);  // <= 15 chars: at most 64 threads
     pthread_setname_np(threads_.back().native_handle(), name.c_str());
@@ -148,14 +154,40 @@ void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
   }
 }
 
-void FaultService::ThreadMain() {
+bool FaultService::Spin(uffd_msg* msgs) {
+  bool handled = false;
+  uint64_t deadline = trace::Tracer::Now() + spin_ns_;
+  while (!stop_.load(std::memory_order_acquire)) {
+    absl::StatusOr<size_t> n = ReadMessages(msgs, kBatch);
+    uffd_msg queued;
+    const bool got = (n.ok() && *n > 0) || PopQueued(&queued);
+    if (got) {
+      if (n.ok()) {
+        for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], trace::Tracer::NowIfEnabled());
+      }
+      if (!n.ok() || *n == 0) Dispatch(queued, trace::Tracer::NowIfEnabled());
+      handled = true;
+      deadline = trace::Tracer::Now() + spin_ns_;
+      continue;
+    }
+    if (trace::Tracer::Now() >= deadline) break;
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+  return handled;
+}
+
+void FaultService::ThreadMain(int index) {
   t_service_thread = true;
 
   pollfd fds[2] = {{uffd_->fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
   uffd_msg msgs[kBatch];
+  const bool spinner = index == 0 && spin_ns_ > 0;
   while (!stop_.load(std::memory_order_acquire)) {
     uffd_msg queued;
     while (PopQueued(&queued)) Dispatch(queued, trace::Tracer::NowIfEnabled());
+    if (spinner && Spin(msgs)) continue;
     int r = poll(fds, 2, -1);
     if (r < 0 && errno != EINTR) {
       std::fprintf(stderr, "uhmm: fault service poll failed: %s\n", strerror(errno));
@@ -175,6 +207,8 @@ void FaultService::ThreadMain() {
         continue;
       }
       for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], trace::Tracer::NowIfEnabled());
+      // Busy-poll right after a fault: the next one of a burst is likely microseconds away.
+      if (spinner && *n > 0) Spin(msgs);
     }
   }
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "runtime/runtime_impl.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // Linux 5.14
@@ -82,6 +83,7 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* 
         absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(err)));
   }
   r->runtime_view_ = static_cast<uint8_t*>(view);
+  rt->PlaceHostMemory(view, rounded);  // before any page exists
   if (absl::Status s = r->MapUserView(); !s.ok()) return s;
   // Failures from here on give the user view back too.
   auto fail = [&r](absl::Status s) {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -177,7 +178,10 @@ absl::Status RuntimeImpl::Init() {
       sigbus_mode_ = SigbusMode::kTkill;
       break;
   }
-  fault_service_ = std::make_unique<FaultService>(this, uffd_.get(), config_.fault_threads);
+  // Busy-polling costs a core while faults come; by default only where cores are plenty.
+  const int spin_us = config_.fault_spin_us >= 0 ? config_.fault_spin_us
+                      : std::thread::hardware_concurrency() >= 8 ? 50 : 0;
+  fault_service_ = std::make_unique<FaultService>(this, uffd_.get(), config_.fault_threads, spin_us);
   FaultService* fs = fault_service_.get();
   uffd_->set_eagain_hook([fs] {
     if (FaultService::OnServiceThread()) {
@@ -189,6 +193,7 @@ absl::Status RuntimeImpl::Init() {
   if (absl::Status s = fault_service_->Start(); !s.ok()) return s;
   workers_ = std::make_unique<WorkerPool>(config_.prefetch_threads, "uhmm-mig-");
   workers_->Start();
+  PlaceNearDevice();
   if (!config_.trace_path.empty()) {
     absl::Status s = StartTrace(config_.trace_path);
     if (absl::IsFailedPrecondition(s)) {
@@ -271,6 +276,49 @@ absl::Status RuntimeImpl::StopTrace() {
   return trace::Tracer::Stop();
 }
 
+void RuntimeImpl::PlaceNearDevice() {
+  if (!config_.placement) {
+    placement_ = "off (UHMM_PLACEMENT=none)";
+    return;
+  }
+  const std::string bus = devices_[0]->device->pci_bus_id();
+  if (bus.empty()) {
+    placement_ = absl::StrFormat("nothing bound: the %s backend's device has no PCI address", backend_->name());
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<Topology>> topo = Topology::Load();
+  absl::StatusOr<Topology::Locality> near =
+      topo.ok() ? (*topo)->NearPci(bus) : absl::StatusOr<Topology::Locality>(topo.status());
+  if (!near.ok()) {
+    placement_ = absl::StrFormat("nothing bound: %s", near.status().message());
+    return;
+  }
+  if (near->whole_machine) {
+    placement_ = absl::StrFormat("nothing bound: every CPU is as close to %s as any other", bus);
+    return;
+  }
+  std::vector<pthread_t> threads = fault_service_->native_handles();
+  for (pthread_t t : workers_->native_handles()) threads.push_back(t);
+  for (pthread_t t : threads) {
+    if (absl::Status s = (*topo)->BindThread(t, near->cpus); !s.ok()) {
+      placement_ = absl::StrFormat("nothing bound: %s", s.message());
+      return;
+    }
+  }
+  topology_ = std::move(*topo);
+  place_nodes_ = near->nodes;
+  placement_ = absl::StrFormat("fault and migration threads on CPUs %s, runtime views on NUMA node(s) %s, near %s",
+                               near->cpus, near->nodes, bus);
+}
+
+void RuntimeImpl::PlaceHostMemory(void* view, size_t bytes) {
+  if (place_nodes_.empty()) return;
+  if (absl::Status s = topology_->BindMemory(view, bytes, place_nodes_); !s.ok()) {
+    std::fprintf(stderr, "uhmm: warning: %s; this range's host memory is placed by the kernel\n",
+                 std::string(s.message()).c_str());
+  }
+}
+
 void PrintStats(const Runtime& rt) {
   const Stats s = rt.stats();
   const double mib = 1.0 / (1 << 20);
@@ -294,6 +342,14 @@ void PrintStats(const Runtime& rt) {
                static_cast<unsigned long long>(s.device_pages_used),
                static_cast<unsigned long long>(s.device_pages_total),
                s.device_pages_total ? 100.0 * s.device_pages_used / s.device_pages_total : 0.0);
+  std::fprintf(stderr,
+               "  policy            %llu pages read ahead, %llu faults grown, %llu blocks thrashing, "
+               "%llu hugetlb ranges\n",
+               static_cast<unsigned long long>(s.readahead_pages), static_cast<unsigned long long>(s.grown_faults),
+               static_cast<unsigned long long>(s.thrashing_blocks), static_cast<unsigned long long>(s.hugetlb_ranges));
+  if (auto* impl = dynamic_cast<const RuntimeImpl*>(&rt)) {
+    std::fprintf(stderr, "  placement         %s\n", impl->placement().c_str());
+  }
 }
 
 // Runtimes with UHMM_STATS=1 that are still alive at exit print then.

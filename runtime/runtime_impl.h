@@ -14,6 +14,7 @@
 #include "runtime/managed_range.h"
 #include "runtime/page_pool.h"
 #include "runtime/sync.h"
+#include "runtime/topology.h"
 #include "runtime/uffd.h"
 #include "runtime/workers.h"
 #include "uhmm/backend.h"
@@ -74,6 +75,12 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   Device& device(int ordinal) { return *devices_[ordinal]->device; }
   absl::StatusOr<Page*> AllocDevicePage(DeviceState& ds, uintptr_t addr);
   void CountMigrated(bool to_device, MigrateCause cause, size_t pages);
+  // Binds a new runtime view to the NUMA node near device 0 (UHMM_PLACEMENT), before its pages
+  // exist. No-op without placement.
+  void PlaceHostMemory(void* view, size_t bytes);
+  // What placement did, for UHMM_STATS and tests: "fault and migration threads on CPUs ..." or why
+  // nothing was bound.
+  const std::string& placement() const { return placement_; }
   // Registers a zap of the user view so that its REMOVE events are recognised as ours. The entry
   // lives until OnRemove has consumed events covering it (reading the event releases madvise
   // before the event is handled), or EndZap(failed=true) when madvise failed.
@@ -92,6 +99,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
  private:
   explicit RuntimeImpl(const Config& config) : config_(config) {}
   absl::Status Init();
+  // UHMM_PLACEMENT: binds the fault and migration threads near device 0 and remembers its NUMA
+  // node for PlaceHostMemory. Failures only leave things unbound (and say so in placement()).
+  void PlaceNearDevice();
 
   RangeRef Lookup(uintptr_t addr);
   absl::Status CheckUsable() const;
@@ -134,6 +144,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   std::unique_ptr<Uffd> uffd_;
   std::unique_ptr<FaultService> fault_service_;
   std::unique_ptr<WorkerPool> workers_;  // read-ahead and parallel bulk migration
+  std::unique_ptr<Topology> topology_;   // loaded when placement binds something
+  std::string place_nodes_;              // NUMA nodes for runtime views ("" = leave to the kernel)
+  std::string placement_;
   bool transparent_ = false;
   // Bumped whenever pages may have become host-resident (allocation, migration to RAM): launch
   // coherence has work only when it moved since a device's last pass.

@@ -18,6 +18,12 @@ WorkerPool::~WorkerPool() { Stop(); }
 
 bool WorkerPool::OnWorkerThread() { return t_worker; }
 
+std::vector<pthread_t> WorkerPool::native_handles() {
+  std::vector<pthread_t> out;
+  for (auto& t : threads_) out.push_back(t.native_handle());
+  return out;
+}
+
 void WorkerPool::Start() {
   for (int i = 0; i < nthreads_; ++i) {
     threads_.emplace_back(&WorkerPool::ThreadMain, this);

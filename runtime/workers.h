@@ -30,6 +30,7 @@ class WorkerPool {
   // After fork() the threads do not exist in the child: never join them.
   void AbandonAfterFork();
   int threads() const { return nthreads_; }
+  std::vector<pthread_t> native_handles();
 
   // Queues a job for a worker; false (job destroyed unrun) when there are no workers or the pool
   // is stopping.

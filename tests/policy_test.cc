@@ -15,6 +15,8 @@
 #include "gtest/gtest.h"
 #include "runtime/managed_range.h"
 #include "runtime/policy.h"
+#include "runtime/runtime_impl.h"
+#include "runtime/topology.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {
@@ -220,6 +222,57 @@ TEST_F(PolicyTest, BadPolicyKnobsAreRejectedWithTheirNames) {
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << k.var << ": " << s;
     EXPECT_NE(s.message().find(k.var), std::string::npos) << s;
   }
+}
+
+TEST_F(PolicyTest, BusyPollingFaultThreadServesFaultsAndStops) {
+  rt_.reset();
+  Config c = PerFaultConfig();
+  c.fault_spin_us = 200;
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  constexpr size_t kBytes = 8 * kMiB;
+  uint64_t* p = AllocFilled(kBytes, 70);
+  ToDeviceAndRewrite(*this, *rt_, p, kBytes, 71);
+  for (size_t w = 0; w < kBytes / 8; w += kBlockSize / 8) {
+    std::this_thread::sleep_for(std::chrono::microseconds(500));  // past the spin: poll() again
+    ASSERT_EQ(p[w], Pattern(71, w));
+  }
+  EXPECT_EQ(FirstMismatch(p, kBytes, 71), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  rt_.reset();  // the spinning thread must notice the stop
+}
+
+TEST(TopologyTest, FindsNothingForUnknownDevicesAndBindsThreadsAndMemory) {
+  absl::StatusOr<std::unique_ptr<Topology>> topo = Topology::Load();
+  ASSERT_TRUE(topo.ok()) << topo.status();
+  EXPECT_TRUE(absl::IsInvalidArgument((*topo)->NearPci("not-a-bus-id").status()));
+  absl::Status unknown = (*topo)->NearPci("ffff:ff:1f.7").status();
+  EXPECT_TRUE(absl::IsNotFound(unknown)) << unknown;
+  EXPECT_NE(unknown.message().find("ffff:ff:1f.7"), std::string::npos) << unknown;
+  const std::string all = "0-" + std::to_string(std::thread::hardware_concurrency() - 1);
+  EXPECT_TRUE((*topo)->BindThread(pthread_self(), all).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument((*topo)->BindThread(pthread_self(), "x")));
+  const size_t len = 4 * kMiB;
+  void* mem = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  absl::Status bound = (*topo)->BindMemory(mem, len, "0");
+  EXPECT_TRUE(bound.ok()) << bound;
+  static_cast<char*>(mem)[0] = 1;
+  munmap(mem, len);
+}
+
+TEST_F(PolicyTest, PlacementSaysWhatItBoundOrWhyNot) {
+  const std::string& placement = static_cast<RuntimeImpl&>(*rt_).placement();
+  EXPECT_FALSE(placement.empty());
+  if (std::string(rt_->backend_name()) == "host") {
+    EXPECT_NE(placement.find("no PCI address"), std::string::npos) << placement;
+  }
+  rt_.reset();
+  Config c = TestConfig();
+  c.placement = false;
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  EXPECT_NE(static_cast<RuntimeImpl&>(*rt_).placement().find("UHMM_PLACEMENT=none"), std::string::npos);
 }
 
 // ---- Hugetlb ranges ------------------------------------------------------------------------------

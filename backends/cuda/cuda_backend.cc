@@ -189,6 +189,15 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
   }
   Placement placement() const override { return Placement::kSameAddress; }
   DeviceTestHooks* test_hooks() override { return this; }
+  std::string pci_bus_id() const override {
+    int domain = 0, bus = 0, device = 0;
+    if (d_->cuDeviceGetAttribute(&domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, dev_) != CUDA_SUCCESS ||
+        d_->cuDeviceGetAttribute(&bus, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, dev_) != CUDA_SUCCESS ||
+        d_->cuDeviceGetAttribute(&device, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, dev_) != CUDA_SUCCESS) {
+      return "";
+    }
+    return absl::StrFormat("%04x:%02x:%02x.0", domain, bus, device);
+  }
   uhmm_native_handles_t native_handles() const override {
     return {nullptr, reinterpret_cast<void*>(static_cast<intptr_t>(dev_)), ctx_};
   }

@@ -105,6 +105,9 @@ class Device {
   virtual DeviceTestHooks* test_hooks() { return nullptr; }
   // The vendor handles applications queue kernels with (uhmm_get_native_handles).
   virtual uhmm_native_handles_t native_handles() const { return {}; }
+  // PCI address ("0000:65:00.0") for placing fault threads and host memory near the device; ""
+  // when it has none (the host backend) or it is unknown.
+  virtual std::string pci_bus_id() const { return ""; }
 };
 
 class Backend {
