@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole GPU check in one script: the runtime's behaviour suites on the CUDA backend, then every
-# CUDA sample, then a short table.
+# The whole GPU check in one script: the runtime's behaviour suites on the CUDA backend, every CUDA
+# sample, the demo under uhmm-prof, a short table of those checks, and last the performance table
+# (bench/uhmm_bench: cudaMallocManaged vs uhmm, same process; docs/PERFORMANCE.md).
 #
 #   bench/gpu.sh build   On a machine with the dependencies (tools/setup.sh): configure and build
 #                        build/gpu (Release, no debug info) and copy the shared libraries a bare GPU
@@ -22,7 +23,8 @@ build() {
   mkdir -p "$B/lib"
   # Every non-system library the binaries load, resolved here, so the GPU machine needs only libc,
   # libstdc++ and the NVIDIA driver.
-  for bin in "$B"/tests/*_test "$B"/samples/uhmm_demo "$B"/samples/cuda/uhmm_cuda_* "$B"/runtime/libuhmm.so; do
+  for bin in "$B"/tests/*_test "$B"/samples/uhmm_demo "$B"/samples/cuda/uhmm_cuda_* "$B"/bench/uhmm_bench \
+             "$B"/runtime/libuhmm.so; do
     ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libabsl|libgtest|libgmock|libhwloc' || true
   done | sort -u | xargs -r -I{} cp -L {} "$B/lib/"
   strip --strip-unneeded "$B"/lib/*.so* "$B"/runtime/libuhmm.so* 2>/dev/null || true
@@ -97,6 +99,24 @@ run() {
   local why
   why=$(grep -h -m1 -o 'backend cuda unavailable: .*' "$logs"/*_test.log | head -1)
   [[ -n "$why" ]] && echo "note: $why"
+
+  # The performance table, last. The hugetlb row needs 2 MiB hugepages: reserve them when root
+  # (1 GiB of data plus slack) and give them back afterwards.
+  local huge_before="" need=$(( (${UHMM_BENCH_MIB:-1024} / 2) + 64 ))
+  if [[ $(id -u) -eq 0 && -w /proc/sys/vm/nr_hugepages ]]; then
+    huge_before=$(cat /proc/sys/vm/nr_hugepages)
+    local free_now
+    free_now=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
+    (( free_now < need )) && echo $(( huge_before + need - free_now )) > /proc/sys/vm/nr_hugepages
+  fi
+  echo
+  echo "---- uhmm_bench (cudaMallocManaged vs uhmm, $(date -u +%F), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1))"
+  timeout 900 "$B/bench/uhmm_bench" --no-host --size "${UHMM_BENCH_MIB:-1024}" >"$logs/uhmm_bench.log" 2>&1
+  rc=$?
+  [[ -n "$huge_before" ]] && echo "$huge_before" > /proc/sys/vm/nr_hugepages
+  cat "$logs/uhmm_bench.log"
+  echo "uhmm_bench exit: $rc"
+  [[ $rc -ne 0 ]] && failed=1
   return $failed
 }
 

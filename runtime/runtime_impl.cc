@@ -286,7 +286,7 @@ void RuntimeImpl::PlaceNearDevice() {
     placement_ = absl::StrFormat("nothing bound: the %s backend's device has no PCI address", backend_->name());
     return;
   }
-  absl::StatusOr<std::unique_ptr<Topology>> topo = Topology::Load();
+  absl::StatusOr<const Topology*> topo = Topology::Get();
   absl::StatusOr<Topology::Locality> near =
       topo.ok() ? (*topo)->NearPci(bus) : absl::StatusOr<Topology::Locality>(topo.status());
   if (!near.ok()) {
@@ -305,7 +305,7 @@ void RuntimeImpl::PlaceNearDevice() {
       return;
     }
   }
-  topology_ = std::move(*topo);
+  topology_ = *topo;
   place_nodes_ = near->nodes;
   placement_ = absl::StrFormat("fault and migration threads on CPUs %s, runtime views on NUMA node(s) %s, near %s",
                                near->cpus, near->nodes, bus);
@@ -908,6 +908,9 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
     vmf.start = granule.first;
     vmf.end = granule.second;
     vmf.page = dpage;
+    // Read-ahead is decided as of now, before the fault-back wakes the thread: whatever that thread
+    // does next (a prefetch to the device, say) is later and must win over it.
+    const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
     absl::Status s = dpage->pgmap->ops->page_fault(&vmf);
     if (!s.ok()) {
       std::fprintf(stderr, "uhmm: device could not migrate page %#lx back (%s); SIGBUS to thread %u\n",
@@ -920,7 +923,7 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
     if (readahead_ok) {
       readahead_ok = false;
       auto [from, to] = range->readahead().OnFault(vmf.start, vmf.end, range->end(), config_.readahead_bytes);
-      if (from < to) PostReadAhead(range, from, to);
+      if (from < to) PostReadAhead(range, from, to, decided_ns);
     }
     // Loop: the page is normally host resident and mapped now; if another migration took it in
     // between, the next round defers or retries.
@@ -952,13 +955,13 @@ std::pair<uintptr_t, uintptr_t> RuntimeImpl::FaultGranule(ManagedRange& range, V
   return {start, end};
 }
 
-void RuntimeImpl::PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to) {
+void RuntimeImpl::PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns) {
   for (uintptr_t a = from; a < to;) {
     const uintptr_t b = std::min(to, (a & ~(kBlockSize - 1)) + kBlockSize);
     RangeRef ref = range.Clone();
     if (!ref) return;
-    auto job = [this, r = std::make_shared<RangeRef>(std::move(ref)), a, b, decided = trace::Tracer::Now()] {
-      absl::Status s = MigrateToHost(**r, a, b, MigrateCause::kPrefetcher, decided);
+    auto job = [this, r = std::make_shared<RangeRef>(std::move(ref)), a, b, decided_ns] {
+      absl::Status s = MigrateToHost(**r, a, b, MigrateCause::kPrefetcher, decided_ns);
       if (!s.ok()) trace::TraceError(s.code(), a, -1);  // the CPU's own fault reports it
     };
     if (!workers_->Post(std::move(job))) return;

@@ -123,8 +123,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   // to migrate back, and whether read-ahead may follow (not for thrashing blocks).
   std::pair<uintptr_t, uintptr_t> FaultGranule(ManagedRange& range, VaBlock& blk, uintptr_t page,
                                                bool* readahead_ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
-  // Queues [from, to) of `range` for the migration workers, one block per job.
-  void PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to);
+  // Queues [from, to) of `range` for the migration workers, one block per job. Blocks a migration
+  // to a device starts on after `decided_ns` are left alone.
+  void PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns);
   // Marks [start, end) of every range it overlaps as gone and releases the device pages there.
   void ForgetAddresses(uintptr_t start, uintptr_t end);
   std::vector<std::shared_ptr<ManagedRange>> Overlapping(uintptr_t start, uintptr_t end);
@@ -144,7 +145,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   std::unique_ptr<Uffd> uffd_;
   std::unique_ptr<FaultService> fault_service_;
   std::unique_ptr<WorkerPool> workers_;  // read-ahead and parallel bulk migration
-  std::unique_ptr<Topology> topology_;   // loaded when placement binds something
+  const Topology* topology_ = nullptr;   // set when placement binds something
   std::string place_nodes_;              // NUMA nodes for runtime views ("" = leave to the kernel)
   std::string placement_;
   bool transparent_ = false;

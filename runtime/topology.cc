@@ -35,6 +35,15 @@ struct Topology::Impl {
 
 Topology::~Topology() = default;
 
+absl::StatusOr<const Topology*> Topology::Get() {
+  static const absl::StatusOr<const Topology*>* loaded = [] {
+    absl::StatusOr<std::unique_ptr<Topology>> t = Load();
+    return t.ok() ? new absl::StatusOr<const Topology*>(t->release())
+                  : new absl::StatusOr<const Topology*>(t.status());
+  }();
+  return *loaded;
+}
+
 absl::StatusOr<std::unique_ptr<Topology>> Topology::Load() {
   std::unique_ptr<Topology> t(new Topology());
   t->impl_ = std::make_unique<Impl>();

@@ -17,8 +17,9 @@ namespace uhmm {
 
 class Topology {
  public:
-  // Loads the machine's topology, PCI devices included.
-  static absl::StatusOr<std::unique_ptr<Topology>> Load();
+  // The machine's topology, PCI devices included: loaded once per process (tens of ms) and kept
+  // for its lifetime, with hwloc's plugins (unloading them strands what libpciaccess allocated).
+  static absl::StatusOr<const Topology*> Get();
   ~Topology();
   Topology(const Topology&) = delete;
   Topology& operator=(const Topology&) = delete;
@@ -38,6 +39,7 @@ class Topology {
 
  private:
   Topology() = default;
+  static absl::StatusOr<std::unique_ptr<Topology>> Load();
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -243,7 +243,7 @@ TEST_F(PolicyTest, BusyPollingFaultThreadServesFaultsAndStops) {
 }
 
 TEST(TopologyTest, FindsNothingForUnknownDevicesAndBindsThreadsAndMemory) {
-  absl::StatusOr<std::unique_ptr<Topology>> topo = Topology::Load();
+  absl::StatusOr<const Topology*> topo = Topology::Get();
   ASSERT_TRUE(topo.ok()) << topo.status();
   EXPECT_TRUE(absl::IsInvalidArgument((*topo)->NearPci("not-a-bus-id").status()));
   absl::Status unknown = (*topo)->NearPci("ffff:ff:1f.7").status();
@@ -277,19 +277,20 @@ TEST_F(PolicyTest, PlacementSaysWhatItBoundOrWhyNot) {
 
 // ---- Hugetlb ranges ------------------------------------------------------------------------------
 
-// Makes sure `n` 2 MiB hugepages are free: reserves them as root (and gives them back at the end of
-// the suite), else the tests skip with the reason.
+// As root, adds kNeeded 2 MiB hugepages to the system pool for this suite and takes the same number
+// away at its end (each test process its own, so that suites running in parallel do not take each
+// other's); otherwise the tests need them free already, or skip with the reason.
 class HugetlbTest : public RuntimeTest {
  protected:
   static constexpr size_t kNeeded = 24;
   static void SetUpTestSuite() {
-    original_ = ReadNr();
-    if (FreeHugepages() >= kNeeded) return;
     if (geteuid() != 0) return;
-    WriteNr(original_ + kNeeded);
+    const long before = ReadNr();
+    if (before >= 0 && WriteNr(before + kNeeded)) added_ = ReadNr() - before;
   }
   static void TearDownTestSuite() {
-    if (original_ >= 0 && ReadNr() != original_) WriteNr(original_);
+    if (added_ > 0) WriteNr(std::max(0L, ReadNr() - added_));
+    added_ = 0;
   }
   void SetUp() override {
     if (FreeHugepages() < kNeeded) {
@@ -304,9 +305,11 @@ class HugetlbTest : public RuntimeTest {
     f >> n;
     return n;
   }
-  static void WriteNr(long n) {
+  static bool WriteNr(long n) {
     std::ofstream f("/proc/sys/vm/nr_hugepages");
     f << n;
+    f.flush();
+    return f.good();
   }
   uint64_t* AllocHuge(size_t bytes, uint64_t seed) {
     absl::StatusOr<void*> p = rt_->Allocate(bytes, Backing::kHugetlb);
@@ -316,7 +319,7 @@ class HugetlbTest : public RuntimeTest {
     for (size_t i = 0; i < bytes / 8; ++i) w[i] = Pattern(seed, i);
     return w;
   }
-  static inline long original_ = -1;
+  static inline long added_ = 0;
 };
 
 TEST_F(HugetlbTest, BlocksMoveWholeAndOneFaultBringsABlockBack) {
@@ -421,7 +424,8 @@ TEST_F(HugetlbTest, CopyFailureOnFaultBackPoisonsTheWholeBlockOnly) {
 }
 
 TEST_F(HugetlbTest, TooFewHugepagesIsAClearErrorAndAutoFallsBack) {
-  const size_t too_many = (FreeHugepages() + 1) * kBlockSize;
+  // Far more than any concurrent test could free meanwhile.
+  const size_t too_many = (FreeHugepages() + 1000) * kBlockSize;
   absl::StatusOr<void*> p = rt_->Allocate(too_many, Backing::kHugetlb);
   ASSERT_FALSE(p.ok());
   EXPECT_TRUE(absl::IsResourceExhausted(p.status())) << p.status();
