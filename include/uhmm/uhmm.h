@@ -136,7 +136,8 @@ uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backi
 uhmm_status_t uhmm_free(uhmm_runtime_t* rt, void* ptr);
 
 /* Migrates the pages of [ptr, ptr+size) to `device` (>= 0) or to UHMM_LOCATION_HOST.
- * ptr and size must be 4 KiB aligned and inside one allocation. */
+ * ptr and size must be 4 KiB aligned and inside one allocation. In a hugetlb-backed range the
+ * request grows to whole 2 MiB blocks (the CPU maps such a block whole or not at all). */
 uhmm_status_t uhmm_migrate(uhmm_runtime_t* rt, void* ptr, size_t size, int device);
 /* Queue-ordered prefetch. `queue` is the backend's stream or command list (a cudaStream_t for CUDA;
  * NULL: all of the device's work). To the host: waits for the work already on `queue`, then
