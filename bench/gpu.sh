@@ -25,7 +25,7 @@ build() {
   # libstdc++ and the NVIDIA driver.
   for bin in "$B"/tests/*_test "$B"/samples/uhmm_demo "$B"/samples/cuda/uhmm_cuda_* "$B"/bench/uhmm_bench \
              "$B"/runtime/libuhmm.so; do
-    ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libabsl|libgtest|libgmock|libhwloc' || true
+    ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libabsl|libgtest|libgmock|libhwloc|libudev' || true
   done | sort -u | xargs -r -I{} cp -L {} "$B/lib/"
   strip --strip-unneeded "$B"/lib/*.so* "$B"/runtime/libuhmm.so* 2>/dev/null || true
   echo "bench/gpu.sh: build/gpu is ready to carry ($(du -sh "$B" | cut -f1))"
