@@ -33,7 +33,7 @@ struct Side {
 using Timed = std::function<double(Runtime&, uint64_t* p, size_t bytes, uint64_t seed, size_t* wrong)>;
 
 Side Measure(const Options& o, const Config& config, Backing backing, size_t bytes, bool fill_on_device,
-             const Timed& timed, bool median_of_values = true) {
+             const Timed& timed) {
   Side side;
   Config c = config;
   c.device_pool_bytes = (bytes + 4 * kBlockSize) & ~(kBlockSize - 1);  // no eviction in these rows
@@ -63,7 +63,7 @@ Side Measure(const Options& o, const Config& config, Backing backing, size_t byt
     side.wrong += CountWrong(p, bytes, seed);
   }
   (void)(*rt)->Free(p);
-  if (side.error.empty()) side.value = median_of_values ? Median(values) : values.back();
+  if (side.error.empty()) side.value = Median(values);
   return side;
 }
 
