@@ -2,6 +2,7 @@
 #include "runtime/policy.h"
 
 #include <algorithm>
+#include <bit>
 
 namespace uhmm {
 
@@ -37,7 +38,10 @@ bool GrowGranule(const PageMask& host, uintptr_t block_start, uintptr_t lo, uint
   PageMask after = host;
   for (size_t i = index(*start); i < index(*end); ++i) after.set(i);
   bool grew = false;
-  for (size_t size = (*end - *start) * 2; size <= kBlockSize; size *= 2) {
+  // The granule may have been clipped by the range's end, so its length need not be a power of two;
+  // its start is aligned to the unclipped granule, which is at least bit_ceil(length). Growing from
+  // a length that is not a power of two would align to a region that need not hold the fault.
+  for (size_t size = std::bit_ceil(static_cast<size_t>(*end - *start)) * 2; size <= kBlockSize; size *= 2) {
     const uintptr_t s = std::max(lo, *start & ~(uintptr_t{size} - 1));
     const uintptr_t e = std::min(hi, (*start & ~(uintptr_t{size} - 1)) + size);
     if (e <= s) break;

@@ -35,7 +35,7 @@ class ReadAhead {
 };
 
 // Density growth. [*start, *end) is the configured granule around a fault in the block that begins
-// at `block_start`; `host` marks the block's pages that are host-resident (or otherwise not on a
+// at `block_start`, possibly clipped by `hi` (its start stays aligned to the granule size); `host` marks the block's pages that are host-resident (or otherwise not on a
 // device). Grows the granule to the largest power-of-two aligned region inside [lo, hi) (the block
 // clipped to the range) in which more than `threshold_pct` percent of the pages would be host-
 // resident after the granule came back. Returns true when it grew.
