@@ -20,6 +20,9 @@ namespace uhmm {
 namespace {
 thread_local bool t_service_thread = false;
 constexpr size_t kBatch = 32;
+// Pending discards hold back faults on whole 2 MiB blocks: in a hugetlb range a fault anywhere in
+// the block moves (and maps) all of it.
+constexpr uintptr_t kDiscardUnit = uintptr_t{2} << 20;
 }  // namespace
 
 FaultService::FaultService(RuntimeImpl* rt, Uffd* uffd, int threads, int spin_us)
@@ -89,16 +92,86 @@ bool FaultService::PopQueued(uffd_msg* msg) {
 absl::StatusOr<size_t> FaultService::ReadMessages(uffd_msg* msgs, size_t max) {
   MutexLock lock(&read_mu_);
   absl::StatusOr<size_t> n = uffd_->Read(msgs, max);
-  if (n.ok()) {
-    for (size_t i = 0; i < *n; ++i) {
-      SetReadSeq(&msgs[i], read_seq_.fetch_add(1, std::memory_order_acq_rel) + 1);
-      if (msgs[i].event == UFFD_EVENT_REMAP) {
-        MutexLock rl(&remap_mu_);
-        ++remaps_pending_;
-      }
+  if (!n.ok()) return n;
+  size_t kept = 0;
+  for (size_t i = 0; i < *n; ++i) {
+    uffd_msg& m = msgs[i];
+    SetReadSeq(&m, read_seq_.fetch_add(1, std::memory_order_acq_rel) + 1);
+    if (m.event == UFFD_EVENT_REMAP) {
+      MutexLock rl(&remap_mu_);
+      ++remaps_pending_;
+    }
+    if (m.event == UFFD_EVENT_REMOVE) {
+      // Classified now, while its madvise is still known to be in flight: the runtime's own zap
+      // needs nothing more; anything else is the application's discard.
+      if (rt_->ClaimZapEvent(m.arg.remove.start, m.arg.remove.end)) continue;
+      MutexLock dl(&discard_mu_);
+      discards_.push_back({m.arg.remove.start & ~(kDiscardUnit - 1),
+                           (m.arg.remove.end + kDiscardUnit - 1) & ~(kDiscardUnit - 1), ReadSeq(m)});
+      discards_pending_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    msgs[kept++] = m;
+  }
+  return kept;
+}
+
+void FaultService::WaitForReadsInFlight() { MutexLock lock(&read_mu_); }
+
+bool FaultService::MapUnlessDiscarded(uintptr_t start, uintptr_t end,
+                                      absl::FunctionRef<absl::Status()> map) {
+  for (;;) {
+    absl::Status s;
+    {
+      ReaderMutexLock lock(&read_mu_);
+      if (DiscardPending(start, end)) return false;
+      s = map();
+    }
+    if (!Uffd::EventPending(s)) {
+      if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      return true;
+    }
+    // The event must be read before anything maps: read it (a service thread) or let one.
+    if (OnServiceThread()) {
+      DrainToQueue();
+    } else {
+      sched_yield();
     }
   }
-  return n;
+}
+
+bool FaultService::ParkIfDiscardPending(const uffd_msg& msg) {
+  if (discards_pending_.load(std::memory_order_acquire) == 0) return false;
+  const uintptr_t addr = msg.arg.pagefault.address;
+  MutexLock lock(&discard_mu_);
+  for (const PendingDiscard& d : discards_) {
+    if (addr >= d.start && addr < d.end) {
+      discard_parked_.push_back(msg);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool FaultService::DiscardPending(uintptr_t start, uintptr_t end) {
+  if (discards_pending_.load(std::memory_order_acquire) == 0) return false;
+  MutexLock lock(&discard_mu_);
+  for (const PendingDiscard& d : discards_) {
+    if (start < d.end && d.start < end) return true;
+  }
+  return false;
+}
+
+void FaultService::DiscardHandled(uint32_t seq) {
+  std::vector<uffd_msg> wake;
+  {
+    MutexLock lock(&discard_mu_);
+    std::erase_if(discards_, [seq](const PendingDiscard& d) { return d.seq == seq; });
+    discards_pending_.store(static_cast<int>(discards_.size()), std::memory_order_release);
+    // Every parked fault goes back through Dispatch, which parks it again if another discard
+    // still covers it.
+    wake.swap(discard_parked_);
+  }
+  Requeue(std::move(wake));
 }
 
 bool FaultService::ParkIfRemapPending(const uffd_msg& msg) {
@@ -130,11 +203,14 @@ void FaultService::DrainToQueue() {
 void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
   switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT:
+      if (ParkIfDiscardPending(msg)) break;
       rt_->HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg),
-                       received_ns, (msg.arg.pagefault.flags & kDeferredFault) != 0);
+                       received_ns, (msg.arg.pagefault.flags & kDeferredFault) != 0,
+                       (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0);
       break;
     case UFFD_EVENT_REMOVE:
       rt_->OnRemove(msg.arg.remove.start, msg.arg.remove.end);
+      DiscardHandled(ReadSeq(msg));
       break;
     case UFFD_EVENT_UNMAP:
       // mremap raises REMAP and then UNMAP for the old address; the UNMAP must not discard the

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "runtime/sync.h"
 #include "runtime/uffd.h"
@@ -56,6 +57,25 @@ class FaultService {
   bool ParkIfRemapPending(const uffd_msg& msg);
   void RemapHandled();
 
+  // Application discards: a REMOVE event that is not one of the runtime's own zaps releases the
+  // madvise caller as soon as it is read, before the runtime has applied it. From the read until
+  // DiscardHandled, faults on the addresses it covers (widened to 2 MiB blocks) park, and
+  // migrations do not map those pages for the CPU, so a write made after madvise returned always
+  // lands after the discard.
+  bool ParkIfDiscardPending(const uffd_msg& msg);
+  bool DiscardPending(uintptr_t start, uintptr_t end);
+  // Every CPU mapping of managed pages goes through here. `map` installs mappings in [start, end)
+  // with Uffd::Continue(drain_events = false); it runs with reads of the userfaultfd held off, so
+  // that no discard can be read (which releases its madvise, and then the kernel's zap) between
+  // the check and the mapping: a mapping either precedes the read, and the zap removes it, or
+  // sees the discard pending. Returns false, without mapping, while a discard covering
+  // [start, end) is pending. The caller may hold a block lock.
+  bool MapUnlessDiscarded(uintptr_t start, uintptr_t end, absl::FunctionRef<absl::Status()> map);
+  void DiscardHandled(uint32_t seq);
+  // Returns once no thread is between reading a message and classifying it: a zap whose madvise
+  // returned has had all its REMOVE events claimed (RuntimeImpl::EndZap).
+  void WaitForReadsInFlight();
+
   // The service threads, for CPU placement.
   std::vector<pthread_t> native_handles();
 
@@ -79,6 +99,14 @@ class FaultService {
   std::deque<uffd_msg> queue_ ABSL_GUARDED_BY(q_mu_);
   Mutex read_mu_;
   std::atomic<uint32_t> read_seq_{0};
+  struct PendingDiscard {
+    uintptr_t start, end;
+    uint32_t seq;
+  };
+  Mutex discard_mu_;
+  std::atomic<int> discards_pending_{0};
+  std::vector<PendingDiscard> discards_ ABSL_GUARDED_BY(discard_mu_);
+  std::vector<uffd_msg> discard_parked_ ABSL_GUARDED_BY(discard_mu_);
   Mutex remap_mu_;
   int remaps_pending_ ABSL_GUARDED_BY(remap_mu_) = 0;
   std::vector<uffd_msg> parked_ ABSL_GUARDED_BY(remap_mu_);

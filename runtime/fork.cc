@@ -62,11 +62,7 @@ void UnregisterForFork(RuntimeImpl* rt) {
 
 void RuntimeImpl::ForkPrepare() {
   if (forked_child_) return;
-  {
-    MutexLock lock(&fork_mu_);
-    forking_ = true;
-    while (to_device_inflight_ > 0) fork_cv_.Wait(&fork_mu_);
-  }
+  fork_gate_.Close();
   std::vector<std::shared_ptr<ManagedRange>> all;
   {
     ReaderMutexLock lock(&ranges_mu_);
@@ -76,7 +72,10 @@ void RuntimeImpl::ForkPrepare() {
     RangeRef ref(r);
     if (!ref) continue;
     absl::Status s = MigrateToHost(*r, r->start(), r->end(), MigrateCause::kFork);
-    if (!s.ok()) std::fprintf(stderr, "uhmm: fork: %s; the child sees stale data there\n", s.ToString().c_str());
+    if (!s.ok()) {
+      std::fprintf(stderr, "uhmm: fork: %s; the child's accesses to the pages left on the device raise SIGBUS\n",
+                   s.ToString().c_str());
+    }
   }
   if (pipe2(fork_pipe_, O_CLOEXEC) != 0) fork_pipe_[0] = fork_pipe_[1] = -1;
 }
@@ -91,9 +90,33 @@ void RuntimeImpl::ForkParent() {
     close(fork_pipe_[0]);
   }
   fork_pipe_[0] = fork_pipe_[1] = -1;
-  MutexLock lock(&fork_mu_);
-  forking_ = false;
-  fork_cv_.SignalAll();
+  fork_gate_.Open();
+}
+
+namespace {
+// Maps [start, end) over a file with no pages, so that every access there raises SIGBUS.
+void MapSigbus(uintptr_t start, uintptr_t end) {
+  static const int empty = memfd_create("uhmm-lost", MFD_CLOEXEC);
+  if (empty < 0 || mmap(reinterpret_cast<void*>(start), end - start, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_FIXED, empty, 0) == MAP_FAILED) {
+    std::fprintf(stderr, "uhmm: fork child: cannot make [%#lx, %#lx) raise SIGBUS (%s); it holds stale data\n",
+                 static_cast<unsigned long>(start), static_cast<unsigned long>(end), strerror(errno));
+  }
+}
+}  // namespace
+
+void RuntimeImpl::LoseUnreachablePages(ManagedRange& r) {
+  // The parent could not bring these pages home (a device error), so the shadow the copy came from
+  // is stale there: the contract is SIGBUS on access, never stale data.
+  PageRuns lost;
+  for (size_t b = 0; b < r.num_blocks(); ++b) {
+    VaBlock& blk = r.block(b);
+    for (size_t i = 0; i < kPagesPerBlock; ++i) {
+      const uintptr_t a = r.block_start(b) + i * kPageSize;
+      if (a < r.end() && (blk.device[i] || blk.poisoned[i]) && !blk.unmapped[i]) AppendPageRun(&lost, a);
+    }
+  }
+  for (auto [s, e] : lost) MapSigbus(s, e);
 }
 
 void RuntimeImpl::ForkChild() {
@@ -125,7 +148,9 @@ void RuntimeImpl::ForkChild() {
                reinterpret_cast<void*>(start)) == MAP_FAILED) {
       std::fprintf(stderr, "uhmm: fork child: mremap over %#lx failed: %s\n",
                    static_cast<unsigned long>(start), strerror(errno));
+      continue;
     }
+    LoseUnreachablePages(*r);
   }
   if (fork_pipe_[1] >= 0) close(fork_pipe_[1]);
   fork_pipe_[0] = fork_pipe_[1] = -1;

@@ -18,6 +18,11 @@
 namespace uhmm {
 namespace {
 
+// The managed addresses the calling thread is migrating to a device for one request. Eviction on
+// its behalf never takes pages from there: a request must not evict what it just placed (with a
+// small pool, a migration of several blocks would otherwise send its own first blocks home).
+thread_local std::pair<uintptr_t, uintptr_t> t_protected = {0, 0};
+
 ManagedRange& RangeOf(const MigrateVma* m) { return *static_cast<ManagedRange*>(m->vma); }
 
 uintptr_t NextBlockBoundary(uintptr_t addr) { return (addr & ~(kBlockSize - 1)) + kBlockSize; }
@@ -146,11 +151,9 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
     rt->BeginZap(s, e);
     int rc = madvise(reinterpret_cast<void*>(s), e - s, MADV_DONTNEED);
     int err = errno;
-    // ENOMEM: part of the run was unmapped by the application (pages() drops those pages); the
-    // mapped parts still raised REMOVE events, so the zap entry must stay to match them.
-    const bool failed = rc != 0 && err != ENOMEM;
-    rt->EndZap(s, e, failed);
-    if (failed) {
+    rt->EndZap(s, e);
+    // ENOMEM: part of the run was unmapped by the application (pages() drops those pages).
+    if (rc != 0 && err != ENOMEM) {
       for (MigratePfn& src : m->src) src.flags &= ~kMigratePfnMigrate;
       migrate_vma_finalize(m);
       return absl::InternalError(
@@ -166,8 +169,10 @@ void migrate_vma_pages(MigrateVma* m) {
                            ABSL_NO_THREAD_SAFETY_ANALYSIS {
     MigratePfn& src = m->src[idx];
     if (!(src.flags & kMigratePfnMigrate)) return;
-    // Lost races: the backend did not copy it, or the application unmapped it meanwhile.
-    if (!(m->dst[idx].flags & kMigratePfnMigrate) || blk.unmapped[i]) {
+    // Lost races: the backend did not copy it, or the application unmapped it meanwhile, or (to a
+    // device) discarded it, so what was copied is not the data any more (finalize applies it).
+    const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
+    if (!(m->dst[idx].flags & kMigratePfnMigrate) || blk.unmapped[i] || (to_device && blk.discard[i])) {
       src.flags &= ~kMigratePfnMigrate;
       lost = true;
     }
@@ -184,7 +189,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   RuntimeImpl* rt = r.runtime();
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   std::vector<Page*> release;
-  PageRuns map_runs;
+  std::vector<bool> map(m->src.size(), false);  // committed to RAM: the CPU maps it
   size_t moved = 0;
   int device = -1;
   const uint64_t now = to_device ? trace::Tracer::Now() : 0;
@@ -216,40 +221,62 @@ void migrate_vma_finalize(MigrateVma* m) {
       if (commit) {
         device = src.page->pgmap->device;
         ++moved;
-        AppendPageRun(&map_runs, addr);
+        map[idx] = true;
       }
     }
   });
   // The old pages are unreferenced now (their data was copied, or they were never committed).
   for (Page* p : release) put_page(p);
+  release.clear();
   rt->CountMigrated(to_device, m->cause, moved);
-  // Map the RAM pages for the CPU while they are still busy, so no migration can zap them first.
-  // CONTINUE also wakes the threads waiting on them.
+  if (m->trace_start_ns != 0) TraceMigration(*m, to_device, device, moved);
+
+  // Block by block, under its lock and while the pages are still busy (so no migration can zap
+  // them first): apply the application discards that arrived while we held the pages (they end on
+  // the host and zero; to a device the caller's retry moves the zeros), map the RAM pages for the
+  // CPU (CONTINUE also wakes the threads waiting on them), then let the pages go.
   // A traced fault maps first and wakes after, so that its trace tells the two apart.
   trace::FaultTrace* ft =
       m->trace_start_ns != 0 && m->cause == MigrateCause::kFault ? trace::CurrentFaultTrace() : nullptr;
-  for (auto [s, e] : map_runs) {
-    absl::Status st = rt->uffd().Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page());
-    if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
+  PageRuns woken;
+  std::vector<uffd_msg> deferred;
+  for (uintptr_t a = m->start; a < m->end;) {
+    VaBlock& blk = r.block_of(a);
+    const uintptr_t stop = std::min(m->end, NextBlockBoundary(a));
+    MutexLock lock(&blk.mu);
+    PageRuns runs;
+    for (uintptr_t p = a; p < stop; p += kPageSize) {
+      const size_t i = ManagedRange::page_in_block(p), idx = (p - m->start) / kPageSize;
+      if (!(m->src[idx].flags & kMigratePfnValid)) continue;
+      if (blk.discard[i]) {
+        rt->ApplyDiscardLocked(r, blk, p, &release);
+        if (to_device) ++m->skipped_busy;
+      }
+      if (map[idx]) AppendPageRun(&runs, p);  // zeroed if it was discarded: still ours to map
+    }
+    // Not while an application discard is pending there: its faults wait for it, and a CPU write
+    // made after that madvise returned must not land in the old data.
+    for (auto [s, e] : runs) {
+      rt->fault_service().MapUnlessDiscarded(s, e, [&] {
+        return rt->uffd().Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page(), /*drain_events=*/false);
+      });
+    }
+    woken.insert(woken.end(), runs.begin(), runs.end());
+    for (; a < stop; a += kPageSize) {
+      if (m->src[(a - m->start) / kPageSize].flags & kMigratePfnValid) blk.busy.reset(ManagedRange::page_in_block(a));
+    }
+    deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
+    blk.deferred.clear();
   }
-  if (ft != nullptr && !map_runs.empty()) {
+  for (Page* p : release) put_page(p);
+  if (ft != nullptr && !woken.empty()) {
     ft->rec.t[trace::kMapped] = trace::Tracer::Now();
-    for (auto [s, e] : map_runs) {
+    for (auto [s, e] : woken) {
       absl::Status st = rt->uffd().Wake(s, e - s);
       if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
     }
     ft->rec.t[trace::kWoken] = trace::Tracer::Now();
   }
-  if (m->trace_start_ns != 0) TraceMigration(*m, to_device, device, moved);
-  std::vector<uffd_msg> deferred;
-  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t)
-                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    if (m->src[idx].flags & kMigratePfnValid) blk.busy.reset(i);
-    if (!blk.deferred.empty()) {
-      deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
-      blk.deferred.clear();
-    }
-  });
   rt->fault_service().Requeue(std::move(deferred));
 }
 
@@ -389,17 +416,10 @@ absl::Status RuntimeImpl::MigrateToHost(ManagedRange& range, uintptr_t start, ui
 
 absl::Status RuntimeImpl::MigrateToDevice(ManagedRange& range, uintptr_t start, uintptr_t end,
                                           DeviceState& ds, MigrateCause cause) {
-  {
-    MutexLock lock(&fork_mu_);
-    while (forking_) fork_cv_.Wait(&fork_mu_);
-    ++to_device_inflight_;
-  }
-  absl::Status s = MigrateToDeviceLocked(range, start, end, ds, cause);
-  {
-    MutexLock lock(&fork_mu_);
-    if (--to_device_inflight_ == 0) fork_cv_.SignalAll();
-  }
-  return s;
+  GatePass fork_pass(&fork_gate_);
+  GatePass device_pass(&ds.gate);
+  ProtectFromEviction protect(start, end);
+  return MigrateToDeviceLocked(range, start, end, ds, cause);
 }
 
 absl::Status RuntimeImpl::MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
@@ -431,6 +451,13 @@ absl::Status RuntimeImpl::MigrateToDeviceLocked(ManagedRange& range, uintptr_t s
   return absl::OkStatus();
 }
 
+ProtectFromEviction::ProtectFromEviction(uintptr_t start, uintptr_t end)
+    : saved_(t_protected), outer_(t_protected.first < t_protected.second) {
+  if (!outer_) t_protected = {start, end};  // an enclosing request already covers this one
+}
+
+ProtectFromEviction::~ProtectFromEviction() { t_protected = saved_; }
+
 absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t addr) {
   absl::flat_hash_set<size_t> exclude;
   for (;;) {
@@ -441,8 +468,9 @@ absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t ad
     if (!victim) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "device %d pool is full (%u pages) and nothing can be evicted: every page is held by an "
-          "in-flight migration. Raise UHMM_DEVICE_POOL_BYTES or migrate less at once",
-          ds.ordinal, ds.pool->total_pages()));
+          "in-flight migration or belongs to this request [%#x, %#x). Raise "
+          "UHMM_DEVICE_POOL_BYTES or migrate less at once",
+          ds.ordinal, ds.pool->total_pages(), t_protected.first, t_protected.second));
     }
     size_t freed = 0;
     if (absl::Status s = EvictChunk(ds, *victim, &freed); !s.ok()) return s;
@@ -453,6 +481,8 @@ absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t ad
 absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed) {
   *freed = 0;
   std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
+  const auto [keep_start, keep_end] = t_protected;
+  std::erase_if(addrs, [&](uintptr_t a) { return a >= keep_start && a < keep_end; });
   if (addrs.empty()) return absl::OkStatus();
   counters_.evicted_chunks.fetch_add(1, std::memory_order_relaxed);
   const uint64_t t0 = trace::Tracer::NowIfEnabled();

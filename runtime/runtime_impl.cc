@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <mutex>
 #include <optional>
+#include <chrono>
 #include <thread>
 #include <cerrno>
 #include <cstdio>
@@ -31,11 +32,12 @@ void LogIfError(const absl::Status& s) {
   if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
 }
 
-uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred = false) {
+uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred, bool minor) {
   uffd_msg m;
   std::memset(&m, 0, sizeof(m));
   m.event = UFFD_EVENT_PAGEFAULT;
-  m.arg.pagefault.flags = deferred ? FaultService::kDeferredFault : 0;
+  m.arg.pagefault.flags =
+      (deferred ? FaultService::kDeferredFault : 0) | (minor ? UFFD_PAGEFAULT_FLAG_MINOR : 0);
   m.arg.pagefault.address = address;
   m.arg.pagefault.feat.ptid = tid;
   FaultService::SetReadSeq(&m, seq);
@@ -487,16 +489,6 @@ void RuntimeImpl::DestroyRange(ManagedRange& range, bool unmap_user_view) {
     deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
     blk.deferred.clear();
   }
-  {
-    // Zap entries of this range whose REMOVE events never came (munmap raced a migration): an
-    // event still in flight for them finds no range and does nothing.
-    MutexLock lock(&zap_mu_);
-    zaps_.erase(std::remove_if(zaps_.begin(), zaps_.end(),
-                               [&](const Zap& z) {
-                                 return z.start >= range.start() && z.end <= range.end();
-                               }),
-                zaps_.end());
-  }
   const PageRuns mapped = range.MappedRuns(range.start(), range.end());
   // One pointer: the backend's reservation can go back only if the application unmapped none of
   // it; otherwise those addresses may belong to a new mapping, which releasing would unmap.
@@ -566,6 +558,20 @@ absl::StatusOr<RangeRef> RuntimeImpl::CheckMigrateRequest(const char* what, void
         "%s: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", what, ptr, size,
         range->start(), range->end()));
   }
+  if (device != kHost) {
+    // The request must fit the pool at once: its own pages are never evicted to make room for it.
+    const DeviceState& ds = *devices_[device];
+    const bool whole_blocks = range->hugetlb() || ds.device->placement() == Placement::kSameAddress;
+    const uintptr_t first_block = addr & ~(kBlockSize - 1);
+    const size_t need = whole_blocks ? ((addr + size - 1 - first_block) / kBlockSize + 1) * kBlockSize : size;
+    const size_t pool = ds.pool->total_pages() * kPageSize;
+    if (need > pool) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%s: [%p, +%#x) needs %u bytes of device %d's pool at once, which holds %u; migrate it in "
+          "parts no larger than the pool, or raise UHMM_DEVICE_POOL_BYTES",
+          what, ptr, size, need, device, pool));
+    }
+  }
   return range;
 }
 
@@ -579,6 +585,7 @@ absl::Status RuntimeImpl::BulkMigrate(ManagedRange& range, uintptr_t start, uint
       (device == kHost ||
        devices_[device]->pool->total_pages() / kPagesPerBlock >= 8 * (size_t{1} + workers_->threads()));
   auto run = [&](uintptr_t s, uintptr_t e) {
+    ProtectFromEviction protect(start, end);  // the whole request, on whichever thread runs a part
     return device == kHost ? MigrateToHost(range, s, e, MigrateCause::kPrefetch)
                            : MigrateToDevice(range, s, e, *devices_[device], MigrateCause::kPrefetch);
   };
@@ -715,18 +722,34 @@ absl::Status RuntimeImpl::EvictDevice(int device) {
   }
   ReapZombies();
   DeviceState& ds = *devices_[device];
-  absl::flat_hash_set<size_t> exclude;
-  while (std::optional<size_t> victim = ds.pool->PickVictim(exclude)) {
-    size_t freed = 0;
-    if (absl::Status s = EvictChunk(ds, *victim, &freed); !s.ok()) return s;
-    exclude.insert(*victim);
+  // No migration to this device starts while we empty it, and those under way finish first; pages
+  // that migrations to the host hold are waited for. So the call ends with the device empty, and
+  // migrations to it that were held back go on afterwards.
+  ds.gate.Close();
+  absl::Status status;
+  for (int round = 0;; ++round) {
+    absl::flat_hash_set<size_t> exclude;
+    while (std::optional<size_t> victim = ds.pool->PickVictim(exclude)) {
+      size_t freed = 0;
+      status = EvictChunk(ds, *victim, &freed);
+      if (!status.ok()) break;
+      exclude.insert(*victim);
+    }
+    if (!status.ok() || ds.pool->used_pages() == 0) break;
+    if (round == 10000) {  // about 10 s: a page that no migration holds and none can evict
+      status = absl::InternalError(absl::StrFormat(
+          "uhmm_evict_device: %u pages of device %d stayed in use for 10 s with no migration "
+          "holding them",
+          ds.pool->used_pages(), device));
+      break;
+    }
+    // Pages still held by migrations to the host (faults, read-ahead) in flight: they finish on
+    // their own; back off gently.
+    std::this_thread::sleep_for(std::chrono::microseconds(round < 100 ? 10 : 1000));
   }
+  ds.gate.Open();
+  if (!status.ok()) return status;
   ds.pool->ReleaseEmptyChunks();
-  if (ds.pool->used_pages() != 0) {
-    return absl::UnavailableError(absl::StrFormat(
-        "uhmm_evict_device: %u pages of device %d are held by in-flight migrations; retry",
-        ds.pool->used_pages(), device));
-  }
   return absl::OkStatus();
 }
 
@@ -793,7 +816,8 @@ Stats RuntimeImpl::stats() const {
   s.evicted_pages = counters_.evicted_pages.load();
   s.evicted_chunks = counters_.evicted_chunks.load();
   s.sigbus_delivered = counters_.sigbus.load();
-  s.events_remove = counters_.ev_remove.load();
+  s.events_remove = counters_.ev_remove.load() + counters_.own_zap_events.load();
+  s.zero_fill_faults = counters_.zero_fill_faults.load();
   s.events_unmap = counters_.ev_unmap.load();
   s.events_remap = counters_.ev_remap.load();
   s.events_fork = counters_.ev_fork.load();
@@ -826,7 +850,7 @@ void RuntimeImpl::CountMigrated(bool to_device, MigrateCause cause, size_t pages
 // ---- The CPU fault path -------------------------------------------------------------------------
 
 void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns,
-                              bool deferred) {
+                              bool deferred, bool minor) {
   // A deferred message comes back once the migration that held its page is done: same fault.
   if (!deferred) counters_.cpu_faults.fetch_add(1, std::memory_order_relaxed);
   FaultTraceScope trace(received_ns, address, tid, deferred);
@@ -835,19 +859,22 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
   if (!range) {
     // Registered memory that no live range covers (mremapped away, or racing with free): the
     // shadow page is the data, so map it; but first let pending mremaps bring their data home.
-    if (fault_service_->ParkIfRemapPending(FaultMsg(address, tid, seq))) {
+    if (fault_service_->ParkIfRemapPending(FaultMsg(address, tid, seq, false, minor))) {
       trace.Defer();
       return;
     }
     trace.Stamp(trace::kLookedUp);
     trace.Duplicate();
     counters_.unmanaged_faults.fetch_add(1, std::memory_order_relaxed);
-    // A hugetlb mapping takes only whole 2 MiB pages (EINVAL otherwise).
-    if (absl::Status st = uffd_->Continue(page, kPageSize); absl::IsInvalidArgument(st)) {
-      LogIfError(uffd_->Continue(page & ~(kBlockSize - 1), kBlockSize, /*wake=*/true, kBlockSize));
-    } else {
-      LogIfError(st);
+    // A hugetlb mapping takes only whole 2 MiB pages (EINVAL otherwise). A page the shadow does not
+    // have reads as zero.
+    absl::Status st = minor ? uffd_->Continue(page, kPageSize) : uffd_->ZeroFill(page, kPageSize);
+    if (absl::IsInvalidArgument(st)) {
+      const uintptr_t huge = page & ~(kBlockSize - 1);
+      st = minor ? uffd_->Continue(huge, kBlockSize, /*wake=*/true, kBlockSize)
+                 : uffd_->ZeroFill(huge, kBlockSize);
     }
+    LogIfError(st);
     return;
   }
   VaBlock& blk = range->block_of(page);
@@ -862,7 +889,7 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
       if (blk.busy[i]) {
         // A migration holds the page; finalize re-queues us. Never wait here: the migration may
         // itself be waiting for a service thread to read its REMOVE event.
-        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true));
+        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, minor));
         trace.Defer();
         return;
       }
@@ -880,20 +907,38 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
           return;
         }
         dpage = blk.pages[i];
-        if (attempt == 0) granule = FaultGranule(*range, blk, page, &readahead_ok);
+        if (attempt == 0) {
+          granule = FaultGranule(*range, blk, page, &readahead_ok);
+        } else {
+          // The page went back to a device between our migration and this look (or the policy's
+          // granule missed it): move just the CPU's unit of it, so every round makes progress.
+          const uintptr_t unit = page & ~(range->cpu_page() - 1);
+          granule = {unit, std::min(unit + range->cpu_page(), range->end())};
+        }
       }
       if (!poisoned && dpage == nullptr) {
         // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
         // Map it under the block lock: a migration to a device that starts after we looked must
         // not zap first and see its zap undone by this CONTINUE (a lost CPU write).
         if (attempt == 0) {
-          counters_.duplicate_faults.fetch_add(1, std::memory_order_relaxed);
+          (minor ? counters_.duplicate_faults : counters_.zero_fill_faults)
+              .fetch_add(1, std::memory_order_relaxed);
           trace.Stamp(trace::kLookedUp);
           trace.Duplicate();
         }
-        LogIfError(uffd_->Continue(page & ~(range->cpu_page() - 1), range->cpu_page(), /*wake=*/true,
-                                   range->cpu_page()));
-        return;
+        const uintptr_t unit = page & ~(range->cpu_page() - 1);
+        const bool mapped =
+            minor ? fault_service_->MapUnlessDiscarded(unit, unit + range->cpu_page(), [&] {
+                      return uffd_->Continue(unit, range->cpu_page(), /*wake=*/true, range->cpu_page(),
+                                             /*drain_events=*/false);
+                    })
+                  : ZeroFillLocked(*range, blk, page, tid);
+        // An application discard of this page was read meanwhile: wait for it, then map.
+        if (mapped || fault_service_->ParkIfDiscardPending(FaultMsg(address, tid, seq, true, minor))) {
+          if (!mapped) trace.Defer();
+          return;
+        }
+        continue;
       }
     }
     trace.Stamp(trace::kLookedUp);
@@ -928,6 +973,38 @@ void RuntimeImpl::HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uin
     // Loop: the page is normally host resident and mapped now; if another migration took it in
     // between, the next round defers or retries.
   }
+}
+
+bool RuntimeImpl::ZeroFillLocked(ManagedRange& range, VaBlock& blk, uintptr_t page, uint32_t tid) {
+  // The shadow has no page here: this is its first touch, or a discard freed it. Give the whole
+  // block (its host-resident pages that no migration holds) zero pages and map them, so that a
+  // first pass over a new range takes one fault per 2 MiB, as transparent hugepages would.
+  const uintptr_t start = page & ~(kBlockSize - 1);
+  const uintptr_t end = std::min(start + kBlockSize, range.end());
+  PageRuns runs;
+  for (uintptr_t a = start; a < end; a += kPageSize) {
+    const size_t i = ManagedRange::page_in_block(a);
+    if (!blk.device[i] && !blk.busy[i] && !blk.poisoned[i] && !blk.unmapped[i]) AppendPageRun(&runs, a);
+  }
+  for (auto [s, e] : runs) {
+    if (fallocate(range.memfd(), 0, static_cast<off_t>(s - range.start()), static_cast<off_t>(e - s)) != 0) {
+      const int err = errno;
+      if (page < s || page >= e) continue;  // only the faulting page must exist
+      // No memory for it (hugetlb: no free hugepage). Like the kernel for such memory: SIGBUS.
+      std::fprintf(stderr, "uhmm: no host memory for managed page %#lx (%s); SIGBUS to thread %u\n",
+                   static_cast<unsigned long>(page), strerror(err), tid);
+      counters_.sigbus.fetch_add(1, std::memory_order_relaxed);
+      syscall(SYS_tgkill, getpid(), static_cast<pid_t>(tid), SIGBUS);
+      LogIfError(uffd_->Wake(page & ~(range.cpu_page() - 1), range.cpu_page()));
+      continue;
+    }
+    if (!fault_service_->MapUnlessDiscarded(s, e, [&] {
+          return uffd_->Continue(s, e - s, /*wake=*/true, range.cpu_page(), /*drain_events=*/false);
+        })) {
+      return false;
+    }
+  }
+  return true;
 }
 
 std::pair<uintptr_t, uintptr_t> RuntimeImpl::FaultGranule(ManagedRange& range, VaBlock& blk,
@@ -1001,62 +1078,6 @@ void RuntimeImpl::DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t ti
 }
 
 // ---- Events ----------------------------------------------------------------------------------
-
-void RuntimeImpl::BeginZap(uintptr_t start, uintptr_t end) {
-  MutexLock lock(&zap_mu_);
-  zaps_.push_back(Zap{start, end, end - start});
-}
-
-void RuntimeImpl::EndZap(uintptr_t start, uintptr_t end, bool failed) {
-  if (!failed) return;  // the entry goes when its REMOVE events are handled
-  MutexLock lock(&zap_mu_);
-  for (auto it = zaps_.begin(); it != zaps_.end(); ++it) {
-    if (it->start == start && it->end == end) {
-      zaps_.erase(it);
-      return;
-    }
-  }
-}
-
-void RuntimeImpl::OnRemove(uintptr_t start, uintptr_t end) {
-  counters_.ev_remove.fetch_add(1, std::memory_order_relaxed);
-  {
-    // Our own zap during a migration to a device? Its event can be handled long after madvise
-    // returned, while later zaps of sub-ranges are registered too: match the exact range first
-    // (one VMA: the common case), else the smallest zap that contains the event (a zap that
-    // spans several VMAs raises one event per VMA).
-    MutexLock lock(&zap_mu_);
-    auto match = zaps_.end();
-    for (auto it = zaps_.begin(); it != zaps_.end(); ++it) {
-      if (it->start == start && it->end == end) {
-        match = it;
-        break;
-      }
-      if (it->start <= start && end <= it->end &&
-          (match == zaps_.end() || it->end - it->start < match->end - match->start)) {
-        match = it;
-      }
-    }
-    if (match != zaps_.end()) {
-      match->unseen -= std::min(match->unseen, static_cast<size_t>(end - start));
-      if (match->unseen == 0) zaps_.erase(match);
-      return;
-    }
-  }
-  // The application discarded the range (MADV_DONTNEED/MADV_REMOVE). Managed memory behaves like
-  // anonymous memory: the contents become zero. Drop device copies and punch the shadow.
-  for (auto& r : Overlapping(start, end)) {
-    const uintptr_t s = std::max(start, r->start());
-    const uintptr_t e = std::min(end, r->end());
-    DropDevicePages(*r, s, e, /*forget=*/false);
-    // Punch only what is still mapped here: the shadow of pages mremapped away is their data at
-    // the new address.
-    for (auto [a, b] : r->MappedRuns(s, e)) {
-      fallocate(r->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                static_cast<off_t>(a - r->start()), static_cast<off_t>(b - a));
-    }
-  }
-}
 
 std::vector<std::shared_ptr<ManagedRange>> RuntimeImpl::Overlapping(uintptr_t start, uintptr_t end) {
   std::vector<std::shared_ptr<ManagedRange>> hit;

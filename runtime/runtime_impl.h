@@ -12,6 +12,7 @@
 
 #include "runtime/fault_service.h"
 #include "runtime/managed_range.h"
+#include "runtime/migration_gate.h"
 #include "runtime/page_pool.h"
 #include "runtime/sync.h"
 #include "runtime/topology.h"
@@ -30,6 +31,22 @@ struct DeviceState {
   std::unique_ptr<PagePool> pool;
   // host_epoch_ value at this device's last complete launch-coherence pass.
   std::atomic<uint64_t> synced_epoch{0};
+  // Migrations to this device; uhmm_evict_device closes it while it empties the device.
+  MigrationGate gate;
+};
+
+// Marks [start, end) as the request the calling thread migrates to a device, for its lifetime:
+// eviction done on this thread leaves those pages alone. A scope inside another keeps the outer one.
+class ProtectFromEviction {
+ public:
+  ProtectFromEviction(uintptr_t start, uintptr_t end);
+  ~ProtectFromEviction();
+  ProtectFromEviction(const ProtectFromEviction&) = delete;
+  ProtectFromEviction& operator=(const ProtectFromEviction&) = delete;
+
+ private:
+  const std::pair<uintptr_t, uintptr_t> saved_;
+  const bool outer_;
 };
 
 class RuntimeImpl final : public Runtime, public LaunchListener {
@@ -61,8 +78,10 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   // `seq` is the message's read sequence number (FaultService::ReadSeq).
   // `received_ns`: when a service thread got the message (0: not traced). `deferred`: it waited
   // for a migration that held the page.
+  // `minor`: the kernel found the page in the shadow (UFFD_PAGEFAULT_FLAG_MINOR); otherwise the
+  // shadow has no page there yet (first touch, or after a discard) and it is filled with zeros.
   void HandleFault(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns = 0,
-                   bool deferred = false);
+                   bool deferred = false, bool minor = true);
   void OnRemove(uintptr_t start, uintptr_t end);
   void OnUnmap(uintptr_t start, uintptr_t end);
   void OnRemap(uintptr_t from, uintptr_t to, size_t len);
@@ -81,11 +100,20 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   // What placement did, for UHMM_STATS and tests: "fault and migration threads on CPUs ..." or why
   // nothing was bound.
   const std::string& placement() const { return placement_; }
-  // Registers a zap of the user view so that its REMOVE events are recognised as ours. The entry
-  // lives until OnRemove has consumed events covering it (reading the event releases madvise
-  // before the event is handled), or EndZap(failed=true) when madvise failed.
+  // A zap of the user view (MADV_DONTNEED during a migration to a device), from just before its
+  // madvise to just after: its REMOVE events are the runtime's own (discard.cc).
   void BeginZap(uintptr_t start, uintptr_t end);
-  void EndZap(uintptr_t start, uintptr_t end, bool failed);
+  void EndZap(uintptr_t start, uintptr_t end);
+  // For the fault service, as it reads a REMOVE event: true when it belongs to a zap in flight.
+  bool ClaimZapEvent(uintptr_t start, uintptr_t end);
+  // Applies an application discard to the page at `addr`, which no migration holds (or whose
+  // migration is finishing): it ends zero, on the host (a hugetlb block stays where it is whole).
+  // Device pages to put go to `release`.
+  void ApplyDiscardLocked(ManagedRange& range, VaBlock& blk, uintptr_t addr, std::vector<Page*>* release)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
+  // Makes [start, end) of the range's shadow read as zero. Caller holds the block lock (or the
+  // pages are otherwise out of reach of migrations) and no CPU mapping of them exists.
+  void ZeroShadow(ManagedRange& range, uintptr_t start, uintptr_t end);
   // Moves every device page in [start, end) of `range` back to RAM (but, with
   // `skip_if_moved_after_ns`, not blocks that moved to a device after that time: read-ahead).
   absl::Status MigrateToHost(ManagedRange& range, uintptr_t start, uintptr_t end, MigrateCause cause,
@@ -95,6 +123,8 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   void ForkPrepare();
   void ForkParent();
   void ForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS;  // single-threaded: the child
+  // In the child: pages the parent could not bring home raise SIGBUS.
+  void LoseUnreachablePages(ManagedRange& r) ABSL_NO_THREAD_SAFETY_ANALYSIS;
 
  private:
   explicit RuntimeImpl(const Config& config) : config_(config) {}
@@ -119,8 +149,18 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   // Runs of whole blocks of `range` that hold host-resident (or in-flight) pages.
   PageRuns BlocksWithHostPages(ManagedRange& range);
   void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);
+  // Applies an application discard of [start, end), inside one block (discard.cc).
+  void DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t end);
+  // Zeroes [start, end) of a device-resident block on its device (a partial discard of a hugetlb
+  // block, which stays on the device whole).
+  absl::Status ZeroOnDevice(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
   // Policy for a fault at `page` whose block holds it on a device (caller holds blk.mu): the run
   // to migrate back, and whether read-ahead may follow (not for thrashing blocks).
+  // A missing fault at host-resident `page`: zero-fills and maps its block. False, having mapped
+  // nothing of what remains, when an application discard there is pending.
+  bool ZeroFillLocked(ManagedRange& range, VaBlock& blk, uintptr_t page, uint32_t tid)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
   std::pair<uintptr_t, uintptr_t> FaultGranule(ManagedRange& range, VaBlock& blk, uintptr_t page,
                                                bool* readahead_ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
   // Queues [from, to) of `range` for the migration workers, one block per job. Blocks a migration
@@ -162,15 +202,12 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   Mutex zap_mu_;
   struct Zap {
     uintptr_t start, end;
-    size_t unseen;  // bytes of the zap whose REMOVE events have not been handled yet
+    uintptr_t next;  // where its next REMOVE event starts (it raises one per mapping, in order)
   };
   std::vector<Zap> zaps_ ABSL_GUARDED_BY(zap_mu_);
 
   // fork: migrations to a device wait while a fork is being prepared.
-  Mutex fork_mu_;
-  CondVar fork_cv_;
-  bool forking_ ABSL_GUARDED_BY(fork_mu_) = false;
-  int to_device_inflight_ ABSL_GUARDED_BY(fork_mu_) = 0;
+  MigrationGate fork_gate_;
   int fork_pipe_[2] = {-1, -1};
   bool forked_child_ = false;
 
@@ -178,6 +215,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
     std::atomic<uint64_t> cpu_faults{0}, duplicate_faults{0}, unmanaged_faults{0};
     std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
     std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, ev_fork{0};
+    std::atomic<uint64_t> own_zap_events{0}, zero_fill_faults{0};
     std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};
     std::atomic<uint64_t> readahead_pages{0}, grown_faults{0}, thrashing_blocks{0};
   };

@@ -2,6 +2,7 @@
 #include "runtime/uffd.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -103,7 +104,8 @@ absl::StatusOr<std::unique_ptr<Uffd>> Uffd::Open() {
   const uint64_t wanted = required | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
                           UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |
                           UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_POISON |
-                          UFFD_FEATURE_MINOR_HUGETLBFS;
+                          UFFD_FEATURE_MINOR_HUGETLBFS | UFFD_FEATURE_MISSING_SHMEM |
+                          UFFD_FEATURE_MISSING_HUGETLBFS;
   if ((available & required) != required) {
     close(fd);
     return absl::UnavailableError(absl::StrFormat(
@@ -134,12 +136,38 @@ Uffd::~Uffd() {
 }
 
 absl::Status Uffd::Register(uintptr_t addr, size_t len) {
-  uffdio_register reg{.range = {.start = addr, .len = len}, .mode = UFFDIO_REGISTER_MODE_MINOR,
-                      .ioctls = 0};
+  uffdio_register reg{.range = {.start = addr, .len = len},
+                      .mode = UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING, .ioctls = 0};
   if (ioctl(fd_, UFFDIO_REGISTER, &reg) != 0) {
-    return Errno(absl::StrFormat("uhmm: UFFDIO_REGISTER(MINOR) of [%#x, +%#x)", addr, len), errno);
+    return Errno(absl::StrFormat("uhmm: UFFDIO_REGISTER(MINOR|MISSING) of [%#x, +%#x)", addr, len),
+                 errno);
   }
   return absl::OkStatus();
+}
+
+absl::Status Uffd::ZeroFill(uintptr_t addr, size_t len) {
+  for (;;) {
+    int rc;
+    if (len == kPage) {
+      uffdio_zeropage z{.range = {.start = addr, .len = len}, .mode = 0, .zeropage = 0};
+      rc = ioctl(fd_, UFFDIO_ZEROPAGE, &z);
+    } else {
+      // hugetlbfs has no ZEROPAGE: copy from a zero page of the same size. Read-only anonymous
+      // memory reads as zeros without ever being populated.
+      static void* const zeros = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (zeros == MAP_FAILED) return Errno("uhmm: mapping a zero page", errno);
+      uffdio_copy c{.dst = addr, .src = reinterpret_cast<uintptr_t>(zeros), .len = len, .mode = 0, .copy = 0};
+      rc = ioctl(fd_, UFFDIO_COPY, &c);
+    }
+    if (rc == 0) return absl::OkStatus();
+    const int err = errno;
+    if (err == EAGAIN) {
+      OnEagain();
+      continue;
+    }
+    if (err == EEXIST || err == ESRCH) return Wake(addr, len);  // mapped meanwhile, or exiting
+    return Errno(absl::StrFormat("uhmm: zero-filling [%#x, +%#x)", addr, len), err);
+  }
 }
 
 absl::Status Uffd::Unregister(uintptr_t addr, size_t len) {
@@ -158,7 +186,15 @@ void Uffd::OnEagain() {
   }
 }
 
-absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page) {
+namespace {
+constexpr char kEventPending[] = "uhmm: a userfaultfd event is waiting to be read";
+}  // namespace
+
+bool Uffd::EventPending(const absl::Status& s) {
+  return absl::IsUnavailable(s) && std::string_view(s.message().data(), s.message().size()) == kEventPending;
+}
+
+absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page, bool drain_events) {
   uintptr_t cur = addr;
   const uintptr_t end = addr + len;
   bool skipped = false;
@@ -173,6 +209,7 @@ absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page) 
       cur += page;
       skipped = true;
     } else if (err == EAGAIN) {
+      if (c.mapped <= 0 && !drain_events) return absl::UnavailableError(kEventPending);
       if (c.mapped <= 0) OnEagain();
     } else if (err == EFAULT || err == ENOENT) {
       // No page-cache page behind `cur` (hole punched meanwhile): let the thread retry the access,

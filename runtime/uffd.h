@@ -48,6 +48,9 @@ class Uffd {
   bool has_poison() const { return (features_ & UFFD_FEATURE_POISON) != 0; }
   Source source() const { return source_; }
 
+  // MINOR and MISSING: every CPU mapping of a managed page is installed by uhmm (MISSING: the page
+  // has no host copy yet, or an application discard freed it), so nothing reaches a page behind
+  // the runtime's back while it applies a discard.
   absl::Status Register(uintptr_t addr, size_t len);
   absl::Status Unregister(uintptr_t addr, size_t len);
 
@@ -56,8 +59,16 @@ class Uffd {
   // runs the EAGAIN hook, which drains events, and retries.
   // wake = false: UFFDIO_CONTINUE_MODE_DONTWAKE; the caller wakes the threads with Wake.
   // `page`: the mapping's page size (2 MiB for hugetlb), the step past an already mapped page.
-  absl::Status Continue(uintptr_t addr, size_t len, bool wake = true, size_t page = 4096);
+  // drain_events = false: on EAGAIN return an EventPending() status instead of running the hook
+  // (for callers that hold off reads, see FaultService::MapUnlessDiscarded).
+  absl::Status Continue(uintptr_t addr, size_t len, bool wake = true, size_t page = 4096,
+                        bool drain_events = true);
+  // The status Continue(drain_events = false) returns while a non-fault event waits to be read.
+  static bool EventPending(const absl::Status& s);
   absl::Status Wake(uintptr_t addr, size_t len);
+  // Resolves a missing fault at an address no range covers with a new zero page (`len`: 4 KiB, or
+  // 2 MiB in a hugetlb mapping), and wakes the waiters.
+  absl::Status ZeroFill(uintptr_t addr, size_t len);
   // Installs a poison marker: this and later accesses of the page raise SIGBUS.
   absl::Status Poison(uintptr_t addr, size_t len);
 

@@ -27,6 +27,9 @@ struct VaBlock {
   PageMask busy ABSL_GUARDED_BY(mu);      // collected by an in-flight migrate_vma
   PageMask poisoned ABSL_GUARDED_BY(mu);  // lost to a device error; accesses get SIGBUS
   PageMask unmapped ABSL_GUARDED_BY(mu);  // the application munmapped/mremapped it away
+  // The application discarded it (MADV_DONTNEED/REMOVE) while a migration held it (busy): that
+  // migration's finalize applies the discard (the page ends host-resident and zero).
+  PageMask discard ABSL_GUARDED_BY(mu);
   std::array<Page*, kPagesPerBlock> pages ABSL_GUARDED_BY(mu) = {};
   std::vector<uffd_msg> deferred ABSL_GUARDED_BY(mu);  // faults that hit busy pages
   // FaultService::read_seq() when pages of this block last moved to a device: fault messages read

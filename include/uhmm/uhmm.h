@@ -86,7 +86,10 @@ typedef struct uhmm_config {
 
 typedef struct uhmm_stats {
   uint64_t cpu_faults;          /* userfaultfd fault messages served */
-  uint64_t duplicate_faults;    /* faults on pages someone else had already brought back */
+  uint64_t duplicate_faults;    /* faults on host-resident pages that the CPU had not mapped: another
+                                   thread's fault or a migration brought the page home first, the
+                                   page's CPU mapping was taken by a migration that then left it on
+                                   the host (pool full, page busy), or a discard or fork unmapped it */
   uint64_t stale_faults;        /* fault messages older than the page's last move to a device
                                    (a signal can make the kernel repeat a fault): answered with a
                                    wake, not a migration */
@@ -105,6 +108,8 @@ typedef struct uhmm_stats {
   uint64_t grown_faults;        /* faults whose granule the density policy grew */
   uint64_t thrashing_blocks;    /* times a block was marked thrashing */
   uint64_t hugetlb_ranges;      /* live ranges backed by 2 MiB hugetlb pages */
+  uint64_t zero_fill_faults;    /* faults on pages with no host copy yet (first touch of a range,
+                                   or after a discard): served with zero pages, a granule at a time */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;
@@ -127,7 +132,9 @@ uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out);
 /* Frees every range still allocated, stops the fault service and releases the devices. */
 void uhmm_destroy(uhmm_runtime_t* rt);
 
-/* Allocates `size` bytes of managed memory, page aligned, resident on the host. */
+/* Allocates `size` bytes of managed memory, page aligned, resident on the host. A range's data
+ * lives in host memory whenever it is not on a device, so a size larger than the host's RAM + swap
+ * fails at once with UHMM_ERROR_OUT_OF_MEMORY. */
 uhmm_status_t uhmm_alloc(uhmm_runtime_t* rt, size_t size, void** out);
 /* uhmm_alloc with the range's host page backing chosen (see uhmm_page_backing_t). */
 uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backing_t backing,
