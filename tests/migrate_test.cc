@@ -132,7 +132,15 @@ TEST_F(MigrateTest, OversubscribedRangeMigratesThroughEviction) {
   UHMM_RETURN_IF_SKIPPED();
   const size_t bytes = 16 * kMiB;  // 4x the pool
   uint64_t* p = AllocFilled(bytes, 40);
-  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  // One request cannot be resident at once: an error, not OK with pages left behind.
+  absl::Status whole = rt_->Migrate(p, bytes, 0);
+  EXPECT_EQ(whole.code(), absl::StatusCode::kResourceExhausted) << whole;
+  EXPECT_NE(whole.message().find("pool"), std::string::npos) << whole;
+  // Pool-sized requests each end fully resident, evicting the one before.
+  for (size_t off = 0; off < bytes; off += 4 * kMiB) {
+    ASSERT_TRUE(rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, 4 * kMiB, 0).ok());
+    EXPECT_EQ(CountAt(Residency(reinterpret_cast<uint8_t*>(p) + off, 4 * kMiB), 0), 4 * kMiB / kPageSize);
+  }
   std::vector<int32_t> res = Residency(p, bytes);
   EXPECT_EQ(CountAt(res, 0), 4 * kMiB / kPageSize);  // the last 4 MiB stay
   EXPECT_EQ(FirstMismatch(p, bytes, 40), -1);

@@ -47,9 +47,9 @@ TEST_F(TracingTest, EveryFaultHasItsPhasesInOrderAndEveryMigrationItsCause) {
   const std::string path = TempPath("faults");
   ASSERT_TRUE(rt().StartTrace(path).ok());
   constexpr size_t kBytes = 8 * kMiB;
+  const Stats before = rt().stats();  // the fill's first touches are faults too (zero-fill)
   uint64_t* p = AllocFilled(kBytes, 3);
   ASSERT_TRUE(rt().Migrate(p, kBytes, 0).ok());
-  const Stats before = rt().stats();
   const size_t gran = TestConfig().fault_granularity;
   for (size_t off = 0; off < kBytes; off += gran) ASSERT_EQ(p[off / 8], Pattern(3, off / 8));
   const Stats after = rt().stats();
@@ -78,6 +78,7 @@ TEST_F(TracingTest, EveryFaultHasItsPhasesInOrderAndEveryMigrationItsCause) {
     EXPECT_EQ(f.device, 0);
   }
   EXPECT_EQ(migrated, kBytes / gran);  // one fault per granule, each brought its granule back
+  EXPECT_EQ(after.zero_fill_faults - before.zero_fill_faults, kBytes / kBlockSize);  // the fill's, a block each
 
   uint64_t to_device = 0, fault_back = 0;
   for (const TraceRecord& m : OfType(*t, RecordType::kMigration)) {
@@ -103,10 +104,11 @@ TEST_F(TracingTest, EveryFaultHasItsPhasesInOrderAndEveryMigrationItsCause) {
 TEST_F(TracingTest, EvictionsAndDeviceErrorsAreRecorded) {
   const std::string path = TempPath("evict");
   ASSERT_TRUE(rt().StartTrace(path).ok());
-  // Twice the 64 MiB pool: the second half evicts the first.
+  // Twice the 64 MiB pool, in two requests: the second half evicts the first.
   constexpr size_t kBytes = 128 * kMiB;
   uint64_t* p = AllocFilled(kBytes, 5);
-  ASSERT_TRUE(rt().Migrate(p, kBytes, 0).ok());
+  ASSERT_TRUE(rt().Migrate(p, kBytes / 2, 0).ok());
+  ASSERT_TRUE(rt().Migrate(p + kBytes / 16, kBytes / 2, 0).ok());
   dev0().FailNextCopies(CopyDirection::kHostToDevice, 1);
   uint64_t* q = AllocFilled(2 * kMiB, 6);
   EXPECT_FALSE(rt().Migrate(q, 2 * kMiB, 0).ok());
@@ -152,11 +154,11 @@ TEST_F(TracingTest, ThreadsFaultingWhileTracingLoseNoRecords) {
   constexpr int kThreads = 4;
   constexpr size_t kBytes = 8 * kMiB;
   std::vector<uint64_t*> bufs;
+  const Stats before = rt().stats();  // the fills' first touches are faults too (zero-fill)
   for (int i = 0; i < kThreads; ++i) {
     bufs.push_back(AllocFilled(kBytes, 10 + i));
     ASSERT_TRUE(rt().Migrate(bufs.back(), kBytes, 0).ok());
   }
-  const Stats before = rt().stats();
   std::vector<std::thread> threads;
   for (int i = 0; i < kThreads; ++i) {
     threads.emplace_back([&, i] {
