@@ -152,6 +152,21 @@ bool FaultService::ParkIfDiscardPending(const uffd_msg& msg) {
   return false;
 }
 
+void FaultService::AwaitDiscards(uintptr_t start, uintptr_t end) {
+  if (OnServiceThread()) return;  // they apply discards: never wait here
+  // A madvise that returned had its event read, but the reader may still be registering it.
+  WaitForReadsInFlight();
+  if (discards_pending_.load(std::memory_order_acquire) == 0) return;
+  MutexLock lock(&discard_mu_);
+  auto overlaps = [&] {
+    for (const PendingDiscard& d : discards_) {
+      if (start < d.end && d.start < end) return true;
+    }
+    return false;
+  };
+  while (overlaps()) discard_cv_.Wait(&discard_mu_);
+}
+
 bool FaultService::DiscardPending(uintptr_t start, uintptr_t end) {
   if (discards_pending_.load(std::memory_order_acquire) == 0) return false;
   MutexLock lock(&discard_mu_);
@@ -167,6 +182,7 @@ void FaultService::DiscardHandled(uint32_t seq) {
     MutexLock lock(&discard_mu_);
     std::erase_if(discards_, [seq](const PendingDiscard& d) { return d.seq == seq; });
     discards_pending_.store(static_cast<int>(discards_.size()), std::memory_order_release);
+    discard_cv_.SignalAll();
     // Every parked fault goes back through Dispatch, which parks it again if another discard
     // still covers it.
     wake.swap(discard_parked_);

@@ -72,6 +72,10 @@ class FaultService {
   // [start, end) is pending. The caller may hold a block lock.
   bool MapUnlessDiscarded(uintptr_t start, uintptr_t end, absl::FunctionRef<absl::Status()> map);
   void DiscardHandled(uint32_t seq);
+  // For API calls (never on a service thread): returns once every application discard overlapping
+  // [start, end) whose madvise has returned is applied, so the call sees its effect, as it would on
+  // anonymous memory, rather than having it land later (dropping a device copy it made, say).
+  void AwaitDiscards(uintptr_t start, uintptr_t end);
   // Returns once no thread is between reading a message and classifying it: a zap whose madvise
   // returned has had all its REMOVE events claimed (RuntimeImpl::EndZap).
   void WaitForReadsInFlight();
@@ -107,6 +111,7 @@ class FaultService {
   std::atomic<int> discards_pending_{0};
   std::vector<PendingDiscard> discards_ ABSL_GUARDED_BY(discard_mu_);
   std::vector<uffd_msg> discard_parked_ ABSL_GUARDED_BY(discard_mu_);
+  CondVar discard_cv_;  // signalled when a discard is applied
   Mutex remap_mu_;
   int remaps_pending_ ABSL_GUARDED_BY(remap_mu_) = 0;
   std::vector<uffd_msg> parked_ ABSL_GUARDED_BY(remap_mu_);

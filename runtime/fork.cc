@@ -62,6 +62,7 @@ void UnregisterForFork(RuntimeImpl* rt) {
 
 void RuntimeImpl::ForkPrepare() {
   if (forked_child_) return;
+  fault_service_->AwaitDiscards(0, UINTPTR_MAX);
   fork_gate_.Close();
   std::vector<std::shared_ptr<ManagedRange>> all;
   {

@@ -418,7 +418,7 @@ absl::Status RuntimeImpl::MigrateToDevice(ManagedRange& range, uintptr_t start, 
                                           DeviceState& ds, MigrateCause cause) {
   GatePass fork_pass(&fork_gate_);
   GatePass device_pass(&ds.gate);
-  ProtectFromEviction protect(start, end);
+  ProtectFromEviction protect(range, *ds.device, start, end);
   return MigrateToDeviceLocked(range, start, end, ds, cause);
 }
 
@@ -451,9 +451,15 @@ absl::Status RuntimeImpl::MigrateToDeviceLocked(ManagedRange& range, uintptr_t s
   return absl::OkStatus();
 }
 
-ProtectFromEviction::ProtectFromEviction(uintptr_t start, uintptr_t end)
+ProtectFromEviction::ProtectFromEviction(const ManagedRange& range, const Device& device, uintptr_t start,
+                                         uintptr_t end)
     : saved_(t_protected), outer_(t_protected.first < t_protected.second) {
-  if (!outer_) t_protected = {start, end};  // an enclosing request already covers this one
+  if (outer_) return;  // an enclosing request already covers this one
+  if (range.hugetlb() || device.placement() == Placement::kSameAddress) {
+    start &= ~(kBlockSize - 1);
+    end = std::min(range.end(), NextBlockBoundary(end - 1));
+  }
+  t_protected = {start, end};
 }
 
 ProtectFromEviction::~ProtectFromEviction() { t_protected = saved_; }

@@ -558,6 +558,7 @@ absl::StatusOr<RangeRef> RuntimeImpl::CheckMigrateRequest(const char* what, void
         "%s: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", what, ptr, size,
         range->start(), range->end()));
   }
+  fault_service_->AwaitDiscards(addr, addr + size);
   if (device != kHost) {
     // The request must fit the pool at once: its own pages are never evicted to make room for it.
     const DeviceState& ds = *devices_[device];
@@ -585,7 +586,8 @@ absl::Status RuntimeImpl::BulkMigrate(ManagedRange& range, uintptr_t start, uint
       (device == kHost ||
        devices_[device]->pool->total_pages() / kPagesPerBlock >= 8 * (size_t{1} + workers_->threads()));
   auto run = [&](uintptr_t s, uintptr_t e) {
-    ProtectFromEviction protect(start, end);  // the whole request, on whichever thread runs a part
+    // The whole request, on whichever thread runs a part.
+    ProtectFromEviction protect(range, *devices_[device == kHost ? 0 : device]->device, start, end);
     return device == kHost ? MigrateToHost(range, s, e, MigrateCause::kPrefetch)
                            : MigrateToDevice(range, s, e, *devices_[device], MigrateCause::kPrefetch);
   };
@@ -632,6 +634,7 @@ absl::Status RuntimeImpl::SyncForDevice(int device, void* queue) {
         "uhmm_sync_for_device: device %d does not exist (devices 0..%d)", device, device_count() - 1));
   }
   DeviceState& ds = *devices_[device];
+  fault_service_->AwaitDiscards(0, UINTPTR_MAX);
   const uint64_t epoch = host_epoch_.load(std::memory_order_acquire);
   if (ds.synced_epoch.load(std::memory_order_acquire) == epoch) return absl::OkStatus();
   ReapZombies();
@@ -721,6 +724,7 @@ absl::Status RuntimeImpl::EvictDevice(int device) {
         "uhmm_evict_device: device %d does not exist (devices 0..%d)", device, device_count() - 1));
   }
   ReapZombies();
+  fault_service_->AwaitDiscards(0, UINTPTR_MAX);
   DeviceState& ds = *devices_[device];
   // No migration to this device starts while we empty it, and those under way finish first; pages
   // that migrations to the host hold are waited for. So the call ends with the device empty, and
@@ -771,6 +775,7 @@ absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, siz
         "uhmm_query_residency: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", ptr,
         size, range->start(), range->end()));
   }
+  fault_service_->AwaitDiscards(addr, addr + size);
   std::vector<int32_t> out;
   out.reserve(size / kPageSize);
   for (uintptr_t a = addr; a < addr + size;) {

@@ -35,11 +35,12 @@ struct DeviceState {
   MigrationGate gate;
 };
 
-// Marks [start, end) as the request the calling thread migrates to a device, for its lifetime:
-// eviction done on this thread leaves those pages alone. A scope inside another keeps the outer one.
+// Marks [start, end) of `range` as the request the calling thread migrates to `device`, for its
+// lifetime: eviction done on this thread leaves those pages alone (whole blocks, where the range or
+// the device moves whole blocks). A scope inside another keeps the outer one.
 class ProtectFromEviction {
  public:
-  ProtectFromEviction(uintptr_t start, uintptr_t end);
+  ProtectFromEviction(const ManagedRange& range, const Device& device, uintptr_t start, uintptr_t end);
   ~ProtectFromEviction();
   ProtectFromEviction(const ProtectFromEviction&) = delete;
   ProtectFromEviction& operator=(const ProtectFromEviction&) = delete;
