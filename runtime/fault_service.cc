@@ -130,12 +130,9 @@ bool FaultService::MapUnlessDiscarded(uintptr_t start, uintptr_t end,
       if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
       return true;
     }
-    // The event must be read before anything maps: read it (a service thread) or let one.
-    if (OnServiceThread()) {
-      DrainToQueue();
-    } else {
-      sched_yield();
-    }
+    // The event must be read before anything maps. Read it here, whatever the thread: the caller
+    // may hold a block lock that every service thread is waiting for.
+    DrainToQueue();
   }
 }
 

@@ -185,13 +185,9 @@ absl::Status RuntimeImpl::Init() {
                       : std::thread::hardware_concurrency() >= 8 ? 50 : 0;
   fault_service_ = std::make_unique<FaultService>(this, uffd_.get(), config_.fault_threads, spin_us);
   FaultService* fs = fault_service_.get();
-  uffd_->set_eagain_hook([fs] {
-    if (FaultService::OnServiceThread()) {
-      fs->DrainToQueue();
-    } else {
-      sched_yield();  // a service thread is reading the pending event
-    }
-  });
+  // Any thread that meets a pending event reads it (the service threads dispatch it): it may hold
+  // a block lock that the service threads are waiting for.
+  uffd_->set_eagain_hook([fs] { fs->DrainToQueue(); });
   if (absl::Status s = fault_service_->Start(); !s.ok()) return s;
   workers_ = std::make_unique<WorkerPool>(config_.prefetch_threads, "uhmm-mig-");
   workers_->Start();
@@ -991,7 +987,8 @@ bool RuntimeImpl::ZeroFillLocked(ManagedRange& range, VaBlock& blk, uintptr_t pa
     const size_t i = ManagedRange::page_in_block(a);
     if (!blk.device[i] && !blk.busy[i] && !blk.poisoned[i] && !blk.unmapped[i]) AppendPageRun(&runs, a);
   }
-  for (auto [s, e] : runs) {
+  for (const auto& run : runs) {
+    const uintptr_t s = run.first, e = run.second;
     if (fallocate(range.memfd(), 0, static_cast<off_t>(s - range.start()), static_cast<off_t>(e - s)) != 0) {
       const int err = errno;
       if (page < s || page >= e) continue;  // only the faulting page must exist
