@@ -39,7 +39,12 @@ absl::StatusOr<PagePool::Chunk*> PagePool::NewChunk() {
   if (!base.ok()) return base.status();
   auto chunk = std::make_unique<Chunk>();
   chunk->device_base = *base;
-  chunk->pages = std::make_unique<Page[]>(kPagesPerChunk);
+  if (spare_pages_.empty()) {
+    chunk->pages = std::make_unique<Page[]>(kPagesPerChunk);
+  } else {
+    chunk->pages = std::move(spare_pages_.back());  // every page free: refcount 1, no flags
+    spare_pages_.pop_back();
+  }
   if (!same_address_) chunk->free.reserve(kPagesPerChunk);
   for (size_t i = 0; i < kPagesPerChunk; ++i) {
     Page& p = chunk->pages[i];
@@ -184,6 +189,7 @@ void PagePool::ReleaseEmptyChunks() {
     if (chunk && chunk->used == 0) {
       Unbind(*chunk);
       device_->FreeChunk(chunk->device_base);
+      spare_pages_.push_back(std::move(chunk->pages));
       chunk.reset();
     }
   }

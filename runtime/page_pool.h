@@ -77,6 +77,10 @@ class PagePool {
   std::vector<std::unique_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);  // nullptr: slot given back
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uintptr_t, Chunk*> bound_ ABSL_GUARDED_BY(mu_);  // block -> chunk
+  // Descriptor arrays of chunks given back to the device, reused by new chunks. A descriptor stays
+  // valid memory for the pool's life: a fault handler may still hold one it read under a block lock
+  // (for its pagemap) while eviction empties and releases the chunk.
+  std::vector<std::unique_ptr<Page[]>> spare_pages_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace uhmm
