@@ -138,7 +138,7 @@ absl::Status Config::Validate() const {
         "uhmm: device_pool_bytes (UHMM_DEVICE_POOL_BYTES) is %u; use a multiple of 2 MiB (0 = default)",
         device_pool_bytes));
   }
-  if (device_pool_fraction < 0 || device_pool_fraction > 1 ||
+  if (!(device_pool_fraction >= 0 && device_pool_fraction <= 1) ||  // NaN too
       (device_pool_fraction > 0 && device_pool_bytes != 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "uhmm: device_pool_fraction is %g; use (0, 1] of free device memory, and not together with "
@@ -175,8 +175,15 @@ absl::Status Config::Validate() const {
         thrashing_threshold, thrashing_lapse_us));
   }
   if (hugetlb != HugetlbMode::kAuto && hugetlb != HugetlbMode::kNever && hugetlb != HugetlbMode::kAlways) {
-    return absl::InvalidArgumentError(absl::StrFormat("uhmm: hugetlb mode %d is not auto, never or always",
-                                                      static_cast<int>(hugetlb)));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: hugetlb (UHMM_HUGETLB) is %d; use auto (%d), never (%d) or always (%d)",
+        static_cast<int>(hugetlb), UHMM_HUGETLB_AUTO, UHMM_HUGETLB_NEVER, UHMM_HUGETLB_ALWAYS));
+  }
+  if (sigbus_mode != SigbusMode::kAuto && sigbus_mode != SigbusMode::kPoison &&
+      sigbus_mode != SigbusMode::kTkill) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: sigbus_mode (UHMM_SIGBUS_MODE) is %d; use auto (%d), poison (%d) or tkill (%d)",
+        static_cast<int>(sigbus_mode), UHMM_SIGBUS_AUTO, UHMM_SIGBUS_POISON, UHMM_SIGBUS_TKILL));
   }
   if (fault_spin_us < -1 || fault_spin_us > 1000000) {
     return absl::InvalidArgumentError(absl::StrFormat(

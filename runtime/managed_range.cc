@@ -3,6 +3,8 @@
 
 #include <linux/memfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,15 +56,36 @@ size_t FreeHugepages() {
   return n;
 }
 
+size_t HostBackingBytes() {
+  struct sysinfo si = {};
+  if (sysinfo(&si) != 0) return SIZE_MAX;  // cannot tell: do not refuse for that
+  const unsigned __int128 bytes =
+      (static_cast<unsigned __int128>(si.totalram) + si.totalswap) * std::max<unsigned>(si.mem_unit, 1);
+  return bytes > SIZE_MAX ? SIZE_MAX : static_cast<size_t>(bytes);
+}
+
 absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* rt, Backend* backend,
                                                                    size_t size, bool hugetlb) {
   const size_t unit = hugetlb ? kBlockSize : kPageSize;
   const size_t rounded = (size + unit - 1) & ~(unit - 1);
+  // The data lives in the memfd whenever it is not on a device, so a range the host cannot back
+  // could never be brought home (and its block descriptors alone would exhaust the heap first).
+  if (const size_t limit = HostBackingBytes(); rounded > limit) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "uhmm_alloc: %u bytes (%.1f GiB) is more than this machine's host memory can back, %u bytes "
+        "(%.1f GiB: RAM + swap, MemTotal + SwapTotal): a managed range's data lives in host memory "
+        "whenever it is not on a device",
+        size, static_cast<double>(size) / (1 << 30), limit, static_cast<double>(limit) / (1 << 30)));
+  }
   std::unique_ptr<ManagedRange> r(new ManagedRange(rt, backend, rounded, size, hugetlb));
   r->memfd_ = memfd_create("uhmm-range", MFD_CLOEXEC | (hugetlb ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
   if (r->memfd_ < 0) {
     return absl::ResourceExhaustedError(absl::StrFormat("uhmm: memfd_create%s: %s",
                                                         hugetlb ? "(MFD_HUGETLB)" : "", strerror(errno)));
+  }
+  // memfds are created 0777; only this process (and its fork children, through the fd) uses it.
+  if (fchmod(r->memfd_, 0600) != 0) {
+    return absl::InternalError(absl::StrFormat("uhmm: fchmod(memfd, 0600): %s", strerror(errno)));
   }
   if (ftruncate(r->memfd_, static_cast<off_t>(rounded)) != 0) {
     return absl::ResourceExhaustedError(

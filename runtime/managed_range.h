@@ -34,13 +34,18 @@ inline void AppendPageRun(PageRuns* runs, uintptr_t addr) {
 // 2 MiB hugepages free in the system's pool (0 when it cannot be read).
 size_t FreeHugepages();
 
+// Host memory that can back managed data: RAM + swap (SIZE_MAX when it cannot be read). No range
+// may be larger (ManagedRange::Create refuses it with RESOURCE_EXHAUSTED).
+size_t HostBackingBytes();
+
 class ManagedRange {
  public:
   // Creates the memfd and both views; the user view is 2 MiB aligned, and placed over the address
   // space the backend reserved when it shares managed addresses with its devices. The runtime view
   // is registered with the backend (pinned). Does not register the user view with userfaultfd.
   // `hugetlb`: the memfd is hugetlbfs (2 MiB pages, size rounded up to 2 MiB); fails with
-  // RESOURCE_EXHAUSTED naming vm.nr_hugepages when not enough hugepages are free.
+  // RESOURCE_EXHAUSTED naming vm.nr_hugepages when not enough hugepages are free, and for any range
+  // larger than HostBackingBytes() before allocating anything.
   static absl::StatusOr<std::unique_ptr<ManagedRange>> Create(RuntimeImpl* rt, Backend* backend,
                                                               size_t size, bool hugetlb = false);
   // Unregisters and unmaps the runtime view and closes the memfd (the user view is torn down first).

@@ -1,8 +1,14 @@
 // Bad input gets a clear error and loses nothing: every call here fails with a specific code and a
 // message, and the data of a live allocation (half on the device) is intact afterwards.
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 
+#include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "tests/test_util.h"
@@ -97,6 +103,55 @@ TEST_F(BadInputTest, SizeOverflowIsRejected) {
   EXPECT_EQ(arr.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// RAM + swap from /proc/meminfo (MemTotal + SwapTotal): what can back a managed range's data
+// whenever it is not on a device. 0 when it cannot be read.
+size_t HostMemoryBytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "re");
+  if (f == nullptr) return 0;
+  size_t total_kb = 0;
+  char line[256];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    unsigned long long kb = 0;
+    if (std::sscanf(line, "MemTotal: %llu kB", &kb) == 1 || std::sscanf(line, "SwapTotal: %llu kB", &kb) == 1) {
+      total_kb += kb;
+    }
+  }
+  std::fclose(f);
+  return total_kb * 1024;
+}
+
+// Sizes no machine here can back: 64 TiB (the address-space cap), 1 TiB, and one page more than
+// RAM + swap. Sizes this machine could back are left out.
+std::vector<size_t> UnbackableSizes() {
+  const size_t host = HostMemoryBytes();
+  std::vector<size_t> sizes = {size_t{1} << 46};
+  if (host < (size_t{1} << 40)) sizes.push_back(size_t{1} << 40);
+  if (host != 0) sizes.push_back(host + kPageSize);
+  return sizes;
+}
+
+TEST_F(BadInputTest, HugeAllocationFailsWithOutOfMemory) {
+  const size_t host = HostMemoryBytes();
+  ASSERT_NE(host, 0u) << "cannot read /proc/meminfo";
+  for (size_t size : UnbackableSizes()) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<void*> p = rt_->Allocate(size);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_FALSE(p.ok()) << size << " bytes were allocated on a machine with " << host;
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kResourceExhausted) << p.status();
+    const std::string msg(p.status().message());
+    EXPECT_NE(msg.find(std::to_string(size) + " bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(std::to_string(host) + " bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("RAM + swap"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("lives in host memory whenever it is not on a device"), std::string::npos) << msg;
+    EXPECT_LT(seconds, 1.0) << "refusing " << size << " bytes took " << seconds << " s";
+  }
+  // The runtime still allocates what fits.
+  absl::StatusOr<void*> small = rt_->Allocate(kBytes);
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_TRUE(rt_->Free(*small).ok());
+}
+
 TEST_F(BadInputTest, MigrateToNonexistentDeviceIsRejected) {
   EXPECT_ERROR(rt_->Migrate(live_, kPageSize, 1), absl::StatusCode::kInvalidArgument,
                "device 1 does not exist");
@@ -120,6 +175,21 @@ TEST(ConfigTest, BadConfigurationIsRejectedWithTheKnobName) {
   c = TestConfig();
   c.backend = "no-such-gpu";
   EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument, "built-in backends: ");
+}
+
+TEST(ConfigTest, OutOfRangeModesAreRejectedWithTheKnobName) {
+  Config c = TestConfig();
+  c.sigbus_mode = static_cast<SigbusMode>(9);
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
+               "sigbus_mode (UHMM_SIGBUS_MODE) is 9; use auto (0), poison (1) or tkill (2)");
+  c = TestConfig();
+  c.hugetlb = static_cast<HugetlbMode>(-1);
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
+               "hugetlb (UHMM_HUGETLB) is -1");
+  c = TestConfig();
+  c.device_pool_fraction = std::nan("");
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
+               "device_pool_fraction is nan");
 }
 
 TEST(ConfigTest, EnvironmentVariablesAreParsedAndMalformedOnesReported) {
@@ -209,6 +279,174 @@ TEST(CApiTest, QueueOrderedPrefetchAndLaunchSync) {
   EXPECT_EQ(static_cast<unsigned char*>(p)[5 * kPageSize + 7], 0x3c);
   EXPECT_EQ(uhmm_free(rt, p), UHMM_OK);
   uhmm_destroy(rt);
+}
+
+// Stores `value` in an enum-typed field the way a C caller can: C enums hold any int, and in C++
+// only copying the bytes (not a conversion) puts an out-of-range value there without UB.
+template <typename E>
+void StoreRaw(E* field, int value) {
+  static_assert(sizeof(E) == sizeof(int));
+  std::memcpy(field, &value, sizeof(value));
+}
+
+// uhmm_create with `config`: the status, with *out checked to stay NULL on failure.
+uhmm_status_t CreateC(const uhmm_config_t& config) {
+  uhmm_runtime_t* rt = reinterpret_cast<uhmm_runtime_t*>(0x1);
+  const uhmm_status_t st = uhmm_create(&config, &rt);
+  if (st == UHMM_OK) {
+    uhmm_destroy(rt);
+  } else {
+    EXPECT_EQ(rt, nullptr);
+  }
+  return st;
+}
+
+#define EXPECT_C_ERROR(expr, want_status, fragment)                                          \
+  do {                                                                                      \
+    EXPECT_EQ((expr), (want_status)) << uhmm_last_error();                                  \
+    EXPECT_NE(std::string(uhmm_last_error()).find(fragment), std::string::npos) << uhmm_last_error(); \
+  } while (0)
+
+TEST(CApiTest, OutOfRangeEnumsInTheConfigAreRejectedWithFieldValueAndChoices) {
+  uhmm_config_t cfg;
+  uhmm_config_init(&cfg);
+  cfg.backend = "host";
+  StoreRaw(&cfg.sigbus_mode, 9);
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT,
+                 "uhmm_config_t.sigbus_mode is 9; use one of UHMM_SIGBUS_AUTO (0), UHMM_SIGBUS_POISON "
+                 "(1), UHMM_SIGBUS_TKILL (2)");
+  StoreRaw(&cfg.sigbus_mode, -1);
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "uhmm_config_t.sigbus_mode is -1");
+  cfg.sigbus_mode = UHMM_SIGBUS_AUTO;
+  StoreRaw(&cfg.hugetlb, 3);
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT,
+                 "uhmm_config_t.hugetlb is 3; use one of UHMM_HUGETLB_AUTO (0), UHMM_HUGETLB_NEVER (1), "
+                 "UHMM_HUGETLB_ALWAYS (2)");
+  StoreRaw(&cfg.hugetlb, 1 << 30);
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "uhmm_config_t.hugetlb is 1073741824");
+  cfg.hugetlb = UHMM_HUGETLB_NEVER;
+  EXPECT_EQ(CreateC(cfg), UHMM_OK) << uhmm_last_error();
+}
+
+TEST(CApiTest, BadSizesInTheConfigAreRejectedWithTheFieldName) {
+  uhmm_config_t base;
+  uhmm_config_init(&base);
+  base.backend = "host";
+  uhmm_config_t cfg = base;
+  cfg.fault_granularity = 3000;
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "fault_granularity (UHMM_FAULT_GRANULARITY) is 3000");
+  cfg = base;
+  cfg.fault_granularity = size_t{1} << 40;
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "fault_granularity");
+  cfg = base;
+  cfg.device_pool_bytes = 3 * kMiB;
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "device_pool_bytes (UHMM_DEVICE_POOL_BYTES) is 3145728");
+  cfg = base;
+  cfg.device_pool_fraction = std::nan("");
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "device_pool_fraction is nan");
+  cfg = base;
+  cfg.readahead_bytes = SIZE_MAX;
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "readahead_bytes (UHMM_READAHEAD)");
+  cfg = base;
+  cfg.fault_threads = -3;
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "fault_threads (UHMM_FAULT_THREADS) is -3");
+  cfg = base;
+  cfg.host_devices = 1000;
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "host_devices (UHMM_HOST_DEVICES) is 1000");
+}
+
+TEST(CApiTest, UnknownPageBackingIsRejectedWithTheChoices) {
+  uhmm_runtime_t* rt = CreateHostC();
+  ASSERT_NE(rt, nullptr);
+  void* p = reinterpret_cast<void*>(0x1);
+  // 3 is a value of the C enum's type (its range is 0..3) but no uhmm_page_backing_t.
+  EXPECT_C_ERROR(uhmm_alloc_backed(rt, kPageSize, static_cast<uhmm_page_backing_t>(3), &p),
+                 UHMM_ERROR_INVALID_ARGUMENT,
+                 "uhmm_alloc_backed: backing is 3; use one of UHMM_BACKING_DEFAULT (0), UHMM_BACKING_4K "
+                 "(1), UHMM_BACKING_HUGETLB (2)");
+  EXPECT_EQ(p, nullptr);
+  uhmm_destroy(rt);
+}
+
+TEST(CApiTest, HugeAllocationReturnsOutOfMemoryWithTheReason) {
+  uhmm_runtime_t* rt = CreateHostC();
+  ASSERT_NE(rt, nullptr);
+  void* live = nullptr;
+  ASSERT_EQ(uhmm_alloc(rt, 16 * kPageSize, &live), UHMM_OK);
+  std::memset(live, 0x6b, 16 * kPageSize);
+  ASSERT_EQ(uhmm_migrate(rt, live, 8 * kPageSize, 0), UHMM_OK);
+  for (size_t size : UnbackableSizes()) {
+    void* p = reinterpret_cast<void*>(0x1);
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_C_ERROR(uhmm_alloc(rt, size, &p), UHMM_ERROR_OUT_OF_MEMORY, "more than this machine's host memory can back");
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1)) << size << " bytes";
+    EXPECT_EQ(p, nullptr);
+  }
+  for (size_t i = 0; i < 16 * kPageSize; ++i) {
+    ASSERT_EQ(static_cast<unsigned char*>(live)[i], 0x6b) << "byte " << i;
+  }
+  EXPECT_EQ(uhmm_free(rt, live), UHMM_OK);
+  uhmm_destroy(rt);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UHMM_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UHMM_UNDER_ASAN 1
+#endif
+#endif
+
+// The heap runs out inside the runtime (an address-space limit makes operator new throw
+// std::bad_alloc): the C API returns OUT_OF_MEMORY with a message instead of letting the exception
+// reach C (std::terminate, SIGABRT), and works again once memory is back.
+TEST(CApiTest, HeapExhaustionInsideTheRuntimeComesBackAsOutOfMemory) {
+#if defined(UHMM_UNDER_ASAN) || defined(UHMM_UNDER_TSAN)
+  GTEST_SKIP() << "sanitizers reserve terabytes of shadow memory: an address-space limit breaks them";
+#endif
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Exit codes: 0 ok, 10 create, 11 status, 12 no recovery.
+    close(out[0]);
+    uhmm_config_t cfg;
+    uhmm_config_init(&cfg);
+    cfg.backend = "host";
+    uhmm_runtime_t* rt = nullptr;
+    if (uhmm_create(&cfg, &rt) != UHMM_OK) _exit(10);
+    rlimit old = {};
+    getrlimit(RLIMIT_AS, &old);
+    // Room for 4 MiB more of address space: enough for the call's own bookkeeping, not for a
+    // range of 8 GiB (its views, or its block table of several MiB).
+    size_t vm_kb = 0;
+    if (std::FILE* f = std::fopen("/proc/self/status", "re")) {
+      char line[256];
+      while (std::fgets(line, sizeof(line), f) != nullptr) std::sscanf(line, "VmSize: %zu kB", &vm_kb);
+      std::fclose(f);
+    }
+    rlimit tight = old;
+    tight.rlim_cur = vm_kb * 1024 + (size_t{4} << 20);
+    setrlimit(RLIMIT_AS, &tight);
+    void* p = nullptr;
+    const uhmm_status_t st = uhmm_alloc(rt, size_t{8} << 30, &p);
+    setrlimit(RLIMIT_AS, &old);
+    const std::string msg = uhmm_last_error();
+    (void)!write(out[1], msg.data(), msg.size());
+    if (st != UHMM_ERROR_OUT_OF_MEMORY || p != nullptr) _exit(11);
+    if (uhmm_alloc(rt, kMiB, &p) != UHMM_OK || uhmm_free(rt, p) != UHMM_OK) _exit(12);
+    uhmm_destroy(rt);
+    _exit(0);
+  }
+  close(out[1]);
+  const std::string msg = ReadAllAndClose(out[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::printf("uhmm_alloc(8 GiB) with the address space exhausted: %s\n", msg.c_str());
+  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status)
+                                 << " (an exception crossed the C API?)";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: create, 11: not OUT_OF_MEMORY, 12: no recovery; " << msg;
+  EXPECT_FALSE(msg.empty());
 }
 
 TEST(CApiTest, CreateReportsUnknownBackend) {
