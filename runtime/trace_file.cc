@@ -1,6 +1,7 @@
 // See trace_file.h.
 #include "runtime/trace_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,10 +36,14 @@ std::string_view CauseName(uint8_t cause) {
 
 absl::StatusOr<TraceWriter> TraceWriter::Open(const std::string& path, std::string_view backend,
                                               uint64_t start_ns, uint64_t start_unix_ns) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
+  // Created 0600 (a trace shows the process's addresses and timing) and close-on-exec.
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  std::FILE* f = fd < 0 ? nullptr : fdopen(fd, "wb");
   if (f == nullptr) {
+    const int err = errno;
+    if (fd >= 0) close(fd);
     return absl::InvalidArgumentError(
-        absl::StrFormat("trace file %s cannot be created: %s", path, strerror(errno)));
+        absl::StrFormat("trace file %s cannot be created: %s", path, strerror(err)));
   }
   TraceHeader h = {};
   std::memcpy(h.magic, kMagic, sizeof(kMagic));
@@ -83,7 +88,7 @@ absl::Status TraceWriter::Finish(uint32_t dropped, uint64_t end_ns) {
 }
 
 absl::StatusOr<Trace> ReadTrace(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
+  std::FILE* f = std::fopen(path.c_str(), "rbe");
   if (f == nullptr) {
     const int err = errno;
     std::string msg = absl::StrFormat("cannot open trace file %s: %s", path, strerror(err));

@@ -20,7 +20,7 @@ namespace uhmm {
 // must still be the runtime's view ("uhmm-range" in /proc/self/maps); FAILED_PRECONDITION with the
 // mapping it found otherwise. OK when /proc/self/maps cannot be read.
 inline absl::Status CheckManagedViewIntact(uintptr_t addr, std::string_view driver_call) {
-  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  std::FILE* f = std::fopen("/proc/self/maps", "re");
   if (f == nullptr) return absl::OkStatus();  // cannot tell; do not fail for that
   char line[512];
   absl::Status result = absl::OkStatus();

@@ -10,7 +10,7 @@
 namespace uhmm::prof {
 
 absl::Status WriteFile(const std::string& path, std::string_view data) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
+  std::FILE* f = std::fopen(path.c_str(), "wbe");
   if (f == nullptr) {
     return absl::InvalidArgumentError(absl::StrFormat("cannot write %s: %s", path, strerror(errno)));
   }
