@@ -256,7 +256,8 @@ void migrate_vma_finalize(MigrateVma* m) {
     }
     // Not while an application discard is pending there: its faults wait for it, and a CPU write
     // made after that madvise returned must not land in the old data.
-    for (auto [s, e] : runs) {
+    for (const auto& run : runs) {
+      const uintptr_t s = run.first, e = run.second;
       rt->fault_service().MapUnlessDiscarded(s, e, [&] {
         return rt->uffd().Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page(), /*drain_events=*/false);
       });
@@ -487,7 +488,7 @@ absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t ad
 absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed) {
   *freed = 0;
   std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
-  const auto [keep_start, keep_end] = t_protected;
+  const uintptr_t keep_start = t_protected.first, keep_end = t_protected.second;
   std::erase_if(addrs, [&](uintptr_t a) { return a >= keep_start && a < keep_end; });
   if (addrs.empty()) return absl::OkStatus();
   counters_.evicted_chunks.fetch_add(1, std::memory_order_relaxed);
