@@ -357,5 +357,84 @@ TEST_F(ReliabilityTest, ForkChildGetsSigbusWherePagesCouldNotComeHome) {
 }
 #endif
 
+
+// ---- Fault injection (docs/RELIABILITY.md): a device error at each point loses nothing. --------
+
+TEST_F(ReliabilityTest, CopyFailureDuringEvictionIsReportedAndLosesNothing) {
+  uint64_t* p = AllocFilled(4 * kMiB, 20);
+  ASSERT_TRUE(rt_->Migrate(p, 4 * kMiB, 0).ok());
+  dev0_->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  absl::Status s = rt_->EvictDevice(0);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("evict"), std::string::npos) << s;
+  EXPECT_GT(CountAt(Residency(p, 4 * kMiB), 0), 0u);  // what could not come home stays there
+  EXPECT_EQ(FirstMismatch(p, 4 * kMiB, 20), -1);      // and comes home on the next try
+  ASSERT_TRUE(rt_->EvictDevice(0).ok());
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+TEST_F(ReliabilityTest, CopyFailureDuringMigrationHomeIsReportedAndLosesNothing) {
+  uint64_t* p = AllocFilled(2 * kMiB, 21);
+  ASSERT_TRUE(rt_->Migrate(p, 2 * kMiB, 0).ok());
+  ASSERT_EQ(DeviceWrite(p, 2 * kMiB, 22), 2 * kMiB / kPageSize);
+  dev0_->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  absl::Status s = rt_->Migrate(p, 2 * kMiB, kHost);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(CountAt(Residency(p, 2 * kMiB), 0), 2 * kMiB / kPageSize);
+  ASSERT_TRUE(rt_->Migrate(p, 2 * kMiB, kHost).ok());
+  EXPECT_EQ(FirstMismatch(p, 2 * kMiB, 22), -1);
+}
+
+TEST_F(ReliabilityTest, FreeWithPagesOnTheDeviceAfterACopyFailureReturnsEveryPage) {
+  uint64_t* p = AllocFilled(2 * kMiB, 23);
+  ASSERT_TRUE(rt_->Migrate(p, 2 * kMiB, 0).ok());
+  dev0_->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  EXPECT_FALSE(rt_->Migrate(p, 2 * kMiB, kHost).ok());
+  ASSERT_TRUE(rt_->Free(p).ok());  // a free copies nothing: the device pages just go back
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+#ifndef UHMM_UNDER_TSAN
+TEST(FaultInjectionTest, NoAddressSpaceForANewRangeIsOutOfMemoryAndLosesNothing) {
+  // In a child with its own runtime (an inherited one refuses to work): no address space is left
+  // for the views of a new range, so its mmap fails with ENOMEM.
+  const pid_t pid = fork();
+  if (pid == 0) {
+    Harness h;
+    h.Start();
+    if (h.rt_ == nullptr) _exit(4);
+    uint64_t* p = h.AllocFilled(kMiB, 24);
+    if (!h.rt_->Migrate(p, kMiB, 0).ok()) _exit(5);
+    std::vector<std::pair<void*, size_t>> hogs;
+    hogs.reserve(1 << 16);
+    for (size_t chunk = size_t{1} << 40; chunk >= kPageSize; chunk /= 2) {
+      for (void* m; hogs.size() < hogs.capacity() &&
+                    (m = mmap(nullptr, chunk, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)) !=
+                        MAP_FAILED;) {
+        hogs.emplace_back(m, chunk);
+      }
+    }
+    // Leave a few MiB for the heap, far less than the views of a 64 MiB range need.
+    for (size_t freed = 0; freed < 8 * kMiB && !hogs.empty(); hogs.pop_back()) {
+      munmap(hogs.back().first, hogs.back().second);
+      freed += hogs.back().second;
+    }
+    absl::StatusOr<void*> q = h.rt_->Allocate(64 * kMiB);
+    for (auto [m, len] : hogs) munmap(m, len);
+    if (q.ok()) _exit(1);
+    if (!absl::IsResourceExhausted(q.status())) {
+      std::fprintf(stderr, "allocation failed with: %s\n", q.status().ToString().c_str());
+      _exit(2);
+    }
+    _exit(Harness::FirstMismatch(p, kMiB, 24) == -1 ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "signal " << WTERMSIG(status);
+  if (WEXITSTATUS(status) == 4) GTEST_SKIP() << "backend unavailable in a child";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: allocated anyway, 2: another error, 3: data lost, 5: migrate failed";
+}
+#endif
+
 }  // namespace
 }  // namespace uhmm::testing
