@@ -165,7 +165,9 @@ absl::Status Uffd::ZeroFill(uintptr_t addr, size_t len) {
       OnEagain();
       continue;
     }
-    if (err == EEXIST || err == ESRCH) return Wake(addr, len);  // mapped meanwhile, or exiting
+    if (err == EEXIST) return Wake(addr, len);  // mapped meanwhile
+    // The process is exiting, or the range was freed meanwhile (unregistering woke the waiters).
+    if (err == ESRCH || err == ENOENT) return absl::OkStatus();
     return Errno(absl::StrFormat("uhmm: zero-filling [%#x, +%#x)", addr, len), err);
   }
 }
