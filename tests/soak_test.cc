@@ -178,7 +178,9 @@ TEST_F(SoakTest, ManyCyclesLeakNoFdThreadMemfdDevicePageOrMemory) {
       kRssSlack >> 20, static_cast<unsigned long long>(st.pages_to_device),
       static_cast<unsigned long long>(st.pages_to_host), static_cast<unsigned long long>(st.evicted_pages),
       static_cast<unsigned long long>(st.cpu_faults), static_cast<unsigned long long>(refusals_.load()));
-  EXPECT_EQ(after.fds, before.fds);
+  // At most the baseline: the baseline can catch the warm-up's last range still being torn down
+  // (one memfd more), never fewer at the end than a leak would leave.
+  EXPECT_LE(after.fds, before.fds - before.memfds);
   EXPECT_EQ(after.threads, before.threads);
   EXPECT_EQ(after.memfds, 0u);
   EXPECT_EQ(after.device_pages, 0u);
