@@ -3,6 +3,7 @@
 // device-side accesses, syscalls, madvise and fork on them and checks every byte it reads against
 // the model. A failure is replayed single-threaded and shrunk to a short op list (--replay FILE).
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -10,6 +11,7 @@
 #include <spawn.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,6 +64,8 @@ constexpr int kExitMismatch = 1;  // a byte differed from the model
 constexpr int kExitContract = 2;  // a call broke its contract (status, residency, madvise result)
 constexpr int kExitHang = 3;      // the watchdog saw no progress
 constexpr int kExitUsage = 64;
+
+constexpr int kHangReplayAttempts = 2;  // single-threaded replays of a hang before giving up
 
 // ---- Operations ---------------------------------------------------------------------------------
 
@@ -1310,7 +1314,8 @@ void ReplayAndShrink(const Options& opt, int thread, std::vector<Op> ops, int wa
   WriteReplay(full, opt, ops, absl::StrFormat("config=%s seed=%u thread=%d, its first %u ops", opt.config,
                                               opt.seed, thread, ops.size()));
   // Timing matters (asynchronous event handling, read-ahead): a few attempts before giving up.
-  constexpr int kAttempts = 5;
+  // A hang costs up to 3 watchdog periods per replay: fewer attempts.
+  const int kAttempts = want == kExitHang ? kHangReplayAttempts : 5;
   absl::PrintF("uhmm_fuzz: replaying thread %d's %u ops single-threaded, up to %d times (%s)\n", thread,
                ops.size(), kAttempts, full.c_str());
   int got = kExitPass;
@@ -1345,7 +1350,10 @@ void ReplayAndShrink(const Options& opt, int thread, std::vector<Op> ops, int wa
 class Watchdog {
  public:
   Watchdog(const Options& opt, Shared& sh, std::vector<std::unique_ptr<ThreadStatus>>& threads)
-      : opt_(opt), sh_(sh), threads_(threads), thread_([this] { Loop(); }) {}
+      : opt_(opt), sh_(sh), threads_(threads), thread_([this] { Loop(); }) {
+    void* warm[1];
+    backtrace(warm, 1);  // loads the unwinder now: a hang report must not need malloc
+  }
   ~Watchdog() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -1366,13 +1374,22 @@ class Watchdog {
     }
   }
   [[noreturn]] void Fire() {
+    // Whatever hangs may hold locks the report needs (a worker's status, the runtime's): the
+    // report has a hard deadline, and the process exits with kExitHang however far it got.
+    ArmHardExit(kReportSeconds);
     absl::PrintF("uhmm_fuzz HANG: an op has not completed for %d s: config=%s seed=%llu threads=%d\n", opt_.watchdog_s,
            opt_.config.c_str(), static_cast<unsigned long long>(opt_.seed), opt_.threads);
+    DumpThreads();
     const int64_t now = NowMs();
     std::vector<std::pair<int, std::vector<Op>>> hung;
     for (size_t i = 0; i < threads_.size(); ++i) {
       ThreadStatus& t = *threads_[i];
-      std::lock_guard<std::mutex> lock(t.mu);
+      std::unique_lock<std::mutex> lock(t.mu, std::defer_lock);
+      for (int tries = 0; tries < 100 && !lock.try_lock(); ++tries) usleep(10000);
+      if (!lock.owns_lock()) {
+        absl::PrintF("  thread %zu: its status lock is held (%s)\n", i, t.in_op.load() ? "in an op" : "idle");
+        continue;
+      }
       if (t.in_op.load()) {
         absl::PrintF("  thread %zu: op#%llu running for %.1f s: %s\n    op: %s\n", i,
                static_cast<unsigned long long>(t.index), (now - t.started_ms.load()) / 1000.0, t.desc.c_str(),
@@ -1382,6 +1399,7 @@ class Watchdog {
         absl::PrintF("  thread %zu: idle after op#%llu (%s)\n", i, static_cast<unsigned long long>(t.index), t.desc.c_str());
       }
     }
+    fflush(stdout);
     const Stats st = sh_.rt->stats();
     absl::PrintF("  stats: cpu_faults %llu, to device %llu, to host %llu, device pages used %llu of %llu\n",
            static_cast<unsigned long long>(st.cpu_faults), static_cast<unsigned long long>(st.pages_to_device),
@@ -1390,11 +1408,116 @@ class Watchdog {
     fflush(stdout);
     if (sh_.replay) _exit(kExitHang);
     if (opt_.shrink_seconds > 0) {
+      // Replays of a hang take up to 3 watchdog periods each; the shrink its budget.
+      ArmHardExit(static_cast<int>(opt_.shrink_seconds) + static_cast<int>(hung.size()) *
+                  (kHangReplayAttempts + 1) * 3 * opt_.watchdog_s + kReportSeconds);
       for (auto& [thread, ops] : hung) ReplayAndShrink(opt_, thread, ops, kExitHang);
     }
     fflush(stdout);
-    abort();
+    _exit(kExitHang);
   }
+
+  static constexpr int kReportSeconds = 15;
+
+  // After `seconds`, SIGALRM ends the process with kExitHang, whatever holds which lock.
+  static void ArmHardExit(int seconds) {
+    struct sigaction sa = {};
+    sa.sa_handler = [](int) {
+      static const char kMsg[] = "uhmm_fuzz: the hang report ran out of time; exiting\n";
+      (void)!write(1, kMsg, sizeof(kMsg) - 1);
+      _exit(kExitHang);
+    };
+    sigaction(SIGALRM, &sa, nullptr);
+    alarm(static_cast<unsigned>(seconds));
+  }
+
+  // Every thread of the process: name, state, kernel wait channel and kernel stack (root only),
+  // then its user-space stack, taken by a signal handler in that thread. Nothing here allocates:
+  // a hang may be a thread stuck in fork(), which holds glibc's malloc locks.
+  static void DumpThreads() {
+    fflush(stdout);
+    Say("  threads (kernel view; user stacks follow):\n");
+    pid_t tids[256];
+    size_t count = 0;
+    // getdents64, not opendir: opendir allocates its buffer.
+    const int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    alignas(8) char ents[8192];
+    long got = 0;
+    while (dir >= 0 && (got = syscall(SYS_getdents64, dir, ents, sizeof(ents))) > 0) {
+      for (long at = 0; at < got;) {
+        struct Dirent64 {
+          uint64_t ino;
+          int64_t off;
+          unsigned short reclen;
+          unsigned char type;
+          char name[1];
+        };
+        const auto* e = reinterpret_cast<const Dirent64*>(ents + at);
+        if (e->name[0] != '.' && count < std::size(tids)) tids[count++] = static_cast<pid_t>(std::atoi(e->name));
+        at += e->reclen;
+      }
+    }
+    if (dir >= 0) close(dir);
+    std::sort(tids, tids + count);
+    for (size_t k = 0; k < count; ++k) {
+      char comm[64], stat[512], wchan[128], kstack[4096];
+      ReadProc(tids[k], "comm", comm, sizeof(comm));
+      ReadProc(tids[k], "stat", stat, sizeof(stat));
+      ReadProc(tids[k], "wchan", wchan, sizeof(wchan));
+      ReadProc(tids[k], "stack", kstack, sizeof(kstack));
+      // "tid (comm) S ...": the state letter follows the last ')'.
+      const char* paren = strrchr(stat, ')');
+      const char state = paren != nullptr && paren[1] == ' ' ? paren[2] : '?';
+      char line[256];
+      snprintf(line, sizeof(line), "  [%d] %s state %c wchan %s\n", static_cast<int>(tids[k]), comm, state, wchan);
+      Say(line);
+      Say(kstack);
+    }
+    void* warm[1];
+    backtrace(warm, 1);  // normally loaded already (the constructor)
+    struct sigaction sa = {};
+    sa.sa_sigaction = [](int, siginfo_t*, void*) {
+      void* frames[48];
+      const int n = backtrace(frames, 48);
+      char head[64];
+      snprintf(head, sizeof(head), "  user stack of [%d]:\n", static_cast<int>(gettid()));
+      Say(head);
+      backtrace_symbols_fd(frames, n, 1);
+      t_stack_done.store(true);
+    };
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigaction(SIGUSR2, &sa, nullptr);
+    for (size_t k = 0; k < count; ++k) {
+      if (tids[k] == gettid()) continue;
+      t_stack_done.store(false);
+      if (syscall(SYS_tgkill, getpid(), tids[k], SIGUSR2) != 0) continue;
+      // A thread in an uninterruptible wait takes the signal only when it leaves it.
+      for (int i = 0; i < 50 && !t_stack_done.load(); ++i) usleep(10000);
+      if (!t_stack_done.load()) {
+        char line[96];
+        snprintf(line, sizeof(line), "  user stack of [%d]: not taken within 0.5 s\n", static_cast<int>(tids[k]));
+        Say(line);
+      }
+    }
+  }
+
+  static void Say(const char* text) { (void)!write(1, text, strlen(text)); }
+
+  // /proc/self/task/<tid>/<name> into buf, NUL-terminated; a one-line file loses its newline.
+  static void ReadProc(pid_t tid, const char* name, char* buf, size_t size) {
+    char path[96];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/%s", static_cast<int>(tid), name);
+    buf[0] = '\0';
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t len = read(fd, buf, size - 1);
+    close(fd);
+    if (len < 0) len = 0;
+    buf[len] = '\0';
+    if (len > 0 && buf[len - 1] == '\n' && memchr(buf, '\n', static_cast<size_t>(len) - 1) == nullptr) buf[len - 1] = '\0';
+  }
+
+  static inline std::atomic<bool> t_stack_done{false};
 
   const Options& opt_;
   Shared& sh_;
