@@ -235,9 +235,6 @@ void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
       rt_->OnRemap(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
       RemapHandled();
       break;
-    case UFFD_EVENT_FORK:
-      rt_->OnFork(static_cast<int>(msg.arg.fork.ufd));
-      break;
     default:
       std::fprintf(stderr, "uhmm: ignoring unknown userfaultfd event %u\n", msg.event);
   }

@@ -1,5 +1,5 @@
 // FaultService: the threads that read the userfaultfd (non-blocking, poll-driven) and dispatch
-// page faults and the REMOVE/UNMAP/REMAP/FORK events to the runtime. Faults deferred by a busy page
+// page faults and the REMOVE/UNMAP/REMAP events to the runtime. Faults deferred by a busy page
 // come back through Requeue(). Service threads never wait for anything an application thread in a
 // uffd event could hold, so the event always gets read.
 #ifndef UHMM_RUNTIME_FAULT_SERVICE_H_

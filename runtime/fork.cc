@@ -7,7 +7,8 @@
 // (fork's copy semantics; the shared memfd must not leak writes between the processes), then the
 // pipe's write end is closed. The child's runtime refuses further migrations.
 // In the parent: it waits until the child closed the pipe (the copy is a consistent snapshot), then
-// lets migrations resume. The FORK userfaultfd event only closes the child's fd (runtime_impl.cc).
+// lets migrations resume. The child's views are not registered with userfaultfd at all (uffd.cc
+// does not ask for fork events), so the fork never waits on the fault service.
 #include "runtime/fork.h"
 
 #include <fcntl.h>
@@ -62,6 +63,7 @@ void UnregisterForFork(RuntimeImpl* rt) {
 
 void RuntimeImpl::ForkPrepare() {
   if (forked_child_) return;
+  counters_.forks.fetch_add(1, std::memory_order_relaxed);
   fault_service_->AwaitDiscards(0, UINTPTR_MAX);
   fork_gate_.Close();
   std::vector<std::shared_ptr<ManagedRange>> all;

@@ -821,7 +821,7 @@ Stats RuntimeImpl::stats() const {
   s.zero_fill_faults = counters_.zero_fill_faults.load();
   s.events_unmap = counters_.ev_unmap.load();
   s.events_remap = counters_.ev_remap.load();
-  s.events_fork = counters_.ev_fork.load();
+  s.events_fork = counters_.forks.load();
   s.stale_faults = counters_.stale_faults.load();
   s.launch_syncs = counters_.launch_syncs.load();
   s.launch_pages_to_device = counters_.launch_pages.load();
@@ -1147,13 +1147,6 @@ void RuntimeImpl::OnRemap(uintptr_t from, uintptr_t to, size_t len) {
   }
   (void)to;
   ForgetAddresses(from, from + len);
-}
-
-void RuntimeImpl::OnFork(int child_uffd) {
-  counters_.ev_fork.fetch_add(1, std::memory_order_relaxed);
-  // The child gets a private copy of every range from the atfork handler (fork.cc); it is not
-  // served by this monitor. Closing its userfaultfd unregisters the child's copies.
-  close(child_uffd);
 }
 
 }  // namespace uhmm

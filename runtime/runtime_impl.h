@@ -86,7 +86,6 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   void OnRemove(uintptr_t start, uintptr_t end);
   void OnUnmap(uintptr_t start, uintptr_t end);
   void OnRemap(uintptr_t from, uintptr_t to, size_t len);
-  void OnFork(int child_uffd);
 
   // For migrate.cc.
   Uffd& uffd() { return *uffd_; }
@@ -215,7 +214,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   struct Counters {
     std::atomic<uint64_t> cpu_faults{0}, duplicate_faults{0}, unmanaged_faults{0};
     std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
-    std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, ev_fork{0};
+    std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, forks{0};
     std::atomic<uint64_t> own_zap_events{0}, zero_fill_faults{0};
     std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};
     std::atomic<uint64_t> readahead_pages{0}, grown_faults{0}, thrashing_blocks{0};

@@ -101,9 +101,12 @@ absl::StatusOr<std::unique_ptr<Uffd>> Uffd::Open() {
     }
   }
   const uint64_t required = UFFD_FEATURE_MINOR_SHMEM;
+  // Not UFFD_FEATURE_EVENT_FORK: with it, fork() waits in the kernel until this process reads the
+  // event, while glibc holds every malloc arena lock across the clone; a fault service thread that
+  // allocates before reading would deadlock the fork. The atfork handlers (fork.cc) give the child
+  // private copies of the ranges anyway, so the child's views need no registration.
   const uint64_t wanted = required | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
-                          UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |
-                          UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_POISON |
+                          UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_POISON |
                           UFFD_FEATURE_MINOR_HUGETLBFS | UFFD_FEATURE_MISSING_SHMEM |
                           UFFD_FEATURE_MISSING_HUGETLBFS;
   if ((available & required) != required) {
@@ -114,15 +117,7 @@ absl::StatusOr<std::unique_ptr<Uffd>> Uffd::Open() {
         available));
   }
   uffdio_api api{.api = UFFD_API, .features = wanted & available, .ioctls = 0};
-  int rc = ioctl(fd, UFFDIO_API, &api);
-  if (rc != 0 && errno == EPERM) {
-    // EVENT_FORK needs CAP_SYS_PTRACE. Without it the child's copies are simply unregistered,
-    // which the atfork handlers (fork.cc) make correct anyway.
-    api = uffdio_api{.api = UFFD_API,
-                     .features = wanted & available & ~static_cast<uint64_t>(UFFD_FEATURE_EVENT_FORK),
-                     .ioctls = 0};
-    rc = ioctl(fd, UFFDIO_API, &api);
-  }
+  const int rc = ioctl(fd, UFFDIO_API, &api);
   if (rc != 0) {
     int err = errno;
     close(fd);

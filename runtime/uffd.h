@@ -38,8 +38,8 @@ class Uffd {
   // How the fd was obtained, for diagnostics.
   enum class Source { kSyscall, kDevUserfaultfd, kSyscallUserModeOnly };
 
-  // Opens a non-blocking userfaultfd and negotiates MINOR_SHMEM, THREAD_ID, the REMOVE/UNMAP/REMAP/
-  // FORK events and POISON when present. PERMISSION_DENIED names the sysctl and device file to fix.
+  // Opens a non-blocking userfaultfd and negotiates MINOR_SHMEM, THREAD_ID, the REMOVE/UNMAP/REMAP
+  // events and POISON when present. PERMISSION_DENIED names the sysctl and device file to fix.
   static absl::StatusOr<std::unique_ptr<Uffd>> Open();
   ~Uffd();
 

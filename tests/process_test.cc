@@ -2,10 +2,13 @@
 // permission handling. Each scenario runs in a child so a signal cannot take down the test runner.
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
+#include <thread>
 
 #include "runtime/uffd.h"
 #include "tests/test_util.h"
@@ -70,6 +73,51 @@ TEST_F(ForkTest, ForkAfterMigrateChildReadsDataAndParentIsUnaffected) {
   ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
   EXPECT_EQ(FirstMismatch(p, bytes, 201), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+// fork() holds glibc's malloc locks across the clone. A kernel that must hand the runtime an
+// event before the clone completes (UFFD_FEATURE_EVENT_FORK) then waits on the fault service, and a
+// fault service thread that allocates meanwhile waits on the fork: a deadlock the fuzzer found.
+// Forks race CPU faults and discards here; each child (and each grandchild) has a deadline.
+TEST_F(ForkTest, ForksRacingFaultsAndDiscardsNeverDeadlock) {
+  const int status = InChild([&] {
+    alarm(60);  // a deadlock ends this child with SIGALRM
+    Harness h;
+    h.rt_ = CreateInChild(TestConfig());
+    const size_t bytes = 4 * kMiB;
+    uint64_t* p = h.AllocFilled(bytes, 210);
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> touched{0};
+    std::thread toucher([&] {
+      for (uint64_t round = 0; !stop.load(); ++round) {
+        // Discards and device pages both make the next touches fault.
+        if (round % 2 == 0) {
+          if (madvise(p, bytes, MADV_DONTNEED) != 0) _exit(21);
+        } else if (!h.rt_->Migrate(p, bytes, 0).ok()) {
+          _exit(22);
+        }
+        for (size_t i = 0; i < bytes / 8; i += kPageSize / 8) p[i] = round;
+        touched.fetch_add(1);
+      }
+    });
+    for (int i = 0; i < 300; ++i) {
+      const pid_t child = fork();
+      if (child == 0) _exit(0);
+      if (child < 0) _exit(23);
+      int st = 0;
+      if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0) _exit(24);
+    }
+    stop.store(true);
+    toucher.join();
+    if (touched.load() == 0) _exit(25);
+    if (!h.rt_->Free(p).ok()) _exit(26);
+    _exit(0);
+  });
+  UHMM_SKIP_IF_CHILD_SKIPPED(status);
+  ASSERT_FALSE(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) << "fork deadlocked with the fault service";
+  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "21: madvise failed; 22: migration failed; 23: fork failed; "
+                                       "24: a grandchild failed; 25: no touches; 26: free failed";
 }
 
 // --- SIGBUS on device error ------------------------------------------------------------------

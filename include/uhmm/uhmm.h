@@ -99,7 +99,8 @@ typedef struct uhmm_stats {
   uint64_t evicted_pages;       /* part of pages_to_host that eviction moved */
   uint64_t evicted_chunks;      /* 2 MiB device chunks evicted */
   uint64_t sigbus_delivered;    /* accesses ended with SIGBUS after a device error */
-  uint64_t events_remove, events_unmap, events_remap, events_fork;
+  uint64_t events_remove, events_unmap, events_remap; /* userfaultfd events read */
+  uint64_t events_fork;         /* fork() calls seen by the atfork handlers (not a userfaultfd event) */
   uint64_t device_pages_total;  /* pool capacity, all devices */
   uint64_t device_pages_used;   /* pages currently backing managed data */
   uint64_t launch_syncs;        /* launch-coherence passes that had work (transparent or explicit) */
