@@ -81,9 +81,6 @@ void StartBusyRuntime(Harness& h, const std::string& trace, std::vector<uint64_t
 }
 
 TEST(FdHardeningTest, ExecedChildInheritsNoUffdMemfdOrTraceFile) {
-#ifdef UHMM_UNDER_TSAN
-  GTEST_SKIP() << "fork() of a process with runtime threads hangs under TSan";
-#endif
   const std::map<int, std::string> before = FdsOfExecedChild();
   ASSERT_FALSE(before.contains(-1)) << before.at(-1);
   TempPath trace("exec_trace");

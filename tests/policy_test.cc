@@ -375,7 +375,7 @@ void OnSigbus(int) { siglongjmp(g_jump, 1); }
 
 TEST_F(HugetlbTest, CopyFailureOnFaultBackPoisonsTheWholeBlockOnly) {
 #if defined(UHMM_UNDER_TSAN)
-  GTEST_SKIP() << "forks a multithreaded process, which TSan's fork interceptor hangs on";
+  GTEST_SKIP() << "its child starts runtime threads after a multithreaded fork, which ThreadSanitizer refuses";
 #else
   constexpr size_t kBytes = 4 * kMiB;
   uint64_t* p = AllocHuge(kBytes, 60);

@@ -328,7 +328,6 @@ TEST_F(ReliabilityTest, EvictDeviceWaitsForMigrationsInFlight) {
   EXPECT_EQ(rt_->stats().device_pages_used, 0u);
 }
 
-#ifndef UHMM_UNDER_TSAN
 TEST_F(ReliabilityTest, ForkChildGetsSigbusWherePagesCouldNotComeHome) {
   const size_t bytes = 64 * 1024;
   auto* p = reinterpret_cast<uint32_t*>(AllocFilled(bytes, 8));
@@ -355,7 +354,6 @@ TEST_F(ReliabilityTest, ForkChildGetsSigbusWherePagesCouldNotComeHome) {
   // The parent keeps the device's data.
   for (size_t i = 0; i < bytes / 4; ++i) ASSERT_EQ(p[i], 0x22222222u) << i;
 }
-#endif
 
 
 // ---- Fault injection (docs/RELIABILITY.md): a device error at each point loses nothing. --------

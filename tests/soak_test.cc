@@ -287,14 +287,7 @@ void ExpectPromptExit(const std::function<void()>& setup, const char* what) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "see the test's setup for the failed step";
 }
 
-class ExitTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-#ifdef UHMM_UNDER_TSAN
-    GTEST_SKIP() << "fork() of a process with runtime threads hangs under TSan";
-#endif
-  }
-};
+using ExitTest = ::testing::Test;
 
 // The runtime is a static, destroyed by exit() with 64 MiB on the device and a trace running.
 std::unique_ptr<Runtime> g_static_runtime;

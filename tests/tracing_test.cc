@@ -179,9 +179,6 @@ TEST_F(TracingTest, ThreadsFaultingWhileTracingLoseNoRecords) {
 }
 
 TEST(TracingEnvTest, UhmmTraceWritesACompleteFilePerProcessAndForkedChildrenLeaveItAlone) {
-#ifdef UHMM_UNDER_TSAN
-  GTEST_SKIP() << "fork of a multithreaded child under ThreadSanitizer; runs in the release and asan presets";
-#endif
   const std::string pattern = absl::StrCat(::testing::TempDir(), "/uhmm_env_%p.trace");
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -221,9 +218,6 @@ TEST(TracingEnvTest, UhmmTraceWritesACompleteFilePerProcessAndForkedChildrenLeav
 }
 
 TEST_F(TracingTest, ForkWhileTracingStartedThroughTheApiKeepsTheParentsTraceWhole) {
-#ifdef UHMM_UNDER_TSAN
-  GTEST_SKIP() << "fork of a multithreaded process under ThreadSanitizer; runs in the release and asan presets";
-#endif
   // Started after the runtime registered its fork handler: the runtime's prepare handler, which
   // brings device data home and emits migration records, runs after the tracer's registration.
   const std::string path = TempPath("fork");

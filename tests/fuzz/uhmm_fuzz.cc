@@ -176,11 +176,7 @@ struct Options {
   size_t pool_mib = 4;  // 2 chunks per device: eviction all the time
   size_t max_ranges = 4;  // per thread
   bool madvise = true;
-#ifdef UHMM_FUZZ_TSAN
-  bool fork = false;  // ThreadSanitizer's fork interceptor hangs with runtime threads
-#else
   bool fork = true;
-#endif
   // Injected copy failures; off by default in the hugetlb config, where a poisoned 2 MiB page
   // currently kills the process from a runtime thread (see --fail-copy).
   int fail_copy = -1;  // -1: default for the config, 0 off, 1 on
@@ -1699,7 +1695,7 @@ void Usage() {
   fprintf(stderr,
           "usage: uhmm_fuzz [--config host|same_address|cuda_emulated|level_zero_emulated|hugetlb]\n"
           "                 [--seed N|random] [--threads T] [--ops N] [--seconds S] [--pool-mib M]\n"
-          "                 [--max-ranges N] [--no-madvise] [--no-fork] [--no-fail-copy|--fail-copy]\n"
+          "                 [--max-ranges N] [--no-madvise] [--fork|--no-fork] [--no-fail-copy|--fail-copy]\n"
           "                 [--watchdog S] [--shrink-seconds S (0: no shrinking)] [--out-dir DIR]\n"
           "       uhmm_fuzz --replay FILE [--verbose] [--quiet]\n"
           "exit: 0 pass (or SKIPPED), 1 data mismatch, 2 contract failure, 3 hang (replays)\n");
@@ -1748,6 +1744,8 @@ int main(int argc, char** argv) {
       opt.madvise = false;
     } else if (arg == "--no-fork") {
       opt.fork = false;
+    } else if (arg == "--fork") {
+      opt.fork = true;
     } else if (arg == "--no-fail-copy") {
       opt.fail_copy = 0;
     } else if (arg == "--fail-copy") {
