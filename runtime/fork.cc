@@ -81,10 +81,15 @@ void RuntimeImpl::ForkPrepare() {
     }
   }
   if (pipe2(fork_pipe_, O_CLOEXEC) != 0) fork_pipe_[0] = fork_pipe_[1] = -1;
+  // Held across the clone: the child walks ranges_, which a thread adding or removing a range at
+  // that instant would leave half-linked (a fuzzed fork child crashed there). Every holder keeps it
+  // briefly and waits on nothing, and nothing the fork does needs it.
+  ranges_mu_.Lock();
 }
 
 void RuntimeImpl::ForkParent() {
   if (forked_child_) return;
+  ranges_mu_.Unlock();
   if (fork_pipe_[1] >= 0) {
     close(fork_pipe_[1]);
     char c;
@@ -125,10 +130,10 @@ void RuntimeImpl::LoseUnreachablePages(ManagedRange& r) {
 void RuntimeImpl::ForkChild() {
   if (forked_child_) return;
   forked_child_ = true;
+  ranges_mu_.ResetInForkChild();  // locked by ForkPrepare, maybe with parent threads queued on it
   if (fork_pipe_[0] >= 0) close(fork_pipe_[0]);
   fault_service_->AbandonAfterFork();
   workers_->AbandonAfterFork();
-  // Only this thread exists now; no other thread can hold ranges_mu_ in this process.
   for (auto& [start, r] : ranges_) {
     void* copy = mmap(nullptr, r->size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (copy == MAP_FAILED) {

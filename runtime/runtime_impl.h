@@ -120,8 +120,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
                              uint64_t skip_if_moved_after_ns = 0);
 
   // fork() support (pthread_atfork handlers, see fork.cc).
-  void ForkPrepare();
-  void ForkParent();
+  // Prepare returns holding ranges_mu_ exclusively; Parent releases it, Child replaces it.
+  void ForkPrepare() ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  void ForkParent() ABSL_NO_THREAD_SAFETY_ANALYSIS;
   void ForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS;  // single-threaded: the child
   // In the child: pages the parent could not bring home raise SIGBUS.
   void LoseUnreachablePages(ManagedRange& r) ABSL_NO_THREAD_SAFETY_ANALYSIS;

@@ -4,6 +4,8 @@
 #ifndef UHMM_RUNTIME_SYNC_H_
 #define UHMM_RUNTIME_SYNC_H_
 
+#include <new>
+
 #include "absl/base/thread_annotations.h"
 
 #if defined(UHMM_STD_LOCKS)
@@ -22,6 +24,8 @@ class ABSL_LOCKABLE Mutex {
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mu_.lock_shared(); }
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock_shared(); }
+  // In a fork child, the only thread: a fresh, unlocked mutex, whoever held this one in the parent.
+  void ResetInForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS { new (&mu_) std::shared_mutex(); }
   std::shared_mutex& native() { return mu_; }
 
  private:
@@ -49,6 +53,9 @@ class ABSL_LOCKABLE Mutex {
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.Unlock(); }
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mu_.ReaderLock(); }
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.ReaderUnlock(); }
+  // In a fork child, the only thread: a fresh, unlocked mutex, whoever held this one in the parent
+  // (a waiter queued there would otherwise be handed a lock it can never release).
+  void ResetInForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS { new (&mu_) absl::Mutex(); }
   absl::Mutex* native() { return &mu_; }
 
  private:
