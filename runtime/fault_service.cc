@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "runtime/abandoned_threads.h"
 #include "runtime/runtime_impl.h"
 #include "runtime/tracer.h"
 
@@ -62,12 +63,7 @@ void FaultService::Stop() {
 }
 
 void FaultService::AbandonAfterFork() {
-  for (auto& t : threads_) {
-    // The std::thread objects name threads that only exist in the parent: never join or detach
-    // them; move them into leaked storage so their destructors never run.
-    new std::thread(std::move(t));
-  }
-  threads_.clear();
+  AbandonThreads(threads_);  // they exist only in the parent
   wake_fd_ = -1;
 }
 

@@ -102,29 +102,36 @@ void RuntimeImpl::ForkParent() {
 }
 
 namespace {
-// Maps [start, end) over a file with no pages, so that every access there raises SIGBUS.
-void MapSigbus(uintptr_t start, uintptr_t end) {
-  static const int empty = memfd_create("uhmm-lost", MFD_CLOEXEC);
-  if (empty < 0 || mmap(reinterpret_cast<void*>(start), end - start, PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_FIXED, empty, 0) == MAP_FAILED) {
+// Maps [start, end) over a file with no pages, so that every access there raises SIGBUS. `*empty`
+// is that file, made on first use (one per fork child; each mapping keeps it alive).
+void MapSigbus(uintptr_t start, uintptr_t end, int* empty) {
+  if (*empty < 0) *empty = memfd_create("uhmm-lost", MFD_CLOEXEC);
+  if (*empty < 0 || mmap(reinterpret_cast<void*>(start), end - start, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_FIXED, *empty, 0) == MAP_FAILED) {
     std::fprintf(stderr, "uhmm: fork child: cannot make [%#lx, %#lx) raise SIGBUS (%s); it holds stale data\n",
                  static_cast<unsigned long>(start), static_cast<unsigned long>(end), strerror(errno));
   }
 }
 }  // namespace
 
-void RuntimeImpl::LoseUnreachablePages(ManagedRange& r) {
+void RuntimeImpl::LoseUnreachablePages(ManagedRange& r, int* empty) {
   // The parent could not bring these pages home (a device error), so the shadow the copy came from
-  // is stale there: the contract is SIGBUS on access, never stale data.
-  PageRuns lost;
+  // is stale there: the contract is SIGBUS on access, never stale data. Runs are mapped as they
+  // end, without collecting them: a fork child must not allocate (see abandoned_threads.h).
+  uintptr_t run = 0;  // start of the current run, 0 when none
   for (size_t b = 0; b < r.num_blocks(); ++b) {
     VaBlock& blk = r.block(b);
     for (size_t i = 0; i < kPagesPerBlock; ++i) {
       const uintptr_t a = r.block_start(b) + i * kPageSize;
-      if (a < r.end() && (blk.device[i] || blk.poisoned[i]) && !blk.unmapped[i]) AppendPageRun(&lost, a);
+      const bool lost = a < r.end() && (blk.device[i] || blk.poisoned[i]) && !blk.unmapped[i];
+      if (lost && run == 0) run = a;
+      if (!lost && run != 0) {
+        MapSigbus(run, a, empty);
+        run = 0;
+      }
     }
   }
-  for (auto [s, e] : lost) MapSigbus(s, e);
+  if (run != 0) MapSigbus(run, (r.end() + kPageSize - 1) & ~(kPageSize - 1), empty);
 }
 
 void RuntimeImpl::ForkChild() {
@@ -134,6 +141,7 @@ void RuntimeImpl::ForkChild() {
   if (fork_pipe_[0] >= 0) close(fork_pipe_[0]);
   fault_service_->AbandonAfterFork();
   workers_->AbandonAfterFork();
+  int lost_fd = -1;  // LoseUnreachablePages' empty file
   for (auto& [start, r] : ranges_) {
     void* copy = mmap(nullptr, r->size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (copy == MAP_FAILED) {
@@ -158,8 +166,9 @@ void RuntimeImpl::ForkChild() {
                    static_cast<unsigned long>(start), strerror(errno));
       continue;
     }
-    LoseUnreachablePages(*r);
+    LoseUnreachablePages(*r, &lost_fd);
   }
+  if (lost_fd >= 0) close(lost_fd);
   if (fork_pipe_[1] >= 0) close(fork_pipe_[1]);
   fork_pipe_[0] = fork_pipe_[1] = -1;
 }

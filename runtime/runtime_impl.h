@@ -124,8 +124,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   void ForkPrepare() ABSL_NO_THREAD_SAFETY_ANALYSIS;
   void ForkParent() ABSL_NO_THREAD_SAFETY_ANALYSIS;
   void ForkChild() ABSL_NO_THREAD_SAFETY_ANALYSIS;  // single-threaded: the child
-  // In the child: pages the parent could not bring home raise SIGBUS.
-  void LoseUnreachablePages(ManagedRange& r) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // In the child: pages the parent could not bring home raise SIGBUS (through the empty file
+  // *empty, made on first use).
+  void LoseUnreachablePages(ManagedRange& r, int* empty) ABSL_NO_THREAD_SAFETY_ANALYSIS;
 
  private:
   explicit RuntimeImpl(const Config& config) : config_(config) {}

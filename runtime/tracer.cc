@@ -124,10 +124,18 @@ void StopAtExit() {
 // session's locks may have been held by threads that are gone. Tracing stops there and the child
 // starts from a fresh session, leaking the parent's (nothing of it is touched). No lock is taken
 // around fork itself: the runtime's own fork handler emits records while it brings data home.
+// The child's session, made before the fork: a fork child must not allocate (another parent thread
+// may have held the allocator's locks at the clone, which a sanitizer's allocator does not reset).
+Session* g_spare_session = nullptr;
+void MakeSpareSession() {
+  if (g_spare_session == nullptr) g_spare_session = new Session();
+}
+
 void ForgetInChild() {
   Tracer::DisableInForkedChild();
   t_ring.ring = nullptr;  // the parent's ring; this is the child's only thread
-  SessionPtr() = new Session();
+  SessionPtr() = g_spare_session != nullptr ? g_spare_session : new Session();
+  g_spare_session = nullptr;
 }
 
 }  // namespace
@@ -164,7 +172,7 @@ absl::Status Tracer::Start(const std::string& path, std::string_view backend) {
   static std::once_flag hooks;
   std::call_once(hooks, [] {
     std::atexit(StopAtExit);
-    pthread_atfork(nullptr, nullptr, ForgetInChild);
+    pthread_atfork(MakeSpareSession, nullptr, ForgetInChild);
   });
   enabled_.store(true, std::memory_order_release);
   return absl::OkStatus();

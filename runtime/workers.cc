@@ -6,6 +6,8 @@
 #include <atomic>
 #include <memory>
 
+#include "runtime/abandoned_threads.h"
+
 namespace uhmm {
 namespace {
 thread_local bool t_worker = false;
@@ -47,8 +49,7 @@ void WorkerPool::Stop() {
 }
 
 void WorkerPool::AbandonAfterFork() {
-  for (auto& t : threads_) new std::thread(std::move(t));  // leaked: never joined or detached
-  threads_.clear();
+  AbandonThreads(threads_);  // they exist only in the parent
 }
 
 bool WorkerPool::Post(std::function<void()> job) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -127,7 +128,7 @@ TEST(ForkRaceTest, ForksRacingFaultsAndDiscardsNeverDeadlock) {
 // handler, so the map must not be caught half-updated (the fuzzer's fork children crashed there).
 TEST(ForkRaceTest, ForksRacingAllocateAndFreeLeaveTheChildAWholeRangeMap) {
   const int status = InChild([&] {
-    alarm(60);
+    alarm(90);  // a deadlock ends this child with SIGALRM
     Harness h;
     h.rt_ = CreateInChild(TestConfig());
     std::atomic<bool> stop{false};
@@ -149,8 +150,10 @@ TEST(ForkRaceTest, ForksRacingAllocateAndFreeLeaveTheChildAWholeRangeMap) {
       });
     }
     // The window is a map update at the instant of the clone: before the fix, 4,000 forks crashed
-    // a child in about half the runs; 2,000 keep the test near 7 s.
-    for (int i = 0; i < 2000; ++i) {
+    // a child in about half the runs. 2,000 take about 7 s in a release build; sanitizers make
+    // each fork far slower, so the loop also stops after 15 s.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    for (int i = 0; i < 2000 && std::chrono::steady_clock::now() < until; ++i) {
       const pid_t child = fork();
       if (child == 0) _exit(0);
       if (child < 0) _exit(33);
