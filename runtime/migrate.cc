@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <thread>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
@@ -467,11 +470,26 @@ ProtectFromEviction::~ProtectFromEviction() { t_protected = saved_; }
 
 absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t addr) {
   absl::flat_hash_set<size_t> exclude;
+  bool held_elsewhere = false;  // a victim's pages were all held by another migration
+  std::optional<std::chrono::steady_clock::time_point> give_up;
   for (;;) {
     absl::StatusOr<Page*> page = ds.pool->TryAlloc(addr);
     if (!page.ok()) return page.status();
     if (*page != nullptr) return *page;
     std::optional<size_t> victim = ds.pool->PickVictim(exclude);
+    if (!victim && held_elsewhere) {
+      // Another migration holds those pages: a fault or a read-ahead bringing them home, which
+      // frees them when it ends. Wait for it, a bounded time (two requests can each hold what the
+      // other needs), then look at every chunk again.
+      const auto now = std::chrono::steady_clock::now();
+      if (!give_up) give_up = now + std::chrono::seconds(2);
+      if (now < *give_up) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+        exclude.clear();
+        held_elsewhere = false;
+        continue;
+      }
+    }
     if (!victim) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "device %d pool is full (%u pages) and nothing can be evicted: every page is held by an "
@@ -480,12 +498,16 @@ absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t ad
           ds.ordinal, ds.pool->total_pages(), t_protected.first, t_protected.second));
     }
     size_t freed = 0;
-    if (absl::Status s = EvictChunk(ds, *victim, &freed); !s.ok()) return s;
-    if (freed == 0) exclude.insert(*victim);
+    bool held = false;
+    if (absl::Status s = EvictChunk(ds, *victim, &freed, &held); !s.ok()) return s;
+    if (freed == 0) {
+      exclude.insert(*victim);
+      held_elsewhere |= held;
+    }
   }
 }
 
-absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed) {
+absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held) {
   *freed = 0;
   std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
   const uintptr_t keep_start = t_protected.first, keep_end = t_protected.second;
@@ -526,6 +548,8 @@ absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* free
     r.t[1] = trace::Tracer::Now();
     trace::Tracer::Emit(r);
   }
+  // Pages outside the request that moved nowhere: another migration held them.
+  if (held != nullptr) *held = *freed == 0;
   return absl::OkStatus();
 }
 

@@ -147,7 +147,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::Status BulkMigrate(ManagedRange& range, uintptr_t start, uintptr_t end, int device);
   absl::Status MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
                                      DeviceState& ds, MigrateCause cause);
-  absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed);
+  // *held (optional): the chunk had pages outside the request and none moved (another migration
+  // holds them).
+  absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held = nullptr);
   // Runs of whole blocks of `range` that hold host-resident (or in-flight) pages.
   PageRuns BlocksWithHostPages(ManagedRange& range);
   void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);

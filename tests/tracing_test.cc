@@ -107,8 +107,10 @@ TEST_F(TracingTest, EvictionsAndDeviceErrorsAreRecorded) {
   // Twice the 64 MiB pool, in two requests: the second half evicts the first.
   constexpr size_t kBytes = 128 * kMiB;
   uint64_t* p = AllocFilled(kBytes, 5);
-  ASSERT_TRUE(rt().Migrate(p, kBytes / 2, 0).ok());
-  ASSERT_TRUE(rt().Migrate(p + kBytes / 16, kBytes / 2, 0).ok());
+  absl::Status first = rt().Migrate(p, kBytes / 2, 0);
+  ASSERT_TRUE(first.ok()) << first;
+  absl::Status second = rt().Migrate(p + kBytes / 16, kBytes / 2, 0);
+  ASSERT_TRUE(second.ok()) << second;
   dev0().FailNextCopies(CopyDirection::kHostToDevice, 1);
   uint64_t* q = AllocFilled(2 * kMiB, 6);
   EXPECT_FALSE(rt().Migrate(q, 2 * kMiB, 0).ok());
