@@ -18,18 +18,6 @@
 namespace uhmm::testing {
 namespace {
 
-// Child exit code for "the backend under test is unavailable here": the test is skipped.
-constexpr int kChildSkip = 77;
-
-// In a child: creates the runtime, exiting with kChildSkip when the backend is unavailable here.
-std::unique_ptr<Runtime> CreateInChild(const Config& c) {
-  bool skip = false;
-  absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateOrSkip(c, &skip);
-  if (skip) _exit(kChildSkip);
-  if (!rt.ok()) _exit(10);
-  return std::move(*rt);
-}
-
 #define UHMM_SKIP_IF_CHILD_SKIPPED(status)                                                   \
   do {                                                                                       \
     if (WIFEXITED(status) && WEXITSTATUS(status) == kChildSkip) {                           \

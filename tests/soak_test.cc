@@ -194,9 +194,6 @@ TEST_F(SoakTest, ManyCyclesLeakNoFdThreadMemfdDevicePageOrMemory) {
 
 // --- prompt exit ---------------------------------------------------------------------------------
 
-// Child exit code for "the backend under test is unavailable here".
-constexpr int kChildSkip = 77;
-
 // Runs `setup` in a forked child, which then calls exit(0) (atexit handlers, static destructors,
 // as returning from main does). Returns the seconds from the child's "ready" to its end, or a
 // negative number with *why set. The child's status is in *status.
@@ -234,15 +231,6 @@ double SecondsToExit(const std::function<void()>& setup, int* status, std::strin
   }
   if (!got_ready) return *why = "the child ended before it was ready", -1;
   return seconds;
-}
-
-// In a child: a runtime on the backend under test, exiting with kChildSkip where it is unavailable.
-std::unique_ptr<Runtime> RuntimeInChild(const Config& c) {
-  bool skip = false;
-  absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateOrSkip(c, &skip);
-  if (skip) _exit(kChildSkip);
-  if (!rt.ok()) _exit(10);
-  return std::move(*rt);
 }
 
 // `n` detached threads that read one word per page of [p, p+bytes) for ever.
@@ -296,7 +284,7 @@ TEST_F(ExitTest, ExitIsPromptWithPagesOnTheDevice) {
   const std::string trace = TracePath("device");
   ExpectPromptExit(
       [&] {
-        g_static_runtime = RuntimeInChild(TestConfig());
+        g_static_runtime = CreateInChild(TestConfig());
         for (int i = 0; i < 16; ++i) {
           absl::StatusOr<void*> p = g_static_runtime->Allocate(4 * kMiB);
           if (!p.ok()) _exit(11);
@@ -315,7 +303,7 @@ TEST_F(ExitTest, ExitIsPromptWithFaultsInFlight) {
   const std::string trace = TracePath("inflight");
   ExpectPromptExit(
       [&] {
-        Runtime* rt = RuntimeInChild(TestConfig()).release();
+        Runtime* rt = CreateInChild(TestConfig()).release();
         const size_t bytes = 16 * kMiB;
         absl::StatusOr<void*> p = rt->Allocate(bytes);
         if (!p.ok() || !rt->StartTrace(trace).ok() || !rt->Migrate(*p, bytes, 0).ok()) _exit(11);
@@ -338,7 +326,7 @@ TEST_F(ExitTest, ExitIsPromptWithThreadsStuckInFaults) {
         Config c = TestConfig();
         c.sigbus_mode = SigbusMode::kTkill;
         c.fault_threads = 1;
-        Runtime* rt = RuntimeInChild(c).release();
+        Runtime* rt = CreateInChild(c).release();
         const size_t bytes = 4 * kMiB;
         absl::StatusOr<void*> p = rt->Allocate(bytes);
         if (!p.ok() || !rt->Migrate(*p, bytes, 0).ok()) _exit(11);

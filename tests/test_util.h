@@ -113,6 +113,19 @@ inline absl::StatusOr<std::unique_ptr<Runtime>> CreateOrSkip(const Config& confi
   return rt;
 }
 
+// Exit code of a forked child for "the backend under test is unavailable here": the test skips.
+inline constexpr int kChildSkip = 77;
+
+// In a forked child: the runtime, or _exit(kChildSkip) when the backend is unavailable here and
+// _exit(10) when it fails otherwise.
+inline std::unique_ptr<Runtime> CreateInChild(const Config& config) {
+  bool skip = false;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateOrSkip(config, &skip);
+  if (skip) _exit(kChildSkip);
+  if (!rt.ok()) _exit(10);
+  return std::move(*rt);
+}
+
 // Everything readable from `fd` until EOF; closes it.
 inline std::string ReadAllAndClose(int fd) {
   std::string out;

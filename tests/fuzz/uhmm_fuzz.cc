@@ -42,13 +42,6 @@
 #include "uhmm/backend.h"
 #include "uhmm/uhmm.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#define UHMM_FUZZ_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UHMM_FUZZ_TSAN 1
-#endif
-#endif
 
 extern char** environ;
 
@@ -546,6 +539,18 @@ class Worker {
   }
   Range* PickRange(uint64_t x) { return ranges_.empty() ? nullptr : &ranges_[x % ranges_.size()]; }
   // A byte span of [0, size): tiny, across a page or block boundary, medium, large or whole.
+  // The bytes an op acts on: range op.a, bytes picked from op.b and op.c, described as
+  // "<what> <range> [off, +len)".
+  struct Span {
+    Range& r;
+    size_t off, len;
+  };
+  Span PickSpan(const Op& op, size_t max_len, const char* what) {
+    Range& r = *PickRange(op.a);
+    const std::pair<size_t, size_t> picked = PickBytes(r, op.b, op.c, max_len);
+    Describe(absl::StrFormat("%s %s [%#x, +%#x)", what, RangeName(r), picked.first, picked.second));
+    return {r, picked.first, picked.second};
+  }
   static std::pair<size_t, size_t> PickBytes(const Range& r, uint64_t x, uint64_t y, size_t max_len) {
     const size_t n = r.size;
     size_t off = 0;
@@ -659,10 +664,9 @@ class Worker {
   }
 
   bool CpuWrite(const Op& op) {
-    Range& r = *PickRange(op.a);
-    const auto picked = PickBytes(r, op.b, op.c, SIZE_MAX);
-    size_t off = picked.first, len = picked.second;
-    Describe(absl::StrFormat("cpu_write %s [%#x, +%#x)", RangeName(r), off, len));
+    const Span span = PickSpan(op, SIZE_MAX, "cpu_write");
+    Range& r = span.r;
+    const size_t off = span.off, len = span.len;
     std::vector<uint8_t> data(len);
     FillBytes(data.data(), len, op.d);
     return GuardedPieces(
@@ -703,10 +707,9 @@ class Worker {
   }
 
   bool CpuCheck(const Op& op) {
-    Range& r = *PickRange(op.a);
-    const auto picked = PickBytes(r, op.b, op.c, SIZE_MAX);
-    size_t off = picked.first, len = picked.second;
-    Describe(absl::StrFormat("cpu_check %s [%#x, +%#x)", RangeName(r), off, len));
+    const Span span = PickSpan(op, SIZE_MAX, "cpu_check");
+    Range& r = span.r;
+    const size_t off = span.off, len = span.len;
     return CheckBytes(r, off, len, "CPU read");
   }
 
@@ -725,10 +728,9 @@ class Worker {
   }
 
   bool PipeIn(const Op& op) {
-    Range& r = *PickRange(op.a);
-    const auto picked = PickBytes(r, op.b, op.c, kPipeBytes);
-    size_t off = picked.first, len = picked.second;
-    Describe(absl::StrFormat("pipe_in %s [%#x, +%#x)", RangeName(r), off, len));
+    const Span span = PickSpan(op, kPipeBytes, "pipe_in");
+    Range& r = span.r;
+    const size_t off = span.off, len = span.len;
     if (AnyUnknown(r, off, off + len)) {
       sh_.Count(kSkippedOps);
       return true;
@@ -756,10 +758,9 @@ class Worker {
   }
 
   bool PipeOut(const Op& op) {
-    Range& r = *PickRange(op.a);
-    const auto picked = PickBytes(r, op.b, op.c, kPipeBytes);
-    size_t off = picked.first, len = picked.second;
-    Describe(absl::StrFormat("pipe_out %s [%#x, +%#x)", RangeName(r), off, len));
+    const Span span = PickSpan(op, kPipeBytes, "pipe_out");
+    Range& r = span.r;
+    const size_t off = span.off, len = span.len;
     if (AnyUnknown(r, off, off + len)) {
       sh_.Count(kSkippedOps);
       return true;
