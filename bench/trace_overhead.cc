@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/tracer.h"
+#include "runtime/trace/tracer.h"
 #include "uhmm/uhmm.hpp"
 
 namespace {

@@ -13,7 +13,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "runtime/testing.h"
+#include "runtime/api/testing.h"
 #include "uhmm/uhmm.hpp"
 
 namespace {

@@ -5,7 +5,7 @@
 
 #include <map>
 
-#include "runtime/page_pool.h"
+#include "runtime/mm/page_pool.h"
 
 namespace uhmm {
 namespace {

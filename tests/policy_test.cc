@@ -13,10 +13,10 @@
 #include <thread>
 
 #include "gtest/gtest.h"
-#include "runtime/managed_range.h"
-#include "runtime/policy.h"
-#include "runtime/runtime_impl.h"
-#include "runtime/topology.h"
+#include "runtime/mm/managed_range.h"
+#include "runtime/policy/policy.h"
+#include "runtime/api/runtime_impl.h"
+#include "runtime/process/topology.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {

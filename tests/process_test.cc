@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/uffd.h"
+#include "runtime/fault/uffd.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {

@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/policy.h"
+#include "runtime/policy/policy.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "backends/host/host_backend.h"
-#include "runtime/testing.h"
+#include "runtime/api/testing.h"
 #include "uhmm/uhmm.hpp"
 
 // fork() of a process with runtime threads hangs in ThreadSanitizer's fork interceptor; the

@@ -13,7 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "runtime/trace_file.h"
+#include "runtime/trace/trace_file.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {

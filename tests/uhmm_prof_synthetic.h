@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "runtime/trace_file.h"
+#include "runtime/trace/trace_file.h"
 
 namespace uhmm::prof::synthetic {
 

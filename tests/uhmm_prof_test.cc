@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
-#include "runtime/trace_file.h"
+#include "runtime/trace/trace_file.h"
 #include "tests/uhmm_prof_synthetic.h"
 #include "tools/uhmm_prof/analysis.h"
 #include "tools/uhmm_prof/chrome.h"

@@ -38,7 +38,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "runtime/testing.h"
+#include "runtime/api/testing.h"
 #include "uhmm/backend.h"
 #include "uhmm/uhmm.hpp"
 

@@ -1,4 +1,4 @@
-// uhmm-prof's analysis of a trace (runtime/trace_file.h): fault latency per phase, the ranges that
+// uhmm-prof's analysis of a trace (runtime/trace/trace_file.h): fault latency per phase, the ranges that
 // fault most, migration throughput. Everything the report, the plot and the tests read.
 #ifndef UHMM_TOOLS_UHMM_PROF_ANALYSIS_H_
 #define UHMM_TOOLS_UHMM_PROF_ANALYSIS_H_
@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "runtime/trace_file.h"
+#include "runtime/trace/trace_file.h"
 
 namespace uhmm::prof {
 

@@ -19,7 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
-#include "runtime/trace_file.h"
+#include "runtime/trace/trace_file.h"
 #include "tools/uhmm_prof/analysis.h"
 #include "tools/uhmm_prof/chrome.h"
 #include "tools/uhmm_prof/plot.h"

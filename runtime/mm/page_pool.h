@@ -16,7 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
-#include "runtime/sync.h"
+#include "runtime/base/sync.h"
 #include "uhmm/backend.h"
 #include "uhmm/pagemap.h"
 

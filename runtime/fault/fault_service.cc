@@ -1,5 +1,5 @@
 // Fault-service threads; see fault_service.h.
-#include "runtime/fault_service.h"
+#include "runtime/fault/fault_service.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -13,9 +13,9 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
-#include "runtime/abandoned_threads.h"
-#include "runtime/runtime_impl.h"
-#include "runtime/tracer.h"
+#include "runtime/process/abandoned_threads.h"
+#include "runtime/api/runtime_impl.h"
+#include "runtime/trace/tracer.h"
 
 namespace uhmm {
 namespace {

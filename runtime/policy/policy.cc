@@ -1,5 +1,5 @@
 // Fault-time policy; see policy.h.
-#include "runtime/policy.h"
+#include "runtime/policy/policy.h"
 
 #include <algorithm>
 #include <bit>

@@ -1,5 +1,5 @@
 // userfaultfd wrapper; see uffd.h.
-#include "runtime/uffd.h"
+#include "runtime/fault/uffd.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,5 +1,5 @@
 // See tracer.h.
-#include "runtime/tracer.h"
+#include "runtime/trace/tracer.h"
 
 #include <pthread.h>
 #include <sched.h>

@@ -1,5 +1,5 @@
 // ManagedRange: memfd, two views, blocks, lifetime; see managed_range.h.
-#include "runtime/managed_range.h"
+#include "runtime/mm/managed_range.h"
 
 #include <linux/memfd.h>
 #include <sys/mman.h>
@@ -13,7 +13,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "runtime/runtime_impl.h"
+#include "runtime/api/runtime_impl.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // Linux 5.14

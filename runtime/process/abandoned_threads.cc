@@ -1,4 +1,4 @@
-#include "runtime/abandoned_threads.h"
+#include "runtime/process/abandoned_threads.h"
 
 #include <atomic>
 #include <cstddef>

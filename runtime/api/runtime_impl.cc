@@ -1,5 +1,5 @@
 // The vendor-neutral runtime: ranges, fault handling, events, eviction; see runtime_impl.h.
-#include "runtime/runtime_impl.h"
+#include "runtime/api/runtime_impl.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -19,9 +19,9 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "runtime/fork.h"
-#include "runtime/testing.h"
-#include "runtime/tracer.h"
+#include "runtime/process/fork.h"
+#include "runtime/api/testing.h"
+#include "runtime/trace/tracer.h"
 
 namespace uhmm {
 namespace {

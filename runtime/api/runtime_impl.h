@@ -10,14 +10,14 @@
 #include <string>
 #include <vector>
 
-#include "runtime/fault_service.h"
-#include "runtime/managed_range.h"
-#include "runtime/migration_gate.h"
-#include "runtime/page_pool.h"
-#include "runtime/sync.h"
-#include "runtime/topology.h"
-#include "runtime/uffd.h"
-#include "runtime/workers.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/mm/managed_range.h"
+#include "runtime/mm/migration_gate.h"
+#include "runtime/mm/page_pool.h"
+#include "runtime/base/sync.h"
+#include "runtime/process/topology.h"
+#include "runtime/fault/uffd.h"
+#include "runtime/process/workers.h"
 #include "uhmm/backend.h"
 #include "uhmm/uhmm.hpp"
 

@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <utility>
 
-#include "runtime/sync.h"
-#include "runtime/va_block.h"
+#include "runtime/base/sync.h"
+#include "runtime/mm/va_block.h"
 #include "uhmm/uhmm.hpp"
 
 namespace uhmm {

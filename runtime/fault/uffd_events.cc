@@ -12,7 +12,7 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
-#include "runtime/runtime_impl.h"
+#include "runtime/api/runtime_impl.h"
 
 namespace uhmm {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "runtime/runtime_impl.h"
+#include "runtime/api/runtime_impl.h"
 #include "uhmm/uhmm.h"
 
 struct uhmm_runtime {

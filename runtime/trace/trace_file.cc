@@ -1,5 +1,5 @@
 // See trace_file.h.
-#include "runtime/trace_file.h"
+#include "runtime/trace/trace_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -10,7 +10,7 @@
 #include <bitset>
 #include <vector>
 
-#include "runtime/sync.h"
+#include "runtime/base/sync.h"
 #include "uhmm/pagemap.h"
 #include "uhmm/uhmm.hpp"
 

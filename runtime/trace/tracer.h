@@ -17,7 +17,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
-#include "runtime/trace_file.h"
+#include "runtime/trace/trace_file.h"
 
 namespace uhmm::trace {
 

@@ -4,7 +4,7 @@
 #ifndef UHMM_RUNTIME_MIGRATION_GATE_H_
 #define UHMM_RUNTIME_MIGRATION_GATE_H_
 
-#include "runtime/sync.h"
+#include "runtime/base/sync.h"
 
 namespace uhmm {
 

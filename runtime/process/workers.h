@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/sync.h"
+#include "runtime/base/sync.h"
 
 namespace uhmm {
 

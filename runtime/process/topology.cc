@@ -1,5 +1,5 @@
 // Topology through hwloc; see topology.h.
-#include "runtime/topology.h"
+#include "runtime/process/topology.h"
 
 #include <hwloc.h>
 

@@ -15,8 +15,8 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
-#include "runtime/sync.h"
-#include "runtime/uffd.h"
+#include "runtime/base/sync.h"
+#include "runtime/fault/uffd.h"
 
 namespace uhmm {
 

@@ -9,7 +9,7 @@
 // In the parent: it waits until the child closed the pipe (the copy is a consistent snapshot), then
 // lets migrations resume. The child's views are not registered with userfaultfd at all (uffd.cc
 // does not ask for fork events), so the fork never waits on the fault service.
-#include "runtime/fork.h"
+#include "runtime/process/fork.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -22,7 +22,7 @@
 #include <mutex>
 #include <vector>
 
-#include "runtime/runtime_impl.h"
+#include "runtime/api/runtime_impl.h"
 
 namespace uhmm {
 namespace {

@@ -1,12 +1,12 @@
 // Migration worker threads; see workers.h.
-#include "runtime/workers.h"
+#include "runtime/process/workers.h"
 
 #include <pthread.h>
 
 #include <atomic>
 #include <memory>
 
-#include "runtime/abandoned_threads.h"
+#include "runtime/process/abandoned_threads.h"
 
 namespace uhmm {
 namespace {

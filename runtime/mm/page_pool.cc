@@ -1,5 +1,5 @@
 // Device page pool; see page_pool.h.
-#include "runtime/page_pool.h"
+#include "runtime/mm/page_pool.h"
 
 #include <algorithm>
 #include <cstdio>

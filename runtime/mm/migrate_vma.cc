@@ -14,8 +14,8 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
-#include "runtime/runtime_impl.h"
-#include "runtime/tracer.h"
+#include "runtime/api/runtime_impl.h"
+#include "runtime/trace/tracer.h"
 #include "uhmm/pagemap.h"
 
 namespace uhmm {
