@@ -14,7 +14,9 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/process/abandoned_threads.h"
-#include "runtime/api/runtime_impl.h"
+#include "runtime/fault/cpu_fault.h"
+#include "runtime/fault/uffd_events.h"
+#include "runtime/fault/zap_tracker.h"
 #include "runtime/trace/tracer.h"
 
 namespace uhmm {
@@ -26,8 +28,8 @@ constexpr size_t kBatch = 32;
 constexpr uintptr_t kDiscardUnit = uintptr_t{2} << 20;
 }  // namespace
 
-FaultService::FaultService(RuntimeImpl* rt, Uffd* uffd, int threads, int spin_us)
-    : rt_(rt), uffd_(uffd), nthreads_(threads), spin_ns_(spin_us > 0 ? uint64_t{1000} * spin_us : 0) {}
+FaultService::FaultService(Mm& mm, Uffd* uffd, int threads, int spin_us)
+    : mm_(mm), uffd_(uffd), nthreads_(threads), spin_ns_(spin_us > 0 ? uint64_t{1000} * spin_us : 0) {}
 
 std::vector<pthread_t> FaultService::native_handles() {
   std::vector<pthread_t> out;
@@ -100,7 +102,7 @@ absl::StatusOr<size_t> FaultService::ReadMessages(uffd_msg* msgs, size_t max) {
     if (m.event == UFFD_EVENT_REMOVE) {
       // Classified now, while its madvise is still known to be in flight: the runtime's own zap
       // needs nothing more; anything else is the application's discard.
-      if (rt_->ClaimZapEvent(m.arg.remove.start, m.arg.remove.end)) continue;
+      if (mm_.zaps->Claim(m.arg.remove.start, m.arg.remove.end)) continue;
       MutexLock dl(&discard_mu_);
       discards_.push_back({m.arg.remove.start & ~(kDiscardUnit - 1),
                            (m.arg.remove.end + kDiscardUnit - 1) & ~(kDiscardUnit - 1), ReadSeq(m)});
@@ -213,22 +215,22 @@ void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
   switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT:
       if (ParkIfDiscardPending(msg)) break;
-      rt_->HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg),
+      mm_.cpu_fault->Handle(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg),
                        received_ns, (msg.arg.pagefault.flags & kDeferredFault) != 0,
                        (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0);
       break;
     case UFFD_EVENT_REMOVE:
-      rt_->OnRemove(msg.arg.remove.start, msg.arg.remove.end);
+      mm_.events->OnRemove(msg.arg.remove.start, msg.arg.remove.end);
       DiscardHandled(ReadSeq(msg));
       break;
     case UFFD_EVENT_UNMAP:
       // mremap raises REMAP and then UNMAP for the old address; the UNMAP must not discard the
       // device data before the REMAP handler brought it home.
       if (ParkIfRemapPending(msg)) break;
-      rt_->OnUnmap(msg.arg.remove.start, msg.arg.remove.end);
+      mm_.events->OnUnmap(msg.arg.remove.start, msg.arg.remove.end);
       break;
     case UFFD_EVENT_REMAP:
-      rt_->OnRemap(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
+      mm_.events->OnRemap(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
       RemapHandled();
       break;
     default:

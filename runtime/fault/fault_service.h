@@ -17,17 +17,18 @@
 #include "absl/status/status.h"
 #include "runtime/base/sync.h"
 #include "runtime/fault/uffd.h"
+#include "runtime/mm/mm.h"
 
 namespace uhmm {
 
-class RuntimeImpl;
 
 class FaultService {
  public:
   // `spin_us` > 0: thread 0 busy-polls the userfaultfd for that long after each message before
   // sleeping in poll(), so that a fault arriving meanwhile skips the wake-up (DESIGN.md: 21 us
   // instead of 32 us per isolated fault on an H100 host).
-  FaultService(RuntimeImpl* rt, Uffd* uffd, int threads, int spin_us = 0);
+  // Dispatches through `mm`: faults to mm.cpu_fault, events to mm.events, zaps to mm.zaps.
+  FaultService(Mm& mm, Uffd* uffd, int threads, int spin_us = 0);
   ~FaultService();  // Stop()s
 
   absl::Status Start();
@@ -77,7 +78,7 @@ class FaultService {
   // anonymous memory, rather than having it land later (dropping a device copy it made, say).
   void AwaitDiscards(uintptr_t start, uintptr_t end);
   // Returns once no thread is between reading a message and classifying it: a zap whose madvise
-  // returned has had all its REMOVE events claimed (RuntimeImpl::EndZap).
+  // returned has had all its REMOVE events claimed (ZapTracker::End).
   void WaitForReadsInFlight();
 
   // The service threads, for CPU placement.
@@ -92,7 +93,7 @@ class FaultService {
   bool PopQueued(uffd_msg* msg);
   absl::StatusOr<size_t> ReadMessages(uffd_msg* msgs, size_t max);
 
-  RuntimeImpl* const rt_;
+  Mm& mm_;
   Uffd* const uffd_;
   const int nthreads_;
   const uint64_t spin_ns_;

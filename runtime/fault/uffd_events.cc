@@ -1,7 +1,6 @@
-// The runtime's own zaps and the application's discards of managed memory (madvise MADV_DONTNEED
-// and MADV_REMOVE). Both raise the same userfaultfd REMOVE event; it is classified when it is read
-// (FaultService::ReadMessages), while the madvise that raised it is known to be in flight, and an
-// application discard is applied with the rules of docs/SEMANTICS.md ("munmap, madvise and mremap").
+// Application discards, munmap and mremap of managed memory; see uffd_events.h.
+#include "runtime/fault/uffd_events.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 
@@ -9,74 +8,16 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <optional>
 
 #include "absl/strings/str_format.h"
-#include "runtime/api/runtime_impl.h"
+#include "runtime/api/counters.h"
+#include "runtime/mm/device_table.h"
+#include "runtime/mm/migrator.h"
+#include "runtime/mm/va_space.h"
 
 namespace uhmm {
-namespace {
 
-// The first part of [from, to) that some mapping covers, read from /proc/self/maps.
-std::optional<std::pair<uintptr_t, uintptr_t>> FirstMappedPiece(uintptr_t from, uintptr_t to) {
-  FILE* f = std::fopen("/proc/self/maps", "re");
-  if (f == nullptr) return std::nullopt;
-  std::optional<std::pair<uintptr_t, uintptr_t>> piece;
-  char line[512];
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line, "%lx-%lx", &lo, &hi) != 2 || hi <= from) continue;
-    if (lo < to) piece = std::make_pair(std::max<uintptr_t>(from, lo), std::min<uintptr_t>(to, hi));
-    break;
-  }
-  std::fclose(f);
-  return piece;
-}
-
-}  // namespace
-
-void RuntimeImpl::BeginZap(uintptr_t start, uintptr_t end) {
-  MutexLock lock(&zap_mu_);
-  zaps_.push_back(Zap{start, end, start});
-}
-
-void RuntimeImpl::EndZap(uintptr_t start, uintptr_t end) {
-  // madvise returned, so the kernel handed out every event of this zap; a service thread may still
-  // be classifying the last one.
-  fault_service_->WaitForReadsInFlight();
-  MutexLock lock(&zap_mu_);
-  auto it = std::find_if(zaps_.begin(), zaps_.end(),
-                         [&](const Zap& z) { return z.start == start && z.end == end; });
-  if (it != zaps_.end()) zaps_.erase(it);
-}
-
-bool RuntimeImpl::ClaimZapEvent(uintptr_t start, uintptr_t end) {
-  MutexLock lock(&zap_mu_);
-  // A zap raises one event per mapping it spans, in address order, each one while its madvise
-  // waits. Over one mapping (the common case) that is the whole zap.
-  for (Zap& z : zaps_) {
-    if (start == z.next && end == z.end) {
-      z.next = end;
-      counters_.own_zap_events.fetch_add(1, std::memory_order_relaxed);
-      return true;
-    }
-  }
-  // The application split the user view (mprotect, munmap of a part): the next event of a zap is
-  // its first still-mapped piece. An application discard of exactly that piece in the same instant
-  // is indistinguishable, and equivalent: either way one discard of it is applied.
-  for (Zap& z : zaps_) {
-    if (start < z.next || end > z.end) continue;
-    std::optional<std::pair<uintptr_t, uintptr_t>> piece = FirstMappedPiece(z.next, z.end);
-    if (piece && piece->first == start && piece->second == end) {
-      z.next = end;
-      counters_.own_zap_events.fetch_add(1, std::memory_order_relaxed);
-      return true;
-    }
-  }
-  return false;
-}
-
-void RuntimeImpl::ZeroShadow(ManagedRange& range, uintptr_t start, uintptr_t end) {
+void UffdEvents::ZeroShadow(ManagedRange& range, uintptr_t start, uintptr_t end) {
   // Punching gives the memory back (a whole hugepage returns to the system's pool; part of one is
   // zeroed in place) and never faults here. A pinned shadow must keep its pages, which the device
   // DMAs into: zero those through the runtime view.
@@ -88,9 +29,9 @@ void RuntimeImpl::ZeroShadow(ManagedRange& range, uintptr_t start, uintptr_t end
   std::memset(range.host_view(start), 0, end - start);
 }
 
-void RuntimeImpl::OnRemove(uintptr_t start, uintptr_t end) {
-  counters_.ev_remove.fetch_add(1, std::memory_order_relaxed);
-  for (auto& r : Overlapping(start, end)) {
+void UffdEvents::OnRemove(uintptr_t start, uintptr_t end) {
+  mm_.counters->ev_remove.fetch_add(1, std::memory_order_relaxed);
+  for (auto& r : mm_.va_space->Overlapping(start, end)) {
     RangeRef ref(r);
     if (!ref) continue;  // being freed
     for (uintptr_t a = std::max(start, r->start()); a < std::min(end, r->end());) {
@@ -101,7 +42,7 @@ void RuntimeImpl::OnRemove(uintptr_t start, uintptr_t end) {
   }
 }
 
-void RuntimeImpl::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t end) {
+void UffdEvents::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t end) {
   VaBlock& blk = range.block_of(start);
   const uintptr_t block_start = start & ~(kBlockSize - 1);
   std::vector<Page*> release;
@@ -117,7 +58,7 @@ void RuntimeImpl::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t
         if (blk.device[i]) release.push_back(blk.pages[i]);
         blk.pages[i] = nullptr;
       }
-      if (blk.device.any()) host_epoch_.fetch_add(1, std::memory_order_acq_rel);
+      if (blk.device.any()) mm_.va_space->BumpHostEpoch();
       blk.device.reset();
       blk.poisoned.reset();
       ZeroShadow(range, block_start, block_start + kBlockSize);
@@ -128,7 +69,7 @@ void RuntimeImpl::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t
         if (blk.busy[i]) {
           blk.discard.set(i);  // the migration holding it applies it at finalize
         } else {
-          ApplyDiscardLocked(range, blk, a, &release);
+          ApplyDiscard(range, blk, a, &release);
         }
       }
     }
@@ -136,7 +77,7 @@ void RuntimeImpl::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t
   for (Page* p : release) put_page(p);
 }
 
-void RuntimeImpl::ApplyDiscardLocked(ManagedRange& range, VaBlock& blk, uintptr_t addr,
+void UffdEvents::ApplyDiscard(ManagedRange& range, VaBlock& blk, uintptr_t addr,
                                      std::vector<Page*>* release) {
   const size_t i = ManagedRange::page_in_block(addr);
   blk.discard.reset(i);
@@ -162,14 +103,14 @@ void RuntimeImpl::ApplyDiscardLocked(ManagedRange& range, VaBlock& blk, uintptr_
     blk.device.reset(i);
     // Before the block lock goes: whoever sees the page on the host also sees that launch
     // coherence has work again.
-    host_epoch_.fetch_add(1, std::memory_order_acq_rel);
+    mm_.va_space->BumpHostEpoch();
   }
   blk.poisoned.reset(i);
   // Under the block lock: a migration to a device must not copy the old shadow meanwhile.
   ZeroShadow(range, addr, addr + kPageSize);
 }
 
-absl::Status RuntimeImpl::ZeroOnDevice(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end) {
+absl::Status UffdEvents::ZeroOnDevice(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end) {
   // The shadow of a device-resident block is stale anyway: zero that part of it and copy it over.
   std::memset(range.host_view(start), 0, end - start);
   const size_t first = ManagedRange::page_in_block(start);
@@ -188,10 +129,31 @@ absl::Status RuntimeImpl::ZeroOnDevice(ManagedRange& range, VaBlock& blk, uintpt
       ops.push_back({range.host_view(a), p->dma_addr, kPageSize});
     }
   }
-  CopyEngine& engine = device(lead->pgmap->device).copy_engine();
+  CopyEngine& engine = (*mm_.devices)[lead->pgmap->device].device->copy_engine();
   absl::StatusOr<uint64_t> fence = engine.Submit(CopyDirection::kHostToDevice, ops);
   if (!fence.ok()) return fence.status();
   return engine.Wait(*fence);
+}
+
+void UffdEvents::OnUnmap(uintptr_t start, uintptr_t end) {
+  mm_.counters->ev_unmap.fetch_add(1, std::memory_order_relaxed);
+  mm_.va_space->ForgetAddresses(start, end);
+}
+
+void UffdEvents::OnRemap(uintptr_t from, uintptr_t to, size_t len) {
+  mm_.counters->ev_remap.fetch_add(1, std::memory_order_relaxed);
+  // mremap moved [from, from+len) to `to`. Bring its device pages home so the shared shadow is the
+  // data; the new address is then plain host memory (its faults map the shadow), and the old
+  // addresses are forgotten like an munmap.
+  for (auto& r : mm_.va_space->Overlapping(from, from + len)) {
+    RangeRef ref(r);
+    if (!ref) continue;
+    absl::Status s = mm_.migrator->ToHost(*r, std::max(from, r->start()), std::min(from + len, r->end()),
+                                          MigrateCause::kAddressChange);
+    if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
+  }
+  (void)to;
+  mm_.va_space->ForgetAddresses(from, from + len);
 }
 
 }  // namespace uhmm

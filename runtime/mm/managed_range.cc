@@ -13,7 +13,8 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "runtime/api/runtime_impl.h"
+#include "runtime/mm/mm.h"
+#include "runtime/process/numa_placement.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // Linux 5.14
@@ -37,9 +38,9 @@ absl::StatusOr<uintptr_t> reserve_block_aligned_address_space(size_t bytes) {
   return aligned;
 }
 
-ManagedRange::ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested,
+ManagedRange::ManagedRange(Mm& mm, Backend* backend, size_t size, size_t requested,
                            bool hugetlb)
-    : rt_(rt),
+    : mm_(mm),
       backend_(backend),
       size_(size),
       requested_(requested),
@@ -64,8 +65,8 @@ size_t HostBackingBytes() {
   return bytes > SIZE_MAX ? SIZE_MAX : static_cast<size_t>(bytes);
 }
 
-absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* rt, Backend* backend,
-                                                                   size_t size, bool hugetlb) {
+absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(Mm& mm, size_t size, bool hugetlb) {
+  Backend* backend = mm.backend;
   const size_t unit = hugetlb ? kBlockSize : kPageSize;
   const size_t rounded = (size + unit - 1) & ~(unit - 1);
   // The data lives in the memfd whenever it is not on a device, so a range the host cannot back
@@ -77,7 +78,7 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* 
         "whenever it is not on a device",
         size, static_cast<double>(size) / (1 << 30), limit, static_cast<double>(limit) / (1 << 30)));
   }
-  std::unique_ptr<ManagedRange> r(new ManagedRange(rt, backend, rounded, size, hugetlb));
+  std::unique_ptr<ManagedRange> r(new ManagedRange(mm, backend, rounded, size, hugetlb));
   r->memfd_ = memfd_create("uhmm-range", MFD_CLOEXEC | (hugetlb ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
   if (r->memfd_ < 0) {
     return absl::ResourceExhaustedError(absl::StrFormat("uhmm: memfd_create%s: %s",
@@ -106,7 +107,7 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(RuntimeImpl* 
         absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(err)));
   }
   r->runtime_view_ = static_cast<uint8_t*>(view);
-  rt->PlaceHostMemory(view, rounded);  // before any page exists
+  mm.placement->PlaceHostMemory(view, rounded);  // before any page exists
   if (absl::Status s = r->MapUserView(); !s.ok()) return s;
   // Failures from here on give the user view back too.
   auto fail = [&r](absl::Status s) {

@@ -18,7 +18,7 @@
 
 namespace uhmm {
 
-class RuntimeImpl;
+struct Mm;
 
 using PageRuns = std::vector<std::pair<uintptr_t, uintptr_t>>;  // [start, end) address runs
 
@@ -46,14 +46,14 @@ class ManagedRange {
   // `hugetlb`: the memfd is hugetlbfs (2 MiB pages, size rounded up to 2 MiB); fails with
   // RESOURCE_EXHAUSTED naming vm.nr_hugepages when not enough hugepages are free, and for any range
   // larger than HostBackingBytes() before allocating anything.
-  static absl::StatusOr<std::unique_ptr<ManagedRange>> Create(RuntimeImpl* rt, Backend* backend,
-                                                              size_t size, bool hugetlb = false);
+  static absl::StatusOr<std::unique_ptr<ManagedRange>> Create(Mm& mm, size_t size, bool hugetlb = false);
   // Unregisters and unmaps the runtime view and closes the memfd (the user view is torn down first).
   ~ManagedRange();
   ManagedRange(const ManagedRange&) = delete;
   ManagedRange& operator=(const ManagedRange&) = delete;
 
-  RuntimeImpl* runtime() const { return rt_; }
+  // The runtime parts this range belongs to (the migrate_vma phases reach them from here).
+  Mm& mm() const { return mm_; }
   uintptr_t start() const { return start_; }
   uintptr_t end() const { return start_ + size_; }
   size_t size() const { return size_; }
@@ -99,11 +99,11 @@ class ManagedRange {
   void BeginTeardown();
 
  private:
-  ManagedRange(RuntimeImpl* rt, Backend* backend, size_t size, size_t requested, bool hugetlb);
+  ManagedRange(Mm& mm, Backend* backend, size_t size, size_t requested, bool hugetlb);
   // Maps the user view; at the backend's reserved address when it has one.
   absl::Status MapUserView();
 
-  RuntimeImpl* const rt_;
+  Mm& mm_;
   Backend* backend_;
   const size_t size_;
   const size_t requested_;

@@ -1,5 +1,7 @@
-// The three-phase migration (migrate_vma_setup / _pages / _finalize), the phase-2 copy helpers,
-// page references, and the runtime's migration drivers and eviction built on them.
+// The three-phase migration (migrate_vma_setup / _pages / _finalize), the phase-2 copy helpers and
+// page references (include/uhmm/pagemap.h), in the spirit of Linux mm/migrate_device.c. The phases
+// change page state only through VaBlock's named transitions; the drivers that run them are in
+// migrator.cc.
 #include <sched.h>
 #include <sys/mman.h>
 
@@ -14,21 +16,20 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
-#include "runtime/api/runtime_impl.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/fault/uffd.h"
+#include "runtime/fault/uffd_events.h"
+#include "runtime/fault/zap_tracker.h"
+#include "runtime/mm/device_table.h"
+#include "runtime/mm/evictor.h"
+#include "runtime/mm/migrator.h"
 #include "runtime/trace/tracer.h"
 #include "uhmm/pagemap.h"
 
 namespace uhmm {
 namespace {
 
-// The managed addresses the calling thread is migrating to a device for one request. Eviction on
-// its behalf never takes pages from there: a request must not evict what it just placed (with a
-// small pool, a migration of several blocks would otherwise send its own first blocks home).
-thread_local std::pair<uintptr_t, uintptr_t> t_protected = {0, 0};
-
 ManagedRange& RangeOf(const MigrateVma* m) { return *static_cast<ManagedRange*>(m->vma); }
-
-uintptr_t NextBlockBoundary(uintptr_t addr) { return (addr & ~(kBlockSize - 1)) + kBlockSize; }
 
 // Calls fn(block, page_index_in_block, entry_index, address) for every page of [m->start, m->end),
 // holding each block's lock while its pages are visited.
@@ -149,12 +150,12 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   // Take the CPU mappings away, so that CPU accesses fault and wait (deferred) until finalize.
   // MADV_DONTNEED keeps the shmem page; it raises a REMOVE event that a service thread must read
   // before madvise returns, so no lock is held here.
-  RuntimeImpl* rt = r.runtime();
+  Mm& mm = r.mm();
   for (auto [s, e] : zap) {
-    rt->BeginZap(s, e);
+    mm.zaps->Begin(s, e);
     int rc = madvise(reinterpret_cast<void*>(s), e - s, MADV_DONTNEED);
     int err = errno;
-    rt->EndZap(s, e);
+    mm.zaps->End(s, e);
     // ENOMEM: part of the run was unmapped by the application (pages() drops those pages).
     if (rc != 0 && err != ENOMEM) {
       for (MigratePfn& src : m->src) src.flags &= ~kMigratePfnMigrate;
@@ -189,7 +190,7 @@ void migrate_vma_pages(MigrateVma* m) {
 
 void migrate_vma_finalize(MigrateVma* m) {
   ManagedRange& r = RangeOf(m);
-  RuntimeImpl* rt = r.runtime();
+  Mm& mm = r.mm();
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   std::vector<Page*> release;
   std::vector<bool> map(m->src.size(), false);  // committed to RAM: the CPU maps it
@@ -206,7 +207,7 @@ void migrate_vma_finalize(MigrateVma* m) {
     if (to_device) {
       if (commit) {
         // Under the block lock: a fault message read after this is newer than the move.
-        blk.device_seq = rt->fault_service().read_seq();
+        blk.device_seq = mm.faults->read_seq();
         blk.to_device_ns = now;  // thrashing detection (policy.h)
         blk.returned = false;
         blk.device.set(i);
@@ -231,7 +232,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   // The old pages are unreferenced now (their data was copied, or they were never committed).
   for (Page* p : release) put_page(p);
   release.clear();
-  rt->CountMigrated(to_device, m->cause, moved);
+  mm.migrator->Count(to_device, m->cause, moved);
   if (m->trace_start_ns != 0) TraceMigration(*m, to_device, device, moved);
 
   // Block by block, under its lock and while the pages are still busy (so no migration can zap
@@ -252,7 +253,7 @@ void migrate_vma_finalize(MigrateVma* m) {
       const size_t i = ManagedRange::page_in_block(p), idx = (p - m->start) / kPageSize;
       if (!(m->src[idx].flags & kMigratePfnValid)) continue;
       if (blk.discard[i]) {
-        rt->ApplyDiscardLocked(r, blk, p, &release);
+        mm.events->ApplyDiscard(r, blk, p, &release);
         if (to_device) ++m->skipped_busy;
       }
       if (map[idx]) AppendPageRun(&runs, p);  // zeroed if it was discarded: still ours to map
@@ -261,8 +262,8 @@ void migrate_vma_finalize(MigrateVma* m) {
     // made after that madvise returned must not land in the old data.
     for (const auto& run : runs) {
       const uintptr_t s = run.first, e = run.second;
-      rt->fault_service().MapUnlessDiscarded(s, e, [&] {
-        return rt->uffd().Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page(), /*drain_events=*/false);
+      mm.faults->MapUnlessDiscarded(s, e, [&] {
+        return mm.uffd->Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page(), /*drain_events=*/false);
       });
     }
     woken.insert(woken.end(), runs.begin(), runs.end());
@@ -276,12 +277,12 @@ void migrate_vma_finalize(MigrateVma* m) {
   if (ft != nullptr && !woken.empty()) {
     ft->rec.t[trace::kMapped] = trace::Tracer::Now();
     for (auto [s, e] : woken) {
-      absl::Status st = rt->uffd().Wake(s, e - s);
+      absl::Status st = mm.uffd->Wake(s, e - s);
       if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
     }
     ft->rec.t[trace::kWoken] = trace::Tracer::Now();
   }
-  rt->fault_service().Requeue(std::move(deferred));
+  mm.faults->Requeue(std::move(deferred));
 }
 
 absl::Status migrate_copy_to_ram(MigrateVma* m, CopyEngine& engine) {
@@ -337,7 +338,7 @@ absl::Status migrate_fault_to_ram(VmFault* vmf, const void* owner, CopyEngine& e
 
 absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap, uintptr_t addr) {
   auto* ds = static_cast<DeviceState*>(pgmap.internal);
-  return ds->rt->AllocDevicePage(*ds, addr);
+  return ds->evictor->AllocDevicePage(*ds, addr);
 }
 
 void page_pool_release(Page* page) {
@@ -353,204 +354,6 @@ void put_page(Page* page) {
                  static_cast<unsigned long long>(page->pfn), old);
     std::abort();
   }
-}
-
-// ---- Drivers ---------------------------------------------------------------------------------
-
-namespace {
-// Runs the three phases over [start, end) one 2 MiB block at a time; `copy` is phase 2.
-template <typename Copy>
-absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintptr_t end,
-                                    uint32_t select, const void* owner, MigrateCause cause,
-                                    Copy copy, uint64_t skip_if_moved_after_ns = 0) {
-  size_t moved = 0;
-  if (range.hugetlb()) {  // whole blocks only (see migrate_vma_pages)
-    start &= ~(kBlockSize - 1);
-    end = std::min(range.end(), NextBlockBoundary(end - 1));
-  }
-  for (uintptr_t a = start; a < end;) {
-    const uintptr_t stop = std::min(end, NextBlockBoundary(a));
-    MigrateVma m;
-    m.vma = &range;
-    m.start = a;
-    m.end = stop;
-    m.flags = select;
-    m.pgmap_owner = owner;
-    m.cause = cause;
-    m.skip_if_moved_after_ns = skip_if_moved_after_ns;
-    if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
-    absl::Status s = m.cpages ? copy(&m) : absl::OkStatus();
-    migrate_vma_pages(&m);
-    for (const MigratePfn& src : m.src) moved += (src.flags & kMigratePfnMigrate) ? 1 : 0;
-    migrate_vma_finalize(&m);
-    if (!s.ok()) {
-      trace::TraceError(s.code(), a, -1);
-      return s;
-    }
-    // A migration the caller asked for completes: pages another migration held (a fault bringing
-    // them back, say) are retried once it finishes. Service threads never wait (see FaultService).
-    if (m.skipped_busy > 0 &&
-        (cause == MigrateCause::kPrefetch || cause == MigrateCause::kFork ||
-         cause == MigrateCause::kLaunch) &&
-        !FaultService::OnServiceThread()) {
-      sched_yield();
-      continue;
-    }
-    a = stop;
-  }
-  return moved;
-}
-}  // namespace
-
-absl::Status RuntimeImpl::MigrateToHost(ManagedRange& range, uintptr_t start, uintptr_t end,
-                                        MigrateCause cause, uint64_t skip_if_moved_after_ns) {
-  for (auto& ds : devices_) {
-    Device* dev = ds->device.get();
-    absl::StatusOr<size_t> moved =
-        RunMigration(range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner, cause,
-                     [dev](MigrateVma* m) { return dev->MigrateToRam(m); }, skip_if_moved_after_ns);
-    if (!moved.ok()) {
-      return absl::Status(moved.status().code(),
-                          absl::StrFormat("uhmm: migrating [%#x, %#x) from device %d to the host: %s",
-                                          start, end, ds->ordinal, moved.status().message()));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status RuntimeImpl::MigrateToDevice(ManagedRange& range, uintptr_t start, uintptr_t end,
-                                          DeviceState& ds, MigrateCause cause) {
-  GatePass fork_pass(&fork_gate_);
-  GatePass device_pass(&ds.gate);
-  ProtectFromEviction protect(range, *ds.device, start, end);
-  return MigrateToDeviceLocked(range, start, end, ds, cause);
-}
-
-absl::Status RuntimeImpl::MigrateToDeviceLocked(ManagedRange& range, uintptr_t start, uintptr_t end,
-                                                DeviceState& ds, MigrateCause cause) {
-  Device* dev = ds.device.get();
-  // Pages on other devices come home first; device-to-device goes through RAM. A device that
-  // shares managed addresses maps whole blocks, so the other devices give up whole blocks.
-  uintptr_t home_start = start, home_end = end;
-  if (dev->placement() == Placement::kSameAddress) {
-    home_start = start & ~(kBlockSize - 1);
-    home_end = std::min(range.end(), NextBlockBoundary(end - 1));
-  }
-  for (auto& other : devices_) {
-    if (other.get() == &ds) continue;
-    Device* odev = other->device.get();
-    absl::StatusOr<size_t> moved =
-        RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
-                     cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
-    if (!moved.ok()) return moved.status();
-  }
-  absl::StatusOr<size_t> moved =
-      RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner, cause,
-                   [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
-  if (!moved.ok()) {
-    return absl::Status(moved.status().code(),
-                        absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end,
-                                        ds.ordinal, moved.status().message()));
-  }
-  return absl::OkStatus();
-}
-
-ProtectFromEviction::ProtectFromEviction(const ManagedRange& range, const Device& device, uintptr_t start,
-                                         uintptr_t end)
-    : saved_(t_protected), outer_(t_protected.first < t_protected.second) {
-  if (outer_) return;  // an enclosing request already covers this one
-  if (range.hugetlb() || device.placement() == Placement::kSameAddress) {
-    start &= ~(kBlockSize - 1);
-    end = std::min(range.end(), NextBlockBoundary(end - 1));
-  }
-  t_protected = {start, end};
-}
-
-ProtectFromEviction::~ProtectFromEviction() { t_protected = saved_; }
-
-absl::StatusOr<Page*> RuntimeImpl::AllocDevicePage(DeviceState& ds, uintptr_t addr) {
-  absl::flat_hash_set<size_t> exclude;
-  bool held_elsewhere = false;  // a victim's pages were all held by another migration
-  std::optional<std::chrono::steady_clock::time_point> give_up;
-  for (;;) {
-    absl::StatusOr<Page*> page = ds.pool->TryAlloc(addr);
-    if (!page.ok()) return page.status();
-    if (*page != nullptr) return *page;
-    std::optional<size_t> victim = ds.pool->PickVictim(exclude);
-    if (!victim && held_elsewhere) {
-      // Another migration holds those pages: a fault or a read-ahead bringing them home, which
-      // frees them when it ends. Wait for it, a bounded time (two requests can each hold what the
-      // other needs), then look at every chunk again.
-      const auto now = std::chrono::steady_clock::now();
-      if (!give_up) give_up = now + std::chrono::seconds(2);
-      if (now < *give_up) {
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
-        exclude.clear();
-        held_elsewhere = false;
-        continue;
-      }
-    }
-    if (!victim) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "device %d pool is full (%u pages) and nothing can be evicted: every page is held by an "
-          "in-flight migration or belongs to this request [%#x, %#x). Raise "
-          "UHMM_DEVICE_POOL_BYTES or migrate less at once",
-          ds.ordinal, ds.pool->total_pages(), t_protected.first, t_protected.second));
-    }
-    size_t freed = 0;
-    bool held = false;
-    if (absl::Status s = EvictChunk(ds, *victim, &freed, &held); !s.ok()) return s;
-    if (freed == 0) {
-      exclude.insert(*victim);
-      held_elsewhere |= held;
-    }
-  }
-}
-
-absl::Status RuntimeImpl::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held) {
-  *freed = 0;
-  std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
-  const uintptr_t keep_start = t_protected.first, keep_end = t_protected.second;
-  std::erase_if(addrs, [&](uintptr_t a) { return a >= keep_start && a < keep_end; });
-  if (addrs.empty()) return absl::OkStatus();
-  counters_.evicted_chunks.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t t0 = trace::Tracer::NowIfEnabled();
-  Device* dev = ds.device.get();
-  for (size_t i = 0; i < addrs.size();) {
-    size_t j = i + 1;
-    while (j < addrs.size() && addrs[j] == addrs[j - 1] + kPageSize &&
-           addrs[j] % kBlockSize != 0) {
-      ++j;
-    }
-    const uintptr_t s = addrs[i];
-    const uintptr_t e = addrs[j - 1] + kPageSize;
-    i = j;
-    RangeRef range = Lookup(s);
-    if (!range) continue;  // being freed: its pages come back without us
-    absl::StatusOr<size_t> moved = RunMigration(
-        *range, s, std::min(e, range->end()), kMigrateSelectDevicePrivate, dev->pagemap().owner,
-        MigrateCause::kEviction, [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
-    if (!moved.ok()) {
-      return absl::Status(moved.status().code(),
-                          absl::StrFormat("evicting device %d chunk %u: %s", ds.ordinal, chunk,
-                                          moved.status().message()));
-    }
-    *freed += *moved;
-  }
-  if (t0 != 0 && trace::Tracer::enabled()) {
-    trace::TraceRecord r = {};
-    r.type = trace::RecordType::kEviction;
-    r.cause = static_cast<uint8_t>(MigrateCause::kEviction);
-    r.device = static_cast<int8_t>(ds.ordinal);
-    r.addr = addrs.front() & ~(kBlockSize - 1);
-    r.bytes = *freed * kPageSize;
-    r.t[0] = t0;
-    r.t[1] = trace::Tracer::Now();
-    trace::Tracer::Emit(r);
-  }
-  // Pages outside the request that moved nowhere: another migration held them.
-  if (held != nullptr) *held = *freed == 0;
-  return absl::OkStatus();
 }
 
 }  // namespace uhmm

@@ -19,6 +19,9 @@ namespace uhmm {
 inline constexpr size_t kPagesPerBlock = kBlockSize / kPageSize;
 using PageMask = std::bitset<kPagesPerBlock>;
 
+// Where the 2 MiB block after the one holding `addr` starts.
+inline uintptr_t NextBlockBoundary(uintptr_t addr) { return (addr & ~(kBlockSize - 1)) + kBlockSize; }
+
 struct VaBlock {
   Mutex mu;
   // A page is host-resident when none of device/poisoned/unmapped is set. The shadow copy in the
@@ -44,6 +47,22 @@ struct VaBlock {
   // When a migration to a device last started here (even if the pages were there already): read-
   // ahead decided before that leaves the block alone (MigrateVma::skip_if_moved_after_ns).
   uint64_t device_wanted_ns ABSL_GUARDED_BY(mu) = 0;
+
+  // Page i's device copy goes away (the data is now the shadow's, or gone): returns the page for
+  // the caller to put_page once the lock is released.
+  Page* DropDevicePage(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Page* p = pages[i];
+    pages[i] = nullptr;
+    device.reset(i);
+    return p;
+  }
+  // Every device copy goes away (range teardown); the caller collected the pages first.
+  void DropAllDevicePages() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    pages.fill(nullptr);
+    device.reset();
+  }
+  // The application unmapped page i: it stays out of every migration from now on.
+  void MarkUnmapped(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { unmapped.set(i); }
 };
 
 }  // namespace uhmm

@@ -22,83 +22,83 @@
 #include <mutex>
 #include <vector>
 
-#include "runtime/api/runtime_impl.h"
+#include "runtime/api/counters.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/mm/device_table.h"
+#include "runtime/mm/migrator.h"
+#include "runtime/mm/va_space.h"
+#include "runtime/process/workers.h"
 
 namespace uhmm {
 namespace {
 
 std::mutex g_mu;  // std::mutex: it is held across fork() and unlocked in both processes
-std::vector<RuntimeImpl*>& Runtimes() {
-  static auto* v = new std::vector<RuntimeImpl*>();
+std::vector<ForkHandler*>& Handlers() {
+  static auto* v = new std::vector<ForkHandler*>();
   return *v;
 }
 
 void Prepare() {
   g_mu.lock();
-  for (RuntimeImpl* rt : Runtimes()) rt->ForkPrepare();
+  for (ForkHandler* h : Handlers()) h->Prepare();
 }
 void Parent() {
-  for (RuntimeImpl* rt : Runtimes()) rt->ForkParent();
+  for (ForkHandler* h : Handlers()) h->Parent();
   g_mu.unlock();
 }
 void Child() {
-  for (RuntimeImpl* rt : Runtimes()) rt->ForkChild();
+  for (ForkHandler* h : Handlers()) h->Child();
   g_mu.unlock();
 }
 
 }  // namespace
 
-void RegisterForFork(RuntimeImpl* rt) {
+void ForkHandler::Register() {
   static std::once_flag once;
-  std::call_once(once, [] { pthread_atfork(Prepare, Parent, Child); });
+  std::call_once(once, [] { pthread_atfork(uhmm::Prepare, uhmm::Parent, uhmm::Child); });
   std::lock_guard<std::mutex> lock(g_mu);
-  Runtimes().push_back(rt);
+  Handlers().push_back(this);
 }
 
-void UnregisterForFork(RuntimeImpl* rt) {
+void ForkHandler::Unregister() {
   std::lock_guard<std::mutex> lock(g_mu);
-  auto& v = Runtimes();
-  v.erase(std::remove(v.begin(), v.end(), rt), v.end());
+  auto& v = Handlers();
+  v.erase(std::remove(v.begin(), v.end(), this), v.end());
 }
 
-void RuntimeImpl::ForkPrepare() {
+void ForkHandler::Prepare() {
   if (forked_child_) return;
-  counters_.forks.fetch_add(1, std::memory_order_relaxed);
-  fault_service_->AwaitDiscards(0, UINTPTR_MAX);
-  fork_gate_.Close();
-  std::vector<std::shared_ptr<ManagedRange>> all;
-  {
-    ReaderMutexLock lock(&ranges_mu_);
-    for (auto& [start, r] : ranges_) all.push_back(r);
-  }
-  for (auto& r : all) {
+  mm_.counters->forks.fetch_add(1, std::memory_order_relaxed);
+  mm_.faults->AwaitDiscards(0, UINTPTR_MAX);
+  gate_.Close();
+  for (auto& r : mm_.va_space->All()) {
     RangeRef ref(r);
     if (!ref) continue;
-    absl::Status s = MigrateToHost(*r, r->start(), r->end(), MigrateCause::kFork);
+    absl::Status s = mm_.migrator->ToHost(*r, r->start(), r->end(), MigrateCause::kFork);
     if (!s.ok()) {
       std::fprintf(stderr, "uhmm: fork: %s; the child's accesses to the pages left on the device raise SIGBUS\n",
                    s.ToString().c_str());
     }
   }
-  if (pipe2(fork_pipe_, O_CLOEXEC) != 0) fork_pipe_[0] = fork_pipe_[1] = -1;
-  // Held across the clone: the child walks ranges_, which a thread adding or removing a range at
+  if (pipe2(pipe_, O_CLOEXEC) != 0) pipe_[0] = pipe_[1] = -1;
+  // Held across the clone: the child walks the range map, which a thread adding or removing a range at
   // that instant would leave half-linked (a fuzzed fork child crashed there). Every holder keeps it
   // briefly and waits on nothing, and nothing the fork does needs it.
-  ranges_mu_.Lock();
+  mm_.va_space->LockForFork();
 }
 
-void RuntimeImpl::ForkParent() {
+void ForkHandler::Parent() {
   if (forked_child_) return;
-  ranges_mu_.Unlock();
-  if (fork_pipe_[1] >= 0) {
-    close(fork_pipe_[1]);
+  mm_.va_space->UnlockForFork();
+  if (pipe_[1] >= 0) {
+    close(pipe_[1]);
     char c;
-    while (read(fork_pipe_[0], &c, 1) < 0 && errno == EINTR) {
+    while (read(pipe_[0], &c, 1) < 0 && errno == EINTR) {
     }
-    close(fork_pipe_[0]);
+    close(pipe_[0]);
   }
-  fork_pipe_[0] = fork_pipe_[1] = -1;
-  fork_gate_.Open();
+  pipe_[0] = pipe_[1] = -1;
+  gate_.Open();
 }
 
 namespace {
@@ -114,7 +114,7 @@ void MapSigbus(uintptr_t start, uintptr_t end, int* empty) {
 }
 }  // namespace
 
-void RuntimeImpl::LoseUnreachablePages(ManagedRange& r, int* empty) {
+void ForkHandler::LoseUnreachablePages(ManagedRange& r, int* empty) {
   // The parent could not bring these pages home (a device error), so the shadow the copy came from
   // is stale there: the contract is SIGBUS on access, never stale data. Runs are mapped as they
   // end, without collecting them: a fork child must not allocate (see abandoned_threads.h).
@@ -134,43 +134,43 @@ void RuntimeImpl::LoseUnreachablePages(ManagedRange& r, int* empty) {
   if (run != 0) MapSigbus(run, (r.end() + kPageSize - 1) & ~(kPageSize - 1), empty);
 }
 
-void RuntimeImpl::ForkChild() {
+void ForkHandler::Child() {
   if (forked_child_) return;
   forked_child_ = true;
-  ranges_mu_.ResetInForkChild();  // locked by ForkPrepare, maybe with parent threads queued on it
-  if (fork_pipe_[0] >= 0) close(fork_pipe_[0]);
-  fault_service_->AbandonAfterFork();
-  workers_->AbandonAfterFork();
+  if (pipe_[0] >= 0) close(pipe_[0]);
+  mm_.faults->AbandonAfterFork();
+  mm_.workers->AbandonAfterFork();
   int lost_fd = -1;  // LoseUnreachablePages' empty file
-  for (auto& [start, r] : ranges_) {
-    void* copy = mmap(nullptr, r->size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  mm_.va_space->ForEachInForkChild([&](ManagedRange& r) {
+    const uintptr_t start = r.start();
+    void* copy = mmap(nullptr, r.size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (copy == MAP_FAILED) {
       std::fprintf(stderr, "uhmm: fork child: no memory to copy range %#lx: %s\n",
                    static_cast<unsigned long>(start), strerror(errno));
-      continue;
+      return;
     }
     // Read the shadow through a fresh mapping of the memfd: the runtime view may not exist here
     // (drivers mark pinned memory MADV_DONTFORK), and the user view may still be registered.
-    void* shadow = mmap(nullptr, r->size(), PROT_READ, MAP_SHARED, r->memfd(), 0);
+    void* shadow = mmap(nullptr, r.size(), PROT_READ, MAP_SHARED, r.memfd(), 0);
     if (shadow == MAP_FAILED) {
       std::fprintf(stderr, "uhmm: fork child: mapping the shadow of range %#lx: %s\n",
                    static_cast<unsigned long>(start), strerror(errno));
-      munmap(copy, r->size());
-      continue;
+      munmap(copy, r.size());
+      return;
     }
-    std::memcpy(copy, shadow, r->size());
-    munmap(shadow, r->size());
-    if (mremap(copy, r->size(), r->size(), MREMAP_MAYMOVE | MREMAP_FIXED,
+    std::memcpy(copy, shadow, r.size());
+    munmap(shadow, r.size());
+    if (mremap(copy, r.size(), r.size(), MREMAP_MAYMOVE | MREMAP_FIXED,
                reinterpret_cast<void*>(start)) == MAP_FAILED) {
       std::fprintf(stderr, "uhmm: fork child: mremap over %#lx failed: %s\n",
                    static_cast<unsigned long>(start), strerror(errno));
-      continue;
+      return;
     }
-    LoseUnreachablePages(*r, &lost_fd);
-  }
+    LoseUnreachablePages(r, &lost_fd);
+  });
   if (lost_fd >= 0) close(lost_fd);
-  if (fork_pipe_[1] >= 0) close(fork_pipe_[1]);
-  fork_pipe_[0] = fork_pipe_[1] = -1;
+  if (pipe_[1] >= 0) close(pipe_[1]);
+  pipe_[0] = pipe_[1] = -1;
 }
 
 }  // namespace uhmm

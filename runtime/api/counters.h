@@ -1,0 +1,22 @@
+// Counters: what the parts of a runtime count for uhmm_get_stats and UHMM_STATS. Relaxed atomics;
+// each part increments its own.
+#ifndef UHMM_RUNTIME_API_COUNTERS_H_
+#define UHMM_RUNTIME_API_COUNTERS_H_
+
+#include <atomic>
+#include <cstdint>
+
+namespace uhmm {
+
+struct Counters {
+  std::atomic<uint64_t> cpu_faults{0}, duplicate_faults{0}, unmanaged_faults{0};
+  std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
+  std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, forks{0};
+  std::atomic<uint64_t> own_zap_events{0}, zero_fill_faults{0};
+  std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};
+  std::atomic<uint64_t> readahead_pages{0}, grown_faults{0}, thrashing_blocks{0};
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_API_COUNTERS_H_

@@ -1,0 +1,336 @@
+// The CPU fault path; see cpu_fault.h.
+#include "runtime/fault/cpu_fault.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+
+#include "runtime/api/counters.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/fault/uffd.h"
+#include "runtime/mm/migrator.h"
+#include "runtime/mm/va_space.h"
+#include "runtime/policy/policy.h"
+#include "runtime/process/workers.h"
+#include "runtime/trace/tracer.h"
+
+namespace uhmm {
+namespace {
+
+void LogIfError(const absl::Status& s) {
+  if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
+}
+
+uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred, bool minor) {
+  uffd_msg m;
+  std::memset(&m, 0, sizeof(m));
+  m.event = UFFD_EVENT_PAGEFAULT;
+  m.arg.pagefault.flags =
+      (deferred ? FaultService::kDeferredFault : 0) | (minor ? UFFD_PAGEFAULT_FLAG_MINOR : 0);
+  m.arg.pagefault.address = address;
+  m.arg.pagefault.feat.ptid = tid;
+  FaultService::SetReadSeq(&m, seq);
+  return m;
+}
+
+// The trace of one fault message on this thread: HandleFault stamps the lookup, the migration code
+// the copy and mapping phases (through trace::CurrentFaultTrace()), and the destructor the wake-up,
+// then emits the record. Inactive (no clock reads) when the message was read with tracing off.
+class FaultTraceScope {
+ public:
+  FaultTraceScope(uint64_t received_ns, uintptr_t address, uint32_t tid, bool deferred)
+      : writer_(received_ns != 0 ? std::make_optional<trace::Tracer::ScopedWriter>() : std::nullopt),
+        active_(writer_ && writer_->active()),
+        deferred_(deferred) {
+    if (!active_) return;
+    ft_.rec.type = trace::RecordType::kFault;
+    ft_.rec.device = -1;
+    ft_.rec.addr = address;
+    ft_.rec.aux = tid;
+    ft_.rec.t[trace::kReceived] = received_ns;
+    trace::CurrentFaultTrace() = &ft_;
+  }
+  ~FaultTraceScope() {
+    if (!active_) return;
+    trace::CurrentFaultTrace() = nullptr;
+    if (ft_.deferred) return;
+    // A migration that served this fault stamped its own wake-up; otherwise the wake was the
+    // CONTINUE or WAKE just before returning.
+    if (ft_.rec.t[trace::kWoken] == 0) ft_.rec.t[trace::kWoken] = trace::Tracer::Now();
+    trace::Tracer::Emit(ft_.rec);
+  }
+  FaultTraceScope(const FaultTraceScope&) = delete;
+  FaultTraceScope& operator=(const FaultTraceScope&) = delete;
+
+  void Stamp(int phase) {
+    if (active_) ft_.rec.t[phase] = trace::Tracer::Now();
+  }
+  void Flag(uint8_t flag) { ft_.rec.flags |= flag; }
+  // Host resident when we looked: a duplicate, "covered" when it waited for the migration that
+  // brought the page back.
+  void Duplicate() { Flag(deferred_ ? trace::kFaultCovered : trace::kFaultDuplicate); }
+  // Handed to a migration in flight: that message's next dispatch is the one traced.
+  void Defer() { ft_.deferred = true; }
+
+ private:
+  std::optional<trace::Tracer::ScopedWriter> writer_;  // the session stays open until we emit
+  const bool active_;
+  const bool deferred_;
+  trace::FaultTrace ft_;
+};
+
+}  // namespace
+
+absl::StatusOr<SigbusMode> ResolveSigbusMode(SigbusMode wanted, const Uffd& uffd) {
+  switch (wanted) {
+    case SigbusMode::kAuto:
+      return uffd.has_poison() ? SigbusMode::kPoison : SigbusMode::kTkill;
+    case SigbusMode::kPoison:
+      if (!uffd.has_poison()) {
+        return absl::UnavailableError(
+            "uhmm: UHMM_SIGBUS_MODE=poison needs UFFDIO_POISON (Linux 6.6+); use auto or tkill");
+      }
+      return SigbusMode::kPoison;
+    case SigbusMode::kTkill:
+      break;
+  }
+  return SigbusMode::kTkill;
+}
+
+void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns, bool deferred,
+                      bool minor) {
+  // A deferred message comes back once the migration that held its page is done: same fault.
+  if (!deferred) mm_.counters->cpu_faults.fetch_add(1, std::memory_order_relaxed);
+  FaultTraceScope trace(received_ns, address, tid, deferred);
+  const uintptr_t page = address & ~(kPageSize - 1);
+  RangeRef range = mm_.va_space->Lookup(page);
+  if (!range) {
+    // Registered memory that no live range covers (mremapped away, or racing with free): the
+    // shadow page is the data, so map it; but first let pending mremaps bring their data home.
+    if (mm_.faults->ParkIfRemapPending(FaultMsg(address, tid, seq, false, minor))) {
+      trace.Defer();
+      return;
+    }
+    trace.Stamp(trace::kLookedUp);
+    trace.Duplicate();
+    mm_.counters->unmanaged_faults.fetch_add(1, std::memory_order_relaxed);
+    // A hugetlb mapping takes only whole 2 MiB pages (EINVAL otherwise). A page the shadow does not
+    // have reads as zero.
+    absl::Status st = minor ? mm_.uffd->Continue(page, kPageSize) : mm_.uffd->ZeroFill(page, kPageSize);
+    if (absl::IsInvalidArgument(st)) {
+      const uintptr_t huge = page & ~(kBlockSize - 1);
+      st = minor ? mm_.uffd->Continue(huge, kBlockSize, /*wake=*/true, kBlockSize)
+                 : mm_.uffd->ZeroFill(huge, kBlockSize);
+    }
+    LogIfError(st);
+    return;
+  }
+  VaBlock& blk = range->block_of(page);
+  const size_t i = ManagedRange::page_in_block(page);
+  std::pair<uintptr_t, uintptr_t> granule;
+  bool readahead_ok = false;
+  for (int attempt = 0;; ++attempt) {
+    Page* dpage = nullptr;
+    bool poisoned = false;
+    {
+      MutexLock lock(&blk.mu);
+      if (blk.busy[i]) {
+        // A migration holds the page; finalize re-queues us. Never wait here: the migration may
+        // itself be waiting for a service thread to read its REMOVE event.
+        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, minor));
+        trace.Defer();
+        return;
+      }
+      poisoned = blk.poisoned[i];
+      if (!poisoned && blk.device[i]) {
+        // A message read before this block last gained device pages is stale when its thread has
+        // moved on (a signal makes the kernel raise the fault again; our own fault-back already
+        // woke it): migrating back would pull data from under a kernel that was just given it.
+        // Wake instead: a thread that is still waiting retries and faults afresh.
+        if (static_cast<int32_t>(seq - blk.device_seq) <= 0) {
+          mm_.counters->stale_faults.fetch_add(1, std::memory_order_relaxed);
+          trace.Stamp(trace::kLookedUp);
+          trace.Flag(trace::kFaultStale);
+          LogIfError(mm_.uffd->Wake(page & ~(range->cpu_page() - 1), range->cpu_page()));
+          return;
+        }
+        dpage = blk.pages[i];
+        if (attempt == 0) {
+          granule = Granule(*range, blk, page, &readahead_ok);
+        } else {
+          // The page went back to a device between our migration and this look (or the policy's
+          // granule missed it): move just the CPU's unit of it, so every round makes progress.
+          const uintptr_t unit = page & ~(range->cpu_page() - 1);
+          granule = {unit, std::min(unit + range->cpu_page(), range->end())};
+        }
+      }
+      if (!poisoned && dpage == nullptr) {
+        // Host resident: someone else brought it back (a duplicate) or it was never mapped here.
+        // Map it under the block lock: a migration to a device that starts after we looked must
+        // not zap first and see its zap undone by this CONTINUE (a lost CPU write).
+        if (attempt == 0) {
+          (minor ? mm_.counters->duplicate_faults : mm_.counters->zero_fill_faults)
+              .fetch_add(1, std::memory_order_relaxed);
+          trace.Stamp(trace::kLookedUp);
+          trace.Duplicate();
+        }
+        const uintptr_t unit = page & ~(range->cpu_page() - 1);
+        const bool mapped =
+            minor ? mm_.faults->MapUnlessDiscarded(unit, unit + range->cpu_page(), [&] {
+                      return mm_.uffd->Continue(unit, range->cpu_page(), /*wake=*/true, range->cpu_page(),
+                                             /*drain_events=*/false);
+                    })
+                  : ZeroFill(*range, blk, page, tid);
+        // An application discard of this page was read meanwhile: wait for it, then map.
+        if (mapped || mm_.faults->ParkIfDiscardPending(FaultMsg(address, tid, seq, true, minor))) {
+          if (!mapped) trace.Defer();
+          return;
+        }
+        continue;
+      }
+    }
+    trace.Stamp(trace::kLookedUp);
+    if (poisoned) {
+      trace.Flag(trace::kFaultSigbus);
+      DeliverSigbus(*range, page, tid);
+      return;
+    }
+    VmFault vmf;
+    vmf.vma = range.get();
+    vmf.address = page;
+    vmf.start = granule.first;
+    vmf.end = granule.second;
+    vmf.page = dpage;
+    // Read-ahead is decided as of now, before the fault-back wakes the thread: whatever that thread
+    // does next (a prefetch to the device, say) is later and must win over it.
+    const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
+    absl::Status s = dpage->pgmap->ops->page_fault(&vmf);
+    if (!s.ok()) {
+      std::fprintf(stderr, "uhmm: device could not migrate page %#lx back (%s); SIGBUS to thread %u\n",
+                   static_cast<unsigned long>(page), s.ToString().c_str(), tid);
+      trace.Flag(trace::kFaultSigbus);
+      trace::TraceError(s.code(), page, dpage->pgmap->device);
+      DeliverSigbus(*range, page, tid);
+      return;
+    }
+    if (readahead_ok) {
+      readahead_ok = false;
+      auto [from, to] = range->readahead().OnFault(vmf.start, vmf.end, range->end(), mm_.config->readahead_bytes);
+      if (from < to) PostReadAhead(range, from, to, decided_ns);
+    }
+    // Loop: the page is normally host resident and mapped now; if another migration took it in
+    // between, the next round defers or retries.
+  }
+}
+
+bool CpuFault::ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint32_t tid) {
+  // The shadow has no page here: this is its first touch, or a discard freed it. Give the whole
+  // block (its host-resident pages that no migration holds) zero pages and map them, so that a
+  // first pass over a new range takes one fault per 2 MiB, as transparent hugepages would.
+  const uintptr_t start = page & ~(kBlockSize - 1);
+  const uintptr_t end = std::min(start + kBlockSize, range.end());
+  PageRuns runs;
+  for (uintptr_t a = start; a < end; a += kPageSize) {
+    const size_t i = ManagedRange::page_in_block(a);
+    if (!blk.device[i] && !blk.busy[i] && !blk.poisoned[i] && !blk.unmapped[i]) AppendPageRun(&runs, a);
+  }
+  for (const auto& run : runs) {
+    const uintptr_t s = run.first, e = run.second;
+    if (fallocate(range.memfd(), 0, static_cast<off_t>(s - range.start()), static_cast<off_t>(e - s)) != 0) {
+      const int err = errno;
+      if (page < s || page >= e) continue;  // only the faulting page must exist
+      // No memory for it (hugetlb: no free hugepage). Like the kernel for such memory: SIGBUS.
+      std::fprintf(stderr, "uhmm: no host memory for managed page %#lx (%s); SIGBUS to thread %u\n",
+                   static_cast<unsigned long>(page), strerror(err), tid);
+      mm_.counters->sigbus.fetch_add(1, std::memory_order_relaxed);
+      syscall(SYS_tgkill, getpid(), static_cast<pid_t>(tid), SIGBUS);
+      LogIfError(mm_.uffd->Wake(page & ~(range.cpu_page() - 1), range.cpu_page()));
+      continue;
+    }
+    if (!mm_.faults->MapUnlessDiscarded(s, e, [&] {
+          return mm_.uffd->Continue(s, e - s, /*wake=*/true, range.cpu_page(), /*drain_events=*/false);
+        })) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::pair<uintptr_t, uintptr_t> CpuFault::Granule(ManagedRange& range, VaBlock& blk, uintptr_t page,
+                                                  bool* readahead_ok) {
+  const uintptr_t block_start = page & ~(kBlockSize - 1);
+  const uintptr_t lo = std::max(block_start, range.start());
+  const uintptr_t hi = std::min(block_start + kBlockSize, range.end());
+  // Thrashing: pages of this block keep coming back right after moving to a device.
+  if (mm_.config->thrashing_threshold > 0 &&
+      NoteReturn(blk, trace::Tracer::Now(), uint64_t{1000} * mm_.config->thrashing_lapse_us,
+                 mm_.config->thrashing_threshold)) {
+    mm_.counters->thrashing_blocks.fetch_add(1, std::memory_order_relaxed);
+  }
+  *readahead_ok = !blk.thrashing;
+  if (range.hugetlb()) return {lo, hi};  // the CPU maps the block whole
+  // The configured granule around the fault, clipped to the block and the range; grown by density
+  // unless the block thrashes.
+  const uintptr_t gran = mm_.config->fault_granularity;
+  uintptr_t start = std::max(page & ~(gran - 1), lo);
+  uintptr_t end = std::min((page & ~(gran - 1)) + gran, hi);
+  if (!blk.thrashing &&
+      GrowGranule(~blk.device, block_start, lo, hi, mm_.config->prefetch_threshold, &start, &end)) {
+    mm_.counters->grown_faults.fetch_add(1, std::memory_order_relaxed);
+  }
+  return {start, end};
+}
+
+void CpuFault::PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns) {
+  for (uintptr_t a = from; a < to;) {
+    const uintptr_t b = std::min(to, (a & ~(kBlockSize - 1)) + kBlockSize);
+    RangeRef ref = range.Clone();
+    if (!ref) return;
+    auto job = [mm = &mm_, r = std::make_shared<RangeRef>(std::move(ref)), a, b, decided_ns] {
+      absl::Status s = mm->migrator->ToHost(**r, a, b, MigrateCause::kPrefetcher, decided_ns);
+      if (!s.ok()) trace::TraceError(s.code(), a, -1);  // the CPU's own fault reports it
+    };
+    if (!mm_.workers->Post(std::move(job))) return;
+    a = b;
+  }
+}
+
+void CpuFault::DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid) {
+  mm_.counters->sigbus.fetch_add(1, std::memory_order_relaxed);
+  // The CPU's unit: a hugetlb block is poisoned (and its data lost) whole.
+  const size_t unit = range.cpu_page();
+  const uintptr_t first = page & ~(unit - 1);
+  if (sigbus_mode_ == SigbusMode::kPoison) {
+    std::vector<Page*> release;
+    {
+      VaBlock& blk = range.block_of(page);
+      MutexLock lock(&blk.mu);
+      for (uintptr_t a = first; a < first + unit; a += kPageSize) {
+        const size_t i = ManagedRange::page_in_block(a);
+        if (blk.device[i] && !blk.busy[i]) {
+          release.push_back(blk.pages[i]);
+          blk.pages[i] = nullptr;
+          blk.device.reset(i);
+        }
+        blk.poisoned.set(i);
+      }
+    }
+    for (Page* p : release) put_page(p);
+    if (!mm_.uffd->Poison(first, unit).ok()) LogIfError(mm_.uffd->Wake(first, unit));
+    return;
+  }
+  // Fallback without UFFDIO_POISON: signal the faulting thread, then wake it so it leaves the
+  // fault and takes the signal. si_code is SI_TKILL and si_addr is not set. The page stays on the
+  // device, so a later access asks the device again.
+  syscall(SYS_tgkill, getpid(), static_cast<pid_t>(tid), SIGBUS);
+  LogIfError(mm_.uffd->Wake(first, unit));
+}
+
+}  // namespace uhmm

@@ -1,0 +1,150 @@
+// The migration drivers; see migrator.h.
+#include "runtime/mm/migrator.h"
+
+#include <sched.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "runtime/api/counters.h"
+#include "runtime/base/sync.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/mm/device_table.h"
+#include "runtime/mm/evictor.h"
+#include "runtime/mm/va_space.h"
+#include "runtime/process/fork.h"
+#include "runtime/process/workers.h"
+#include "runtime/trace/tracer.h"
+
+namespace uhmm {
+
+absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintptr_t end, uint32_t select,
+                                    const void* owner, MigrateCause cause,
+                                    absl::FunctionRef<absl::Status(MigrateVma*)> copy,
+                                    uint64_t skip_if_moved_after_ns) {
+  size_t moved = 0;
+  if (range.hugetlb()) {  // whole blocks only (see migrate_vma_pages)
+    start &= ~(kBlockSize - 1);
+    end = std::min(range.end(), NextBlockBoundary(end - 1));
+  }
+  for (uintptr_t a = start; a < end;) {
+    const uintptr_t stop = std::min(end, NextBlockBoundary(a));
+    MigrateVma m;
+    m.vma = &range;
+    m.start = a;
+    m.end = stop;
+    m.flags = select;
+    m.pgmap_owner = owner;
+    m.cause = cause;
+    m.skip_if_moved_after_ns = skip_if_moved_after_ns;
+    if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
+    absl::Status s = m.cpages ? copy(&m) : absl::OkStatus();
+    migrate_vma_pages(&m);
+    for (const MigratePfn& src : m.src) moved += (src.flags & kMigratePfnMigrate) ? 1 : 0;
+    migrate_vma_finalize(&m);
+    if (!s.ok()) {
+      trace::TraceError(s.code(), a, -1);
+      return s;
+    }
+    // A migration the caller asked for completes: pages another migration held (a fault bringing
+    // them back, say) are retried once it finishes. Service threads never wait (see FaultService).
+    if (m.skipped_busy > 0 &&
+        (cause == MigrateCause::kPrefetch || cause == MigrateCause::kFork ||
+         cause == MigrateCause::kLaunch) &&
+        !FaultService::OnServiceThread()) {
+      sched_yield();
+      continue;
+    }
+    a = stop;
+  }
+  return moved;
+}
+
+absl::Status Migrator::ToHost(ManagedRange& range, uintptr_t start, uintptr_t end, MigrateCause cause,
+                              uint64_t skip_if_moved_after_ns) {
+  for (auto& ds : *mm_.devices) {
+    Device* dev = ds->device.get();
+    absl::StatusOr<size_t> moved =
+        RunMigration(range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner, cause,
+                     [dev](MigrateVma* m) { return dev->MigrateToRam(m); }, skip_if_moved_after_ns);
+    if (!moved.ok()) {
+      return absl::Status(moved.status().code(),
+                          absl::StrFormat("uhmm: migrating [%#x, %#x) from device %d to the host: %s",
+                                          start, end, ds->ordinal, moved.status().message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds,
+                                MigrateCause cause) {
+  GatePass fork_pass(&mm_.fork->gate());
+  GatePass device_pass(&ds.gate);
+  ProtectFromEviction protect(range, *ds.device, start, end);
+  Device* dev = ds.device.get();
+  // Pages on other devices come home first; device-to-device goes through RAM. A device that
+  // shares managed addresses maps whole blocks, so the other devices give up whole blocks.
+  uintptr_t home_start = start, home_end = end;
+  if (dev->placement() == Placement::kSameAddress) {
+    home_start = start & ~(kBlockSize - 1);
+    home_end = std::min(range.end(), NextBlockBoundary(end - 1));
+  }
+  for (auto& other : *mm_.devices) {
+    if (other.get() == &ds) continue;
+    Device* odev = other->device.get();
+    absl::StatusOr<size_t> moved =
+        RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
+                     cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
+    if (!moved.ok()) return moved.status();
+  }
+  absl::StatusOr<size_t> moved =
+      RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner, cause,
+                   [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
+  if (!moved.ok()) {
+    return absl::Status(moved.status().code(),
+                        absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end,
+                                        ds.ordinal, moved.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Migrator::Bulk(ManagedRange& range, uintptr_t start, uintptr_t end, int device) {
+  DeviceTable& devices = *mm_.devices;
+  WorkerPool& workers = *mm_.workers;
+  // One job per 2 MiB block on the caller and the migration workers: one block's zap or PTE
+  // installation overlaps another's copy. To a device, every worker holds a block of the pool
+  // while it copies; small pools stay serial so that eviction always finds a victim.
+  const size_t blocks = (((end - 1) & ~(kBlockSize - 1)) - (start & ~(kBlockSize - 1))) / kBlockSize + 1;
+  const bool parallel =
+      blocks > 1 && workers.threads() > 0 &&
+      (device == kHost ||
+       devices[device].pool->total_pages() / kPagesPerBlock >= 8 * (size_t{1} + workers.threads()));
+  auto run = [&](uintptr_t s, uintptr_t e) {
+    // The whole request, on whichever thread runs a part.
+    ProtectFromEviction protect(range, *devices[device == kHost ? 0 : device].device, start, end);
+    return device == kHost ? ToHost(range, s, e, MigrateCause::kPrefetch)
+                           : ToDevice(range, s, e, devices[device], MigrateCause::kPrefetch);
+  };
+  if (!parallel) return run(start, end);
+  Mutex mu;
+  absl::Status first;
+  workers.ParallelFor(blocks, [&](size_t i) {
+    const uintptr_t s = std::max(start, (start & ~(kBlockSize - 1)) + i * kBlockSize);
+    const uintptr_t e = std::min(end, (start & ~(kBlockSize - 1)) + (i + 1) * kBlockSize);
+    absl::Status st = run(s, e);
+    MutexLock lock(&mu);
+    if (first.ok()) first = st;
+  });
+  return first;
+}
+
+void Migrator::Count(bool to_device, MigrateCause cause, size_t pages) {
+  Counters& c = *mm_.counters;
+  (to_device ? c.pages_to_device : c.pages_to_host).fetch_add(pages);
+  if (cause == MigrateCause::kEviction) c.evicted_pages.fetch_add(pages);
+  if (cause == MigrateCause::kLaunch && to_device) c.launch_pages.fetch_add(pages);
+  if (cause == MigrateCause::kPrefetcher) c.readahead_pages.fetch_add(pages);
+  if (!to_device && pages > 0) mm_.va_space->BumpHostEpoch();
+}
+
+}  // namespace uhmm

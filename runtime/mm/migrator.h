@@ -1,0 +1,56 @@
+// Migrator: the migration drivers. Each runs the migrate_vma phases (migrate_vma.cc) one 2 MiB
+// block at a time with a device's phase 2 (Device::MigrateToDevice / MigrateToRam): to the host
+// (faults' read-ahead, uhmm_migrate to the host, mremap, fork), to a device (uhmm_migrate, launch
+// coherence), and in bulk over the migration workers.
+#ifndef UHMM_RUNTIME_MM_MIGRATOR_H_
+#define UHMM_RUNTIME_MM_MIGRATOR_H_
+
+#include <cstdint>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "runtime/mm/managed_range.h"
+#include "runtime/mm/mm.h"
+#include "uhmm/pagemap.h"
+
+namespace uhmm {
+
+struct DeviceState;
+
+// Runs the three phases over [start, end) of `range` one 2 MiB block at a time (whole blocks for
+// hugetlb ranges), selecting `select` pages of `owner`'s device, with `copy` as phase 2. Requests
+// the application made (prefetch, fork, launch) retry pages another migration held until it ends.
+// Returns how many pages moved.
+absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintptr_t end, uint32_t select,
+                                    const void* owner, MigrateCause cause,
+                                    absl::FunctionRef<absl::Status(MigrateVma*)> copy,
+                                    uint64_t skip_if_moved_after_ns = 0);
+
+class Migrator {
+ public:
+  explicit Migrator(Mm& mm) : mm_(mm) {}
+
+  // Moves every device page in [start, end) of `range` back to RAM (but, with
+  // `skip_if_moved_after_ns`, not blocks that a migration to a device started on after that time:
+  // read-ahead).
+  absl::Status ToHost(ManagedRange& range, uintptr_t start, uintptr_t end, MigrateCause cause,
+                      uint64_t skip_if_moved_after_ns = 0);
+  // Moves [start, end) of `range` to device `ds`, pages on other devices through RAM first. Passes
+  // the fork gate and the device's gate (held off while a fork is prepared or the device emptied),
+  // and protects the request from its own eviction.
+  absl::Status ToDevice(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds,
+                        MigrateCause cause);
+  // uhmm_migrate / uhmm_prefetch_on_queue: [start, end) to `device` (or kHost), block by block,
+  // in parallel on the migration workers when the range spans several blocks.
+  absl::Status Bulk(ManagedRange& range, uintptr_t start, uintptr_t end, int device);
+
+  // Called by migrate_vma_finalize: counts what moved, and bumps the host epoch when pages came home.
+  void Count(bool to_device, MigrateCause cause, size_t pages);
+
+ private:
+  Mm& mm_;
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_MM_MIGRATOR_H_

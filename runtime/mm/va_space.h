@@ -1,0 +1,80 @@
+// VaSpace: the process's managed ranges (nvidia-uvm's uvm_va_space): the range map, creating and
+// destroying ranges, forgetting addresses the application unmapped, and the host epoch that tells
+// launch coherence whether pages may have become host-resident.
+//
+// LOCKING: mu_ (lock order 1, see docs/ARCHITECTURE.md) guards the map and the zombie list; it is
+// held briefly and never while waiting for anything. Block locks are taken after it, never before.
+#ifndef UHMM_RUNTIME_MM_VA_SPACE_H_
+#define UHMM_RUNTIME_MM_VA_SPACE_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "runtime/base/sync.h"
+#include "runtime/mm/managed_range.h"
+#include "runtime/mm/mm.h"
+#include "uhmm/uhmm.hpp"
+
+namespace uhmm {
+
+class VaSpace {
+ public:
+  explicit VaSpace(Mm& mm) : mm_(mm) {}
+
+  // A new range of `size` bytes, registered with userfaultfd and published (uhmm_alloc). Picks
+  // hugetlb backing by `backing` and Config::hugetlb.
+  absl::StatusOr<void*> Create(size_t size, Backing backing);
+  // Takes the range that starts at `ptr` out of the map (uhmm_free): NOT_FOUND or INVALID_ARGUMENT
+  // (inside a range but not its start) with the message the API returns.
+  absl::StatusOr<std::shared_ptr<ManagedRange>> TakeForFree(void* ptr);
+  // Unregisters and unmaps the user view (skipping pages the application already unmapped) and
+  // returns every device page. The range must be out of the map and torn down.
+  void Destroy(ManagedRange& range, bool unmap_user_view);
+  // Tears down the ranges the application munmapped entirely (never on a service thread).
+  void ReapZombies();
+  // Destroys every range (runtime teardown).
+  void DestroyAll();
+
+  RangeRef Lookup(uintptr_t addr);
+  std::vector<std::shared_ptr<ManagedRange>> Overlapping(uintptr_t start, uintptr_t end);
+  std::vector<std::shared_ptr<ManagedRange>> All();
+  size_t hugetlb_count() const;
+  // Traces every live range's allocation (a trace session that starts late).
+  void TraceAll();
+
+  // Drops the device copies in [start, end) of `range` that no migration holds; with `forget`,
+  // also marks the pages unmapped so that in-flight migrations drop theirs at finalize.
+  void DropDevicePages(ManagedRange& range, uintptr_t start, uintptr_t end, bool forget);
+  // Marks [start, end) of every range it overlaps as gone and releases the device pages there; a
+  // range left with no page becomes a zombie (ReapZombies).
+  void ForgetAddresses(uintptr_t start, uintptr_t end);
+
+  // Bumped whenever pages may have become host-resident (allocation, migration to RAM, discard):
+  // launch coherence has work only when it moved since a device's last pass.
+  uint64_t host_epoch() const { return host_epoch_.load(std::memory_order_acquire); }
+  void BumpHostEpoch() { host_epoch_.fetch_add(1, std::memory_order_acq_rel); }
+
+  // fork: Prepare holds the map exclusively across the clone (the child walks it); the parent
+  // releases it, the child re-creates the lock and walks the map alone.
+  void LockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
+  void UnlockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); }
+  void ForEachInForkChild(absl::FunctionRef<void(ManagedRange&)> fn) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // In a forked child at teardown: unmaps the private copies and leaks the rest.
+  void ForgetInForkChild();
+
+ private:
+  Mm& mm_;
+  mutable Mutex mu_;
+  std::map<uintptr_t, std::shared_ptr<ManagedRange>> ranges_ ABSL_GUARDED_BY(mu_);
+  // Ranges the application munmapped entirely; torn down on the next API call.
+  std::vector<std::shared_ptr<ManagedRange>> zombies_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> host_epoch_{1};
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_MM_VA_SPACE_H_
