@@ -64,7 +64,30 @@ size_t TouchBlocksTimed(const uint64_t* p, size_t bytes, uint64_t seed, std::vec
 }
 
 bool Selected(const Options& o, const std::string& row_name) {
-  return o.only.empty() || row_name.find(o.only) != std::string::npos;
+  if (o.only.empty()) return true;
+  for (size_t begin = 0; begin <= o.only.size();) {
+    size_t end = o.only.find('|', begin);
+    if (end == std::string::npos) end = o.only.size();
+    if (end > begin && row_name.find(o.only.substr(begin, end - begin)) != std::string::npos) return true;
+    begin = end + 1;
+  }
+  return false;
+}
+
+namespace {
+std::string Num(double v) {
+  if (std::isnan(v)) return "—";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : "%.2f", v);
+  return buf;
+}
+}  // namespace
+
+void Table::Add(Row row) {
+  std::fprintf(stderr, "uhmm_bench: row done: %s: %s %s, uhmm %s %s%s\n", row.name.c_str(), baseline_.c_str(),
+               Num(row.baseline).c_str(), Num(row.uhmm).c_str(), row.unit.c_str(),
+               row.wrong ? " (WRONG DATA)" : "");
+  rows_.push_back(std::move(row));
 }
 
 size_t Table::data_failures() const {
@@ -74,12 +97,7 @@ size_t Table::data_failures() const {
 }
 
 void Table::Print(FILE* out) const {
-  auto num = [](double v) {
-    if (std::isnan(v)) return std::string("—");
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : "%.2f", v);
-    return std::string(buf);
-  };
+  auto num = Num;
   std::fprintf(out, "\n%s\n\n", title_.c_str());
   std::fprintf(out, "| metric | unit | %s | uhmm | uhmm/%s | goal | met | data |\n", baseline_.c_str(),
                baseline_.c_str());

@@ -20,7 +20,8 @@ inline double Us(Clock::duration d) { return std::chrono::duration<double, std::
 struct Options {
   size_t bytes = size_t{1} << 30;   // data size of the throughput rows (--size, MiB)
   int reps = 5;                     // repetitions per row; rows report the median (--reps)
-  std::string only;                 // run only rows whose name contains this (--only)
+  std::string only;                 // run only rows whose name contains one of these '|'-separated
+                                    // texts (--only "read-back seq, 4K|prefetch to GPU")
   bool host = true;                 // the host-backend table (--no-host skips it)
   bool gpu = true;                  // the GPU table (--no-gpu skips it)
 };
@@ -71,7 +72,8 @@ struct Row {
 class Table {
  public:
   Table(std::string title, std::string baseline_name) : title_(std::move(title)), baseline_(std::move(baseline_name)) {}
-  void Add(Row row) { rows_.push_back(std::move(row)); }
+  // Also prints the row to stderr at once, so a run cut short still shows the rows it measured.
+  void Add(Row row);
   // Markdown table: metric | baseline | uhmm | uhmm/baseline | goal | met | data.
   void Print(FILE* out) const;
   // Rows whose data check failed.
@@ -84,6 +86,8 @@ class Table {
   std::vector<Row> rows_;
 };
 
+// Whether --only selects a row (or the rows measured together under one key): true when --only is
+// empty or `row_name` contains one of its '|'-separated alternatives.
 bool Selected(const Options& o, const std::string& row_name);
 
 // The GPU table (gpu_rows.cu; without nvcc a stand-in that says why it is missing). Prints the GPU

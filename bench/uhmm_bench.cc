@@ -3,7 +3,11 @@
 // the ratio; then (and on machines without a GPU) the host-backend table of the CPU-side rows, for
 // regressions. Data is checked after every run; a wrong word makes the exit status 1.
 //
-//   uhmm_bench [--size MiB] [--reps N] [--only SUBSTRING] [--no-host] [--no-gpu]
+//   uhmm_bench [--size MiB] [--reps N] [--only TEXT[|TEXT...]] [--no-host] [--no-gpu]
+//
+// --only runs the rows whose name contains one of the '|'-separated texts, e.g.
+// --only "read-back seq, 4K|isolated fault, 4K|prefetch to GPU" (bench/gpu.sh quick). Each row is
+// also printed to stderr as soon as it is measured.
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -33,8 +37,9 @@ int main(int argc, char** argv) {
     } else if (a == "--no-gpu") {
       o.gpu = false;
     } else {
-      std::fprintf(stderr,
-                   "usage: uhmm_bench [--size MiB] [--reps N] [--only SUBSTRING] [--no-host] [--no-gpu]\n");
+      std::fprintf(
+          stderr,
+          "usage: uhmm_bench [--size MiB] [--reps N] [--only TEXT[|TEXT...]] [--no-host] [--no-gpu]\n");
       return 2;
     }
   }
