@@ -119,7 +119,7 @@ void RunHostTable(const Options& o, Table* table) {
   const size_t bytes = o.bytes;
   auto no_policy = [](Config* c) {
     c->readahead_bytes = 0;
-    c->prefetch_threshold = 0;
+    c->growth_threshold = 0;
   };
   auto defaults = [](Config*) {};
   if (Selected(o, "read-back seq, 4K")) {
@@ -153,7 +153,7 @@ void RunHostTable(const Options& o, Table* table) {
     off.wrong = on.wrong = 0;  // counted in the p50 row
     table->Add(MakeRow("isolated fault p99, 4K", "us", false, off, on, ""));
   }
-  auto serial = [](Config* c) { c->prefetch_threads = 0; };
+  auto serial = [](Config* c) { c->migration_threads = 0; };
   if (Selected(o, "prefetch to device")) {
     Side off = Measure(o, HostConfig(serial), Backing::k4K, bytes, false, Prefetch(0));
     Side on = Measure(o, HostConfig(defaults), Backing::k4K, bytes, false, Prefetch(0));

@@ -210,6 +210,76 @@ TEST(ConfigTest, EnvironmentVariablesAreParsedAndMalformedOnesReported) {
   unsetenv("UHMM_FAULT_THREADS");
 }
 
+TEST(ConfigTest, BackendKnobsAreConfigFieldsReadFromTheEnvironment) {
+  const Config defaults;
+  EXPECT_EQ(defaults.cuda_device, 0);
+  EXPECT_EQ(defaults.ze_device, 0);
+  EXPECT_TRUE(defaults.cuda_driver.empty() && defaults.cupti_library.empty() && defaults.ze_loader.empty());
+  setenv("UHMM_CUDA_DEVICE", "1", 1);
+  setenv("UHMM_CUDA_DRIVER", "/opt/x/libcuda.so.1", 1);
+  setenv("UHMM_CUPTI_LIBRARY", "/opt/x/libcupti.so.13", 1);
+  setenv("UHMM_ZE_DEVICE", "2", 1);
+  setenv("UHMM_ZE_LOADER", "/opt/x/libze_loader.so.1", 1);
+  Config c = Config::FromEnv();
+  EXPECT_EQ(c.cuda_device, 1);
+  EXPECT_EQ(c.cuda_driver, "/opt/x/libcuda.so.1");
+  EXPECT_EQ(c.cupti_library, "/opt/x/libcupti.so.13");
+  EXPECT_EQ(c.ze_device, 2);
+  EXPECT_EQ(c.ze_loader, "/opt/x/libze_loader.so.1");
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  setenv("UHMM_CUDA_DEVICE", "first", 1);
+  EXPECT_ERROR(Config::FromEnv().Validate(), absl::StatusCode::kInvalidArgument,
+               "UHMM_CUDA_DEVICE='first' is not an integer");
+  setenv("UHMM_CUDA_DEVICE", "0", 1);
+  setenv("UHMM_ZE_DEVICE", "2nd", 1);
+  EXPECT_ERROR(Config::FromEnv().Validate(), absl::StatusCode::kInvalidArgument,
+               "UHMM_ZE_DEVICE='2nd' is not an integer");
+  for (const char* var : {"UHMM_CUDA_DEVICE", "UHMM_CUDA_DRIVER", "UHMM_CUPTI_LIBRARY", "UHMM_ZE_DEVICE",
+                          "UHMM_ZE_LOADER"}) {
+    unsetenv(var);
+  }
+  c = TestConfig();
+  c.cuda_device = -1;
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
+               "cuda_device (UHMM_CUDA_DEVICE) is -1");
+  c = TestConfig();
+  c.ze_device = -2;
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
+               "ze_device (UHMM_ZE_DEVICE) is -2");
+}
+
+TEST(ConfigTest, RenamedPolicyVariablesKeepTheirOldNamesAsAliases) {
+  // Read-ahead workers and density growth are not "prefetch": new names, old ones still read.
+  setenv("UHMM_PREFETCH_THREADS", "3", 1);
+  setenv("UHMM_PREFETCH_THRESHOLD", "60", 1);
+  Config c = Config::FromEnv();
+  EXPECT_EQ(c.migration_threads, 3);
+  EXPECT_EQ(c.growth_threshold, 60);
+  setenv("UHMM_MIGRATION_THREADS", "5", 1);
+  setenv("UHMM_GROWTH_THRESHOLD", "70", 1);
+  c = Config::FromEnv();
+  EXPECT_EQ(c.migration_threads, 5) << "the new name wins";
+  EXPECT_EQ(c.growth_threshold, 70) << "the new name wins";
+  // A malformed old name is not read when the new one is set, and a malformed new one is named.
+  setenv("UHMM_PREFETCH_THREADS", "lots", 1);
+  EXPECT_TRUE(Config::FromEnv().Validate().ok());
+  setenv("UHMM_GROWTH_THRESHOLD", "most", 1);
+  EXPECT_ERROR(Config::FromEnv().Validate(), absl::StatusCode::kInvalidArgument,
+               "UHMM_GROWTH_THRESHOLD='most' is not an integer");
+  for (const char* var : {"UHMM_PREFETCH_THREADS", "UHMM_PREFETCH_THRESHOLD", "UHMM_MIGRATION_THREADS",
+                          "UHMM_GROWTH_THRESHOLD"}) {
+    unsetenv(var);
+  }
+  c = TestConfig();
+  c.migration_threads = 65;
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
+               "UHMM_MIGRATION_THREADS, formerly UHMM_PREFETCH_THREADS) is 65");
+  c = TestConfig();
+  c.growth_threshold = 101;
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
+               "UHMM_GROWTH_THRESHOLD, formerly UHMM_PREFETCH_THRESHOLD) is 101");
+}
+
 // The C API: the same checks come back as status codes with a per-thread message.
 // A C runtime on the host backend (nullptr and a test failure if it cannot be created).
 uhmm_runtime_t* CreateHostC() {

@@ -19,7 +19,7 @@ Config EmulatedCuda() {
   c.backend = "cuda";
   c.transparent_launch = false;
   c.device_pool_bytes = 16 * kMiB;
-  setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
+  c.cuda_driver = UHMM_FAKE_CUDA_DRIVER;
   return c;
 }
 
@@ -30,11 +30,11 @@ bool Mapped(uintptr_t addr) {
 }
 
 TEST(CudaBackendTest, WithoutADriverItIsUnavailableAndSaysWhy) {
-  // The driver is loaded once per process: ask in a fresh child.
+  // A driver is loaded once per process: ask in a fresh child.
   const std::string msg = StatusInFreshChild([] {
-    setenv("UHMM_CUDA_DRIVER", "/nonexistent/libcuda.so.1", 1);
     Config c;
     c.backend = "cuda";
+    c.cuda_driver = "/nonexistent/libcuda.so.1";
     return Runtime::Create(c).status();
   });
   EXPECT_EQ(msg.rfind("UNAVAILABLE: ", 0), 0u) << msg;
@@ -61,7 +61,7 @@ TEST(CudaBackendTest, OnePointerAndTheReservationGoesBackOnFree) {
   }
   // The device side really is separate memory: rewrite it there, read it back through faults.
   uint64_t v = 0xfeed;
-  ASSERT_TRUE(DeviceHooks(**rt, 0)->DeviceWrite(a + 8, &v, sizeof(v)).ok());
+  ASSERT_TRUE(Access(**rt, 0)->DeviceWrite(a + 8, &v, sizeof(v)).ok());
   EXPECT_EQ(w[1], 0xfeedu);
   EXPECT_EQ(w[bytes / 8 - 1], bytes / 8 - 1);
   EXPECT_TRUE(Mapped(a));
@@ -79,6 +79,30 @@ TEST(CudaBackendTest, PoolCanBeAShareOfFreeDeviceMemory) {
   absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
   ASSERT_TRUE(rt.ok()) << rt.status();
   EXPECT_EQ((*rt)->stats().device_pages_total, 256 * kMiB / kPageSize);
+}
+
+TEST(CudaBackendTest, TheDeviceAndDriverComeFromTheConfig) {
+  Config c = EmulatedCuda();
+  c.cuda_device = 1;  // the emulated driver has one GPU
+  // The named backend refuses it: a configuration mistake, reported as such with the reason.
+  absl::Status s = Runtime::Create(c).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("cuda_device (UHMM_CUDA_DEVICE) is 1"), std::string::npos) << s;
+  // The C API has no field for them: uhmm_create takes them from the environment.
+  setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
+  uhmm_config_t cfg;
+  uhmm_config_init(&cfg);
+  cfg.backend = "cuda";
+  cfg.transparent_launch = 0;
+  cfg.device_pool_bytes = 16 * kMiB;
+  uhmm_runtime_t* rt = nullptr;
+  EXPECT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  uhmm_destroy(rt);
+  setenv("UHMM_CUDA_DEVICE", "3", 1);
+  EXPECT_EQ(uhmm_create(&cfg, &rt), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(uhmm_last_error()).find("UHMM_CUDA_DEVICE"), std::string::npos) << uhmm_last_error();
+  unsetenv("UHMM_CUDA_DEVICE");
+  unsetenv("UHMM_CUDA_DRIVER");
 }
 
 TEST(CudaBackendTest, NewRangesAreMappedWholeSoFirstTouchesDoNotFault) {

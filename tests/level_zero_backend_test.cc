@@ -110,7 +110,7 @@ TEST(LevelZeroBackendTest, WithoutTheLoaderOrADriverItIsUnavailableAndSaysWhy) {
   // The loader is loaded and initialized once per process: ask in fresh children.
   std::string msg = StatusInFreshChild([] {
     Config c = Emulated(false);
-    setenv("UHMM_ZE_LOADER", "/nonexistent/libze_loader.so.1", 1);
+    c.ze_loader = "/nonexistent/libze_loader.so.1";
     return Runtime::Create(c).status();
   });
   EXPECT_EQ(msg.rfind("UNAVAILABLE: ", 0), 0u) << msg;
@@ -137,6 +137,15 @@ TEST(LevelZeroBackendTest, ADeviceThatDoesNotHonourTheReserveAddressIsRefusedCle
   EXPECT_NE(msg.find("zeVirtualMemReserve"), std::string::npos) << msg;
 }
 
+TEST(LevelZeroBackendTest, TheGpuComesFromTheConfig) {
+  Config c = Emulated(false);
+  c.ze_device = 1;  // the emulated driver has one GPU
+  // The named backend refuses it: a configuration mistake, reported as such with the reason.
+  absl::Status s = Runtime::Create(c).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("ze_device (UHMM_ZE_DEVICE) is 1"), std::string::npos) << s;
+}
+
 TEST(LevelZeroBackendTest, OnePointerAndNativeHandles) {
   std::unique_ptr<Runtime> rt = CreateEmulated(false);
   ASSERT_NE(rt, nullptr);
@@ -155,7 +164,7 @@ TEST(LevelZeroBackendTest, OnePointerAndNativeHandles) {
   ASSERT_TRUE(rt->Migrate(p, kBlockSize, 0).ok());
   // The device page backing managed address A has device address A.
   uint32_t word = 0;
-  ASSERT_TRUE(DeviceHooks(*rt, 0)->DeviceRead(reinterpret_cast<uint64_t>(p + 1000), &word, 4).ok());
+  ASSERT_TRUE(Access(*rt, 0)->DeviceRead(reinterpret_cast<uint64_t>(p + 1000), &word, 4).ok());
   EXPECT_EQ(word, 1000u);
   EXPECT_EQ(p[77], 77u);  // faults back
   ASSERT_TRUE(rt->Free(p).ok());

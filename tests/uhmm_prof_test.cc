@@ -130,7 +130,7 @@ TEST(TraceFile, CauseNames) {
   EXPECT_EQ(trace::CauseName(3), "address-change");
   EXPECT_EQ(trace::CauseName(4), "fork");
   EXPECT_EQ(trace::CauseName(5), "launch");
-  EXPECT_EQ(trace::CauseName(6), "prefetcher");
+  EXPECT_EQ(trace::CauseName(6), "readahead");
   EXPECT_EQ(trace::CauseName(200), "unknown");
 }
 

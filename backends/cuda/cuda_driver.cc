@@ -3,18 +3,18 @@
 
 #include <dlfcn.h>
 
-#include <cstdlib>
+#include <map>
 #include <memory>
+#include <mutex>
 
 #include "absl/strings/str_format.h"
 
 namespace uhmm::cuda {
 namespace {
 
-absl::StatusOr<const Driver*> Load() {
+absl::StatusOr<const Driver*> Load(const std::string& path) {
   auto d = std::make_unique<Driver>();
-  const char* override_path = std::getenv("UHMM_CUDA_DRIVER");
-  d->path = override_path && *override_path ? override_path : "libcuda.so.1";
+  d->path = path;
   d->handle = dlopen(d->path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (d->handle == nullptr) {
     const char* err = dlerror();
@@ -57,9 +57,14 @@ absl::StatusOr<const Driver*> Load() {
 
 }  // namespace
 
-absl::StatusOr<const Driver*> LoadDriver() {
-  static const absl::StatusOr<const Driver*> kDriver = Load();
-  return kDriver;
+absl::StatusOr<const Driver*> LoadDriver(const std::string& path) {
+  static std::mutex mu;
+  static auto* loaded = new std::map<std::string, absl::StatusOr<const Driver*>>();  // process lifetime
+  const std::string lib = path.empty() ? "libcuda.so.1" : path;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = loaded->find(lib);
+  if (it == loaded->end()) it = loaded->emplace(lib, Load(lib)).first;
+  return it->second;
 }
 
 absl::Status CudaStatus(const Driver& d, CUresult r, const char* call) {

@@ -63,9 +63,10 @@ struct Driver {
 #undef UHMM_DECLARE
 };
 
-// Loads the driver once per process: $UHMM_CUDA_DRIVER (a path, for tests) or libcuda.so.1, then
-// cuInit(0). UNAVAILABLE with the reason when there is no driver or no device.
-absl::StatusOr<const Driver*> LoadDriver();
+// Loads the driver library `path` (Config::cuda_driver, UHMM_CUDA_DRIVER; empty: libcuda.so.1)
+// once per process and path, then cuInit(0). UNAVAILABLE with the reason when there is no driver
+// or no device.
+absl::StatusOr<const Driver*> LoadDriver(const std::string& path);
 
 // "cuMemMap: CUDA_ERROR_INVALID_VALUE (invalid argument)", or OK for CUDA_SUCCESS.
 absl::Status CudaStatus(const Driver& d, CUresult r, const char* call);

@@ -5,7 +5,8 @@
 #include <dlfcn.h>
 #include <sched.h>
 
-#include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,6 @@
 #endif
 
 namespace uhmm::cuda {
-namespace {
 
 struct Cupti {
   void* handle = nullptr;
@@ -28,10 +28,17 @@ struct Cupti {
   decltype(&::cuptiGetResultString) result_string = nullptr;
 };
 
-absl::StatusOr<const Cupti*> LoadCupti() {
-  static const absl::StatusOr<const Cupti*> kCupti = []() -> absl::StatusOr<const Cupti*> {
+namespace {
+
+// Loads libcupti once per process and `configured` path (Config::cupti_library; empty: search).
+absl::StatusOr<const Cupti*> LoadCupti(const std::string& configured) {
+  static std::mutex mu;
+  static auto* loaded = new std::map<std::string, absl::StatusOr<const Cupti*>>();  // process lifetime
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = loaded->find(configured); it != loaded->end()) return it->second;
+  absl::StatusOr<const Cupti*> result = [&]() -> absl::StatusOr<const Cupti*> {
     std::vector<std::string> candidates;
-    if (const char* p = std::getenv("UHMM_CUPTI_LIBRARY"); p && *p) candidates.emplace_back(p);
+    if (!configured.empty()) candidates.push_back(configured);
     const std::string soname = absl::StrFormat("libcupti.so.%d", CUDA_VERSION / 1000);
     candidates.push_back(soname);
     // The toolkit this was built with, then the usual install folders.
@@ -57,8 +64,8 @@ absl::StatusOr<const Cupti*> LoadCupti() {
       tried += absl::StrFormat("%s%s", tried.empty() ? "" : "; ", err ? err : path);
     }
     if (c->handle == nullptr) {
-      return absl::UnavailableError(
-          absl::StrFormat("CUPTI (%s) not found, set UHMM_CUPTI_LIBRARY: %s", soname, tried));
+      return absl::UnavailableError(absl::StrFormat(
+          "CUPTI (%s) not found, set UHMM_CUPTI_LIBRARY (Config::cupti_library): %s", soname, tried));
     }
     c->subscribe = reinterpret_cast<decltype(c->subscribe)>(dlsym(c->handle, "cuptiSubscribe"));
     c->unsubscribe = reinterpret_cast<decltype(c->unsubscribe)>(dlsym(c->handle, "cuptiUnsubscribe"));
@@ -71,7 +78,8 @@ absl::StatusOr<const Cupti*> LoadCupti() {
     }
     return c.release();  // process lifetime
   }();
-  return kCupti;
+  loaded->emplace(configured, result);
+  return result;
 }
 
 std::string CuptiError(const Cupti& c, CUptiResult r) {
@@ -133,11 +141,12 @@ void CUPTIAPI OnCallback(void* userdata, CUpti_CallbackDomain domain, CUpti_Call
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
-    CUcontext context, int ordinal, LaunchListener* listener) {
-  absl::StatusOr<const Cupti*> cupti = LoadCupti();
+    CUcontext context, int ordinal, LaunchListener* listener, const std::string& cupti_library) {
+  absl::StatusOr<const Cupti*> cupti = LoadCupti(cupti_library);
   if (!cupti.ok()) return cupti.status();
   const Cupti& c = **cupti;
   std::unique_ptr<LaunchInterceptor> li(new LaunchInterceptor(context, ordinal, listener));
+  li->cupti_ = &c;
   CUpti_SubscriberHandle sub = nullptr;
   CUptiResult r = c.subscribe(&sub, &OnCallback, li.get());
   if (r != CUPTI_SUCCESS) {
@@ -161,8 +170,7 @@ absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
 void LaunchInterceptor::Shutdown() {
   listener_.store(nullptr, std::memory_order_release);
   if (subscriber_ != nullptr) {
-    absl::StatusOr<const Cupti*> cupti = LoadCupti();
-    if (cupti.ok()) (*cupti)->unsubscribe(static_cast<CUpti_SubscriberHandle>(subscriber_));
+    cupti_->unsubscribe(static_cast<CUpti_SubscriberHandle>(subscriber_));
     subscriber_ = nullptr;
   }
   while (in_flight_.load(std::memory_order_acquire) != 0) sched_yield();

@@ -1,6 +1,7 @@
 // Transparent launches: a CUPTI subscriber on the driver's kernel-launch entry points calls the
 // runtime's LaunchListener on API_ENTER, on the launching thread, before the launch is queued.
-// libcupti is loaded at run time ($UHMM_CUPTI_LIBRARY, libcupti.so.<major>, the toolkit folders).
+// libcupti is loaded at run time (Config::cupti_library / UHMM_CUPTI_LIBRARY, else
+// libcupti.so.<major> from the loader path and the toolkit folders).
 #ifndef UHMM_BACKENDS_CUDA_CUPTI_LAUNCH_H_
 #define UHMM_BACKENDS_CUDA_CUPTI_LAUNCH_H_
 
@@ -8,17 +9,22 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "uhmm/backend.h"
 
 namespace uhmm::cuda {
 
+struct Cupti;  // the loaded libcupti (cupti_launch.cc)
+
 class LaunchInterceptor {
  public:
-  // Calls listener->BeforeLaunch(ordinal, stream) for launches in `context`.
+  // Calls listener->BeforeLaunch(ordinal, stream) for launches in `context`. `cupti_library` is
+  // Config::cupti_library: a path to try first, or empty.
   static absl::StatusOr<std::unique_ptr<LaunchInterceptor>> Create(CUcontext context, int ordinal,
-                                                                   LaunchListener* listener);
+                                                                   LaunchListener* listener,
+                                                                   const std::string& cupti_library);
   // Unsubscribes and waits for callbacks in flight. CUPTI may still be entering a callback as this
   // returns, so owners keep the object alive afterwards (Retire()).
   void Shutdown();
@@ -37,6 +43,7 @@ class LaunchInterceptor {
   const int ordinal_;
   std::atomic<LaunchListener*> listener_;
   std::atomic<int> in_flight_{0};
+  const Cupti* cupti_ = nullptr;  // the library subscribed through
   void* subscriber_ = nullptr;
 };
 

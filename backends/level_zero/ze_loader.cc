@@ -4,7 +4,9 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/strings/str_format.h"
@@ -52,10 +54,9 @@ const char* ResultName(ze_result_t r) {
   }
 }
 
-absl::StatusOr<const Loader*> Load() {
+absl::StatusOr<const Loader*> Load(const std::string& path) {
   auto l = std::make_unique<Loader>();
-  const char* override_path = std::getenv("UHMM_ZE_LOADER");
-  l->path = override_path && *override_path ? override_path : "libze_loader.so.1";
+  l->path = path;
   // The tracing layer (launch tracking) is chosen by the loader at its first zeInit. An explicit
   // ZE_ENABLE_TRACING_LAYER=0 from the user wins.
   setenv("ZE_ENABLE_TRACING_LAYER", "1", /*overwrite=*/0);
@@ -96,9 +97,14 @@ absl::StatusOr<const Loader*> Load() {
 
 }  // namespace
 
-absl::StatusOr<const Loader*> LoadLoader() {
-  static const absl::StatusOr<const Loader*> kLoader = Load();
-  return kLoader;
+absl::StatusOr<const Loader*> LoadLoader(const std::string& path) {
+  static std::mutex mu;
+  static auto* loaded = new std::map<std::string, absl::StatusOr<const Loader*>>();  // process lifetime
+  const std::string lib = path.empty() ? "libze_loader.so.1" : path;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = loaded->find(lib);
+  if (it == loaded->end()) it = loaded->emplace(lib, Load(lib)).first;
+  return it->second;
 }
 
 absl::Status ZeStatus(ze_result_t r, const char* call) {

@@ -63,11 +63,12 @@ struct Loader {
   bool has_tracer() const { return zelTracerCreate != nullptr; }
 };
 
-// Loads the loader once per process: $UHMM_ZE_LOADER (a path) or libze_loader.so.1, then
-// zeInit(ZE_INIT_FLAG_GPU_ONLY). When ZE_ENABLE_TRACING_LAYER is unset it sets it to 1 first (the
-// loader reads it at its first zeInit): the backend tracks kernel launches through the tracing
-// layer. UNAVAILABLE with the reason when there is no loader or no GPU driver.
-absl::StatusOr<const Loader*> LoadLoader();
+// Loads the loader library `path` (Config::ze_loader, UHMM_ZE_LOADER; empty: libze_loader.so.1)
+// once per process and path, then zeInit(ZE_INIT_FLAG_GPU_ONLY). When ZE_ENABLE_TRACING_LAYER is
+// unset it sets it to 1 first (the loader reads it at its first zeInit): the backend tracks kernel
+// launches through the tracing layer. UNAVAILABLE with the reason when there is no loader or no
+// GPU driver.
+absl::StatusOr<const Loader*> LoadLoader(const std::string& path);
 
 // "zeVirtualMemMap: ZE_RESULT_ERROR_INVALID_ARGUMENT", or OK for ZE_RESULT_SUCCESS. Out-of-memory
 // results map to RESOURCE_EXHAUSTED, argument errors to INVALID_ARGUMENT, missing features to

@@ -48,6 +48,9 @@ typedef enum uhmm_hugetlb_mode {
   UHMM_HUGETLB_ALWAYS = 2, /* every range hugetlb; allocation fails when no hugepage is free */
 } uhmm_hugetlb_mode_t;
 
+/* Every field is also an environment variable (docs/CONFIG.md). The backend choices that have no
+ * field here (UHMM_CUDA_DEVICE, UHMM_CUDA_DRIVER, UHMM_CUPTI_LIBRARY, UHMM_ZE_DEVICE,
+ * UHMM_ZE_LOADER) are always taken from the environment by uhmm_create. */
 typedef struct uhmm_config {
   const char* backend;       /* "host", "cuda", ...; NULL: $UHMM_BACKEND, else the best available */
   int fault_threads;         /* fault-service threads (default 2, $UHMM_FAULT_THREADS) */
@@ -64,11 +67,20 @@ typedef struct uhmm_config {
   /* Policy (docs/CONFIG.md and docs/PERFORMANCE.md say what each buys). */
   size_t readahead_bytes;    /* largest read-ahead window on sequential CPU faults (default 32 MiB,
                                 $UHMM_READAHEAD; 0: off) */
-  int prefetch_threads;      /* threads running read-ahead and bulk migrations (default 2,
-                                $UHMM_PREFETCH_THREADS; 0: everything on the calling thread) */
-  int prefetch_threshold;    /* percent: a fault grows its granule to the largest aligned region
-                                that would then be more than this full (default 51,
-                                $UHMM_PREFETCH_THRESHOLD; 0: off) */
+  union {                    /* migration threads: read-ahead and block-parallel bulk migrations
+                                (default 2, $UHMM_MIGRATION_THREADS, formerly
+                                $UHMM_PREFETCH_THREADS; 0: no read-ahead, bulk migrations on the
+                                calling thread). prefetch_threads is the deprecated old name. */
+    int migration_threads;
+    int prefetch_threads;
+  };
+  union {                    /* density growth, percent: a fault grows its granule to the largest
+                                aligned region that would then be more than this full (default 51,
+                                $UHMM_GROWTH_THRESHOLD, formerly $UHMM_PREFETCH_THRESHOLD; 0: off).
+                                prefetch_threshold is the deprecated old name. */
+    int growth_threshold;
+    int prefetch_threshold;
+  };
   int thrashing_threshold;   /* faults back within thrashing_lapse_us of a move to a device that
                                 mark a block thrashing: no read-ahead or growth there (default 3,
                                 $UHMM_THRASHING_THRESHOLD; 0: off) */
@@ -89,7 +101,7 @@ typedef struct uhmm_stats {
   uint64_t duplicate_faults;    /* faults on host-resident pages that the CPU had not mapped: another
                                    thread's fault or a migration brought the page home first, the
                                    page's CPU mapping was taken by a migration that then left it on
-                                   the host (pool full, page busy), or a discard or fork unmapped it */
+                                   the host (pool full, page busy), or a discard unmapped it */
   uint64_t stale_faults;        /* fault messages older than the page's last move to a device
                                    (a signal can make the kernel repeat a fault): answered with a
                                    wake, not a migration */
@@ -110,7 +122,8 @@ typedef struct uhmm_stats {
   uint64_t thrashing_blocks;    /* times a block was marked thrashing */
   uint64_t hugetlb_ranges;      /* live ranges backed by 2 MiB hugetlb pages */
   uint64_t zero_fill_faults;    /* faults on pages with no host copy yet (first touch of a range,
-                                   or after a discard): served with zero pages, a granule at a time */
+                                   or after a discard): served for the fault's whole 2 MiB block at
+                                   once, its host pages without a copy getting zero pages */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;

@@ -134,8 +134,8 @@ void FillConfig(const uhmm::Config& c, uhmm_config_t* config) {
   config->trace_path = nullptr;  // resolved from UHMM_TRACE at create time
   config->print_stats = c.print_stats ? 1 : 0;
   config->readahead_bytes = c.readahead_bytes;
-  config->prefetch_threads = c.prefetch_threads;
-  config->prefetch_threshold = c.prefetch_threshold;
+  config->migration_threads = c.migration_threads;
+  config->growth_threshold = c.growth_threshold;
   config->thrashing_threshold = c.thrashing_threshold;
   config->thrashing_lapse_us = c.thrashing_lapse_us;
   config->hugetlb = static_cast<uhmm_hugetlb_mode_t>(c.hugetlb);
@@ -180,8 +180,8 @@ uhmm_status_t uhmm_create(const uhmm_config_t* config, uhmm_runtime_t** out) {
       if (config->trace_path != nullptr) c.trace_path = config->trace_path;
       c.print_stats = config->print_stats != 0;
       c.readahead_bytes = config->readahead_bytes;
-      c.prefetch_threads = config->prefetch_threads;
-      c.prefetch_threshold = config->prefetch_threshold;
+      c.migration_threads = config->migration_threads;
+      c.growth_threshold = config->growth_threshold;
       c.thrashing_threshold = config->thrashing_threshold;
       c.thrashing_lapse_us = config->thrashing_lapse_us;
       c.hugetlb = static_cast<uhmm::HugetlbMode>(RawEnum(config->hugetlb));

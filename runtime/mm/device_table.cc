@@ -14,6 +14,13 @@ absl::StatusOr<std::unique_ptr<Backend>> SelectBackend(const Config& config) {
     if (!config.backend.empty() && entry.name != config.backend) continue;
     absl::StatusOr<std::unique_ptr<Backend>> b = entry.create(config);
     if (b.ok() && (*b)->device_count() > 0) return std::move(*b);
+    // A backend the configuration names that rejects the configuration (a device ordinal it does
+    // not have, say) is a mistake to fix, not a missing driver to fall back from.
+    if (!config.backend.empty() && absl::IsInvalidArgument(b.status())) {
+      absl::string_view why = b.status().message();
+      if (why.substr(0, 6) == "uhmm: ") why.remove_prefix(6);
+      return absl::InvalidArgumentError(absl::StrFormat("uhmm: backend %s: %s", entry.name, why));
+    }
     tried.push_back(absl::StrFormat("%s: %s", entry.name,
                                     b.ok() ? "no device" : std::string(b.status().message())));
   }

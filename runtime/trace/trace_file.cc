@@ -28,7 +28,7 @@ std::string_view CauseName(uint8_t cause) {
     case 5:
       return "launch";
     case 6:
-      return "prefetcher";
+      return "readahead";
     default:
       return "unknown";
   }
