@@ -7,13 +7,14 @@
 //      wakes. We time isolated faults and a sequential read-back;
 //   5. check every word and print what migrated.
 // Knobs come from the environment (UHMM_BACKEND, UHMM_FAULT_GRANULARITY, ...; see docs/CONFIG.md).
+// Uses installed headers only: step 3's device-side write is uhmm/testing.h's DeviceAccess.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
-#include "runtime/api/testing.h"
+#include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
 
 namespace {
@@ -65,7 +66,7 @@ int main(int argc, char** argv) {
   //    DMA write on the device's queue: what a kernel writing the data leaves behind). With CUDA the
   //    device address is the managed pointer itself.
   uint64_t expect_seed = 1;
-  if (uhmm::DeviceTestHooks* dev = uhmm::DeviceHooks(r, 0)) {
+  if (uhmm::testing::DeviceAccess* dev = uhmm::testing::Access(r, 0)) {
     std::vector<uint64_t> page(uhmm::kPageSize / 8);
     size_t written = 0;
     for (size_t off = 0; off < bytes; off += uhmm::kPageSize) {

@@ -26,7 +26,7 @@ size_t OpenFds() {
 }
 
 void EightThreadsFaultSamePages(Harness& t, std::unique_ptr<Runtime>& rt,
-                                DeviceTestHooks* dev, size_t granularity) {
+                                FaultInjector* dev, size_t granularity) {
   const size_t bytes = 2 * kMiB;
   const size_t npages = bytes / kPageSize;
   uint64_t* p = t.AllocFilled(bytes, 100);
@@ -58,12 +58,12 @@ TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesEachMigratesOnce) {
   rt_.reset();
   Start(PerFaultConfig());
   UHMM_RETURN_IF_SKIPPED();
-  EightThreadsFaultSamePages(*this, rt_, dev0_, TestConfig().fault_granularity);
+  EightThreadsFaultSamePages(*this, rt_, faults0_, TestConfig().fault_granularity);
 }
 
 TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesWithReadAheadAndGrowth) {
   // The default policy: fewer faults, same data, still every page exactly once.
-  EightThreadsFaultSamePages(*this, rt_, dev0_, kBlockSize);
+  EightThreadsFaultSamePages(*this, rt_, faults0_, kBlockSize);
 }
 
 TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesEachMigratesOnceAt4KGranularity) {
@@ -73,7 +73,7 @@ TEST_F(ConcurrencyTest, EightThreadsFaultSamePagesEachMigratesOnceAt4KGranularit
   rt_.reset();
   Start(c);
   UHMM_RETURN_IF_SKIPPED();
-  EightThreadsFaultSamePages(*this, rt_, dev0_, kPageSize);
+  EightThreadsFaultSamePages(*this, rt_, faults0_, kPageSize);
 }
 
 TEST_F(ConcurrencyTest, FreeWhileAnotherThreadMigratesLosesNothing) {

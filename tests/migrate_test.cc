@@ -152,23 +152,23 @@ TEST_F(MigrateTest, PageFreeFiresOncePerFreedPageAndRefcountsStayPositive) {
   const size_t bytes = 2 * kMiB;
   uint64_t* p = AllocFilled(bytes, 50);
   ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
-  EXPECT_EQ(dev0_->page_free_total(), 0u);
+  EXPECT_EQ(faults0_->page_free_total(), 0u);
   // Fault one page back: exactly the pages of its granule are freed, once each.
   volatile uint64_t sink = p[0];
   (void)sink;
   const uint64_t gran_pages = TestConfig().fault_granularity / kPageSize;
-  EXPECT_EQ(dev0_->page_free_total(), gran_pages);
+  EXPECT_EQ(faults0_->page_free_total(), gran_pages);
   ASSERT_TRUE(rt_->Free(p).ok());
-  EXPECT_EQ(dev0_->page_free_total(), bytes / kPageSize);
+  EXPECT_EQ(faults0_->page_free_total(), bytes / kPageSize);
   for (uint64_t pfn = 0; pfn < bytes / kPageSize; ++pfn) {
-    ASSERT_EQ(dev0_->page_free_count(pfn), 1u) << "pfn " << pfn;
+    ASSERT_EQ(faults0_->page_free_count(pfn), 1u) << "pfn " << pfn;
   }
   EXPECT_EQ(rt_->stats().device_pages_used, 0u);
   // Reuse: the same descriptors go round again (a refcount reaching 0 would abort the process).
   uint64_t* q = AllocFilled(bytes, 51);
   ASSERT_TRUE(rt_->Migrate(q, bytes, 0).ok());
   ASSERT_TRUE(rt_->Migrate(q, bytes, kHost).ok());
-  for (uint64_t pfn = 0; pfn < bytes / kPageSize; ++pfn) ASSERT_EQ(dev0_->page_free_count(pfn), 2u);
+  for (uint64_t pfn = 0; pfn < bytes / kPageSize; ++pfn) ASSERT_EQ(faults0_->page_free_count(pfn), 2u);
   EXPECT_EQ(FirstMismatch(q, bytes, 51), -1);
   ASSERT_TRUE(rt_->Free(q).ok());
 }
@@ -192,10 +192,10 @@ TEST_F(MigrateTest, TwoDevicesMigrateThroughHost) {
 TEST_F(MigrateTest, DeviceCopyFailureDuringMigrationLeavesDataOnHost) {
   const size_t bytes = 1 * kMiB;
   uint64_t* p = AllocFilled(bytes, 70);
-  dev0_->FailNextCopies(CopyDirection::kHostToDevice, 1);
+  faults0_->FailNext(InjectSite::kCopyHostToDevice, 1);
   absl::Status s = rt_->Migrate(p, bytes, 0);
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
-  EXPECT_NE(s.message().find("injected copy failure"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("injected fault"), std::string::npos) << s;
   EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
   EXPECT_EQ(rt_->stats().device_pages_used, 0u);
   EXPECT_EQ(FirstMismatch(p, bytes, 70), -1);
@@ -205,7 +205,7 @@ TEST_F(MigrateTest, DeviceCopyFailureDuringMigrationLeavesDataOnHost) {
 TEST_F(MigrateTest, DeviceAllocationFailureIsReportedAndLosesNothing) {
   const size_t bytes = 1 * kMiB;
   uint64_t* p = AllocFilled(bytes, 71);
-  dev0_->FailNextChunkAllocs(1);
+  faults0_->FailNext(InjectSite::kChunkAlloc, 1);
   absl::Status s = rt_->Migrate(p, bytes, 0);
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
   EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);

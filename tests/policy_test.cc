@@ -185,7 +185,7 @@ TEST_F(PolicyTest, PingPongMarksTheBlockThrashingAndStopsReadAheadThere) {
 TEST_F(PolicyTest, ParallelBulkMigrationBothWaysKeepsData) {
   rt_.reset();
   Config c = TestConfig();
-  c.prefetch_threads = 4;
+  c.migration_threads = 4;
   Start(c);
   UHMM_RETURN_IF_SKIPPED();
   constexpr size_t kBytes = 24 * kMiB;
@@ -396,7 +396,7 @@ TEST_F(HugetlbTest, CopyFailureOnFaultBackPoisonsTheWholeBlockOnly) {
     auto* w = static_cast<uint64_t*>(*q);
     for (size_t i = 0; i < kBytes / 8; ++i) w[i] = Harness::Pattern(61, i);
     if (!h.rt_->Migrate(w, kBytes, 0).ok()) _exit(12);
-    DeviceHooks(*h.rt_, 0)->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+    Faults(*h.rt_, 0)->FailNext(InjectSite::kCopyDeviceToHost, 1);
     signal(SIGBUS, OnSigbus);
     volatile uint64_t* victim = w + (kBlockSize + 5 * kPageSize) / 8;
     if (sigsetjmp(g_jump, 1) == 0) {

@@ -186,7 +186,7 @@ void SigbusScenario(SigbusMode mode) {
   sa.sa_sigaction = OnSigbus;
   sa.sa_flags = SA_SIGINFO;
   sigaction(SIGBUS, &sa, nullptr);
-  DeviceHooks(*helper.rt_, 0)->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  Faults(*helper.rt_, 0)->FailNext(InjectSite::kCopyDeviceToHost, 1);
   volatile uint64_t* victim = a + 5 * kPageSize / 8;
   bool got_sigbus = false;
   if (sigsetjmp(g_jump, 1) == 0) {
@@ -237,7 +237,7 @@ TEST(SigbusTest, UnhandledDeviceErrorKillsWithSigbus) {
     std::unique_ptr<Runtime> rt = CreateInChild(TestConfig());
     absl::StatusOr<void*> p = rt->Allocate(kPageSize);
     if (!p.ok() || !rt->Migrate(*p, kPageSize, 0).ok()) _exit(11);
-    DeviceHooks(*rt, 0)->FailNextCopies(CopyDirection::kDeviceToHost, 1000);
+    Faults(*rt, 0)->FailNext(InjectSite::kCopyDeviceToHost, 1000);
     signal(SIGBUS, SIG_DFL);  // the default disposition (sanitizers install their own)
     (void)*static_cast<volatile char*>(*p);
     _exit(12);

@@ -167,7 +167,7 @@ TEST_F(ReliabilityTest, DeviceDataOfAHugetlbBlockDiscardedEarlierComesHome) {
   absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(p + 2 * kMiB + 88 * kPageSize);
   ASSERT_TRUE(dev.ok()) << dev.status();
   std::vector<uint8_t> ones(kPageSize, 0x55);
-  ASSERT_TRUE(dev0_->DeviceWrite(*dev, ones.data(), kPageSize).ok());
+  ASSERT_TRUE(access0_->DeviceWrite(*dev, ones.data(), kPageSize).ok());
   p[7] = 1;  // the first block, on the host
   EXPECT_EQ(p[2 * kMiB + 88 * kPageSize], 0x55);
   EXPECT_EQ(p[2 * kMiB], 0);
@@ -365,9 +365,9 @@ TEST_F(ReliabilityTest, ForkChildGetsSigbusWherePagesCouldNotComeHome) {
   for (size_t off = 0; off < bytes; off += kPageSize) {
     absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
     ASSERT_TRUE(dev.ok()) << dev.status();
-    ASSERT_TRUE(dev0_->DeviceWrite(*dev, twos.data(), kPageSize).ok());
+    ASSERT_TRUE(access0_->DeviceWrite(*dev, twos.data(), kPageSize).ok());
   }
-  dev0_->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  faults0_->FailNext(InjectSite::kCopyDeviceToHost, 1);
   const pid_t pid = fork();
   if (pid == 0) {
     signal(SIGBUS, SIG_DFL);
@@ -389,7 +389,7 @@ TEST_F(ReliabilityTest, ForkChildGetsSigbusWherePagesCouldNotComeHome) {
 TEST_F(ReliabilityTest, CopyFailureDuringEvictionIsReportedAndLosesNothing) {
   uint64_t* p = AllocFilled(4 * kMiB, 20);
   ASSERT_TRUE(rt_->Migrate(p, 4 * kMiB, 0).ok());
-  dev0_->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  faults0_->FailNext(InjectSite::kCopyDeviceToHost, 1);
   absl::Status s = rt_->EvictDevice(0);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("evict"), std::string::npos) << s;
@@ -403,7 +403,7 @@ TEST_F(ReliabilityTest, CopyFailureDuringMigrationHomeIsReportedAndLosesNothing)
   uint64_t* p = AllocFilled(2 * kMiB, 21);
   ASSERT_TRUE(rt_->Migrate(p, 2 * kMiB, 0).ok());
   ASSERT_EQ(DeviceWrite(p, 2 * kMiB, 22), 2 * kMiB / kPageSize);
-  dev0_->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  faults0_->FailNext(InjectSite::kCopyDeviceToHost, 1);
   absl::Status s = rt_->Migrate(p, 2 * kMiB, kHost);
   EXPECT_FALSE(s.ok());
   EXPECT_EQ(CountAt(Residency(p, 2 * kMiB), 0), 2 * kMiB / kPageSize);
@@ -414,7 +414,7 @@ TEST_F(ReliabilityTest, CopyFailureDuringMigrationHomeIsReportedAndLosesNothing)
 TEST_F(ReliabilityTest, FreeWithPagesOnTheDeviceAfterACopyFailureReturnsEveryPage) {
   uint64_t* p = AllocFilled(2 * kMiB, 23);
   ASSERT_TRUE(rt_->Migrate(p, 2 * kMiB, 0).ok());
-  dev0_->FailNextCopies(CopyDirection::kDeviceToHost, 1);
+  faults0_->FailNext(InjectSite::kCopyDeviceToHost, 1);
   EXPECT_FALSE(rt_->Migrate(p, 2 * kMiB, kHost).ok());
   ASSERT_TRUE(rt_->Free(p).ok());  // a free copies nothing: the device pages just go back
   EXPECT_EQ(rt_->stats().device_pages_used, 0u);

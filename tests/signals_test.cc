@@ -203,7 +203,7 @@ TEST(StopContinueTest, StoppedAndContinuedChildKeepsWorkingWithDataExact) {
     close(quit[1]);
     Harness h;
     h.rt_ = CreateInChild(PageFaultConfig());
-    h.dev0_ = DeviceHooks(*h.rt_, 0);
+    h.Bind();
     const size_t bytes = 2 * kMiB;
     uint64_t* p = h.AllocFilled(bytes, 920);
     for (uint64_t round = 1;; ++round) {

@@ -330,9 +330,9 @@ TEST_F(ExitTest, ExitIsPromptWithThreadsStuckInFaults) {
         const size_t bytes = 4 * kMiB;
         absl::StatusOr<void*> p = rt->Allocate(bytes);
         if (!p.ok() || !rt->Migrate(*p, bytes, 0).ok()) _exit(11);
-        DeviceTestHooks* hooks = DeviceHooks(*rt, 0);
-        if (hooks == nullptr) _exit(12);
-        hooks->FailNextCopies(CopyDirection::kDeviceToHost, 1 << 30);
+        FaultInjector* faults = Faults(*rt, 0);
+        if (faults == nullptr) _exit(12);
+        faults->FailNext(InjectSite::kCopyDeviceToHost, kInjectAll);
         const int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
         dup2(devnull, STDERR_FILENO);  // a line per failed copy
         signal(SIGBUS, ReturnFromSigbus);

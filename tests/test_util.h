@@ -21,6 +21,7 @@
 
 #include "backends/host/host_backend.h"
 #include "runtime/api/testing.h"
+#include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
 
 // fork() of a process with runtime threads hangs in ThreadSanitizer's fork interceptor; the
@@ -50,7 +51,7 @@ inline Config TestConfig() {
     c.backend = "cuda";
     c.transparent_launch = false;  // CUPTI needs NVIDIA's driver, not the emulated one
 #ifdef UHMM_FAKE_CUDA_DRIVER
-    setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
+    c.cuda_driver = UHMM_FAKE_CUDA_DRIVER;
 #endif
   } else if (which == "level-zero-emulated" || which == "level-zero") {
     c.backend = "level_zero";
@@ -72,6 +73,9 @@ inline Config TestConfig() {
   // Tests that want 2 MiB pages ask per range (Backing::kHugetlb); the page granularity of every
   // other test must not depend on whether hugepages happen to be reserved.
   c.hugetlb = HugetlbMode::kNever;
+  // The fault-injection decorator (uhmm/testing.h) on every device, nothing scheduled: tests inject
+  // through Faults() and count page_free calls there.
+  c.fault_injection = "on";
   return c;
 }
 
@@ -80,7 +84,7 @@ inline Config TestConfig() {
 inline Config PerFaultConfig() {
   Config c = TestConfig();
   c.readahead_bytes = 0;
-  c.prefetch_threshold = 0;
+  c.growth_threshold = 0;
   return c;
 }
 
@@ -164,8 +168,16 @@ class Harness {
     if (skip) GTEST_SKIP() << "backend " << config.backend << " unavailable: " << rt.status();
     ASSERT_TRUE(rt.ok()) << rt.status();
     rt_ = std::move(*rt);
-    dev0_ = DeviceHooks(*rt_, 0);
-    ASSERT_NE(dev0_, nullptr) << "the " << config.backend << " backend has no test hooks";
+    Bind();
+    ASSERT_NE(access0_, nullptr) << "the " << config.backend << " backend has no device-side access";
+    if (config.fault_injection != "" && config.fault_injection != "off") {
+      ASSERT_NE(faults0_, nullptr) << "fault injection is on, but device 0 has no fault injector";
+    }
+  }
+  // Points faults0_ and access0_ at device 0 of rt_ (Start does it).
+  void Bind() {
+    faults0_ = Faults(*rt_, 0);
+    access0_ = Access(*rt_, 0);
   }
   // Allocates and fills with `seed`-derived words, on the CPU.
   uint64_t* AllocFilled(size_t bytes, uint64_t seed) {
@@ -195,7 +207,7 @@ class Harness {
       absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
       if (!dev.ok()) continue;
       for (size_t i = 0; i < buf.size(); ++i) buf[i] = Pattern(seed, off / 8 + i);
-      absl::Status s = dev0_->DeviceWrite(*dev, buf.data(), kPageSize);
+      absl::Status s = access0_->DeviceWrite(*dev, buf.data(), kPageSize);
       EXPECT_TRUE(s.ok()) << s;
       ++pages;
     }
@@ -223,7 +235,8 @@ class Harness {
   }
 
   std::unique_ptr<Runtime> rt_;
-  DeviceTestHooks* dev0_ = nullptr;
+  FaultInjector* faults0_ = nullptr;  // device 0's, with fault injection on (TestConfig)
+  DeviceAccess* access0_ = nullptr;   // device 0's device-side access
 };
 
 #define UHMM_RETURN_IF_SKIPPED()                                                      \

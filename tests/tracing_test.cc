@@ -37,7 +37,7 @@ std::vector<TraceRecord> OfType(const trace::Trace& t, RecordType type) {
 class TracingTest : public RuntimeTest {
  protected:
   Runtime& rt() { return *rt_; }
-  DeviceTestHooks& dev0() { return *dev0_; }
+  FaultInjector& faults0() { return *faults0_; }
 };
 
 TEST_F(TracingTest, EveryFaultHasItsPhasesInOrderAndEveryMigrationItsCause) {
@@ -111,7 +111,7 @@ TEST_F(TracingTest, EvictionsAndDeviceErrorsAreRecorded) {
   ASSERT_TRUE(first.ok()) << first;
   absl::Status second = rt().Migrate(p + kBytes / 16, kBytes / 2, 0);
   ASSERT_TRUE(second.ok()) << second;
-  dev0().FailNextCopies(CopyDirection::kHostToDevice, 1);
+  faults0().FailNext(InjectSite::kCopyHostToDevice, 1);
   uint64_t* q = AllocFilled(2 * kMiB, 6);
   EXPECT_FALSE(rt().Migrate(q, 2 * kMiB, 0).ok());
   ASSERT_TRUE(rt().Free(p).ok());

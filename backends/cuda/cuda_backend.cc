@@ -13,14 +13,15 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "backends/common/copy_back_pagemap.h"
+#include "backends/common/spin_wait.h"
 #include "backends/common/fence_table.h"
-#include "backends/common/hook_state.h"
 #include "backends/common/one_pointer.h"
 #include "backends/cuda/cuda_driver.h"
 #include "backends/cuda/cupti_launch.h"
 #include "backends/cuda/nvtx_ranges.h"
+#include "uhmm/testing.h"
 
 namespace uhmm::cuda {
 namespace {
@@ -58,7 +59,7 @@ class ScopedContext {
 // complete in submission order.
 class CudaCopyEngine final : public CopyEngine {
  public:
-  CudaCopyEngine(const Driver* d, CUcontext ctx, HookState* hooks) : d_(d), ctx_(ctx), hooks_(hooks) {}
+  CudaCopyEngine(const Driver* d, CUcontext ctx) : d_(d), ctx_(ctx) {}
   ~CudaCopyEngine() override {
     ScopedContext scope(*d_, ctx_);
     fences_.ForEachPending([&](CUevent e) { d_->cuEventDestroy(e); });
@@ -76,11 +77,6 @@ class CudaCopyEngine final : public CopyEngine {
   }
 
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
-    if (hooks_->copy_failures(dir).TakeOne()) {
-      return absl::AbortedError(absl::StrFormat("CUDA copy engine: injected copy failure (%s)",
-                                                dir == CopyDirection::kHostToDevice
-                                                    ? "host -> device" : "device -> host"));
-    }
     ScopedContext scope(*d_, ctx_);
     if (!scope.status().ok()) return scope.status();
     const bool to_device = dir == CopyDirection::kHostToDevice;
@@ -117,19 +113,13 @@ class CudaCopyEngine final : public CopyEngine {
     if (!b.ok()) return b.status();
     const FenceTable<CUevent>::Batch& p = *b;
     ScopedContext scope(*d_, ctx_);
-    // Busy-poll first: a fault-sized copy finishes in microseconds, sooner than a blocking wait
-    // wakes up (DESIGN.md: 21 us busy-poll against 32 us poll for an isolated fault).
-    CUresult r = CUDA_ERROR_NOT_READY;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
-    while ((r = d_->cuEventQuery(p.event)) == CUDA_ERROR_NOT_READY &&
-           std::chrono::steady_clock::now() < deadline) {
-    }
-    if (r == CUDA_ERROR_NOT_READY) r = d_->cuEventSynchronize(p.event);
+    const CUresult r = SpinThenBlock([&] { return d_->cuEventQuery(p.event); },
+                                     [](CUresult q) { return q != CUDA_ERROR_NOT_READY; },
+                                     [&] { return d_->cuEventSynchronize(p.event); });
     if (r != CUDA_SUCCESS) {
       d_->cuEventDestroy(p.event);
       return CudaStatus(*d_, r, "waiting for a copy (cuEventSynchronize)");
     }
-    hooks_->CountCopy(p.dir);
     std::lock_guard<std::mutex> lock(mu_);
     free_events_.push_back(p.event);
     return absl::OkStatus();
@@ -138,24 +128,23 @@ class CudaCopyEngine final : public CopyEngine {
   CUstream stream(CopyDirection dir) const { return dir == CopyDirection::kHostToDevice ? h2d_ : d2h_; }
 
  private:
-  static constexpr int kSpinUs = 200;
   const Driver* const d_;
   const CUcontext ctx_;
-  HookState* const hooks_;
   CUstream h2d_ = nullptr, d2h_ = nullptr;
   FenceTable<CUevent> fences_;
   std::mutex mu_;  // guards free_events_
   std::vector<CUevent> free_events_;
 };
 
-class CudaDevice final : public Device, public HookStateTestHooks<> {
+class CudaDevice final : public Device, public testing::DeviceAccess {
  public:
   CudaDevice(const Driver* d, CUdevice dev, CUcontext ctx, int ordinal, std::string name)
-      : d_(d), dev_(dev), ctx_(ctx), name_(std::move(name)), engine_(d, ctx, &hooks_) {
+      : d_(d), dev_(dev), ctx_(ctx), name_(std::move(name)), engine_(d, ctx) {
     pagemap_.type = MemoryType::kDevicePrivate;
     pagemap_.ops = &kOps;
     pagemap_.owner = this;
     pagemap_.device = ordinal;
+    pagemap_.copy_engine = &engine_;
   }
 
   absl::Status Init() {
@@ -165,8 +154,8 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
     UHMM_CU(d_->cuStreamCreate(&test_stream_, CU_STREAM_NON_BLOCKING), "cuStreamCreate(test)");
     size_t free_bytes = 0, total = 0;
     UHMM_CU(d_->cuMemGetInfo(&free_bytes, &total), "cuMemGetInfo");
-    // Default pool: three quarters of the VRAM free at start, leaving room for cudaMalloc users.
-    default_pool_ = (free_bytes / 4 * 3) & ~(kBlockSize - 1);
+    // Default pool: a share of the VRAM free at start, leaving room for cudaMalloc users.
+    default_pool_ = DefaultPoolShare(free_bytes);
     return absl::OkStatus();
   }
 
@@ -188,7 +177,6 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
     return free_bytes;
   }
   Placement placement() const override { return Placement::kSameAddress; }
-  DeviceTestHooks* test_hooks() override { return this; }
   std::string pci_bus_id() const override {
     int domain = 0, bus = 0, device = 0;
     if (d_->cuDeviceGetAttribute(&domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, dev_) != CUDA_SUCCESS ||
@@ -203,9 +191,6 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
   }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
-    if (hooks_.alloc_failures().TakeOne()) {
-      return absl::AbortedError("CUDA device: injected device memory allocation failure");
-    }
     ScopedContext scope(*d_, ctx_);
     CUmemAllocationProp prop = {};
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -231,9 +216,11 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
       d_->cuMemUnmap(block, kBlockSize);
       return CudaStatus(*d_, r, "cuMemSetAccess");
     }
-    // One pointer relies on the driver leaving the CPU side of a mapped range alone (DESIGN.md,
-    // measured on an H100 with driver 580). Check that once, so a driver that behaves otherwise
-    // gives a clear error instead of silently detaching the application's view.
+    // One pointer relies on the driver leaving the CPU side of a mapped range alone: on an H100 with
+    // driver 580 and CUDA 13.0, cuMemAddressReserve left a PROT_NONE host mapping, host memory
+    // mmap(MAP_FIXED) over it stayed the CPU's view after cuMemMap, and kernels reached VRAM through
+    // the same pointer. Check that once, so a driver that behaves otherwise gives a clear error
+    // instead of silently detaching the application's view.
     static std::once_flag checked;
     static absl::Status host_view_intact;
     std::call_once(checked, [&] { host_view_intact = CheckManagedViewIntact(block, "cuMemMap"); });
@@ -255,7 +242,7 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
 
   absl::Status MigrateToDevice(MigrateVma* m) override {
     NvtxRange range(NvtxRange::MigrationName(true, m->cause));
-    return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
+    return Device::MigrateToDevice(m);
   }
   absl::Status MigrateToRam(MigrateVma* m) override {
     NvtxRange range(NvtxRange::MigrationName(false, m->cause));
@@ -264,27 +251,27 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
       ScopedContext scope(*d_, ctx_);
       UHMM_CU(d_->cuCtxSynchronize(), "cuCtxSynchronize before eviction");
     }
-    return migrate_copy_to_ram(m, engine_);
+    return Device::MigrateToRam(m);
   }
 
   // A CPU fault served from VRAM, as an NVTX range on the fault-service thread.
   static absl::Status PageFault(VmFault* vmf) {
     NvtxRange range("uhmm fault service");
-    return CopyBackPagemap<CudaDevice>::PageFault(vmf);
+    return CopyBackPagemap::PageFault(vmf);
   }
-  static constexpr PagemapOps kOps = {&CopyBackPagemap<CudaDevice>::PageFree, &CudaDevice::PageFault};
+  static constexpr PagemapOps kOps = {&CopyBackPagemap::PageFree, &CudaDevice::PageFault};
 
-  // DeviceTestHooks (the rest comes from HookStateTestHooks).
+  // testing::DeviceAccess.
   absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
-    return DeviceAccess(device_addr, const_cast<void*>(src), bytes, /*write=*/true);
+    return DeviceCopy(device_addr, const_cast<void*>(src), bytes, /*write=*/true);
   }
   absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) override {
-    return DeviceAccess(device_addr, dst, bytes, /*write=*/false);
+    return DeviceCopy(device_addr, dst, bytes, /*write=*/false);
   }
 
  private:
-  // Test-hook copies, through a pinned staging buffer on their own stream.
-  absl::Status DeviceAccess(uint64_t device_addr, void* host, size_t bytes, bool write) {
+  // Device-side accesses, through a pinned staging buffer on their own stream.
+  absl::Status DeviceCopy(uint64_t device_addr, void* host, size_t bytes, bool write) {
     std::lock_guard<std::mutex> lock(test_mu_);
     ScopedContext scope(*d_, ctx_);
     if (test_staging_ == nullptr) {
@@ -323,8 +310,10 @@ class CudaDevice final : public Device, public HookStateTestHooks<> {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const Driver* d, CUdevice dev, int cuda_ordinal, CUcontext ctx, std::string name)
-      : d_(d), dev_(dev), cuda_ordinal_(cuda_ordinal), ctx_(ctx), name_(std::move(name)) {}
+  CudaBackend(const Driver* d, CUdevice dev, int cuda_ordinal, CUcontext ctx, std::string name,
+              std::string cupti_library)
+      : d_(d), dev_(dev), cuda_ordinal_(cuda_ordinal), ctx_(ctx), name_(std::move(name)),
+        cupti_library_(std::move(cupti_library)) {}
   ~CudaBackend() override {
     LaunchInterceptor::Retire(std::move(interceptor_));
     d_->cuDevicePrimaryCtxRelease(dev_);
@@ -368,7 +357,8 @@ class CudaBackend final : public Backend {
   absl::Status SetLaunchListener(LaunchListener* listener) override {
     LaunchInterceptor::Retire(std::move(interceptor_));
     if (listener == nullptr) return absl::OkStatus();
-    absl::StatusOr<std::unique_ptr<LaunchInterceptor>> li = LaunchInterceptor::Create(ctx_, 0, listener);
+    absl::StatusOr<std::unique_ptr<LaunchInterceptor>> li =
+        LaunchInterceptor::Create(ctx_, 0, listener, cupti_library_);
     if (!li.ok()) return li.status();
     interceptor_ = std::move(*li);
     return absl::OkStatus();
@@ -380,6 +370,7 @@ class CudaBackend final : public Backend {
   const int cuda_ordinal_;
   const CUcontext ctx_;
   const std::string name_;
+  const std::string cupti_library_;  // Config::cupti_library
   std::unique_ptr<LaunchInterceptor> interceptor_;
 };
 
@@ -387,8 +378,8 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& /*config*/) {
-  absl::StatusOr<const Driver*> driver = LoadDriver();
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& config) {
+  absl::StatusOr<const Driver*> driver = LoadDriver(config.cuda_driver);
   if (!driver.ok()) return driver.status();
   const Driver& d = **driver;
   int count = 0;
@@ -397,13 +388,13 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& /*confi
   }
   if (count == 0) return absl::UnavailableError("the NVIDIA driver reports no CUDA device");
   // One GPU per runtime: the device mappings of one pointer are process-wide, so two GPUs cannot
-  // both map a block. UHMM_CUDA_DEVICE picks which.
-  int ordinal = 0;
-  if (const char* v = std::getenv("UHMM_CUDA_DEVICE"); v && *v) {
-    if (!absl::SimpleAtoi(v, &ordinal) || ordinal < 0 || ordinal >= count) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "UHMM_CUDA_DEVICE='%s' is not a CUDA device ordinal (this machine has %d)", v, count));
-    }
+  // both map a block. Config::cuda_device (UHMM_CUDA_DEVICE) picks which.
+  const int ordinal = config.cuda_device;
+  if (ordinal < 0 || ordinal >= count) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: cuda_device (UHMM_CUDA_DEVICE) is %d, which is not a CUDA device ordinal (this "
+        "machine has %d: 0..%d)",
+        ordinal, count, count - 1));
   }
   CUdevice dev = 0;
   if (absl::Status s = CudaStatus(d, d.cuDeviceGet(&dev, ordinal), "cuDeviceGet"); !s.ok()) return s;
@@ -436,7 +427,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& /*confi
       !s.ok()) {
     return s;
   }
-  return std::unique_ptr<Backend>(new CudaBackend(&d, dev, ordinal, ctx, name));
+  return std::unique_ptr<Backend>(new CudaBackend(&d, dev, ordinal, ctx, name, config.cupti_library));
 }
 
 }  // namespace uhmm::cuda

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "backends/common/hook_state.h"
+#include "backends/common/copy_back_pagemap.h"
 
 namespace uhmm::host {
 namespace {
@@ -29,8 +29,8 @@ constexpr size_t kDefaultPoolBytes = size_t{256} << 20;
 class HostCopyEngine final : public CopyEngine {
  public:
   // `translate` turns a device address into the memory behind it.
-  HostCopyEngine(int ordinal, HookState* hooks, std::function<void*(uint64_t)> translate)
-      : ordinal_(ordinal), hooks_(hooks), translate_(std::move(translate)), thread_([this] { Run(); }) {
+  HostCopyEngine(int ordinal, std::function<void*(uint64_t)> translate)
+      : ordinal_(ordinal), translate_(std::move(translate)), thread_([this] { Run(); }) {
     char name[16];
     std::snprintf(name, sizeof(name), "uhmm-copy-%d", ordinal_);
     pthread_setname_np(thread_.native_handle(), name);
@@ -110,10 +110,6 @@ class HostCopyEngine final : public CopyEngine {
       absl::Status status;
       if (batch.kernel) {
         batch.kernel();
-      } else if (hooks_->copy_failures(batch.dir).TakeOne()) {
-        status = absl::AbortedError(absl::StrFormat(
-            "host device %d: injected copy failure (%s)", ordinal_,
-            to_device ? "host -> device" : "device -> host"));
       } else {
         for (const CopyOp& op : batch.ops) {
           // Page by page: with one pointer, consecutive device addresses may sit in different chunks.
@@ -131,7 +127,6 @@ class HostCopyEngine final : public CopyEngine {
             }
           }
         }
-        hooks_->CountCopy(batch.dir);
       }
       lock.lock();
       if (!status.ok()) results_[batch.fence] = status;
@@ -142,7 +137,6 @@ class HostCopyEngine final : public CopyEngine {
   }
 
   const int ordinal_;
-  HookState* const hooks_;
   const std::function<void*(uint64_t)> translate_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
@@ -163,17 +157,18 @@ std::map<int, HostDevice*>& Live() {
   return *m;
 }
 
-class HostDevice final : public Device, public HookStateTestHooks<HostDeviceControls> {
+class HostDevice final : public Device, public HostDeviceControls {
  public:
   HostDevice(int ordinal, bool same_address, std::atomic<LaunchListener*>* listener)
       : ordinal_(ordinal),
         same_address_(same_address),
         listener_(listener),
-        engine_(ordinal, &hooks_, [this](uint64_t addr) { return DevicePointer(addr); }) {
+        engine_(ordinal, [this](uint64_t addr) { return DevicePointer(addr); }) {
     pagemap_.type = MemoryType::kDevicePrivate;
-    pagemap_.ops = &CopyBackPagemap<HostDevice>::kOps;
+    pagemap_.ops = &CopyBackPagemap::kOps;
     pagemap_.owner = this;
     pagemap_.device = ordinal;
+    pagemap_.copy_engine = &engine_;
     std::lock_guard<std::mutex> lock(g_live_mu);
     Live()[ordinal] = this;
   }
@@ -191,7 +186,6 @@ class HostDevice final : public Device, public HookStateTestHooks<HostDeviceCont
   Placement placement() const override {
     return same_address_ ? Placement::kSameAddress : Placement::kAnywhere;
   }
-  DeviceTestHooks* test_hooks() override { return this; }
 
   // One pointer, emulated: the device's page tables map a chunk at each block it backs.
   absl::Status MapChunk(uint64_t chunk, uintptr_t block) override {
@@ -212,10 +206,6 @@ class HostDevice final : public Device, public HookStateTestHooks<HostDeviceCont
   }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
-    if (hooks_.alloc_failures().TakeOne()) {
-      return absl::AbortedError(
-          absl::StrFormat("host device %d: injected device memory allocation failure", ordinal_));
-    }
     // Separate host memory the managed pointer never maps: the CPU cannot reach it through the
     // managed address, as with real device-private memory.
     void* p = mmap(nullptr, kBlockSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -227,10 +217,6 @@ class HostDevice final : public Device, public HookStateTestHooks<HostDeviceCont
   }
   void FreeChunk(uint64_t chunk) override { munmap(reinterpret_cast<void*>(chunk), kBlockSize); }
 
-  absl::Status MigrateToDevice(MigrateVma* m) override {
-    return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
-  }
-  absl::Status MigrateToRam(MigrateVma* m) override { return migrate_copy_to_ram(m, engine_); }
 
   // HostDeviceControls.
   absl::Status RunKernel(std::function<void()> kernel) override {
@@ -243,16 +229,17 @@ class HostDevice final : public Device, public HookStateTestHooks<HostDeviceCont
     auto it = mapped_.find(addr & ~(kBlockSize - 1));
     return it == mapped_.end() ? nullptr : it->second + addr % kBlockSize;
   }
+  // testing::DeviceAccess.
   absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
-    return DeviceAccess(device_addr, const_cast<void*>(src), bytes, /*write=*/true);
+    return DeviceCopy(device_addr, const_cast<void*>(src), bytes, /*write=*/true);
   }
   absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) override {
-    return DeviceAccess(device_addr, dst, bytes, /*write=*/false);
+    return DeviceCopy(device_addr, dst, bytes, /*write=*/false);
   }
 
  private:
   // A device-side access on the device's queue (not a launch: no listener call).
-  absl::Status DeviceAccess(uint64_t device_addr, void* host, size_t bytes, bool write) {
+  absl::Status DeviceCopy(uint64_t device_addr, void* host, size_t bytes, bool write) {
     absl::Status result;
     absl::Status s = engine_.Wait(engine_.SubmitKernel([&] {
       for (size_t off = 0; off < bytes; off += kPageSize) {

@@ -3,7 +3,7 @@
 // completion. It honours the same page_free/page_fault contract as a GPU. With
 // Config::host_same_address it also emulates one pointer the way the CUDA backend does it (device
 // memory mapped at the managed addresses, Placement::kSameAddress). Tests reach a device through
-// LiveDevice() for fault injection, page_free accounting and emulated kernel launches.
+// LiveDevice() for emulated kernel launches (fault injection is uhmm/testing.h's, for every backend).
 #ifndef UHMM_BACKENDS_HOST_HOST_BACKEND_H_
 #define UHMM_BACKENDS_HOST_HOST_BACKEND_H_
 
@@ -13,14 +13,15 @@
 
 #include "absl/status/statusor.h"
 #include "uhmm/backend.h"
+#include "uhmm/testing.h"
 
 namespace uhmm::host {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateHostBackend(const Config& config);
 
-// Test and sample controls of one emulated device: the generic DeviceTestHooks plus emulated
+// Test and sample controls of one emulated device: device-side access (uhmm/testing.h) plus emulated
 // kernel launches.
-class HostDeviceControls : public DeviceTestHooks {
+class HostDeviceControls : public testing::DeviceAccess {
  public:
   // Runs `kernel` on the device, ordered after the copies queued before it, and waits for it: the
   // emulated kernel launch. Like a launch the CUDA backend intercepts, it first calls the runtime's

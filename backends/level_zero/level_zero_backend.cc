@@ -15,14 +15,15 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "backends/common/copy_back_pagemap.h"
 #include "backends/common/fence_table.h"
-#include "backends/common/hook_state.h"
 #include "backends/common/one_pointer.h"
+#include "backends/common/spin_wait.h"
 #include "backends/level_zero/ze_events.h"
 #include "backends/level_zero/ze_loader.h"
 #include "backends/level_zero/ze_tracer.h"
+#include "uhmm/testing.h"
 
 namespace uhmm::level_zero {
 namespace {
@@ -32,17 +33,12 @@ namespace {
     if (absl::Status s_ = ZeStatus((call), name); !s_.ok()) return s_;  \
   } while (0)
 
-// Busy-polls `event` for a while, then blocks: a fault-sized copy is done in microseconds, sooner
-// than a blocking wait wakes up.
+// Busy-polls `event` for a while, then blocks (spin_wait.h).
 absl::Status WaitForEvent(const Loader& l, ze_event_handle_t event, const char* what) {
-  constexpr auto kSpin = std::chrono::microseconds(200);
-  const auto deadline = std::chrono::steady_clock::now() + kSpin;
-  ze_result_t r = ZE_RESULT_NOT_READY;
-  while ((r = l.zeEventQueryStatus(event)) == ZE_RESULT_NOT_READY &&
-         std::chrono::steady_clock::now() < deadline) {
-  }
-  if (r == ZE_RESULT_NOT_READY) r = l.zeEventHostSynchronize(event, UINT64_MAX);
-  return ZeStatus(r, what);
+  return ZeStatus(SpinThenBlock([&] { return l.zeEventQueryStatus(event); },
+                                [](ze_result_t q) { return q != ZE_RESULT_NOT_READY; },
+                                [&] { return l.zeEventHostSynchronize(event, UINT64_MAX); }),
+                  what);
 }
 
 absl::StatusOr<ze_command_list_handle_t> CreateImmediateList(const Loader& l, ze_context_handle_t ctx,
@@ -83,8 +79,7 @@ absl::Status DrainLane(const Loader& l, EventCache& events, Lane& lane, const ch
 // a barrier that signals the batch's event, its fence.
 class ZeCopyEngine final : public CopyEngine {
  public:
-  ZeCopyEngine(const Loader* l, ze_context_handle_t ctx, HookState* hooks)
-      : l_(l), ctx_(ctx), hooks_(hooks), events_(l, ctx) {}
+  ZeCopyEngine(const Loader* l, ze_context_handle_t ctx) : l_(l), ctx_(ctx), events_(l, ctx) {}
   ~ZeCopyEngine() override {
     ScopedUntraced untraced;
     fences_.ForEachPending([&](ze_event_handle_t e) { l_->zeEventHostSynchronize(e, UINT64_MAX); });
@@ -106,10 +101,6 @@ class ZeCopyEngine final : public CopyEngine {
 
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
     const bool to_device = dir == CopyDirection::kHostToDevice;
-    if (hooks_->copy_failures(dir).TakeOne()) {
-      return absl::AbortedError(absl::StrFormat("Level Zero copy engine: injected copy failure (%s)",
-                                                to_device ? "host -> device" : "device -> host"));
-    }
     absl::StatusOr<ze_event_handle_t> event = events_.Acquire();
     if (!event.ok()) return event.status();
     Lane& lane = to_device ? h2d_ : d2h_;
@@ -149,7 +140,6 @@ class ZeCopyEngine final : public CopyEngine {
     const FenceTable<ze_event_handle_t>::Batch& p = *b;
     absl::Status s = WaitForEvent(*l_, p.event, "waiting for a copy (zeEventHostSynchronize)");
     events_.Release(p.event);
-    if (s.ok()) hooks_->CountCopy(p.dir);
     return s;
   }
 
@@ -163,7 +153,6 @@ class ZeCopyEngine final : public CopyEngine {
  private:
   const Loader* const l_;
   const ze_context_handle_t ctx_;
-  HookState* const hooks_;
   EventCache events_;
   Lane h2d_, d2h_;
   FenceTable<ze_event_handle_t> fences_;
@@ -171,7 +160,7 @@ class ZeCopyEngine final : public CopyEngine {
 
 class LevelZeroBackend;
 
-class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
+class LevelZeroDevice final : public Device, public testing::DeviceAccess {
  public:
   LevelZeroDevice(const Loader* l, ze_driver_handle_t driver, ze_device_handle_t dev,
                   ze_context_handle_t ctx, int ordinal, std::string name,
@@ -182,12 +171,13 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
         ctx_(ctx),
         name_(std::move(name)),
         wait_for_kernels_(std::move(wait_for_kernels)),
-        engine_(l, ctx, &hooks_),
+        engine_(l, ctx),
         test_events_(l, ctx) {
     pagemap_.type = MemoryType::kDevicePrivate;
-    pagemap_.ops = &CopyBackPagemap<LevelZeroDevice>::kOps;
+    pagemap_.ops = &CopyBackPagemap::kOps;
     pagemap_.owner = this;
     pagemap_.device = ordinal;
+    pagemap_.copy_engine = &engine_;
   }
   ~LevelZeroDevice() override {
     ScopedUntraced untraced;
@@ -234,8 +224,8 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
     UHMM_ZE(l_->zeDeviceGetMemoryProperties(dev_, &mems, props.data()), "zeDeviceGetMemoryProperties");
     uint64_t total = 0;
     for (const auto& p : props) total += p.totalSize;
-    // Level Zero's core API reports no free size: default to three quarters of the total.
-    default_pool_ = (total / 4 * 3) & ~(uint64_t{kBlockSize} - 1);
+    // Level Zero's core API reports no free size: default to a share of the total.
+    default_pool_ = DefaultPoolShare(total);
     return absl::OkStatus();
   }
 
@@ -245,13 +235,9 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
   CopyEngine& copy_engine() override { return engine_; }
   size_t default_pool_bytes() const override { return default_pool_; }
   Placement placement() const override { return Placement::kSameAddress; }
-  DeviceTestHooks* test_hooks() override { return this; }
   uhmm_native_handles_t native_handles() const override { return {driver_, dev_, ctx_}; }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
-    if (hooks_.alloc_failures().TakeOne()) {
-      return absl::AbortedError("Level Zero device: injected device memory allocation failure");
-    }
     ze_physical_mem_desc_t desc = {ZE_STRUCTURE_TYPE_PHYSICAL_MEM_DESC, nullptr, 0, kBlockSize};
     ze_physical_mem_handle_t mem = nullptr;
     UHMM_ZE(l_->zePhysicalMemCreate(ctx_, dev_, &desc, &mem), "zePhysicalMemCreate(2 MiB)");
@@ -294,28 +280,25 @@ class LevelZeroDevice final : public Device, public HookStateTestHooks<> {
     return DrainLane(*l_, test_events_, lane, "waiting for the command list");
   }
 
-  absl::Status MigrateToDevice(MigrateVma* m) override {
-    return migrate_alloc_and_copy_to_device(m, pagemap_, engine_);
-  }
   absl::Status MigrateToRam(MigrateVma* m) override {
     if (m->cause == MigrateCause::kEviction) {
       // Kernels queued earlier may still read or write the evicted pages.
       if (absl::Status s = WaitForDeviceWork(); !s.ok()) return s;
     }
-    return migrate_copy_to_ram(m, engine_);
+    return Device::MigrateToRam(m);
   }
 
-  // DeviceTestHooks (the rest comes from HookStateTestHooks): copies on a list of their own,
-  // ordered after the copy engine's earlier batches.
+  // testing::DeviceAccess: copies on a list of their own, ordered after the copy engine's earlier
+  // batches.
   absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
-    return DeviceAccess(reinterpret_cast<void*>(device_addr), src, bytes);
+    return DeviceCopy(reinterpret_cast<void*>(device_addr), src, bytes);
   }
   absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) override {
-    return DeviceAccess(dst, reinterpret_cast<const void*>(device_addr), bytes);
+    return DeviceCopy(dst, reinterpret_cast<const void*>(device_addr), bytes);
   }
 
  private:
-  absl::Status DeviceAccess(void* dst, const void* src, size_t bytes) {
+  absl::Status DeviceCopy(void* dst, const void* src, size_t bytes) {
     if (absl::Status s = engine_.Drain(); !s.ok()) return s;
     ScopedUntraced untraced;
     {
@@ -503,20 +486,21 @@ absl::Status CheckOnePointer(const Loader& l, ze_context_handle_t ctx, const Gpu
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateLevelZeroBackend(const Config& /*config*/) {
-  absl::StatusOr<const Loader*> loader = LoadLoader();
+absl::StatusOr<std::unique_ptr<Backend>> CreateLevelZeroBackend(const Config& config) {
+  absl::StatusOr<const Loader*> loader = LoadLoader(config.ze_loader);
   if (!loader.ok()) return loader.status();
   const Loader& l = **loader;
   absl::StatusOr<std::vector<Gpu>> gpus = EnumerateGpus(l);
   if (!gpus.ok()) return absl::UnavailableError(gpus.status().message());
   if (gpus->empty()) return absl::UnavailableError("the Level Zero drivers report no GPU");
   // One GPU per runtime, as with CUDA: device mappings of one pointer are per address.
-  int index = 0;
-  if (const char* v = std::getenv("UHMM_ZE_DEVICE"); v && *v) {
-    if (!absl::SimpleAtoi(v, &index) || index < 0 || index >= static_cast<int>(gpus->size())) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "UHMM_ZE_DEVICE='%s' is not a Level Zero GPU index (this machine has %d)", v, gpus->size()));
-    }
+  // Config::ze_device (UHMM_ZE_DEVICE) picks which.
+  const int index = config.ze_device;
+  if (index < 0 || index >= static_cast<int>(gpus->size())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: ze_device (UHMM_ZE_DEVICE) is %d, which is not a Level Zero GPU index (this machine "
+        "has %d: 0..%d)",
+        index, gpus->size(), static_cast<int>(gpus->size()) - 1));
   }
   const Gpu& gpu = (*gpus)[index];
   ze_context_desc_t ctx_desc = {ZE_STRUCTURE_TYPE_CONTEXT_DESC, nullptr, 0};

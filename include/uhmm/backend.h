@@ -44,26 +44,6 @@ enum class Placement {
   kSameAddress,
 };
 
-// Fault injection and introspection of a device, for tests and samples (optional).
-class DeviceTestHooks {
- public:
-  virtual ~DeviceTestHooks() = default;
-  // The next `n` copy batches in `dir` fail, as a lost device would.
-  virtual void FailNextCopies(CopyDirection dir, int n) = 0;
-  // The next `n` root-chunk allocations fail.
-  virtual void FailNextChunkAllocs(int n) = 0;
-  // How many times page_free ran for page `pfn`, and in total.
-  virtual uint64_t page_free_count(uint64_t pfn) const = 0;
-  virtual uint64_t page_free_total() const = 0;
-  // Copy batches completed in each direction.
-  virtual uint64_t copies(CopyDirection dir) const = 0;
-  // Device-side write of `bytes` from `src` to device address `device_addr`, ordered after the
-  // copies queued before it; returns when it is done. What a kernel writing that memory does.
-  virtual absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) = 0;
-  // Device-side read, the counterpart of DeviceWrite.
-  virtual absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) = 0;
-};
-
 // Called by backends that intercept kernel launches (CUDA: CUPTI; Level Zero: the loader's tracer)
 // before each launch, on the launching thread, so the runtime can make managed data device-resident
 // and ordered before the kernel on `queue` (a cudaStream_t, ze_command_list_handle_t, ...).
@@ -82,14 +62,22 @@ class Device {
   // One 2 MiB root chunk of device memory for the page pool; returns its device address.
   virtual absl::StatusOr<uint64_t> AllocChunk() = 0;
   virtual void FreeChunk(uint64_t device_addr) = 0;
-  // Pool cap when the configuration does not give one.
+  // Pool cap when the configuration does not give one (GPUs: DefaultPoolShare of their memory).
   virtual size_t default_pool_bytes() const = 0;
   // Free device memory now, for pools sized as a fraction of it.
   virtual absl::StatusOr<size_t> free_memory() const { return default_pool_bytes(); }
   // Phase 2 of a migration to this device: allocate destination pages and copy (RAM -> device).
-  virtual absl::Status MigrateToDevice(MigrateVma* migrate) = 0;
+  // Both phase-2 calls and page_fault copy through *pagemap().copy_engine, never through the
+  // engine directly: a wrapping Device (fault injection, uhmm/testing.h) interposes there. The
+  // defaults are the usual bodies; a backend overrides them to add work around the copy (and then
+  // calls them).
+  virtual absl::Status MigrateToDevice(MigrateVma* migrate) {
+    return migrate_alloc_and_copy_to_device(migrate, pagemap(), *pagemap().copy_engine);
+  }
   // Phase 2 of a migration from this device back to RAM (faults, prefetch to host, eviction).
-  virtual absl::Status MigrateToRam(MigrateVma* migrate) = 0;
+  virtual absl::Status MigrateToRam(MigrateVma* migrate) {
+    return migrate_copy_to_ram(migrate, *pagemap().copy_engine);
+  }
 
   virtual Placement placement() const { return Placement::kAnywhere; }
   // kSameAddress only: make chunk `chunk` (an AllocChunk value) the device memory at
@@ -102,13 +90,16 @@ class Device {
   // Returns once the device work queued on `queue` so far is done (nullptr: all of the device's
   // work). Host-bound prefetches on a queue use it so that they see what earlier kernels wrote.
   virtual absl::Status SynchronizeQueue(void* /*queue*/) { return absl::OkStatus(); }
-  virtual DeviceTestHooks* test_hooks() { return nullptr; }
   // The vendor handles applications queue kernels with (uhmm_get_native_handles).
   virtual uhmm_native_handles_t native_handles() const { return {}; }
   // PCI address ("0000:65:00.0") for placing fault threads and host memory near the device; ""
   // when it has none (the host backend) or it is unknown.
   virtual std::string pci_bus_id() const { return ""; }
 };
+
+// The default pool of a GPU with `bytes` of memory (free, or total where the API reports no free
+// size): three quarters, in whole 2 MiB chunks, leaving room for the application's own allocations.
+inline size_t DefaultPoolShare(size_t bytes) { return (bytes / 4 * 3) & ~(kBlockSize - 1); }
 
 class Backend {
  public:

@@ -48,14 +48,18 @@ struct PagemapOps {
   absl::Status (*page_fault)(VmFault* vmf);
 };
 
-// struct dev_pagemap. The backend fills type, ops, owner and device; the runtime attaches the pool
-// when the device is registered and owns `internal`.
+// struct dev_pagemap. The backend fills type, ops, owner, device and copy_engine; the runtime
+// attaches the pool when the device is registered and owns `internal`.
 struct Pagemap {
   MemoryType type = MemoryType::kDevicePrivate;
   const PagemapOps* ops = nullptr;
   void* owner = nullptr;   // backend identity; migrate_vma selects pages by it (pgmap_owner)
   int device = -1;         // device ordinal within the runtime
   void* internal = nullptr;
+  // The engine that copies this pagemap's pages in page_fault, MigrateToDevice and MigrateToRam:
+  // the backend points it at its device's engine and copies through it, never through the engine
+  // directly, so that a Device decorator (fault injection, uhmm/testing.h) can interpose its own.
+  CopyEngine* copy_engine = nullptr;
 };
 
 // What page_fault is given. vma is the runtime's handle for the managed range: pass it on to
@@ -80,10 +84,10 @@ enum MigratePfnFlags : uint32_t {
   kMigratePfnDevice = 1u << 2,   // entry is a device page
 };
 
-// Why a migration runs; kept for stats and tracing.
-// Why pages move (also the cause field of trace records). kPrefetcher is the runtime's
-// own read-ahead.
-enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork, kLaunch, kPrefetcher };
+// Why pages move (also the cause field of trace records). kPrefetch is an explicit migration the
+// application asked for (uhmm_migrate, uhmm_prefetch_on_queue); kReadAhead is the runtime's own
+// read-ahead after CPU faults.
+enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork, kLaunch, kReadAhead };
 
 // One src[] or dst[] entry. For system memory `host` is the runtime's DMA-able view of the page; for
 // device memory `page` is the descriptor.

@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
 
 namespace uhmm {
@@ -75,6 +76,7 @@ Config Config::FromEnv() {
   flag("UHMM_TRANSPARENT_LAUNCH", &c.transparent_launch);
   flag("UHMM_HOST_SAME_ADDRESS", &c.host_same_address);
   flag("UHMM_STATS", &c.print_stats);
+  flag("UHMM_FAULT_RECHECK", &c.fault_recheck);
   if (const char* v = std::getenv("UHMM_TRACE"); v && *v) c.trace_path = v;
   auto integer = [&](const char* var, int* out) {
     if (const char* v = std::getenv(var); v && *v && !absl::SimpleAtoi(v, out)) note(var, v, "an integer");
@@ -82,13 +84,23 @@ Config Config::FromEnv() {
   auto bytes = [&](const char* var, size_t* out) {
     if (const char* v = std::getenv(var); v && *v && !ParseBytes(v, out)) note(var, v, "a size like 32M");
   };
+  // A renamed knob: its new name wins over the deprecated old one when both are set.
+  auto renamed = [](const char* var, const char* old_name) {
+    const char* v = std::getenv(var);
+    return v && *v ? var : old_name;
+  };
   bytes("UHMM_READAHEAD", &c.readahead_bytes);
-  integer("UHMM_PREFETCH_THREADS", &c.prefetch_threads);
-  integer("UHMM_PREFETCH_THRESHOLD", &c.prefetch_threshold);
+  integer(renamed("UHMM_MIGRATION_THREADS", "UHMM_PREFETCH_THREADS"), &c.migration_threads);
+  integer(renamed("UHMM_GROWTH_THRESHOLD", "UHMM_PREFETCH_THRESHOLD"), &c.growth_threshold);
   integer("UHMM_THRASHING_THRESHOLD", &c.thrashing_threshold);
   integer("UHMM_THRASHING_LAPSE_US", &c.thrashing_lapse_us);
   bytes("UHMM_HUGETLB_MIN", &c.hugetlb_min_bytes);
   integer("UHMM_FAULT_SPIN_US", &c.fault_spin_us);
+  integer("UHMM_CUDA_DEVICE", &c.cuda_device);
+  integer("UHMM_ZE_DEVICE", &c.ze_device);
+  if (const char* v = std::getenv("UHMM_CUDA_DRIVER"); v && *v) c.cuda_driver = v;
+  if (const char* v = std::getenv("UHMM_CUPTI_LIBRARY"); v && *v) c.cupti_library = v;
+  if (const char* v = std::getenv("UHMM_ZE_LOADER"); v && *v) c.ze_loader = v;
   if (const char* v = std::getenv("UHMM_HUGETLB"); v && *v) {
     std::string m = absl::AsciiStrToLower(v);
     if (m == "auto") {
@@ -123,12 +135,14 @@ Config Config::FromEnv() {
       note("UHMM_SIGBUS_MODE", v, "auto, poison or tkill");
     }
   }
+  if (const char* v = std::getenv("UHMM_INJECT"); v && *v) c.fault_injection = v;
   c.env_error = errors;
   return c;
 }
 
 absl::Status Config::Validate() const {
   if (!env_error.empty()) return absl::InvalidArgumentError("uhmm: bad environment: " + env_error);
+  if (absl::Status s = testing::ParseInjectSpec(fault_injection).status(); !s.ok()) return s;
   if (fault_threads < 1 || fault_threads > 64) {
     return absl::InvalidArgumentError(
         absl::StrFormat("uhmm: fault_threads (UHMM_FAULT_THREADS) is %d; use 1..64", fault_threads));
@@ -155,19 +169,22 @@ absl::Status Config::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrFormat("uhmm: host_devices (UHMM_HOST_DEVICES) is %d; use 1..16", host_devices));
   }
-  if (prefetch_threads < 0 || prefetch_threads > 64) {
+  if (migration_threads < 0 || migration_threads > 64) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm: prefetch_threads (UHMM_PREFETCH_THREADS) is %d; use 0..64", prefetch_threads));
+        "uhmm: migration_threads (UHMM_MIGRATION_THREADS, formerly UHMM_PREFETCH_THREADS) is %d; use "
+        "0..64",
+        migration_threads));
   }
   if (readahead_bytes % kBlockSize != 0 || readahead_bytes > (size_t{1} << 30)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "uhmm: readahead_bytes (UHMM_READAHEAD) is %u; use a multiple of 2 MiB up to 1G (0 = off)",
         readahead_bytes));
   }
-  if (prefetch_threshold < 0 || prefetch_threshold > 100) {
+  if (growth_threshold < 0 || growth_threshold > 100) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm: prefetch_threshold (UHMM_PREFETCH_THRESHOLD) is %d; use a percentage 0..100 (0 = off)",
-        prefetch_threshold));
+        "uhmm: growth_threshold (UHMM_GROWTH_THRESHOLD, formerly UHMM_PREFETCH_THRESHOLD) is %d; "
+        "use a percentage 0..100 (0 = off)",
+        growth_threshold));
   }
   if (thrashing_threshold < 0 || thrashing_lapse_us < 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -188,6 +205,15 @@ absl::Status Config::Validate() const {
   if (fault_spin_us < -1 || fault_spin_us > 1000000) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "uhmm: fault_spin_us (UHMM_FAULT_SPIN_US) is %d; use -1 (auto) or 0..1000000", fault_spin_us));
+  }
+  // The upper bounds depend on the machine: the backends check them when they open.
+  if (cuda_device < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: cuda_device (UHMM_CUDA_DEVICE) is %d; use a CUDA device ordinal, 0 or more", cuda_device));
+  }
+  if (ze_device < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: ze_device (UHMM_ZE_DEVICE) is %d; use a Level Zero GPU index, 0 or more", ze_device));
   }
   return absl::OkStatus();
 }

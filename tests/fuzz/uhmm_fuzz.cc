@@ -38,8 +38,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "runtime/api/testing.h"
-#include "uhmm/backend.h"
+#include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
 
 
@@ -74,7 +73,7 @@ enum class OpKind {
   kEvict,        // uhmm_evict_device (shared state)
   kSync,         // uhmm_sync_for_device (shared state)
   kResidency,    // uhmm_query_residency of an own range or any live range
-  kDeviceWrite,  // device-side write of device-resident pages through the test hooks
+  kDeviceWrite,  // device-side write of device-resident pages (uhmm/testing.h DeviceAccess)
   kDeviceCheck,  // device-side read of device-resident pages, checked against the model
   kDontneed,     // madvise(MADV_DONTNEED)
   kRemove,       // madvise(MADV_REMOVE)
@@ -191,6 +190,7 @@ std::optional<std::string> MakeConfig(const Options& opt, Config* c) {
   c->device_pool_bytes = opt.pool_mib * kMiB;
   c->hugetlb = HugetlbMode::kNever;  // hugetlb ranges are asked for per range
   c->host_devices = 2;
+  c->fault_injection = "on";  // FailCopy injects through uhmm/testing.h
   if (opt.config == "host" || opt.config == "hugetlb") {
     c->backend = "host";
   } else if (opt.config == "same_address") {
@@ -200,7 +200,7 @@ std::optional<std::string> MakeConfig(const Options& opt, Config* c) {
 #ifdef UHMM_FAKE_CUDA_DRIVER
     c->backend = "cuda";
     c->transparent_launch = false;  // CUPTI needs NVIDIA's driver, not the emulated one
-    setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
+    c->cuda_driver = UHMM_FAKE_CUDA_DRIVER;
 #else
     return "the CUDA backend and its emulated driver (uhmm_fake_cuda_driver) are not built here "
            "(no CUDA toolkit at configure time)";
@@ -947,8 +947,8 @@ class Worker {
       if (d < 0 || r.unknown[page_off / kPageSize]) continue;
       absl::StatusOr<uint64_t> addr = rt_.DeviceAddress(r.ptr + page_off);
       if (!addr.ok()) continue;  // left the device meanwhile (read-ahead)
-      DeviceTestHooks* hooks = DeviceHooks(rt_, d);
-      if (hooks == nullptr) return Fail(kExitContract, absl::StrFormat("device %d has no test hooks", d));
+      testing::DeviceAccess* access = testing::Access(rt_, d);
+      if (access == nullptr) return Fail(kExitContract, absl::StrFormat("device %d has no device-side access", d));
       // The whole page, or a piece of it; never past the requested size.
       const size_t page_end = std::min(r.size, page_off + kPageSize);
       size_t lo = page_off;
@@ -962,9 +962,9 @@ class Worker {
       absl::Status st;
       if (write) {
         FillBytes(a.bytes.data(), a.bytes.size(), SplitMix(s));
-        st = hooks->DeviceWrite(*addr + (lo - page_off), a.bytes.data(), a.bytes.size());
+        st = access->DeviceWrite(*addr + (lo - page_off), a.bytes.data(), a.bytes.size());
       } else {
-        st = hooks->DeviceRead(*addr + (lo - page_off), a.bytes.data(), a.bytes.size());
+        st = access->DeviceRead(*addr + (lo - page_off), a.bytes.data(), a.bytes.size());
       }
       if (!st.ok()) return Fail(kExitContract, absl::StrFormat("Device%s at device %d address %#x: %s",
                                                                write ? "Write" : "Read", d, *addr, st.ToString()));
@@ -1163,13 +1163,12 @@ class Worker {
 
   bool FailCopy(const Op& op) {
     const int dev = static_cast<int>(op.a % static_cast<uint64_t>(sh_.devices));
-    const CopyDirection dir = op.b % 2 == 0 ? CopyDirection::kHostToDevice : CopyDirection::kDeviceToHost;
-    Describe(absl::StrFormat("fail the next %s copy of device %d",
-                             dir == CopyDirection::kHostToDevice ? "host->device" : "device->host", dev));
-    DeviceTestHooks* hooks = DeviceHooks(rt_, dev);
-    if (hooks == nullptr) return Fail(kExitContract, absl::StrFormat("device %d has no test hooks", dev));
+    const bool to_device = op.b % 2 == 0;
+    Describe(absl::StrFormat("fail the next %s copy of device %d", to_device ? "host->device" : "device->host", dev));
+    testing::FaultInjector* faults = testing::Faults(rt_, dev);
+    if (faults == nullptr) return Fail(kExitContract, absl::StrFormat("device %d has no fault injector", dev));
     sh_.injected.store(true);
-    hooks->FailNextCopies(dir, 1);
+    faults->FailNext(to_device ? testing::InjectSite::kCopyHostToDevice : testing::InjectSite::kCopyDeviceToHost, 1);
     return true;
   }
 
