@@ -79,7 +79,7 @@ absl::Status RuntimeImpl::Init() {
   cpu_fault_ = std::make_unique<CpuFault>(mm_, *sigbus_mode);
   mm_.cpu_fault = cpu_fault_.get();
   launch_ = std::make_unique<LaunchCoherence>(mm_);
-  workers_ = std::make_unique<WorkerPool>(config_.prefetch_threads, "uhmm-mig-");
+  workers_ = std::make_unique<WorkerPool>(config_.migration_threads, "uhmm-mig-");
   mm_.workers = workers_.get();
   // Busy-polling costs a core while faults come; by default only where cores are plenty.
   const int spin_us = config_.fault_spin_us >= 0 ? config_.fault_spin_us
@@ -90,6 +90,8 @@ absl::Status RuntimeImpl::Init() {
   // Any thread that meets a pending event reads it (the service threads dispatch it): it may hold
   // a block lock that the service threads are waiting for.
   uffd_->set_eagain_hook([fs] { fs->DrainToQueue(); });
+  uffd_->set_counters(&counters_);
+  uffd_->set_wake_after_eexist(config_.fault_recheck);
   if (absl::Status s = fault_service_->Start(); !s.ok()) return s;
   workers_->Start();
   std::vector<pthread_t> threads = fault_service_->native_handles();

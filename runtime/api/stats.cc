@@ -40,6 +40,16 @@ void PrintStats(const Runtime& rt) {
                static_cast<unsigned long long>(s.readahead_pages), static_cast<unsigned long long>(s.grown_faults),
                static_cast<unsigned long long>(s.thrashing_blocks), static_cast<unsigned long long>(s.hugetlb_ranges));
   if (auto* impl = dynamic_cast<const RuntimeImpl*>(&rt)) {
+    const Counters& c = *impl->mm().counters;
+    std::fprintf(stderr,
+                 "  uffd ioctls       %llu CONTINUE (%llu met EEXIST), %llu WAKE, %llu ZEROPAGE, %llu POISON; "
+                 "%llu fault migrations\n",
+                 static_cast<unsigned long long>(c.uffd_continue.load()),
+                 static_cast<unsigned long long>(c.uffd_eexist.load()),
+                 static_cast<unsigned long long>(c.uffd_wake.load()),
+                 static_cast<unsigned long long>(c.uffd_zeropage.load()),
+                 static_cast<unsigned long long>(c.uffd_poison.load()),
+                 static_cast<unsigned long long>(c.fault_migrations.load()));
     std::fprintf(stderr, "  placement         %s\n", impl->placement().c_str());
   }
 }

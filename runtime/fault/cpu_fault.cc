@@ -10,7 +10,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "runtime/api/counters.h"
 #include "runtime/fault/fault_service.h"
@@ -40,12 +42,14 @@ uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred, 
   return m;
 }
 
-// The trace of one fault message on this thread: HandleFault stamps the lookup, the migration code
+// The trace of one fault message on this thread: CpuFault::Handle stamps the lookup, the migration code
 // the copy and mapping phases (through trace::CurrentFaultTrace()), and the destructor the wake-up,
 // then emits the record. Inactive (no clock reads) when the message was read with tracing off.
 class FaultTraceScope {
  public:
-  FaultTraceScope(uint64_t received_ns, uintptr_t address, uint32_t tid, bool deferred)
+  // `current`: the migration code stamps this record from now on (CurrentFaultTrace); otherwise
+  // only once MakeCurrent() is called (the faults of a group take turns).
+  FaultTraceScope(uint64_t received_ns, uintptr_t address, uint32_t tid, bool deferred, bool current = true)
       : writer_(received_ns != 0 ? std::make_optional<trace::Tracer::ScopedWriter>() : std::nullopt),
         active_(writer_ && writer_->active()),
         deferred_(deferred) {
@@ -55,11 +59,11 @@ class FaultTraceScope {
     ft_.rec.addr = address;
     ft_.rec.aux = tid;
     ft_.rec.t[trace::kReceived] = received_ns;
-    trace::CurrentFaultTrace() = &ft_;
+    if (current) trace::CurrentFaultTrace() = &ft_;
   }
   ~FaultTraceScope() {
     if (!active_) return;
-    trace::CurrentFaultTrace() = nullptr;
+    ReleaseCurrent();
     if (ft_.deferred) return;
     // A migration that served this fault stamped its own wake-up; otherwise the wake was the
     // CONTINUE or WAKE just before returning.
@@ -78,6 +82,12 @@ class FaultTraceScope {
   void Duplicate() { Flag(deferred_ ? trace::kFaultCovered : trace::kFaultDuplicate); }
   // Handed to a migration in flight: that message's next dispatch is the one traced.
   void Defer() { ft_.deferred = true; }
+  void MakeCurrent() {
+    if (active_) trace::CurrentFaultTrace() = &ft_;
+  }
+  void ReleaseCurrent() {
+    if (active_ && trace::CurrentFaultTrace() == &ft_) trace::CurrentFaultTrace() = nullptr;
+  }
 
  private:
   std::optional<trace::Tracer::ScopedWriter> writer_;  // the session stays open until we emit
@@ -211,6 +221,8 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
     // Read-ahead is decided as of now, before the fault-back wakes the thread: whatever that thread
     // does next (a prefetch to the device, say) is later and must win over it.
     const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
+    FaultService::MapRecord mapped(page);
+    mm_.counters->fault_migrations.fetch_add(1, std::memory_order_relaxed);
     absl::Status s = dpage->pgmap->ops->page_fault(&vmf);
     if (!s.ok()) {
       std::fprintf(stderr, "uhmm: device could not migrate page %#lx back (%s); SIGBUS to thread %u\n",
@@ -225,8 +237,152 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
       auto [from, to] = range->readahead().OnFault(vmf.start, vmf.end, range->end(), mm_.config->readahead_bytes);
       if (from < to) PostReadAhead(range, from, to, decided_ns);
     }
-    // Loop: the page is normally host resident and mapped now; if another migration took it in
-    // between, the next round defers or retries.
+    // The migration mapped the page, which woke this fault's thread (traced: woke it right after).
+    // Done: if another migration takes the page back to a device before the thread runs, the
+    // thread faults again by itself, a new message. (The old path looked again here, and mapped a
+    // mapped page: a CONTINUE that met EEXIST, then a WAKE.)
+    if (!mm_.config->fault_recheck && mapped.mapped(page)) return;
+    // Not mapped by it: another migration held the page or had moved it to another device by the
+    // time ours collected, or a pending application discard held the mapping back. Look again: the
+    // next round defers, parks, maps a duplicate or migrates the CPU's unit.
+  }
+}
+
+void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns) {
+  // Another look through Handle, for faults this group does not serve itself. `counted`: already
+  // counted and traced here; Handle then takes it as a deferred message (not counted again).
+  auto alone = [&](const uffd_msg& m, bool counted) {
+    Handle(m.arg.pagefault.address, m.arg.pagefault.feat.ptid, FaultService::ReadSeq(m), received_ns, counted,
+           /*minor=*/true);
+  };
+  const uintptr_t first = msgs[0].arg.pagefault.address & ~(kPageSize - 1);
+  RangeRef range = mm_.va_space->Lookup(first);
+  if (!range) {
+    for (const uffd_msg& m : msgs) alone(m, false);
+    return;
+  }
+  VaBlock& blk = range->block_of(first);
+  // One trace writer for the group, outliving every record's.
+  std::optional<trace::Tracer::ScopedWriter> writer;
+  if (received_ns != 0) writer.emplace();
+  enum class Fate { kAlone, kDone, kSigbus, kMigrate };
+  struct Member {
+    const uffd_msg* msg = nullptr;
+    uintptr_t page = 0;
+    Fate fate = Fate::kAlone;
+    Page* dpage = nullptr;
+    std::pair<uintptr_t, uintptr_t> granule;
+    std::optional<FaultTraceScope> trace;
+  };
+  const size_t n = msgs.size();
+  std::unique_ptr<Member[]> members(new Member[n]);
+  bool readahead_ok = false;
+  const Pagemap* pgmap = nullptr;  // the device the group's migrations come from
+  {
+    MutexLock lock(&blk.mu);
+    for (size_t k = 0; k < n; ++k) {
+      Member& m = members[k];
+      m.msg = &msgs[k];
+      const uintptr_t address = msgs[k].arg.pagefault.address;
+      const uint32_t tid = msgs[k].arg.pagefault.feat.ptid, seq = FaultService::ReadSeq(msgs[k]);
+      m.page = address & ~(kPageSize - 1);
+      if (m.page < range->start() || m.page >= range->end() || &range->block_of(m.page) != &blk) continue;
+      const size_t i = ManagedRange::page_in_block(m.page);
+      // Host resident: a duplicate, which Handle maps. On another device than the group's: Handle.
+      if (!blk.busy[i] && !blk.poisoned[i] &&
+          (!blk.device[i] || (pgmap != nullptr && blk.pages[i]->pgmap != pgmap))) {
+        continue;
+      }
+      mm_.counters->cpu_faults.fetch_add(1, std::memory_order_relaxed);
+      m.trace.emplace(received_ns, address, tid, /*deferred=*/false, /*current=*/false);
+      m.fate = Fate::kDone;
+      if (blk.busy[i]) {
+        // As in Handle: the migration holding the page re-queues the message.
+        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, /*minor=*/true));
+        m.trace->Defer();
+        continue;
+      }
+      m.trace->Stamp(trace::kLookedUp);
+      if (blk.poisoned[i]) {
+        m.trace->Flag(trace::kFaultSigbus);
+        m.fate = Fate::kSigbus;
+        continue;
+      }
+      if (static_cast<int32_t>(seq - blk.device_seq) <= 0) {  // stale, as in Handle
+        mm_.counters->stale_faults.fetch_add(1, std::memory_order_relaxed);
+        m.trace->Flag(trace::kFaultStale);
+        LogIfError(mm_.uffd->Wake(m.page & ~(range->cpu_page() - 1), range->cpu_page()));
+        continue;
+      }
+      m.dpage = blk.pages[i];
+      if (pgmap == nullptr) {
+        pgmap = m.dpage->pgmap;
+        m.granule = Granule(*range, blk, m.page, &readahead_ok);  // notes the block's return once
+      } else {
+        m.granule = GranuleAround(*range, blk, m.page);
+      }
+      m.fate = Fate::kMigrate;
+    }
+  }
+  for (size_t k = 0; k < n; ++k) {
+    if (members[k].fate == Fate::kSigbus) DeliverSigbus(*range, members[k].page, members[k].msg->arg.pagefault.feat.ptid);
+  }
+  // Runs of granules, in address order: a granule joins the run while the run stays at least half
+  // pages that some fault asked for (as density growth would take it); each run is one migration.
+  std::vector<Member*> moving;
+  for (size_t k = 0; k < n; ++k) {
+    if (members[k].fate == Fate::kMigrate) moving.push_back(&members[k]);
+  }
+  std::sort(moving.begin(), moving.end(), [](const Member* a, const Member* b) { return a->granule < b->granule; });
+  FaultService::MapRecord mapped(first);
+  for (size_t r = 0; r < moving.size();) {
+    Member& leader = *moving[r];
+    uintptr_t start = leader.granule.first, end = leader.granule.second, asked = end - start;
+    size_t next = r + 1;
+    for (; next < moving.size(); ++next) {
+      const auto [s, e] = moving[next]->granule;
+      const uintptr_t more = e > std::max(s, end) ? e - std::max(s, end) : 0;
+      if (std::max(e, end) - start > 2 * (asked + more)) break;
+      asked += more;
+      end = std::max(e, end);
+    }
+    VmFault vmf;
+    vmf.vma = range.get();
+    vmf.address = leader.page;
+    vmf.start = start;
+    vmf.end = end;
+    vmf.page = leader.dpage;
+    const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
+    leader.trace->MakeCurrent();  // the migration is traced as the leader's
+    mm_.counters->fault_migrations.fetch_add(1, std::memory_order_relaxed);
+    absl::Status s = leader.dpage->pgmap->ops->page_fault(&vmf);
+    leader.trace->ReleaseCurrent();
+    if (!s.ok()) {
+      // The leader's access ends in SIGBUS, as a lone fault's would; the others of the run try
+      // their own migrations (below, not mapped).
+      const uint32_t tid = leader.msg->arg.pagefault.feat.ptid;
+      std::fprintf(stderr, "uhmm: device could not migrate page %#lx back (%s); SIGBUS to thread %u\n",
+                   static_cast<unsigned long>(leader.page), s.ToString().c_str(), tid);
+      leader.trace->Flag(trace::kFaultSigbus);
+      trace::TraceError(s.code(), leader.page, leader.dpage->pgmap->device);
+      DeliverSigbus(*range, leader.page, tid);
+      leader.fate = Fate::kDone;
+    } else if (readahead_ok) {
+      auto [from, to] = range->readahead().OnFault(start, end, range->end(), mm_.config->readahead_bytes);
+      if (from < to) PostReadAhead(range, from, to, decided_ns);
+    }
+    for (size_t j = r + 1; j < next; ++j) moving[j]->trace->Flag(trace::kFaultCovered);  // by the leader's
+    r = next;
+  }
+  for (size_t k = 0; k < n; ++k) {
+    Member& m = members[k];
+    if (m.fate == Fate::kAlone) {
+      alone(*m.msg, false);
+    } else if (m.fate == Fate::kMigrate && !mapped.mapped(m.page)) {
+      // Not mapped by the group's migration (see the end of Handle): Handle looks again.
+      m.trace->Defer();  // Handle traces it
+      alone(*m.msg, true);
+    }
   }
 }
 
@@ -265,9 +421,6 @@ bool CpuFault::ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint3
 
 std::pair<uintptr_t, uintptr_t> CpuFault::Granule(ManagedRange& range, VaBlock& blk, uintptr_t page,
                                                   bool* readahead_ok) {
-  const uintptr_t block_start = page & ~(kBlockSize - 1);
-  const uintptr_t lo = std::max(block_start, range.start());
-  const uintptr_t hi = std::min(block_start + kBlockSize, range.end());
   // Thrashing: pages of this block keep coming back right after moving to a device.
   if (mm_.config->thrashing_threshold > 0 &&
       NoteReturn(blk, trace::Tracer::Now(), uint64_t{1000} * mm_.config->thrashing_lapse_us,
@@ -275,6 +428,13 @@ std::pair<uintptr_t, uintptr_t> CpuFault::Granule(ManagedRange& range, VaBlock& 
     mm_.counters->thrashing_blocks.fetch_add(1, std::memory_order_relaxed);
   }
   *readahead_ok = !blk.thrashing;
+  return GranuleAround(range, blk, page);
+}
+
+std::pair<uintptr_t, uintptr_t> CpuFault::GranuleAround(ManagedRange& range, VaBlock& blk, uintptr_t page) {
+  const uintptr_t block_start = page & ~(kBlockSize - 1);
+  const uintptr_t lo = std::max(block_start, range.start());
+  const uintptr_t hi = std::min(block_start + kBlockSize, range.end());
   if (range.hugetlb()) return {lo, hi};  // the CPU maps the block whole
   // The configured granule around the fault, clipped to the block and the range; grown by density
   // unless the block thrashes.
@@ -282,7 +442,7 @@ std::pair<uintptr_t, uintptr_t> CpuFault::Granule(ManagedRange& range, VaBlock& 
   uintptr_t start = std::max(page & ~(gran - 1), lo);
   uintptr_t end = std::min((page & ~(gran - 1)) + gran, hi);
   if (!blk.thrashing &&
-      GrowGranule(~blk.device, block_start, lo, hi, mm_.config->prefetch_threshold, &start, &end)) {
+      GrowGranule(~blk.device, block_start, lo, hi, mm_.config->growth_threshold, &start, &end)) {
     mm_.counters->grown_faults.fetch_add(1, std::memory_order_relaxed);
   }
   return {start, end};
@@ -294,7 +454,7 @@ void CpuFault::PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to
     RangeRef ref = range.Clone();
     if (!ref) return;
     auto job = [mm = &mm_, r = std::make_shared<RangeRef>(std::move(ref)), a, b, decided_ns] {
-      absl::Status s = mm->migrator->ToHost(**r, a, b, MigrateCause::kPrefetcher, decided_ns);
+      absl::Status s = mm->migrator->ToHost(**r, a, b, MigrateCause::kReadAhead, decided_ns);
       if (!s.ok()) trace::TraceError(s.code(), a, -1);  // the CPU's own fault reports it
     };
     if (!mm_.workers->Post(std::move(job))) return;
@@ -314,12 +474,9 @@ void CpuFault::DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid) 
       MutexLock lock(&blk.mu);
       for (uintptr_t a = first; a < first + unit; a += kPageSize) {
         const size_t i = ManagedRange::page_in_block(a);
-        if (blk.device[i] && !blk.busy[i]) {
-          release.push_back(blk.pages[i]);
-          blk.pages[i] = nullptr;
-          blk.device.reset(i);
-        }
-        blk.poisoned.set(i);
+        if (blk.State(i) == PageState::kUnmapped) continue;  // no access left to poison
+        // A page a migration holds keeps its device page until that migration lets it go.
+        if (Page* p = blk.Poison(i)) release.push_back(p);
       }
     }
     for (Page* p : release) put_page(p);

@@ -3,12 +3,21 @@
 // (policy/), call the device's page_fault (which migrates back through migrate_vma), post read-ahead,
 // zero-fill first touches, and end the access in SIGBUS when the device cannot give the data back.
 //
+// Cost: a fault served by a migration makes one UFFDIO_CONTINUE, in migrate_vma_finalize, which
+// maps the granule and wakes the threads waiting in it (traced: CONTINUE without waking, then one
+// WAKE); a duplicate (the page was host resident when looked at) makes one CONTINUE. Faults read
+// together in one block (HandleBlock) share migrations. Config::fault_recheck restores the old path
+// (another look after each migration: a second CONTINUE, EEXIST, and a WAKE), for comparisons.
+//
 // LOCKING: takes one block lock at a time and never waits under it (a migration holding the page
 // re-queues the message instead); the device's page_fault runs with no lock held.
 #ifndef UHMM_RUNTIME_FAULT_CPU_FAULT_H_
 #define UHMM_RUNTIME_FAULT_CPU_FAULT_H_
 
+#include <linux/userfaultfd.h>
+
 #include <cstdint>
+#include <span>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -35,6 +44,12 @@ class CpuFault {
   // touch, or after a discard) and it is filled with zeros.
   void Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns = 0,
               bool deferred = false, bool minor = true);
+  // Fault messages read together (service threads): fresh MINOR faults whose addresses fall in one
+  // 2 MiB block, from distinct threads. The ones whose pages are on one device move back together:
+  // their granules are merged while the merged run stays at least half asked for, one migration per
+  // run, whose CONTINUE wakes every thread waiting in it. The others (host resident, another range
+  // or device) take Handle's path one by one.
+  void HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns);
 
  private:
   // A missing fault at host-resident `page`: zero-fills and maps its block. False, having mapped
@@ -45,6 +60,9 @@ class CpuFault {
   // whether read-ahead may follow (not for thrashing blocks).
   std::pair<uintptr_t, uintptr_t> Granule(ManagedRange& range, VaBlock& blk, uintptr_t page,
                                           bool* readahead_ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
+  // The granule alone, for more faults of the same block in one group (no thrashing note).
+  std::pair<uintptr_t, uintptr_t> GranuleAround(ManagedRange& range, VaBlock& blk, uintptr_t page)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
   // Queues [from, to) of `range` for the migration workers, one block per job. Blocks a migration
   // to a device starts on after `decided_ns` are left alone.
   void PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns);

@@ -7,9 +7,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <span>
 #include <string>
 
 #include "absl/strings/str_format.h"
@@ -22,6 +24,7 @@
 namespace uhmm {
 namespace {
 thread_local bool t_service_thread = false;
+thread_local FaultService::MapRecord* t_map_record = nullptr;
 constexpr size_t kBatch = 32;
 // Pending discards hold back faults on whole 2 MiB blocks: in a hugetlb range a fault anywhere in
 // the block moves (and maps) all of it.
@@ -115,6 +118,30 @@ absl::StatusOr<size_t> FaultService::ReadMessages(uffd_msg* msgs, size_t max) {
 
 void FaultService::WaitForReadsInFlight() { MutexLock lock(&read_mu_); }
 
+void FaultService::HoldReadsForTesting(bool hold) {
+  if (hold) {
+    read_mu_.Lock();
+  } else {
+    read_mu_.Unlock();
+  }
+}
+
+FaultService::MapRecord::MapRecord(uintptr_t block)
+    : block_(block & ~(kDiscardUnit - 1)), outer_(t_map_record) {
+  t_map_record = this;
+}
+
+FaultService::MapRecord::~MapRecord() { t_map_record = outer_; }
+
+bool FaultService::MapRecord::mapped(uintptr_t addr) const {
+  return addr >= block_ && addr - block_ < kDiscardUnit && pages_[(addr - block_) >> 12];
+}
+
+void FaultService::MapRecord::Note(uintptr_t start, uintptr_t end) {
+  const uintptr_t from = std::max(start, block_), to = std::min(end, block_ + kDiscardUnit);
+  for (uintptr_t a = from & ~uintptr_t{4095}; a < to; a += 4096) pages_.set((a - block_) >> 12);
+}
+
 bool FaultService::MapUnlessDiscarded(uintptr_t start, uintptr_t end,
                                       absl::FunctionRef<absl::Status()> map) {
   for (;;) {
@@ -126,6 +153,7 @@ bool FaultService::MapUnlessDiscarded(uintptr_t start, uintptr_t end,
     }
     if (!Uffd::EventPending(s)) {
       if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      if (s.ok() && t_map_record != nullptr) t_map_record->Note(start, end);
       return true;
     }
     // The event must be read before anything maps. Read it here, whatever the thread: the caller
@@ -153,7 +181,7 @@ void FaultService::AwaitDiscards(uintptr_t start, uintptr_t end) {
   WaitForReadsInFlight();
   if (discards_pending_.load(std::memory_order_acquire) == 0) return;
   MutexLock lock(&discard_mu_);
-  auto overlaps = [&] {
+  auto overlaps = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(discard_mu_) {
     for (const PendingDiscard& d : discards_) {
       if (start < d.end && d.start < end) return true;
     }
@@ -211,6 +239,48 @@ void FaultService::DrainToQueue() {
   Requeue(std::vector<uffd_msg>(msgs, msgs + *n));
 }
 
+namespace {
+// A fault message just read (not re-queued) for a page the shadow has: one CpuFault::HandleBlock
+// may take it together with others of its block.
+bool Coalescable(const uffd_msg& m) {
+  return m.event == UFFD_EVENT_PAGEFAULT && (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0 &&
+         (m.arg.pagefault.flags & FaultService::kDeferredFault) == 0;
+}
+}  // namespace
+
+void FaultService::DispatchBatch(uffd_msg* msgs, size_t n) {
+  if (n == 1 || n > kBatch || mm_.config->fault_recheck) {
+    for (size_t i = 0; i < n; ++i) Dispatch(msgs[i], trace::Tracer::NowIfEnabled());
+    return;
+  }
+  bool taken[kBatch] = {};
+  uffd_msg group[kBatch];
+  for (size_t i = 0; i < n; ++i) {
+    if (taken[i]) continue;
+    if (!Coalescable(msgs[i])) {
+      Dispatch(msgs[i], trace::Tracer::NowIfEnabled());
+      continue;
+    }
+    // This fault and the later ones of its block, up to the next event of the batch. A fault that
+    // an application discard holds back parks, as in Dispatch.
+    const uintptr_t block = msgs[i].arg.pagefault.address & ~(kDiscardUnit - 1);
+    size_t k = 0;
+    for (size_t j = i; j < n && msgs[j].event == UFFD_EVENT_PAGEFAULT; ++j) {
+      if (taken[j] || !Coalescable(msgs[j]) || (msgs[j].arg.pagefault.address & ~(kDiscardUnit - 1)) != block) {
+        continue;
+      }
+      taken[j] = true;
+      if (!ParkIfDiscardPending(msgs[j])) group[k++] = msgs[j];
+    }
+    if (k == 1) {
+      mm_.cpu_fault->Handle(group[0].arg.pagefault.address, group[0].arg.pagefault.feat.ptid, ReadSeq(group[0]),
+                            trace::Tracer::NowIfEnabled());
+    } else if (k > 1) {
+      mm_.cpu_fault->HandleBlock(std::span<const uffd_msg>(group, k), trace::Tracer::NowIfEnabled());
+    }
+  }
+}
+
 void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
   switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT:
@@ -246,9 +316,7 @@ bool FaultService::Spin(uffd_msg* msgs) {
     uffd_msg queued;
     const bool got = (n.ok() && *n > 0) || PopQueued(&queued);
     if (got) {
-      if (n.ok()) {
-        for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], trace::Tracer::NowIfEnabled());
-      }
+      if (n.ok()) DispatchBatch(msgs, *n);
       if (!n.ok() || *n == 0) Dispatch(queued, trace::Tracer::NowIfEnabled());
       handled = true;
       deadline = trace::Tracer::Now() + spin_ns_;
@@ -290,7 +358,7 @@ void FaultService::ThreadMain(int index) {
         std::fprintf(stderr, "%s\n", n.status().ToString().c_str());
         continue;
       }
-      for (size_t i = 0; i < *n; ++i) Dispatch(msgs[i], trace::Tracer::NowIfEnabled());
+      DispatchBatch(msgs, *n);
       // Busy-poll right after a fault: the next one of a burst is likely microseconds away.
       if (spinner && *n > 0) Spin(msgs);
     }

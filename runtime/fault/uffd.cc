@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/api/counters.h"
 
 namespace uhmm {
 namespace {
@@ -145,6 +146,7 @@ absl::Status Uffd::ZeroFill(uintptr_t addr, size_t len) {
     int rc;
     if (len == kPage) {
       uffdio_zeropage z{.range = {.start = addr, .len = len}, .mode = 0, .zeropage = 0};
+      Count(&Counters::uffd_zeropage);
       rc = ioctl(fd_, UFFDIO_ZEROPAGE, &z);
     } else {
       // hugetlbfs has no ZEROPAGE: copy from a zero page of the same size. Read-only anonymous
@@ -152,6 +154,7 @@ absl::Status Uffd::ZeroFill(uintptr_t addr, size_t len) {
       static void* const zeros = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (zeros == MAP_FAILED) return Errno("uhmm: mapping a zero page", errno);
       uffdio_copy c{.dst = addr, .src = reinterpret_cast<uintptr_t>(zeros), .len = len, .mode = 0, .copy = 0};
+      Count(&Counters::uffd_zeropage);
       rc = ioctl(fd_, UFFDIO_COPY, &c);
     }
     if (rc == 0) return absl::OkStatus();
@@ -175,6 +178,10 @@ absl::Status Uffd::Unregister(uintptr_t addr, size_t len) {
   return absl::OkStatus();
 }
 
+void Uffd::Count(std::atomic<uint64_t> Counters::*counter) const {
+  if (counters_ != nullptr) (counters_->*counter).fetch_add(1, std::memory_order_relaxed);
+}
+
 void Uffd::OnEagain() {
   if (eagain_hook_) {
     eagain_hook_();
@@ -191,20 +198,29 @@ bool Uffd::EventPending(const absl::Status& s) {
   return absl::IsUnavailable(s) && std::string_view(s.message().data(), s.message().size()) == kEventPending;
 }
 
+// EEXIST needs no wake. A page is mapped in the user view only by a resolving ioctl of ours, and
+// each of them wakes the threads waiting in what it mapped: CONTINUE and ZEROPAGE themselves, or,
+// with UFFDIO_CONTINUE_MODE_DONTWAKE, the caller right after (a traced migrate_vma_finalize). A
+// thread that faults after the mapping does not sleep at all: the kernel queues it, then looks at
+// the page table again (userfaultfd_must_wait) and returns when the page is there. So whoever
+// finds a page mapped has no thread to wake there that its mapper will not wake. Pages skipped for
+// having no page-cache page (EFAULT, ENOENT) are woken: their threads retry and fault afresh.
 absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page, bool drain_events) {
   uintptr_t cur = addr;
   const uintptr_t end = addr + len;
-  bool skipped = false;
+  bool skipped = false;  // pages whose waiters this call must wake itself
   while (cur < end) {
     uffdio_continue c{.range = {.start = cur, .len = end - cur},
                       .mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE, .mapped = 0};
+    Count(&Counters::uffd_continue);
     if (ioctl(fd_, UFFDIO_CONTINUE, &c) == 0) break;
     const int err = errno;
     if (c.mapped > 0) cur += static_cast<uint64_t>(c.mapped);  // partial progress
     if (err == EEXIST) {
-      // Someone else already mapped the page at `cur`: benign, skip it.
+      // Someone else already mapped the page at `cur` (and woke its waiters): skip it.
+      Count(&Counters::uffd_eexist);
       cur += page;
-      skipped = true;
+      skipped |= wake_after_eexist_;
     } else if (err == EAGAIN) {
       if (c.mapped <= 0 && !drain_events) return absl::UnavailableError(kEventPending);
       if (c.mapped <= 0) OnEagain();
@@ -224,6 +240,7 @@ absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page, 
 
 absl::Status Uffd::Wake(uintptr_t addr, size_t len) {
   uffdio_range range{.start = addr, .len = len};
+  Count(&Counters::uffd_wake);
   if (ioctl(fd_, UFFDIO_WAKE, &range) != 0 && errno != ESRCH) {
     return Errno(absl::StrFormat("uhmm: UFFDIO_WAKE of [%#x, +%#x)", addr, len), errno);
   }
@@ -233,6 +250,7 @@ absl::Status Uffd::Wake(uintptr_t addr, size_t len) {
 absl::Status Uffd::Poison(uintptr_t addr, size_t len) {
   for (;;) {
     uffdio_poison p{.range = {.start = addr, .len = len}, .mode = 0, .updated = 0};
+    Count(&Counters::uffd_poison);
     if (ioctl(fd_, UFFDIO_POISON, &p) == 0) return absl::OkStatus();
     if (errno == EAGAIN && p.updated <= 0) {
       OnEagain();

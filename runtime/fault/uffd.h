@@ -6,6 +6,7 @@
 
 #include <linux/userfaultfd.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -33,6 +34,8 @@ struct uffdio_poison {
 
 namespace uhmm {
 
+struct Counters;
+
 class Uffd {
  public:
   // How the fd was obtained, for diagnostics.
@@ -55,8 +58,9 @@ class Uffd {
   absl::Status Unregister(uintptr_t addr, size_t len);
 
   // Installs PTEs for [addr, addr+len) from the page cache. Pages that are already mapped (EEXIST)
-  // count as done. Wakes the threads waiting in the range. On EAGAIN (a non-fault event is pending)
-  // runs the EAGAIN hook, which drains events, and retries.
+  // count as done, and are not woken: whatever mapped them woke their waiters (see uffd.cc). Wakes
+  // the threads waiting in the range. On EAGAIN (a non-fault event is pending) runs the EAGAIN
+  // hook, which drains events, and retries.
   // wake = false: UFFDIO_CONTINUE_MODE_DONTWAKE; the caller wakes the threads with Wake.
   // `page`: the mapping's page size (2 MiB for hugetlb), the step past an already mapped page.
   // drain_events = false: on EAGAIN return an EventPending() status instead of running the hook
@@ -77,15 +81,23 @@ class Uffd {
 
   // Called on EAGAIN from a resolving ioctl; the fault service installs its event drain here.
   void set_eagain_hook(std::function<void()> hook) { eagain_hook_ = std::move(hook); }
+  // Where the resolving ioctls are counted (Counters::uffd_*); set before any service thread runs.
+  void set_counters(Counters* counters) { counters_ = counters; }
+  // Config::fault_recheck (the old fault path, for before/after measurements): a CONTINUE that met
+  // an already mapped page is followed by a WAKE of the whole range, as it used to be.
+  void set_wake_after_eexist(bool on) { wake_after_eexist_ = on; }
 
  private:
   Uffd(int fd, uint64_t features, Source source) : fd_(fd), features_(features), source_(source) {}
   void OnEagain();
+  void Count(std::atomic<uint64_t> Counters::*counter) const;
 
   int fd_;
   uint64_t features_;
   Source source_;
   std::function<void()> eagain_hook_;
+  Counters* counters_ = nullptr;
+  bool wake_after_eexist_ = false;
 };
 
 // The message Open() returns when no way to get a userfaultfd is permitted; exposed for tests.
