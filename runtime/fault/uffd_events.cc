@@ -54,20 +54,19 @@ void UffdEvents::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t 
     const bool whole = start == block_start && end == std::min(block_start + kBlockSize, range.end());
     if (range.hugetlb() && whole && !blk.busy.any()) {
       // The whole hugepage goes, wherever it was.
-      for (size_t i = 0; i < kPagesPerBlock; ++i) {
-        if (blk.device[i]) release.push_back(blk.pages[i]);
-        blk.pages[i] = nullptr;
-      }
       if (blk.device.any()) mm_.va_space->BumpHostEpoch();
-      blk.device.reset();
-      blk.poisoned.reset();
+      for (size_t i = 0; i < kPagesPerBlock; ++i) {
+        if (blk.State(i) == PageState::kUnmapped) continue;
+        if (Page* p = blk.Discard(i)) release.push_back(p);
+      }
       ZeroShadow(range, block_start, block_start + kBlockSize);
     } else if (!(range.hugetlb() && !blk.device.any() && !blk.busy.any())) {
       for (uintptr_t a = start; a < end; a += kPageSize) {
         const size_t i = ManagedRange::page_in_block(a);
-        if (blk.unmapped[i]) continue;  // mremapped away: its shadow is the data at the new address
-        if (blk.busy[i]) {
-          blk.discard.set(i);  // the migration holding it applies it at finalize
+        // Mremapped away: its shadow is the data at the new address.
+        if (blk.State(i) == PageState::kUnmapped) continue;
+        if (blk.Busy(i)) {
+          blk.MarkDiscardPending(i);  // the migration holding it applies it at finalize
         } else {
           ApplyDiscard(range, blk, a, &release);
         }
@@ -80,32 +79,32 @@ void UffdEvents::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t 
 void UffdEvents::ApplyDiscard(ManagedRange& range, VaBlock& blk, uintptr_t addr,
                                      std::vector<Page*>* release) {
   const size_t i = ManagedRange::page_in_block(addr);
-  blk.discard.reset(i);
-  if (blk.device[i] && range.hugetlb()) {
+  if (blk.State(i) == PageState::kDevice && range.hugetlb()) {
     // A hugetlb block lives in one place whole: zero the page where it is.
     absl::Status s = ZeroOnDevice(range, blk, addr, addr + kPageSize);
-    if (s.ok()) return;
+    if (s.ok()) {
+      blk.DiscardOnDevice(i);
+      return;
+    }
     std::fprintf(stderr,
                  "uhmm: zeroing discarded page %#lx of a device-resident hugetlb block failed (%s); "
                  "the block's data is lost and accesses raise SIGBUS\n",
                  static_cast<unsigned long>(addr), s.ToString().c_str());
+    // The discard is done (nothing is left to zero), then every page of the block is lost. Pages a
+    // migration holds keep their device page until it lets them go (EndMigration drops it).
+    if (Page* p = blk.Discard(i)) release->push_back(p);
     for (size_t j = 0; j < kPagesPerBlock; ++j) {
-      if (blk.device[j]) release->push_back(blk.pages[j]);
-      blk.pages[j] = nullptr;
+      if (blk.State(j) == PageState::kUnmapped) continue;
+      if (Page* p = blk.Poison(j)) release->push_back(p);
     }
-    blk.device.reset();
-    blk.poisoned.set();
     return;
   }
-  if (blk.device[i]) {
-    release->push_back(blk.pages[i]);
-    blk.pages[i] = nullptr;
-    blk.device.reset(i);
+  if (Page* p = blk.Discard(i)) {
+    release->push_back(p);
     // Before the block lock goes: whoever sees the page on the host also sees that launch
     // coherence has work again.
     mm_.va_space->BumpHostEpoch();
   }
-  blk.poisoned.reset(i);
   // Under the block lock: a migration to a device must not copy the old shadow meanwhile.
   ZeroShadow(range, addr, addr + kPageSize);
 }

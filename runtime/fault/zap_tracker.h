@@ -27,7 +27,7 @@ class ZapTracker {
     uintptr_t next;  // where its next REMOVE event starts (it raises one per mapping, in order)
   };
   Mm& mm_;
-  Mutex mu_;
+  Mutex mu_{LockRank::kZapTracker};
   std::vector<Zap> zaps_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -82,8 +82,9 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
 absl::Status Evictor::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held) {
   *freed = 0;
   std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
-  const auto [keep_start, keep_end] = ProtectFromEviction::Current();
-  std::erase_if(addrs, [&](uintptr_t a) { return a >= keep_start && a < keep_end; });
+  // Not a structured binding: clang before 16 cannot capture one in a lambda.
+  const std::pair<uintptr_t, uintptr_t> keep = ProtectFromEviction::Current();
+  std::erase_if(addrs, [&](uintptr_t a) { return a >= keep.first && a < keep.second; });
   if (addrs.empty()) return absl::OkStatus();
   mm_.counters->evicted_chunks.fetch_add(1, std::memory_order_relaxed);
   const uint64_t t0 = trace::Tracer::NowIfEnabled();

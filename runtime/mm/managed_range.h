@@ -118,7 +118,7 @@ class ManagedRange {
   ReadAhead readahead_;
   std::unique_ptr<VaBlock[]> blocks_;
 
-  Mutex life_mu_;
+  Mutex life_mu_{LockRank::kRangeLife};
   CondVar life_cv_;
   int inflight_ ABSL_GUARDED_BY(life_mu_) = 0;
   bool dying_ ABSL_GUARDED_BY(life_mu_) = false;

@@ -32,7 +32,9 @@ namespace {
 ManagedRange& RangeOf(const MigrateVma* m) { return *static_cast<ManagedRange*>(m->vma); }
 
 // Calls fn(block, page_index_in_block, entry_index, address) for every page of [m->start, m->end),
-// holding each block's lock while its pages are visited.
+// holding each block's lock while its pages are visited. The thread-safety analysis cannot carry
+// the lock into `fn` (a lambda's parameter), so each fn starts with blk.mu.AssertHeld(), which
+// debug builds check against the locks this thread holds.
 template <typename Fn>
 void ForEachPageLocked(MigrateVma* m, Fn fn) {
   ManagedRange& r = RangeOf(m);
@@ -120,23 +122,24 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   m->skipped_busy = 0;
   PageRuns zap;
   const uint64_t wanted_ns = to_device ? trace::Tracer::Now() : 0;
-  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
-                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
+    blk.mu.AssertHeld();
     MigratePfn& src = m->src[idx];
     src.host = r.host_view(addr);
     if (to_device) blk.device_wanted_ns = wanted_ns;
-    if (blk.busy[i]) {
+    if (blk.Busy(i)) {
       ++m->skipped_busy;
       return;
     }
-    if (blk.poisoned[i] || blk.unmapped[i]) return;
+    const PageState state = blk.State(i);
+    if (state == PageState::kPoisoned || state == PageState::kUnmapped) return;
     if (m->skip_if_moved_after_ns != 0 && blk.device_wanted_ns > m->skip_if_moved_after_ns) return;
     if (to_device) {
-      if (blk.device[i]) return;
+      if (state != PageState::kHost) return;
       src.flags = kMigratePfnValid | kMigratePfnMigrate;
       AppendPageRun(&zap, addr);
     } else {
-      if (!blk.device[i]) return;
+      if (state != PageState::kDevice) return;
       Page* page = blk.pages[i];
       if (m->pgmap_owner != nullptr && page->pgmap->owner != m->pgmap_owner) return;
       src.page = page;
@@ -144,7 +147,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
       m->dst[idx].host = src.host;  // RAM destination: the shadow page itself
       m->dst[idx].flags = kMigratePfnValid;
     }
-    blk.busy.set(i);
+    blk.BeginMigration(i);
     ++m->cpages;
   });
   // Take the CPU mappings away, so that CPU accesses fault and wait (deferred) until finalize.
@@ -169,14 +172,17 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
 
 void migrate_vma_pages(MigrateVma* m) {
   bool lost = false;
-  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t)
-                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t) {
+    blk.mu.AssertHeld();
     MigratePfn& src = m->src[idx];
     if (!(src.flags & kMigratePfnMigrate)) return;
-    // Lost races: the backend did not copy it, or the application unmapped it meanwhile, or (to a
-    // device) discarded it, so what was copied is not the data any more (finalize applies it).
+    // Lost races: the backend did not copy it, or the application unmapped it or a device error
+    // poisoned it meanwhile (it left the state it was taken in), or (to a device) the application
+    // discarded it, so what was copied is not the data any more (finalize applies it).
     const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
-    if (!(m->dst[idx].flags & kMigratePfnMigrate) || blk.unmapped[i] || (to_device && blk.discard[i])) {
+    const PageState taken = to_device ? PageState::kHost : PageState::kDevice;
+    if (!(m->dst[idx].flags & kMigratePfnMigrate) || blk.State(i) != taken ||
+        (to_device && blk.DiscardPending(i))) {
       src.flags &= ~kMigratePfnMigrate;
       lost = true;
     }
@@ -197,36 +203,32 @@ void migrate_vma_finalize(MigrateVma* m) {
   size_t moved = 0;
   int device = -1;
   const uint64_t now = to_device ? trace::Tracer::Now() : 0;
-  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr)
-                           ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
+    blk.mu.AssertHeld();
     const MigratePfn& src = m->src[idx];
     const MigratePfn& dst = m->dst[idx];
     if (!(src.flags & kMigratePfnValid)) return;
-    const bool commit = (src.flags & kMigratePfnMigrate) && (dst.flags & kMigratePfnMigrate) &&
-                        !blk.unmapped[i];
+    // Copied, and the page is still in the state it was taken in: not unmapped or poisoned while
+    // held (those pages stay where they are, and EndMigration drops their device page).
+    const bool copied = (src.flags & kMigratePfnMigrate) && (dst.flags & kMigratePfnMigrate);
     if (to_device) {
-      if (commit) {
+      if (copied && blk.State(i) == PageState::kHost) {
         // Under the block lock: a fault message read after this is newer than the move.
         blk.device_seq = mm.faults->read_seq();
         blk.to_device_ns = now;  // thrashing detection (policy.h)
         blk.returned = false;
-        blk.device.set(i);
-        blk.pages[i] = dst.page;
+        blk.CommitToDevice(i, dst.page);
         dst.page->managed_addr.store(addr, std::memory_order_release);
         device = dst.page->pgmap->device;
         ++moved;
       } else if (dst.page != nullptr) {
         release.push_back(dst.page);
       }
-    } else if (commit || blk.unmapped[i]) {
-      blk.device.reset(i);
-      blk.pages[i] = nullptr;
-      release.push_back(src.page);
-      if (commit) {
-        device = src.page->pgmap->device;
-        ++moved;
-        map[idx] = true;
-      }
+    } else if (copied && blk.State(i) == PageState::kDevice) {
+      release.push_back(blk.CommitToHost(i));  // src.page
+      device = src.page->pgmap->device;
+      ++moved;
+      map[idx] = true;
     }
   });
   // The old pages are unreferenced now (their data was copied, or they were never committed).
@@ -252,11 +254,12 @@ void migrate_vma_finalize(MigrateVma* m) {
     for (uintptr_t p = a; p < stop; p += kPageSize) {
       const size_t i = ManagedRange::page_in_block(p), idx = (p - m->start) / kPageSize;
       if (!(m->src[idx].flags & kMigratePfnValid)) continue;
-      if (blk.discard[i]) {
+      if (blk.DiscardPending(i)) {
         mm.events->ApplyDiscard(r, blk, p, &release);
         if (to_device) ++m->skipped_busy;
       }
-      if (map[idx]) AppendPageRun(&runs, p);  // zeroed if it was discarded: still ours to map
+      // Zeroed if it was discarded: still ours to map. Not if it was poisoned or unmapped since.
+      if (map[idx] && blk.State(i) == PageState::kHost) AppendPageRun(&runs, p);
     }
     // Not while an application discard is pending there: its faults wait for it, and a CPU write
     // made after that madvise returned must not land in the old data.
@@ -268,7 +271,8 @@ void migrate_vma_finalize(MigrateVma* m) {
     }
     woken.insert(woken.end(), runs.begin(), runs.end());
     for (; a < stop; a += kPageSize) {
-      if (m->src[(a - m->start) / kPageSize].flags & kMigratePfnValid) blk.busy.reset(ManagedRange::page_in_block(a));
+      if (!(m->src[(a - m->start) / kPageSize].flags & kMigratePfnValid)) continue;
+      if (Page* p = blk.EndMigration(ManagedRange::page_in_block(a))) release.push_back(p);
     }
     deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
     blk.deferred.clear();

@@ -42,7 +42,7 @@ class MigrationGate {
   }
 
  private:
-  Mutex mu_;
+  Mutex mu_{LockRank::kMigrationGate};
   CondVar cv_;
   int closed_ ABSL_GUARDED_BY(mu_) = 0;
   int inside_ ABSL_GUARDED_BY(mu_) = 0;

@@ -126,7 +126,7 @@ absl::Status Migrator::Bulk(ManagedRange& range, uintptr_t start, uintptr_t end,
                            : ToDevice(range, s, e, devices[device], MigrateCause::kPrefetch);
   };
   if (!parallel) return run(start, end);
-  Mutex mu;
+  Mutex mu{LockRank::kBulkStatus};
   absl::Status first;
   workers.ParallelFor(blocks, [&](size_t i) {
     const uintptr_t s = std::max(start, (start & ~(kBlockSize - 1)) + i * kBlockSize);
@@ -143,7 +143,7 @@ void Migrator::Count(bool to_device, MigrateCause cause, size_t pages) {
   (to_device ? c.pages_to_device : c.pages_to_host).fetch_add(pages);
   if (cause == MigrateCause::kEviction) c.evicted_pages.fetch_add(pages);
   if (cause == MigrateCause::kLaunch && to_device) c.launch_pages.fetch_add(pages);
-  if (cause == MigrateCause::kPrefetcher) c.readahead_pages.fetch_add(pages);
+  if (cause == MigrateCause::kReadAhead) c.readahead_pages.fetch_add(pages);
   if (!to_device && pages > 0) mm_.va_space->BumpHostEpoch();
 }
 

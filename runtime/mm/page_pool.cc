@@ -4,10 +4,92 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 
 namespace uhmm {
+
+const char* ChunkStateName(ChunkState s) {
+  switch (s) {
+    case ChunkState::kFree: return "free";
+    case ChunkState::kEmpty: return "empty";
+    case ChunkState::kBound: return "bound";
+    case ChunkState::kInUse: return "in use";
+  }
+  return "?";
+}
+
+const char* ChunkEventName(ChunkEvent e) {
+  switch (e) {
+    case ChunkEvent::kAllocate: return "Allocate";
+    case ChunkEvent::kBind: return "Bind";
+    case ChunkEvent::kUnbind: return "Unbind";
+    case ChunkEvent::kFirstPageOut: return "FirstPageOut";
+    case ChunkEvent::kLastPageBack: return "LastPageBack";
+    case ChunkEvent::kGiveBack: return "GiveBack";
+    case ChunkEvent::kTeardown: return "Teardown";
+  }
+  return "?";
+}
+
+ChunkState ChunkTransition(size_t slot, ChunkState from, ChunkEvent event, bool bound) {
+  std::optional<ChunkState> to;
+  switch (event) {
+    case ChunkEvent::kAllocate:
+      if (from == ChunkState::kFree) to = ChunkState::kEmpty;
+      break;
+    case ChunkEvent::kBind:
+      if (from == ChunkState::kEmpty) to = ChunkState::kBound;
+      break;
+    case ChunkEvent::kUnbind:
+      if (from == ChunkState::kBound) to = ChunkState::kEmpty;
+      break;
+    case ChunkEvent::kFirstPageOut:
+      if (from == (bound ? ChunkState::kBound : ChunkState::kEmpty)) to = ChunkState::kInUse;
+      break;
+    case ChunkEvent::kLastPageBack:
+      if (from == ChunkState::kInUse) to = bound ? ChunkState::kBound : ChunkState::kEmpty;
+      break;
+    case ChunkEvent::kGiveBack:
+      if (from == ChunkState::kEmpty) to = ChunkState::kFree;
+      break;
+    case ChunkEvent::kTeardown:
+      to = ChunkState::kFree;
+      break;
+  }
+  if (to) return *to;
+#if !defined(NDEBUG)
+  std::fprintf(stderr, "uhmm: fatal: illegal chunk transition %s: chunk %zu is %s%s\n",
+               ChunkEventName(event), slot, ChunkStateName(from), bound ? " (bound to a block)" : "");
+  std::abort();
+#else
+  (void)slot;
+  return from;
+#endif
+}
+
+void PagePool::Apply(Chunk& chunk, ChunkEvent event) {
+  chunk.state = ChunkTransition(chunk.slot, chunk.state, event, chunk.bound != 0);
+#if !defined(NDEBUG)
+  // What each state promises about the chunk's fields.
+  const bool ok = chunk.state == ChunkState::kFree
+                      ? chunk.pages == nullptr && chunk.bound == 0 && chunk.used == 0
+                      : chunk.pages != nullptr && (chunk.state == ChunkState::kInUse) == (chunk.used > 0) &&
+                            (chunk.state == ChunkState::kBound || chunk.state == ChunkState::kInUse ||
+                             chunk.bound == 0) &&
+                            (chunk.state != ChunkState::kBound || chunk.bound != 0) &&
+                            (!same_address_ || chunk.state != ChunkState::kInUse || chunk.bound != 0);
+  if (!ok) {
+    std::fprintf(stderr,
+                 "uhmm: fatal: chunk %zu is %s after %s but has %u pages in use, bound to %#lx, "
+                 "descriptors %p\n",
+                 chunk.slot, ChunkStateName(chunk.state), ChunkEventName(event), chunk.used,
+                 static_cast<unsigned long>(chunk.bound), static_cast<void*>(chunk.pages.get()));
+    std::abort();
+  }
+#endif
+}
 
 PagePool::PagePool(Device* device, Pagemap* pgmap, size_t max_chunks)
     : device_(device),
@@ -18,9 +100,17 @@ PagePool::PagePool(Device* device, Pagemap* pgmap, size_t max_chunks)
 PagePool::~PagePool() {
   MutexLock lock(&mu_);
   for (auto& chunk : chunks_) {
-    if (!chunk) continue;
-    Unbind(*chunk);
+    if (chunk->state == ChunkState::kFree) continue;
+    // Whatever its state: pages still in use are leaked by their holders, not by the pool.
+    if (chunk->bound != 0) {
+      device_->UnmapChunk(chunk->device_base, chunk->bound);
+      bound_.erase(chunk->bound);
+      chunk->bound = 0;
+    }
     device_->FreeChunk(chunk->device_base);
+    chunk->used = 0;
+    spare_pages_.push_back(std::move(chunk->pages));
+    Apply(*chunk, ChunkEvent::kTeardown);
   }
 }
 
@@ -28,7 +118,7 @@ absl::StatusOr<PagePool::Chunk*> PagePool::NewChunk() {
   size_t live = 0;
   size_t slot = chunks_.size();
   for (size_t i = 0; i < chunks_.size(); ++i) {
-    if (chunks_[i]) {
+    if (chunks_[i]->state != ChunkState::kFree) {
       ++live;
     } else if (slot == chunks_.size()) {
       slot = i;
@@ -37,8 +127,14 @@ absl::StatusOr<PagePool::Chunk*> PagePool::NewChunk() {
   if (live >= max_chunks_) return nullptr;
   absl::StatusOr<uint64_t> base = device_->AllocChunk();
   if (!base.ok()) return base.status();
-  auto chunk = std::make_unique<Chunk>();
+  if (slot == chunks_.size()) {
+    chunks_.push_back(std::make_unique<Chunk>());
+    chunks_.back()->slot = slot;
+  }
+  Chunk* chunk = chunks_[slot].get();
   chunk->device_base = *base;
+  chunk->free.clear();
+  chunk->last_use = 0;
   if (spare_pages_.empty()) {
     chunk->pages = std::make_unique<Page[]>(kPagesPerChunk);
   } else {
@@ -55,13 +151,8 @@ absl::StatusOr<PagePool::Chunk*> PagePool::NewChunk() {
       chunk->free.push_back(static_cast<uint32_t>(kPagesPerChunk - 1 - i));  // pop lowest first
     }
   }
-  Chunk* out = chunk.get();
-  if (slot == chunks_.size()) {
-    chunks_.push_back(std::move(chunk));
-  } else {
-    chunks_[slot] = std::move(chunk);
-  }
-  return out;
+  Apply(*chunk, ChunkEvent::kAllocate);
+  return chunk;
 }
 
 void PagePool::Unbind(Chunk& chunk) {
@@ -69,6 +160,7 @@ void PagePool::Unbind(Chunk& chunk) {
   device_->UnmapChunk(chunk.device_base, chunk.bound);
   bound_.erase(chunk.bound);
   chunk.bound = 0;
+  Apply(chunk, ChunkEvent::kUnbind);
 }
 
 absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
@@ -77,7 +169,7 @@ absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
   // least recently used idle bound one (unbound from its block first).
   absl::StatusOr<Chunk*> chunk = nullptr;
   for (auto& c : chunks_) {
-    if (c && c->used == 0 && c->bound == 0) {
+    if (c->state == ChunkState::kEmpty) {
       chunk = c.get();
       break;
     }
@@ -86,7 +178,8 @@ absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
   if (!chunk.ok()) return chunk.status();
   if (*chunk == nullptr) {
     for (auto& c : chunks_) {
-      if (c && c->used == 0 && (*chunk == nullptr || c->last_use < (*chunk)->last_use)) {
+      if ((c->state == ChunkState::kEmpty || c->state == ChunkState::kBound) &&
+          (*chunk == nullptr || c->last_use < (*chunk)->last_use)) {
         *chunk = c.get();
       }
     }
@@ -100,6 +193,7 @@ absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
   }
   c.bound = block;
   bound_[block] = &c;
+  Apply(c, ChunkEvent::kBind);
   for (size_t i = 0; i < kPagesPerChunk; ++i) c.pages[i].dma_addr = block + i * kPageSize;
   return &c;
 }
@@ -122,7 +216,8 @@ absl::StatusOr<Page*> PagePool::TryAlloc(uintptr_t addr) {
     // Prefer the most recently used chunk with room, so that chunks fill densely and LRU order
     // follows allocation order.
     for (auto& chunk : chunks_) {
-      if (chunk && !chunk->free.empty() && (!chosen || chunk->last_use > chosen->last_use)) {
+      if (chunk->state != ChunkState::kFree && !chunk->free.empty() &&
+          (!chosen || chunk->last_use > chosen->last_use)) {
         chosen = chunk.get();
       }
     }
@@ -136,7 +231,7 @@ absl::StatusOr<Page*> PagePool::TryAlloc(uintptr_t addr) {
     chosen->free.pop_back();
   }
   chosen->last_use = ++tick_;
-  ++chosen->used;
+  if (++chosen->used == 1) Apply(*chosen, ChunkEvent::kFirstPageOut);
   int32_t old = page->refcount.fetch_add(1, std::memory_order_acq_rel);
   if (old != 1) {
     std::fprintf(stderr, "uhmm: fatal: free device page pfn %llu had refcount %d, not 1\n",
@@ -154,8 +249,13 @@ void PagePool::Release(Page* page) {
   page->flags.fetch_and(~kPageAllocated, std::memory_order_relaxed);
   MutexLock lock(&mu_);
   Chunk& chunk = *chunks_[page->pfn / kPagesPerChunk];
+  if (chunk.state != ChunkState::kInUse) {
+    std::fprintf(stderr, "uhmm: fatal: device page pfn %llu released to chunk %zu, which is %s\n",
+                 static_cast<unsigned long long>(page->pfn), chunk.slot, ChunkStateName(chunk.state));
+    std::abort();
+  }
   if (!same_address_) chunk.free.push_back(static_cast<uint32_t>(page->pfn % kPagesPerChunk));
-  --chunk.used;
+  if (--chunk.used == 0) Apply(chunk, ChunkEvent::kLastPageBack);
   used_.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -164,7 +264,7 @@ std::optional<size_t> PagePool::PickVictim(const absl::flat_hash_set<size_t>& ex
   std::optional<size_t> best;
   for (size_t i = 0; i < chunks_.size(); ++i) {
     const Chunk* c = chunks_[i].get();
-    if (c == nullptr || c->used == 0 || exclude.contains(i)) continue;
+    if (c->state != ChunkState::kInUse || exclude.contains(i)) continue;
     if (!best || c->last_use < chunks_[*best]->last_use) best = i;
   }
   return best;
@@ -173,7 +273,7 @@ std::optional<size_t> PagePool::PickVictim(const absl::flat_hash_set<size_t>& ex
 std::vector<uintptr_t> PagePool::CommittedAddresses(size_t index) {
   std::vector<uintptr_t> out;
   MutexLock lock(&mu_);
-  if (index >= chunks_.size() || !chunks_[index]) return out;
+  if (index >= chunks_.size() || chunks_[index]->state == ChunkState::kFree) return out;
   const Chunk& c = *chunks_[index];
   for (size_t i = 0; i < kPagesPerChunk; ++i) {
     uintptr_t addr = c.pages[i].managed_addr.load(std::memory_order_acquire);
@@ -186,11 +286,11 @@ std::vector<uintptr_t> PagePool::CommittedAddresses(size_t index) {
 void PagePool::ReleaseEmptyChunks() {
   MutexLock lock(&mu_);
   for (auto& chunk : chunks_) {
-    if (chunk && chunk->used == 0) {
+    if (chunk->state == ChunkState::kEmpty || chunk->state == ChunkState::kBound) {
       Unbind(*chunk);
       device_->FreeChunk(chunk->device_base);
       spare_pages_.push_back(std::move(chunk->pages));
-      chunk.reset();
+      Apply(*chunk, ChunkEvent::kGiveBack);
     }
   }
 }
@@ -199,8 +299,8 @@ void PagePool::UnbindRange(uintptr_t start, uintptr_t end) {
   if (!same_address_) return;
   MutexLock lock(&mu_);
   for (auto& chunk : chunks_) {
-    if (!chunk || chunk->bound < start || chunk->bound >= end) continue;
-    if (chunk->used != 0) {
+    if (chunk->bound == 0 || chunk->bound < start || chunk->bound >= end) continue;
+    if (chunk->state != ChunkState::kBound) {
       std::fprintf(stderr, "uhmm: fatal: unbinding chunk at %#llx with %u pages in use\n",
                    static_cast<unsigned long long>(chunk->bound), chunk->used);
       std::abort();
@@ -212,7 +312,7 @@ void PagePool::UnbindRange(uintptr_t start, uintptr_t end) {
 size_t PagePool::chunk_count() {
   MutexLock lock(&mu_);
   return static_cast<size_t>(std::count_if(chunks_.begin(), chunks_.end(),
-                                           [](const auto& c) { return c != nullptr; }));
+                                           [](const auto& c) { return c->state != ChunkState::kFree; }));
 }
 
 }  // namespace uhmm

@@ -3,6 +3,18 @@
 // Chunks carry a use tick so eviction can pick the least recently used one. With
 // Placement::kSameAddress each chunk in use is bound to one 2 MiB block (mapped there by the device)
 // and the page for managed address A is the one at A's offset in its block's chunk.
+//
+// CHUNK STATES (nvidia-uvm's uvm_pmm_gpu_chunk_state_t in spirit). A chunk slot is in one of
+//   kFree   no device memory behind it (never allocated, or given back to the device)
+//   kEmpty  device memory allocated, no page in use, bound to no block
+//   kBound  (kSameAddress) mapped at a 2 MiB block, no page in use
+//   kInUse  at least one page allocated (kSameAddress: at the block it is bound to)
+// and changes state only through these events, checked in debug builds like the page states:
+//   kFree  --Allocate--> kEmpty --Bind--> kBound --Unbind--> kEmpty --GiveBack--> kFree
+//   kEmpty --FirstPageOut--> kInUse --LastPageBack--> kEmpty      (kAnywhere)
+//   kBound --FirstPageOut--> kInUse --LastPageBack--> kBound      (kSameAddress)
+//   any    --Teardown--> kFree                                    (the pool's destructor)
+// LOCKING: mu_ (rank kPagePool) guards the chunks; Page refcounts and flags are atomics.
 #ifndef UHMM_RUNTIME_PAGE_POOL_H_
 #define UHMM_RUNTIME_PAGE_POOL_H_
 
@@ -23,6 +35,15 @@
 namespace uhmm {
 
 inline constexpr size_t kPagesPerChunk = kBlockSize / kPageSize;
+
+enum class ChunkState : uint8_t { kFree, kEmpty, kBound, kInUse };
+enum class ChunkEvent : uint8_t { kAllocate, kBind, kUnbind, kFirstPageOut, kLastPageBack, kGiveBack, kTeardown };
+const char* ChunkStateName(ChunkState s);
+const char* ChunkEventName(ChunkEvent e);
+// The state a chunk (in slot `slot`, bound to a block when `bound`) in state `from` enters on
+// `event`. An event illegal in `from` aborts in debug builds, naming the slot, the state and the
+// event; release builds return `from` unchanged for it.
+ChunkState ChunkTransition(size_t slot, ChunkState from, ChunkEvent event, bool bound);
 
 class PagePool {
  public:
@@ -55,9 +76,11 @@ class PagePool {
 
  private:
   struct Chunk {
-    uint64_t device_base = 0;  // AllocChunk's value
+    size_t slot = 0;  // its index in chunks_ (pfn / kPagesPerChunk)
+    ChunkState state = ChunkState::kFree;
+    uint64_t device_base = 0;  // AllocChunk's value (not kFree)
     uintptr_t bound = 0;       // kSameAddress: the block it is mapped at (0: none)
-    std::unique_ptr<Page[]> pages;
+    std::unique_ptr<Page[]> pages;  // not kFree
     std::vector<uint32_t> free;  // kAnywhere: free page indices
     uint32_t used = 0;
     uint64_t last_use = 0;
@@ -67,14 +90,16 @@ class PagePool {
   absl::StatusOr<Chunk*> NewChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Chunk*> ChunkForBlock(uintptr_t block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unbind(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves `chunk` to its state after `event` (ChunkTransition), checking it in debug builds.
+  void Apply(Chunk& chunk, ChunkEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Device* const device_;
   Pagemap* const pgmap_;
   const size_t max_chunks_;
   const bool same_address_;
   std::atomic<size_t> used_{0};
-  Mutex mu_;
-  std::vector<std::unique_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);  // nullptr: slot given back
+  Mutex mu_{LockRank::kPagePool};
+  std::vector<std::unique_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);  // every slot, kFree ones too
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uintptr_t, Chunk*> bound_ ABSL_GUARDED_BY(mu_);  // block -> chunk
   // Descriptor arrays of chunks given back to the device, reused by new chunks. A descriptor stays

@@ -68,10 +68,7 @@ void VaSpace::Destroy(ManagedRange& range, bool unmap_user_view) {
   for (size_t b = 0; b < range.num_blocks(); ++b) {
     VaBlock& blk = range.block(b);
     MutexLock lock(&blk.mu);
-    for (size_t i = 0; i < kPagesPerBlock; ++i) {
-      if (blk.device[i]) release.push_back(blk.pages[i]);
-    }
-    blk.DropAllDevicePages();
+    blk.TakeAllDevicePages(&release);
     deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
     blk.deferred.clear();
   }
@@ -165,22 +162,20 @@ void VaSpace::TraceAll() {
   for (const auto& [start, range] : ranges_) trace::TraceRange(/*alloc=*/true, start, range->size());
 }
 
-void VaSpace::DropDevicePages(ManagedRange& r, uintptr_t start, uintptr_t end, bool forget) {
+void VaSpace::UnmapPages(ManagedRange& r, uintptr_t start, uintptr_t end) {
   std::vector<Page*> release;
   for (uintptr_t a = start; a < end; a += kPageSize) {
     VaBlock& blk = r.block_of(a);
     MutexLock lock(&blk.mu);
-    const size_t i = ManagedRange::page_in_block(a);
-    if (forget) blk.MarkUnmapped(i);
-    // Busy pages are released by their migration's finalize, which sees `unmapped`.
-    if (blk.device[i] && !blk.busy[i]) release.push_back(blk.DropDevicePage(i));
+    // Busy pages keep their device page until their migration lets them go (EndMigration).
+    if (Page* p = blk.Unmap(ManagedRange::page_in_block(a))) release.push_back(p);
   }
   for (Page* p : release) put_page(p);
 }
 
 void VaSpace::ForgetAddresses(uintptr_t start, uintptr_t end) {
   for (auto& r : Overlapping(start, end)) {
-    DropDevicePages(*r, std::max(start, r->start()), std::min(end, r->end()), /*forget=*/true);
+    UnmapPages(*r, std::max(start, r->start()), std::min(end, r->end()));
     size_t gone = 0;
     for (size_t b = 0; b < r->num_blocks(); ++b) {
       VaBlock& blk = r->block(b);

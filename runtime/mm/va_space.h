@@ -2,8 +2,9 @@
 // destroying ranges, forgetting addresses the application unmapped, and the host epoch that tells
 // launch coherence whether pages may have become host-resident.
 //
-// LOCKING: mu_ (lock order 1, see docs/ARCHITECTURE.md) guards the map and the zombie list; it is
-// held briefly and never while waiting for anything. Block locks are taken after it, never before.
+// LOCKING: mu_ (rank kVaSpace, the outermost; docs/ARCHITECTURE.md "Lock order") guards the map and
+// the zombie list; it is held briefly and never while waiting for anything. Block locks are taken
+// after it, never before.
 #ifndef UHMM_RUNTIME_MM_VA_SPACE_H_
 #define UHMM_RUNTIME_MM_VA_SPACE_H_
 
@@ -46,9 +47,9 @@ class VaSpace {
   // Traces every live range's allocation (a trace session that starts late).
   void TraceAll();
 
-  // Drops the device copies in [start, end) of `range` that no migration holds; with `forget`,
-  // also marks the pages unmapped so that in-flight migrations drop theirs at finalize.
-  void DropDevicePages(ManagedRange& range, uintptr_t start, uintptr_t end, bool forget);
+  // Marks the pages in [start, end) of `range` unmapped (VaBlock::Unmap) and drops their device
+  // copies; in-flight migrations drop those of the pages they hold when they let them go.
+  void UnmapPages(ManagedRange& range, uintptr_t start, uintptr_t end);
   // Marks [start, end) of every range it overlaps as gone and releases the device pages there; a
   // range left with no page becomes a zombie (ReapZombies).
   void ForgetAddresses(uintptr_t start, uintptr_t end);
@@ -59,16 +60,18 @@ class VaSpace {
   void BumpHostEpoch() { host_epoch_.fetch_add(1, std::memory_order_acq_rel); }
 
   // fork: Prepare holds the map exclusively across the clone (the child walks it); the parent
-  // releases it, the child re-creates the lock and walks the map alone.
-  void LockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Lock(); }
-  void UnlockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); }
+  // releases it, the child re-creates the lock and walks the map alone. Outside the analysis (and
+  // the lock-order bookkeeping, Mutex::LockAcrossFork): the lock is taken in one atfork handler and
+  // released in another, or re-created in the child.
+  void LockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.LockAcrossFork(); }
+  void UnlockForFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.UnlockAcrossFork(); }
   void ForEachInForkChild(absl::FunctionRef<void(ManagedRange&)> fn) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // In a forked child at teardown: unmaps the private copies and leaks the rest.
   void ForgetInForkChild();
 
  private:
   Mm& mm_;
-  mutable Mutex mu_;
+  mutable Mutex mu_{LockRank::kVaSpace};
   std::map<uintptr_t, std::shared_ptr<ManagedRange>> ranges_ ABSL_GUARDED_BY(mu_);
   // Ranges the application munmapped entirely; torn down on the next API call.
   std::vector<std::shared_ptr<ManagedRange>> zombies_ ABSL_GUARDED_BY(mu_);

@@ -27,7 +27,7 @@ class ReadAhead {
                                           size_t max_window);
 
  private:
-  Mutex mu_;
+  Mutex mu_{LockRank::kReadAhead};
   uintptr_t last_start_ ABSL_GUARDED_BY(mu_) = 0;
   uintptr_t last_end_ ABSL_GUARDED_BY(mu_) = 0;
   uintptr_t issued_ ABSL_GUARDED_BY(mu_) = 0;  // read-ahead was issued up to here

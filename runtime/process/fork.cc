@@ -118,12 +118,15 @@ void ForkHandler::LoseUnreachablePages(ManagedRange& r, int* empty) {
   // The parent could not bring these pages home (a device error), so the shadow the copy came from
   // is stale there: the contract is SIGBUS on access, never stale data. Runs are mapped as they
   // end, without collecting them: a fork child must not allocate (see abandoned_threads.h).
+  // The block locks are not taken (hence no thread-safety analysis here, fork.h): the child is
+  // single-threaded, and a block lock some parent thread held at the fork stays locked forever.
   uintptr_t run = 0;  // start of the current run, 0 when none
   for (size_t b = 0; b < r.num_blocks(); ++b) {
     VaBlock& blk = r.block(b);
     for (size_t i = 0; i < kPagesPerBlock; ++i) {
       const uintptr_t a = r.block_start(b) + i * kPageSize;
-      const bool lost = a < r.end() && (blk.device[i] || blk.poisoned[i]) && !blk.unmapped[i];
+      const PageState state = blk.State(i);
+      const bool lost = a < r.end() && (state == PageState::kDevice || state == PageState::kPoisoned);
       if (lost && run == 0) run = a;
       if (!lost && run != 0) {
         MapSigbus(run, a, empty);

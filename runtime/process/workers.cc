@@ -68,7 +68,7 @@ void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
   // index left and touch only this state).
   struct State {
     std::atomic<size_t> next{0};
-    Mutex mu;
+    Mutex mu{LockRank::kParallelFor};
     CondVar cv;
     size_t done ABSL_GUARDED_BY(mu) = 0;
   };

@@ -47,7 +47,7 @@ class WorkerPool {
   const int nthreads_;
   const std::string prefix_;
   std::vector<std::thread> threads_;
-  Mutex mu_;
+  Mutex mu_{LockRank::kWorkerQueue};
   CondVar cv_;
   std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -80,7 +80,7 @@ class Tracer {
   static thread_local int depth_;  // active ScopedWriters on this thread
 };
 
-// A CPU fault being served on this thread: HandleFault owns it; the migration code stamps the copy
+// A CPU fault being served on this thread: CpuFault::Handle owns it; the migration code stamps the copy
 // phases into it. Null when tracing is off.
 struct FaultTrace {
   TraceRecord rec = {};
