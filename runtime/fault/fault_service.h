@@ -29,7 +29,6 @@
 
 namespace uhmm {
 
-
 class FaultService {
  public:
   // `spin_us` > 0: thread 0 busy-polls the userfaultfd for that long after each message before
@@ -136,20 +135,20 @@ class FaultService {
   int wake_fd_ = -1;  // eventfd: stop and requeue notifications
   std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
-  Mutex q_mu_;
+  Mutex q_mu_{LockRank::kFaultQueue};
   std::deque<uffd_msg> queue_ ABSL_GUARDED_BY(q_mu_);
-  Mutex read_mu_;
+  Mutex read_mu_{LockRank::kFaultRead};
   std::atomic<uint32_t> read_seq_{0};
   struct PendingDiscard {
     uintptr_t start, end;
     uint32_t seq;
   };
-  Mutex discard_mu_;
+  Mutex discard_mu_{LockRank::kFaultDiscard};
   std::atomic<int> discards_pending_{0};
   std::vector<PendingDiscard> discards_ ABSL_GUARDED_BY(discard_mu_);
   std::vector<uffd_msg> discard_parked_ ABSL_GUARDED_BY(discard_mu_);
   CondVar discard_cv_;  // signalled when a discard is applied
-  Mutex remap_mu_;
+  Mutex remap_mu_{LockRank::kFaultRemap};
   int remaps_pending_ ABSL_GUARDED_BY(remap_mu_) = 0;
   std::vector<uffd_msg> parked_ ABSL_GUARDED_BY(remap_mu_);
 };
