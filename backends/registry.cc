@@ -27,12 +27,12 @@ absl::StatusOr<std::unique_ptr<Backend>> WithFaultInjection(const Config& config
 std::span<const BackendEntry> RegisteredBackends() {
   static const BackendEntry kEntries[] = {
 #if UHMM_HAVE_CUDA
-      {"cuda", &WithFaultInjection<&cuda::CreateCudaBackend>},
+    {"cuda", &WithFaultInjection<&cuda::CreateCudaBackend>},
 #endif
 #if UHMM_HAVE_LEVEL_ZERO
-      {"level_zero", &WithFaultInjection<&level_zero::CreateLevelZeroBackend>},
+    {"level_zero", &WithFaultInjection<&level_zero::CreateLevelZeroBackend>},
 #endif
-      {"host", &WithFaultInjection<&host::CreateHostBackend>},
+    {"host", &WithFaultInjection<&host::CreateHostBackend>},
   };
   return kEntries;
 }

@@ -104,7 +104,8 @@ void Table::Print(FILE* out) const {
   std::fprintf(out, "|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows_) {
     std::string ratio = "—";
-    if (!std::isnan(r.baseline) && !std::isnan(r.uhmm) && r.baseline != 0) ratio = num(r.uhmm / r.baseline) + "x";
+    if (!std::isnan(r.baseline) && !std::isnan(r.uhmm) && r.baseline != 0)
+      ratio = num(r.uhmm / r.baseline) + "x";
     const char* met = r.met == 1 ? "yes" : r.met == 0 ? "NO" : "—";
     std::fprintf(out, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name.c_str(), r.unit.c_str(),
                  num(r.baseline).c_str(), num(r.uhmm).c_str(), ratio.c_str(),

@@ -18,12 +18,12 @@ inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(
 inline double Us(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
 
 struct Options {
-  size_t bytes = size_t{1} << 30;   // data size of the throughput rows (--size, MiB)
-  int reps = 5;                     // repetitions per row; rows report the median (--reps)
-  std::string only;                 // run only rows whose name contains one of these '|'-separated
-                                    // texts (--only "read-back seq, 4K|prefetch to GPU")
-  bool host = true;                 // the host-backend table (--no-host skips it)
-  bool gpu = true;                  // the GPU table (--no-gpu skips it)
+  size_t bytes = size_t{1} << 30;  // data size of the throughput rows (--size, MiB)
+  int reps = 5;                    // repetitions per row; rows report the median (--reps)
+  std::string only;                // run only rows whose name contains one of these '|'-separated
+                                   // texts (--only "read-back seq, 4K|prefetch to GPU")
+  bool host = true;                // the host-backend table (--no-host skips it)
+  bool gpu = true;                 // the GPU table (--no-gpu skips it)
 };
 
 // Median of the samples (0 when empty).
@@ -58,20 +58,21 @@ size_t TouchBlocksTimed(const uint64_t* p, size_t bytes, uint64_t seed, std::vec
 // One row of a table. `baseline` is the anchor measured in the same run (cudaMallocManaged for the
 // GPU table; for the host table, uhmm with the optimisation that row is about turned off).
 struct Row {
-  std::string name;          // what is measured
-  std::string unit;          // "GB/s", "us p50", ...
-  double baseline = 0;       // anchor value (NaN: not measured)
-  double uhmm = 0;           // uhmm value (NaN: not measured)
+  std::string name;     // what is measured
+  std::string unit;     // "GB/s", "us p50", ...
+  double baseline = 0;  // anchor value (NaN: not measured)
+  double uhmm = 0;      // uhmm value (NaN: not measured)
   bool higher_is_better = true;
-  std::string goal;          // "≥ 48 GB/s", "p50 ≤ 15 us", ... ("" when the row has none)
-  int met = -1;              // 1 met, 0 missed, -1 no goal or not measured
-  size_t wrong = 0;          // words that failed the data check in this row's runs
-  std::string note;          // why a value is missing, or what the row's setting was
+  std::string goal;  // "≥ 48 GB/s", "p50 ≤ 15 us", ... ("" when the row has none)
+  int met = -1;      // 1 met, 0 missed, -1 no goal or not measured
+  size_t wrong = 0;  // words that failed the data check in this row's runs
+  std::string note;  // why a value is missing, or what the row's setting was
 };
 
 class Table {
  public:
-  Table(std::string title, std::string baseline_name) : title_(std::move(title)), baseline_(std::move(baseline_name)) {}
+  Table(std::string title, std::string baseline_name)
+      : title_(std::move(title)), baseline_(std::move(baseline_name)) {}
   // Also prints the row to stderr at once, so a run cut short still shows the rows it measured.
   void Add(Row row);
   // Markdown table: metric | baseline | uhmm | uhmm/baseline | goal | met | data.

@@ -79,8 +79,8 @@ FloorResult BareUffdFloor() {
   std::memset(view, 1, bytes);  // populate the page cache: user-view touches are MINOR faults
   int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   uffdio_api api{.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM, .ioctls = 0};
-  uffdio_register reg{.range = {reinterpret_cast<uint64_t>(user), bytes},
-                      .mode = UFFDIO_REGISTER_MODE_MINOR, .ioctls = 0};
+  uffdio_register reg{
+      .range = {reinterpret_cast<uint64_t>(user), bytes}, .mode = UFFDIO_REGISTER_MODE_MINOR, .ioctls = 0};
   if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) || ioctl(uffd, UFFDIO_REGISTER, &reg)) return {};
   std::atomic<bool> stop{false};
   std::thread handler([&] {

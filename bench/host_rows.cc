@@ -157,7 +157,8 @@ void RunHostTable(const Options& o, Table* table) {
   if (Selected(o, "prefetch to device")) {
     Side off = Measure(o, HostConfig(serial), Backing::k4K, bytes, false, Prefetch(0));
     Side on = Measure(o, HostConfig(defaults), Backing::k4K, bytes, false, Prefetch(0));
-    table->Add(MakeRow("prefetch to device", "GB/s", true, off, on, "off: one block at a time on the caller"));
+    table->Add(
+        MakeRow("prefetch to device", "GB/s", true, off, on, "off: one block at a time on the caller"));
   }
   if (Selected(o, "prefetch to host")) {
     Side off = Measure(o, HostConfig(serial), Backing::k4K, bytes, true, Prefetch(kHost));

@@ -98,7 +98,8 @@ int main() {
   std::printf("  %-44s %10.2f %10.2f\n", "CPU fault, tracing on", on_us, Pct(on_all, 0.99));
   std::printf("  %-44s %10.2f\n", "difference of the per-round medians (us)", on_us - off_us);
   std::printf("  %-44s %10.0f ns\n", "one trace record on the emitting thread", emit_ns);
-  std::printf("  a traced fault writes 1 fault + 1 migration record, reads the clock 8 times and maps and\n"
-              "  wakes in two system calls (UFFDIO_CONTINUE without wake, then UFFDIO_WAKE) to time each\n");
+  std::printf(
+      "  a traced fault writes 1 fault + 1 migration record, reads the clock 8 times and maps and\n"
+      "  wakes in two system calls (UFFDIO_CONTINUE without wake, then UFFDIO_WAKE) to time each\n");
   return 0;
 }

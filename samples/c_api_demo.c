@@ -27,10 +27,9 @@ int main(void) {
   for (size_t i = 0; i < bytes; i += 4096) bad += p[i] != 'u'; /* each touch faults a page back */
   uhmm_stats_t st;
   uhmm_get_stats(rt, &st);
-  printf("%s backend: %llu pages to device, %llu CPU faults, %llu pages back; %s\n",
-         uhmm_backend_name(rt), (unsigned long long)st.pages_to_device,
-         (unsigned long long)st.cpu_faults, (unsigned long long)st.pages_to_host,
-         bad ? "FAIL" : "PASS");
+  printf("%s backend: %llu pages to device, %llu CPU faults, %llu pages back; %s\n", uhmm_backend_name(rt),
+         (unsigned long long)st.pages_to_device, (unsigned long long)st.cpu_faults,
+         (unsigned long long)st.pages_to_host, bad ? "FAIL" : "PASS");
   uhmm_free(rt, p);
   uhmm_destroy(rt);
   return bad ? 1 : 0;

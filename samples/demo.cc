@@ -102,11 +102,12 @@ int main(int argc, char** argv) {
               lat.size(), Percentile(lat, 0.5), Percentile(lat, 0.99), Percentile(lat, 1.0));
   std::printf("sequential CPU read-back of the rest: %.1f ms (%.2f GB/s)\n", read_us / 1e3,
               bytes / read_us / 1e3);
-  std::printf("stats: cpu_faults %llu (duplicates %llu), pages to device %llu, to host %llu, "
-              "device pages in use %llu of %llu\n",
-              (unsigned long long)st.cpu_faults, (unsigned long long)st.duplicate_faults,
-              (unsigned long long)st.pages_to_device, (unsigned long long)st.pages_to_host,
-              (unsigned long long)st.device_pages_used, (unsigned long long)st.device_pages_total);
+  std::printf(
+      "stats: cpu_faults %llu (duplicates %llu), pages to device %llu, to host %llu, "
+      "device pages in use %llu of %llu\n",
+      (unsigned long long)st.cpu_faults, (unsigned long long)st.duplicate_faults,
+      (unsigned long long)st.pages_to_device, (unsigned long long)st.pages_to_host,
+      (unsigned long long)st.device_pages_used, (unsigned long long)st.device_pages_total);
   std::printf("%s: %zu wrong words\n", bad == 0 ? "PASS" : "FAIL", bad);
   return bad == 0 ? 0 : 1;
 }

@@ -10,13 +10,13 @@
 
 #define UHMM_SAMPLE_SKIP 77
 
-#define UHMM_CHECK(call)                                                                 \
-  do {                                                                                   \
-    uhmm_status_t s_ = (call);                                                           \
-    if (s_ != UHMM_OK) {                                                                 \
-      printf("FAIL: %s: %s: %s\n", #call, uhmm_status_string(s_), uhmm_last_error());    \
-      exit(1);                                                                           \
-    }                                                                                    \
+#define UHMM_CHECK(call)                                                              \
+  do {                                                                                \
+    uhmm_status_t s_ = (call);                                                        \
+    if (s_ != UHMM_OK) {                                                              \
+      printf("FAIL: %s: %s: %s\n", #call, uhmm_status_string(s_), uhmm_last_error()); \
+      exit(1);                                                                        \
+    }                                                                                 \
   } while (0)
 
 #endif /* UHMM_SAMPLES_UHMM_CHECK_H_ */

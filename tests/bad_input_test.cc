@@ -38,18 +38,17 @@ class BadInputTest : public RuntimeTest {
   uint64_t* live_ = nullptr;
 };
 
-#define EXPECT_ERROR(expr, want_code, fragment)                                         \
-  do {                                                                             \
-    absl::Status _s = (expr);                                                      \
-    EXPECT_EQ(_s.code(), (want_code)) << _s;                                       \
-    EXPECT_NE(std::string(_s.message()).find(fragment), std::string::npos) << _s;  \
+#define EXPECT_ERROR(expr, want_code, fragment)                                   \
+  do {                                                                            \
+    absl::Status _s = (expr);                                                     \
+    EXPECT_EQ(_s.code(), (want_code)) << _s;                                      \
+    EXPECT_NE(std::string(_s.message()).find(fragment), std::string::npos) << _s; \
   } while (0)
 
 TEST_F(BadInputTest, NullPointerIsRejected) {
   EXPECT_ERROR(rt_->Free(nullptr), absl::StatusCode::kInvalidArgument, "NULL");
   EXPECT_ERROR(rt_->Migrate(nullptr, kPageSize, 0), absl::StatusCode::kInvalidArgument, "NULL");
-  EXPECT_ERROR(rt_->Residency(nullptr, kPageSize).status(), absl::StatusCode::kInvalidArgument,
-               "NULL");
+  EXPECT_ERROR(rt_->Residency(nullptr, kPageSize).status(), absl::StatusCode::kInvalidArgument, "NULL");
 }
 
 TEST_F(BadInputTest, SizeZeroIsRejected) {
@@ -62,8 +61,7 @@ TEST_F(BadInputTest, UnalignedRangeIsRejected) {
   auto* byte = reinterpret_cast<uint8_t*>(live_);
   EXPECT_ERROR(rt_->Migrate(byte + 1, kPageSize, 0), absl::StatusCode::kInvalidArgument, "aligned");
   EXPECT_ERROR(rt_->Migrate(byte, kPageSize + 1, 0), absl::StatusCode::kInvalidArgument, "aligned");
-  EXPECT_ERROR(rt_->Residency(byte + 8, kPageSize).status(), absl::StatusCode::kInvalidArgument,
-               "aligned");
+  EXPECT_ERROR(rt_->Residency(byte + 8, kPageSize).status(), absl::StatusCode::kInvalidArgument, "aligned");
 }
 
 TEST_F(BadInputTest, UnmanagedAddressIsReported) {
@@ -78,8 +76,7 @@ TEST_F(BadInputTest, UnmanagedAddressIsReported) {
 }
 
 TEST_F(BadInputTest, RangePastTheEndOfItsAllocationIsRejected) {
-  EXPECT_ERROR(rt_->Migrate(live_, 2 * kBytes, 0), absl::StatusCode::kInvalidArgument,
-               "runs past the end");
+  EXPECT_ERROR(rt_->Migrate(live_, 2 * kBytes, 0), absl::StatusCode::kInvalidArgument, "runs past the end");
   EXPECT_ERROR(rt_->Residency(live_, 2 * kBytes).status(), absl::StatusCode::kInvalidArgument,
                "runs past the end");
 }
@@ -97,8 +94,8 @@ TEST_F(BadInputTest, SizeOverflowIsRejected) {
   EXPECT_ERROR(rt_->Allocate(SIZE_MAX).status(), absl::StatusCode::kInvalidArgument, "overflow");
   EXPECT_ERROR(rt_->Allocate(SIZE_MAX - kPageSize + 2).status(), absl::StatusCode::kInvalidArgument,
                "overflow");
-  EXPECT_ERROR(rt_->Migrate(live_, SIZE_MAX & ~(kPageSize - 1), 0),
-               absl::StatusCode::kInvalidArgument, "overflows");
+  EXPECT_ERROR(rt_->Migrate(live_, SIZE_MAX & ~(kPageSize - 1), 0), absl::StatusCode::kInvalidArgument,
+               "overflows");
   absl::StatusOr<ManagedArray<uint64_t>> arr = ManagedArray<uint64_t>::Create(*rt_, SIZE_MAX / 4);
   EXPECT_EQ(arr.status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -112,7 +109,8 @@ size_t HostMemoryBytes() {
   char line[256];
   while (std::fgets(line, sizeof(line), f) != nullptr) {
     unsigned long long kb = 0;
-    if (std::sscanf(line, "MemTotal: %llu kB", &kb) == 1 || std::sscanf(line, "SwapTotal: %llu kB", &kb) == 1) {
+    if (std::sscanf(line, "MemTotal: %llu kB", &kb) == 1 ||
+        std::sscanf(line, "SwapTotal: %llu kB", &kb) == 1) {
       total_kb += kb;
     }
   }
@@ -166,12 +164,10 @@ TEST(ConfigTest, BadConfigurationIsRejectedWithTheKnobName) {
   EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument, "UHMM_FAULT_THREADS");
   c = TestConfig();
   c.fault_granularity = 3000;
-  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
-               "UHMM_FAULT_GRANULARITY");
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument, "UHMM_FAULT_GRANULARITY");
   c = TestConfig();
   c.device_pool_bytes = 3 * kMiB;
-  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument,
-               "UHMM_DEVICE_POOL_BYTES");
+  EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument, "UHMM_DEVICE_POOL_BYTES");
   c = TestConfig();
   c.backend = "no-such-gpu";
   EXPECT_ERROR(Runtime::Create(c).status(), absl::StatusCode::kInvalidArgument, "built-in backends: ");
@@ -202,8 +198,7 @@ TEST(ConfigTest, EnvironmentVariablesAreParsedAndMalformedOnesReported) {
   EXPECT_EQ(c.sigbus_mode, SigbusMode::kTkill);
   EXPECT_TRUE(c.Validate().ok());
   setenv("UHMM_FAULT_THREADS", "many", 1);
-  EXPECT_ERROR(Config::FromEnv().Validate(), absl::StatusCode::kInvalidArgument,
-               "UHMM_FAULT_THREADS='many'");
+  EXPECT_ERROR(Config::FromEnv().Validate(), absl::StatusCode::kInvalidArgument, "UHMM_FAULT_THREADS='many'");
   unsetenv("UHMM_FAULT_GRANULARITY");
   unsetenv("UHMM_DEVICE_POOL_BYTES");
   unsetenv("UHMM_SIGBUS_MODE");
@@ -234,8 +229,8 @@ TEST(ConfigTest, BackendKnobsAreConfigFieldsReadFromTheEnvironment) {
   setenv("UHMM_ZE_DEVICE", "2nd", 1);
   EXPECT_ERROR(Config::FromEnv().Validate(), absl::StatusCode::kInvalidArgument,
                "UHMM_ZE_DEVICE='2nd' is not an integer");
-  for (const char* var : {"UHMM_CUDA_DEVICE", "UHMM_CUDA_DRIVER", "UHMM_CUPTI_LIBRARY", "UHMM_ZE_DEVICE",
-                          "UHMM_ZE_LOADER"}) {
+  for (const char* var :
+       {"UHMM_CUDA_DEVICE", "UHMM_CUDA_DRIVER", "UHMM_CUPTI_LIBRARY", "UHMM_ZE_DEVICE", "UHMM_ZE_LOADER"}) {
     unsetenv(var);
   }
   c = TestConfig();
@@ -371,9 +366,9 @@ uhmm_status_t CreateC(const uhmm_config_t& config) {
   return st;
 }
 
-#define EXPECT_C_ERROR(expr, want_status, fragment)                                          \
-  do {                                                                                      \
-    EXPECT_EQ((expr), (want_status)) << uhmm_last_error();                                  \
+#define EXPECT_C_ERROR(expr, want_status, fragment)                                                   \
+  do {                                                                                                \
+    EXPECT_EQ((expr), (want_status)) << uhmm_last_error();                                            \
     EXPECT_NE(std::string(uhmm_last_error()).find(fragment), std::string::npos) << uhmm_last_error(); \
   } while (0)
 
@@ -404,13 +399,15 @@ TEST(CApiTest, BadSizesInTheConfigAreRejectedWithTheFieldName) {
   base.backend = "host";
   uhmm_config_t cfg = base;
   cfg.fault_granularity = 3000;
-  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "fault_granularity (UHMM_FAULT_GRANULARITY) is 3000");
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT,
+                 "fault_granularity (UHMM_FAULT_GRANULARITY) is 3000");
   cfg = base;
   cfg.fault_granularity = size_t{1} << 40;
   EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "fault_granularity");
   cfg = base;
   cfg.device_pool_bytes = 3 * kMiB;
-  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "device_pool_bytes (UHMM_DEVICE_POOL_BYTES) is 3145728");
+  EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT,
+                 "device_pool_bytes (UHMM_DEVICE_POOL_BYTES) is 3145728");
   cfg = base;
   cfg.device_pool_fraction = std::nan("");
   EXPECT_C_ERROR(CreateC(cfg), UHMM_ERROR_INVALID_ARGUMENT, "device_pool_fraction is nan");
@@ -448,7 +445,8 @@ TEST(CApiTest, HugeAllocationReturnsOutOfMemoryWithTheReason) {
   for (size_t size : UnbackableSizes()) {
     void* p = reinterpret_cast<void*>(0x1);
     const auto start = std::chrono::steady_clock::now();
-    EXPECT_C_ERROR(uhmm_alloc(rt, size, &p), UHMM_ERROR_OUT_OF_MEMORY, "more than this machine's host memory can back");
+    EXPECT_C_ERROR(uhmm_alloc(rt, size, &p), UHMM_ERROR_OUT_OF_MEMORY,
+                   "more than this machine's host memory can back");
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1)) << size << " bytes";
     EXPECT_EQ(p, nullptr);
   }

@@ -25,8 +25,8 @@ size_t OpenFds() {
   return n;
 }
 
-void EightThreadsFaultSamePages(Harness& t, std::unique_ptr<Runtime>& rt,
-                                FaultInjector* dev, size_t granularity) {
+void EightThreadsFaultSamePages(Harness& t, std::unique_ptr<Runtime>& rt, FaultInjector* dev,
+                                size_t granularity) {
   const size_t bytes = 2 * kMiB;
   const size_t npages = bytes / kPageSize;
   uint64_t* p = t.AllocFilled(bytes, 100);
@@ -210,8 +210,8 @@ TEST_F(ConcurrencyTest, CpuWritersAndMigrationsRaceWithoutLostUpdates) {
           uint64_t& first = p[pg * kPageSize / 8];
           if (first != mine[pg]) {
             if (lost.fetch_add(1) < 5) {
-              std::fprintf(stderr, "page %zu: read %llu, wrote %llu last\n", pg,
-                           (unsigned long long)first, (unsigned long long)mine[pg]);
+              std::fprintf(stderr, "page %zu: read %llu, wrote %llu last\n", pg, (unsigned long long)first,
+                           (unsigned long long)mine[pg]);
             }
           }
           first = ++mine[pg];

@@ -25,8 +25,7 @@ Config EmulatedCuda() {
 
 bool Mapped(uintptr_t addr) {
   unsigned char v;
-  return mincore(reinterpret_cast<void*>(addr & ~(kPageSize - 1)), kPageSize, &v) == 0 ||
-         errno != ENOMEM;
+  return mincore(reinterpret_cast<void*>(addr & ~(kPageSize - 1)), kPageSize, &v) == 0 || errno != ENOMEM;
 }
 
 TEST(CudaBackendTest, WithoutADriverItIsUnavailableAndSaysWhy) {

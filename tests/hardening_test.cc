@@ -57,7 +57,7 @@ std::map<int, std::string> FdsOfExecedChild() {
     const int fd = std::stoi(line.substr(name + 1, arrow - name - 1));
     std::string target = line.substr(arrow + 4);
     if (target.starts_with("/proc/")) continue;  // ls reading the directory
-    if (fd != STDOUT_FILENO) fds[fd] = target;  // stdout: the pipe made for this listing
+    if (fd != STDOUT_FILENO) fds[fd] = target;   // stdout: the pipe made for this listing
   }
   return fds;
 }
@@ -135,8 +135,8 @@ TEST(FdHardeningTest, ManagedRangeMemfdIsReadableByItsOwnerOnly) {
     ++memfds;
     struct stat st = {};
     ASSERT_EQ(fstat(fd, &st), 0) << target;
-    EXPECT_EQ(st.st_mode & 07777, 0600u) << "fd " << fd << " -> " << target << " has mode " << std::oct
-                                         << (st.st_mode & 07777);
+    EXPECT_EQ(st.st_mode & 07777, 0600u)
+        << "fd " << fd << " -> " << target << " has mode " << std::oct << (st.st_mode & 07777);
   }
   EXPECT_EQ(memfds, 2u);
   EXPECT_EQ(Harness::FirstMismatch(b, 3 * kPageSize, 711), -1);

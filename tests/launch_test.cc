@@ -88,8 +88,8 @@ TEST_F(LaunchTest, LaunchAfterNoCpuActivityDoesNothing) {
   // One CPU touch faults one granule back; only that comes back at the next launch.
   EXPECT_EQ(p[0], Pattern(6, 0));
   EXPECT_EQ(Kernel(p, bytes, 6, 7), 0u);
-  EXPECT_EQ(rt_->stats().launch_pages_to_device, before.launch_pages_to_device +
-                                                     TestConfig().fault_granularity / kPageSize);
+  EXPECT_EQ(rt_->stats().launch_pages_to_device,
+            before.launch_pages_to_device + TestConfig().fault_granularity / kPageSize);
   EXPECT_EQ(FirstMismatch(p, bytes, 7), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
 }

@@ -43,10 +43,12 @@ class App {
     ctx_ = static_cast<ze_context_handle_t>(h->context);
     dev_ = static_cast<ze_device_handle_t>(h->device);
     EXPECT_NE(ctx_, nullptr);
-    ze_command_queue_desc_t qd = {ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, 0, 0, 0,
-                                  ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS, ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+    ze_command_queue_desc_t qd = {
+        ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, 0, 0, 0, ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+        ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
     EXPECT_EQ(zeCommandListCreateImmediate(ctx_, dev_, &qd, &list_), ZE_RESULT_SUCCESS);
-    ze_event_pool_desc_t pd = {ZE_STRUCTURE_TYPE_EVENT_POOL_DESC, nullptr, ZE_EVENT_POOL_FLAG_HOST_VISIBLE, 1};
+    ze_event_pool_desc_t pd = {ZE_STRUCTURE_TYPE_EVENT_POOL_DESC, nullptr, ZE_EVENT_POOL_FLAG_HOST_VISIBLE,
+                               1};
     EXPECT_EQ(zeEventPoolCreate(ctx_, &pd, 0, nullptr, &pool_), ZE_RESULT_SUCCESS);
     ze_event_desc_t ed = {ZE_STRUCTURE_TYPE_EVENT_DESC, nullptr, 0, ZE_EVENT_SCOPE_FLAG_HOST,
                           ZE_EVENT_SCOPE_FLAG_HOST};
@@ -244,8 +246,8 @@ TEST(LevelZeroBackendDeathTest, ACopyTheDriverFailsDuringFaultBackEndsInSigbus) 
         // The emulated driver's own fault injection: the copy fails inside the driver, and its
         // barrier event reports ZE_RESULT_ERROR_DEVICE_LOST.
         void* drv = dlopen(std::getenv("ZE_ENABLE_ALT_DRIVERS"), RTLD_NOW | RTLD_NOLOAD);
-        auto fail = drv ? reinterpret_cast<void (*)(int)>(dlsym(drv, "uhmm_fake_ze_fail_next_copies"))
-                        : nullptr;
+        auto fail =
+            drv ? reinterpret_cast<void (*)(int)>(dlsym(drv, "uhmm_fake_ze_fail_next_copies")) : nullptr;
         if (fail == nullptr) std::exit(4);
         fail(1);
         signal(SIGBUS, SIG_DFL);  // the default disposition (sanitizers install their own)

@@ -2,9 +2,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <thread>
-
 #include <cstring>
+#include <thread>
 
 #include "tests/test_util.h"
 
@@ -237,9 +236,8 @@ TEST_F(MigrateTest, MremapOfManagedRangeKeepsData) {
   ASSERT_NE(moved, MAP_FAILED) << strerror(errno);
   const int64_t mismatch = FirstMismatch(static_cast<uint64_t*>(moved), bytes, 82);
   const Stats st = rt_->stats();
-  EXPECT_EQ(mismatch, -1)
-      << "faults " << st.cpu_faults << " unmanaged " << st.unmanaged_faults << " remaps "
-      << st.events_remap << " to_host " << st.pages_to_host;
+  EXPECT_EQ(mismatch, -1) << "faults " << st.cpu_faults << " unmanaged " << st.unmanaged_faults << " remaps "
+                          << st.events_remap << " to_host " << st.pages_to_host;
   EXPECT_GE(rt_->stats().events_remap, 1u);
   EXPECT_TRUE(Eventually([&] { return rt_->stats().device_pages_used == 0; }));
   munmap(moved, bytes);

@@ -1,11 +1,11 @@
 // Unit tests of the page pool: descriptors carved from 2 MiB root chunks, the cap, refcount-1 free
 // pages, LRU victim choice, chunk release, and chunk binding for devices that share managed
 // addresses. A fake device stands in for the backend.
+#include "runtime/mm/page_pool.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
-
-#include "runtime/mm/page_pool.h"
 
 namespace uhmm {
 namespace {

@@ -1,5 +1,7 @@
 // The fault policy (density growth, read-ahead, thrashing guard), parallel bulk migration and
 // hugetlb-backed ranges: the units alone, then through the runtime with data checked.
+#include "runtime/policy/policy.h"
+
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -13,9 +15,8 @@
 #include <thread>
 
 #include "gtest/gtest.h"
-#include "runtime/mm/managed_range.h"
-#include "runtime/policy/policy.h"
 #include "runtime/api/runtime_impl.h"
+#include "runtime/mm/managed_range.h"
 #include "runtime/process/topology.h"
 #include "tests/test_util.h"
 
@@ -177,7 +178,8 @@ TEST_F(PolicyTest, PingPongMarksTheBlockThrashingAndStopsReadAheadThere) {
   ToDeviceAndRewrite(*this, *rt_, p, kBytes, 20);
   ASSERT_EQ(p[0], Pattern(20, 0));
   ASSERT_EQ(p[TestConfig().fault_granularity / 8], Pattern(20, TestConfig().fault_granularity / 8));
-  EXPECT_EQ(rt_->stats().readahead_pages - before.readahead_pages, 0u) << "no read-ahead on a thrashing block";
+  EXPECT_EQ(rt_->stats().readahead_pages - before.readahead_pages, 0u)
+      << "no read-ahead on a thrashing block";
   EXPECT_EQ(FirstMismatch(p, kBytes, 20), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
 }
@@ -210,9 +212,9 @@ TEST_F(PolicyTest, BadPolicyKnobsAreRejectedWithTheirNames) {
   struct Case {
     const char* var;
     const char* value;
-  } cases[] = {{"UHMM_READAHEAD", "3M"},        {"UHMM_PREFETCH_THREADS", "-1"},
+  } cases[] = {{"UHMM_READAHEAD", "3M"},           {"UHMM_PREFETCH_THREADS", "-1"},
                {"UHMM_PREFETCH_THRESHOLD", "101"}, {"UHMM_HUGETLB", "sometimes"},
-               {"UHMM_FAULT_SPIN_US", "-5"},    {"UHMM_PLACEMENT", "near"},
+               {"UHMM_FAULT_SPIN_US", "-5"},       {"UHMM_PLACEMENT", "near"},
                {"UHMM_THRASHING_LAPSE_US", "x"}};
   for (const Case& k : cases) {
     setenv(k.var, k.value, 1);
@@ -375,7 +377,8 @@ void OnSigbus(int) { siglongjmp(g_jump, 1); }
 
 TEST_F(HugetlbTest, CopyFailureOnFaultBackPoisonsTheWholeBlockOnly) {
 #if defined(UHMM_UNDER_TSAN)
-  GTEST_SKIP() << "its child starts runtime threads after a multithreaded fork, which ThreadSanitizer refuses";
+  GTEST_SKIP()
+      << "its child starts runtime threads after a multithreaded fork, which ThreadSanitizer refuses";
 #else
   constexpr size_t kBytes = 4 * kMiB;
   uint64_t* p = AllocHuge(kBytes, 60);
@@ -388,7 +391,7 @@ TEST_F(HugetlbTest, CopyFailureOnFaultBackPoisonsTheWholeBlockOnly) {
     Config c = TestConfig();
     c.sigbus_mode = SigbusMode::kAuto;
     Harness h;
-    absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
+    absl::StatusOr<std::unique_ptr<Runtime> > rt = Runtime::Create(c);
     if (!rt.ok()) _exit(10);
     h.rt_ = std::move(*rt);
     absl::StatusOr<void*> q = h.rt_->Allocate(kBytes, Backing::kHugetlb);

@@ -18,11 +18,11 @@
 namespace uhmm::testing {
 namespace {
 
-#define UHMM_SKIP_IF_CHILD_SKIPPED(status)                                                   \
-  do {                                                                                       \
+#define UHMM_SKIP_IF_CHILD_SKIPPED(status)                                                  \
+  do {                                                                                      \
     if (WIFEXITED(status) && WEXITSTATUS(status) == kChildSkip) {                           \
       GTEST_SKIP() << "backend " << TestConfig().backend << " unavailable on this machine"; \
-    }                                                                                        \
+    }                                                                                       \
   } while (0)
 
 // Runs `body` in a forked child and returns its wait status. The child must _exit.
@@ -106,7 +106,8 @@ TEST(ForkRaceTest, ForksRacingFaultsAndDiscardsNeverDeadlock) {
     _exit(0);
   });
   UHMM_SKIP_IF_CHILD_SKIPPED(status);
-  ASSERT_FALSE(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) << "fork deadlocked with the fault service";
+  ASSERT_FALSE(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+      << "fork deadlocked with the fault service";
   ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 0) << "21: madvise failed; 22: migration failed; 23: fork failed; "
                                        "24: a grandchild failed; 25: no touches; 26: free failed";

@@ -54,12 +54,12 @@ class LoadedReliabilityTest : public ::testing::Test, public Harness {
 uint8_t* Bytes(void* p) { return static_cast<uint8_t*>(p); }
 
 // Allocates `bytes` with 2 MiB hugetlb pages, or skips the test when none are free here.
-#define ALLOC_HUGE_OR_SKIP(var, bytes)                                                         \
-  absl::StatusOr<void*> var##_or = rt_->Allocate(bytes, Backing::kHugetlb);                   \
-  if (absl::IsResourceExhausted(var##_or.status())) {                                         \
-    GTEST_SKIP() << "no free 2 MiB hugepages (vm.nr_hugepages): " << var##_or.status();        \
-  }                                                                                             \
-  ASSERT_TRUE(var##_or.ok()) << var##_or.status();                                              \
+#define ALLOC_HUGE_OR_SKIP(var, bytes)                                                  \
+  absl::StatusOr<void*> var##_or = rt_->Allocate(bytes, Backing::kHugetlb);             \
+  if (absl::IsResourceExhausted(var##_or.status())) {                                   \
+    GTEST_SKIP() << "no free 2 MiB hugepages (vm.nr_hugepages): " << var##_or.status(); \
+  }                                                                                     \
+  ASSERT_TRUE(var##_or.ok()) << var##_or.status();                                      \
   uint8_t* var = Bytes(*var##_or)
 
 // madvise, then at once a 16-byte write into the discarded page: the write must stay.
@@ -181,11 +181,11 @@ TEST_F(ReliabilityTest, HugetlbDiscardFollowsTheKernelsRulesOnHostAndDevice) {
     SCOPED_TRACE(on_device ? "device-resident" : "host-resident");
     std::memset(p, 0x33, 4 * kMiB);
     if (on_device) ASSERT_TRUE(rt_->Migrate(p, 4 * kMiB, 0).ok());
-    EXPECT_EQ(madvise(p, 8 * kPageSize, MADV_DONTNEED), 0);  // partial: nothing
+    EXPECT_EQ(madvise(p, 8 * kPageSize, MADV_DONTNEED), 0);           // partial: nothing
     EXPECT_EQ(madvise(p + kPageSize, kPageSize, MADV_DONTNEED), -1);  // unaligned start
     EXPECT_EQ(errno, EINVAL);
     ASSERT_EQ(madvise(p + 2 * kPageSize, kPageSize, MADV_REMOVE), 0);  // one 4 KiB page
-    ASSERT_EQ(madvise(p + 2 * kMiB, 2 * kMiB, MADV_DONTNEED), 0);        // the whole second page
+    ASSERT_EQ(madvise(p + 2 * kMiB, 2 * kMiB, MADV_DONTNEED), 0);      // the whole second page
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (on_device) EXPECT_EQ(CountAt(Residency(p, 2 * kMiB), 0), 2 * kMiB / kPageSize);
     for (size_t i = 0; i < 2 * kMiB; i += 64) {
@@ -300,7 +300,8 @@ TEST_F(ReliabilityTest, MigrateOfSeveralBlocksLeavesNoneOfItsPagesBehind) {
   for (int queued = 0; queued < 2; ++queued) {
     ASSERT_TRUE(rt_->Migrate(a, 8 * kMiB, 0).ok());
     // 64 KiB of every chunk comes home: each chunk has a little room, none is empty.
-    for (size_t blk = 0; blk < 4; ++blk) ASSERT_EQ(a[blk * 2 * kMiB], static_cast<uint8_t>(Pattern(5, blk * 2 * kMiB / 8)));
+    for (size_t blk = 0; blk < 4; ++blk)
+      ASSERT_EQ(a[blk * 2 * kMiB], static_cast<uint8_t>(Pattern(5, blk * 2 * kMiB / 8)));
     absl::Status s = queued ? rt_->PrefetchOnQueue(b, 4 * kMiB, 0, nullptr) : rt_->Migrate(b, 4 * kMiB, 0);
     ASSERT_TRUE(s.ok()) << s;
     EXPECT_EQ(CountAt(Residency(b, 4 * kMiB), 0), 4 * kMiB / kPageSize);
@@ -336,7 +337,9 @@ TEST_F(ReliabilityTest, EvictDeviceWaitsForMigrationsInFlight) {
         absl::Status s = rt_->Migrate(ranges[t], 4 * kMiB, i % 2 == 0 ? 0 : kHost);
         ASSERT_TRUE(s.ok()) << s;
         // CPU faults too: the fault path and read-ahead hold pages while they bring them home.
-        if (i % 2 == 0) ASSERT_EQ(ranges[t][(i % 1024) * kPageSize], static_cast<uint8_t>(Pattern(10 + t, (i % 1024) * kPageSize / 8)));
+        if (i % 2 == 0)
+          ASSERT_EQ(ranges[t][(i % 1024) * kPageSize],
+                    static_cast<uint8_t>(Pattern(10 + t, (i % 1024) * kPageSize / 8)));
       }
     });
   }
@@ -382,7 +385,6 @@ TEST_F(ReliabilityTest, ForkChildGetsSigbusWherePagesCouldNotComeHome) {
   // The parent keeps the device's data.
   for (size_t i = 0; i < bytes / 4; ++i) ASSERT_EQ(p[i], 0x22222222u) << i;
 }
-
 
 // ---- Fault injection (docs/RELIABILITY.md): a device error at each point loses nothing. --------
 
@@ -435,8 +437,8 @@ TEST(FaultInjectionTest, NoAddressSpaceForANewRangeIsOutOfMemoryAndLosesNothing)
     hogs.reserve(1 << 16);
     for (size_t chunk = size_t{1} << 40; chunk >= kPageSize; chunk /= 2) {
       for (void* m; hogs.size() < hogs.capacity() &&
-                    (m = mmap(nullptr, chunk, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)) !=
-                        MAP_FAILED;) {
+                    (m = mmap(nullptr, chunk, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                              0)) != MAP_FAILED;) {
         hogs.emplace_back(m, chunk);
       }
     }
@@ -458,7 +460,8 @@ TEST(FaultInjectionTest, NoAddressSpaceForANewRangeIsOutOfMemoryAndLosesNothing)
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status)) << "signal " << WTERMSIG(status);
   if (WEXITSTATUS(status) == 4) GTEST_SKIP() << "backend unavailable in a child";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: allocated anyway, 2: another error, 3: data lost, 5: migrate failed";
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: allocated anyway, 2: another error, 3: data lost, 5: migrate failed";
 }
 #endif
 

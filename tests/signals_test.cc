@@ -114,7 +114,8 @@ TEST_F(SignalTest, HandlerRunsDuringFaultsAndFaultsItselfWithDataExact) {
   const Stats st = rt_->stats();
   std::printf("signals sent %llu, handled %llu; cpu faults %llu (stale %llu, duplicate %llu)\n",
               static_cast<unsigned long long>(sent), static_cast<unsigned long long>(g_handled.load()),
-              static_cast<unsigned long long>(st.cpu_faults), static_cast<unsigned long long>(st.stale_faults),
+              static_cast<unsigned long long>(st.cpu_faults),
+              static_cast<unsigned long long>(st.stale_faults),
               static_cast<unsigned long long>(st.duplicate_faults));
   EXPECT_EQ(wrong.load(), -1) << "the reader saw a wrong word";
   EXPECT_GT(g_handled.load(), 0u);
@@ -141,9 +142,12 @@ TEST_F(SignalTest, InterruptedReadIntoDevicePagesRestartsWithDataExact) {
     for (size_t off = 0; off < bytes; off += chunk.size() * 8) {
       for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = Pattern(912, off / 8 + i);
       for (size_t done = 0; done < chunk.size() * 8;) {
-        const ssize_t n = write(fds[1], reinterpret_cast<char*>(chunk.data()) + done, chunk.size() * 8 - done);
-        if (n > 0) done += static_cast<size_t>(n);
-        else if (errno != EINTR) return;
+        const ssize_t n =
+            write(fds[1], reinterpret_cast<char*>(chunk.data()) + done, chunk.size() * 8 - done);
+        if (n > 0)
+          done += static_cast<size_t>(n);
+        else if (errno != EINTR)
+          return;
       }
       // The reader drains the chunk, then blocks in read(2) for 2 ms: signals interrupt it there.
       while (got.load() < off + chunk.size() * 8 && !done.load()) {
@@ -177,8 +181,8 @@ TEST_F(SignalTest, InterruptedReadIntoDevicePagesRestartsWithDataExact) {
   close(fds[0]);
   close(fds[1]);
   std::printf("signals sent %llu, handled %llu; %zu reads, %zu EINTR\n",
-              static_cast<unsigned long long>(sent), static_cast<unsigned long long>(g_handled.load()),
-              reads, eintr);
+              static_cast<unsigned long long>(sent), static_cast<unsigned long long>(g_handled.load()), reads,
+              eintr);
   EXPECT_EQ(error, 0) << strerror(error);
   ASSERT_EQ(got.load(), bytes);
   EXPECT_GT(eintr, 0u) << "no read was interrupted";
@@ -322,7 +326,8 @@ TEST_F(SignalTest, CancellingThreadsBlockedInFaultsLeavesTheRuntimeWorking) {
   }
   const Stats mid = rt_->stats();
   std::printf("%d migrations to the device, %llu pages touched by 6 threads, %llu cpu faults\n", rounds,
-              static_cast<unsigned long long>(touched.load()), static_cast<unsigned long long>(mid.cpu_faults));
+              static_cast<unsigned long long>(touched.load()),
+              static_cast<unsigned long long>(mid.cpu_faults));
   EXPECT_EQ(wrong.load(), 0u) << "a cancelled thread read wrong data before it went";
   // The runtime still works: what the device holds comes back exact, new device writes too.
   EXPECT_EQ(FirstMismatch(data, bytes, 930), -1);

@@ -185,8 +185,9 @@ TEST_F(SoakTest, ManyCyclesLeakNoFdThreadMemfdDevicePageOrMemory) {
   EXPECT_EQ(after.memfds, 0u);
   EXPECT_EQ(after.device_pages, 0u);
 #ifdef UHMM_SOAK_UNDER_ASAN
-  std::printf("      RSS not checked under ASan: its quarantine holds freed memory (LeakSanitizer checks "
-              "the heap at exit instead)\n");
+  std::printf(
+      "      RSS not checked under ASan: its quarantine holds freed memory (LeakSanitizer checks "
+      "the heap at exit instead)\n");
 #else
   EXPECT_LE(after.rss, before.rss + kRssSlack);
 #endif

@@ -96,7 +96,7 @@ TEST(PageStateTest, EventsOnAnUnheldPageTakeEffectAtOnce) {
   ToDevice(blk, 6, &p6);
   EXPECT_EQ(blk.Poison(6), &p6);
   EXPECT_EQ(blk.State(6), PageState::kPoisoned);
-  EXPECT_EQ(blk.Poison(6), nullptr);  // a second SIGBUS on the same page
+  EXPECT_EQ(blk.Poison(6), nullptr);   // a second SIGBUS on the same page
   EXPECT_EQ(blk.Discard(6), nullptr);  // a discard makes it a zero host page again
   EXPECT_EQ(blk.State(6), PageState::kHost);
   ToDevice(blk, 7, &p7);

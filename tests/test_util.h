@@ -10,12 +10,12 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
-#include <string>
-#include <string_view>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -39,7 +39,8 @@ namespace uhmm::testing {
 inline constexpr size_t kMiB = size_t{1} << 20;
 
 // The configuration under test: $UHMM_TEST_BACKEND (set by ctest) is host, host-same-address,
-// cuda-emulated, cuda, level-zero-emulated or level-zero; without it, $UHMM_BACKEND (default host) and $UHMM_HOST_SAME_ADDRESS.
+// cuda-emulated, cuda, level-zero-emulated or level-zero; without it, $UHMM_BACKEND (default host) and
+// $UHMM_HOST_SAME_ADDRESS.
 inline Config TestConfig() {
   Config c;
   const char* test_backend = std::getenv("UHMM_TEST_BACKEND");
@@ -239,8 +240,8 @@ class Harness {
   DeviceAccess* access0_ = nullptr;   // device 0's device-side access
 };
 
-#define UHMM_RETURN_IF_SKIPPED()                                                      \
-  do {                                                                                \
+#define UHMM_RETURN_IF_SKIPPED()                                                    \
+  do {                                                                              \
     if (::testing::Test::IsSkipped() || ::testing::Test::HasFatalFailure()) return; \
   } while (0)
 

@@ -20,11 +20,11 @@
 namespace uhmm::testing {
 namespace {
 
-#define UHMM_SKIP_IF_CHILD_SKIPPED(status)                                                   \
-  do {                                                                                       \
+#define UHMM_SKIP_IF_CHILD_SKIPPED(status)                                                  \
+  do {                                                                                      \
     if (WIFEXITED(status) && WEXITSTATUS(status) == kChildSkip) {                           \
       GTEST_SKIP() << "backend " << TestConfig().backend << " unavailable on this machine"; \
-    }                                                                                        \
+    }                                                                                       \
   } while (0)
 
 // Runs `body` in a forked child (its SIGBUS handler and lost pages stay there); returns its wait
@@ -43,10 +43,10 @@ int InChild(Fn body) {
 
 // The runtime for `config`, or skips the test when its backend is unavailable here.
 #define CREATE_OR_SKIP(rt, config)                                                     \
-  bool rt##_skip = false;                                                               \
+  bool rt##_skip = false;                                                              \
   absl::StatusOr<std::unique_ptr<Runtime>> rt##_or = CreateOrSkip(config, &rt##_skip); \
   if (rt##_skip) GTEST_SKIP() << "backend unavailable: " << rt##_or.status();          \
-  ASSERT_TRUE(rt##_or.ok()) << rt##_or.status();                                        \
+  ASSERT_TRUE(rt##_or.ok()) << rt##_or.status();                                       \
   Runtime& rt = **rt##_or
 
 sigjmp_buf g_jump;

@@ -78,7 +78,8 @@ TEST_F(TracingTest, EveryFaultHasItsPhasesInOrderAndEveryMigrationItsCause) {
     EXPECT_EQ(f.device, 0);
   }
   EXPECT_EQ(migrated, kBytes / gran);  // one fault per granule, each brought its granule back
-  EXPECT_EQ(after.zero_fill_faults - before.zero_fill_faults, kBytes / kBlockSize);  // the fill's, a block each
+  EXPECT_EQ(after.zero_fill_faults - before.zero_fill_faults,
+            kBytes / kBlockSize);  // the fill's, a block each
 
   uint64_t to_device = 0, fault_back = 0;
   for (const TraceRecord& m : OfType(*t, RecordType::kMigration)) {

@@ -28,9 +28,8 @@ inline constexpr uint32_t kFaultingThread = 500;
 
 // A fault received at `received`, each phase (lookup, submit, copy, map, wake) taking the given ns
 // after the previous timestamp; kSkip leaves the phase's end timestamp 0.
-inline TraceRecord Fault(uint64_t addr, uint64_t received, uint64_t lookup, uint64_t submit,
-                         uint64_t copy, uint64_t map, uint64_t wake, uint8_t flags = 0,
-                         uint32_t tid = 101) {
+inline TraceRecord Fault(uint64_t addr, uint64_t received, uint64_t lookup, uint64_t submit, uint64_t copy,
+                         uint64_t map, uint64_t wake, uint8_t flags = 0, uint32_t tid = 101) {
   TraceRecord r = {};
   r.type = RecordType::kFault;
   r.flags = flags;
@@ -52,9 +51,8 @@ inline TraceRecord Fault(uint64_t addr, uint64_t received, uint64_t lookup, uint
 
 // A migration starting at `start`: submitted `submit` ns later, copied `copy` ns after that,
 // ended `busy` ns after the start (copy timestamps left 0 when copy is kSkip).
-inline TraceRecord Migration(uint8_t cause, bool to_device, uint64_t addr, uint64_t bytes,
-                             uint64_t start, uint64_t busy, uint64_t submit, uint64_t copy,
-                             uint32_t tid = 201) {
+inline TraceRecord Migration(uint8_t cause, bool to_device, uint64_t addr, uint64_t bytes, uint64_t start,
+                             uint64_t busy, uint64_t submit, uint64_t copy, uint32_t tid = 201) {
   TraceRecord r = {};
   r.type = RecordType::kMigration;
   r.cause = cause;
@@ -135,8 +133,8 @@ inline std::vector<TraceRecord> Others() {
   v.push_back(Range(true, kRangeA, kRangeASize, kStartNs + 1 * kUs));
   v.push_back(Range(true, kRangeB, kRangeBSize, kStartNs + 2 * kUs));
   for (uint64_t i = 0; i < 4; ++i) {
-    v.push_back(Migration(0, true, kRangeA + i * (2 << 20), 2 << 20, kStartNs + 300 * kUs + i * kMs,
-                          1 * kMs, 50 * kUs, 900 * kUs));
+    v.push_back(Migration(0, true, kRangeA + i * (2 << 20), 2 << 20, kStartNs + 300 * kUs + i * kMs, 1 * kMs,
+                          50 * kUs, 900 * kUs));
   }
   for (uint64_t i = 0; i < 3; ++i) {
     v.push_back(Migration(1, false, kRangeA + i * (64 << 10), 64 << 10, kStartNs + (i + 1) * kMs + 2 * kUs,
@@ -161,7 +159,8 @@ inline std::vector<TraceRecord> AllRecords(bool with_faults = true) {
 // Writes a trace of `records` to `path`, with the end record unless `finish` is false.
 inline absl::Status Write(const std::string& path, const std::vector<TraceRecord>& records,
                           bool finish = true, uint32_t dropped = 0, std::string_view backend = "host") {
-  absl::StatusOr<trace::TraceWriter> w = trace::TraceWriter::Open(path, backend, kStartNs, 1700000000ull * 1000000000ull);
+  absl::StatusOr<trace::TraceWriter> w =
+      trace::TraceWriter::Open(path, backend, kStartNs, 1700000000ull * 1000000000ull);
   if (!w.ok()) return w.status();
   if (absl::Status s = w->Write(records.data(), records.size()); !s.ok()) return s;
   if (!finish) return absl::OkStatus();

@@ -157,8 +157,8 @@ TEST(TraceFile, EmptyFileSaysSo) {
 
 TEST(TraceFile, ForeignFilesAreNotTraces) {
   const std::string path = TempPath(".txt");
-  for (const std::string& text :
-       {std::string("hello\n"), std::string(200, 'x'), std::string("uhmmTRC2 and a lot more text than a header")}) {
+  for (const std::string& text : {std::string("hello\n"), std::string(200, 'x'),
+                                  std::string("uhmmTRC2 and a lot more text than a header")}) {
     WriteAll(path, text);
     absl::StatusOr<trace::Trace> t = trace::ReadTrace(path);
     ASSERT_FALSE(t.ok()) << text;
@@ -221,7 +221,8 @@ TEST(TraceFile, WithoutEndRecordReadsAsIncomplete) {
   EXPECT_EQ(t->end_ns, kStartNs + 300 * kMs);  // the last timestamp: range B's free
   const Analysis a = Analyze(*t);
   EXPECT_FALSE(a.complete);
-  EXPECT_TRUE(absl::StrContains(FormatReport(a, path, 10), "warning: the trace is incomplete (no end record)"));
+  EXPECT_TRUE(
+      absl::StrContains(FormatReport(a, path, 10), "warning: the trace is incomplete (no end record)"));
 
   // The header alone: no records, incomplete.
   ASSERT_TRUE(syn::Write(path, {}, /*finish=*/false).ok());
@@ -296,14 +297,16 @@ TEST(Analysis, PhaseLatenciesAreExact) {
   EXPECT_DOUBLE_EQ(e2e.mean, (100.0 * 10 + 5050 + 100.0) * kUs / 110);
 
   const std::string table = FormatPhaseTable(a);
-  EXPECT_TRUE(absl::StrContains(table, "  copy              100      50.00      90.00      99.00     100.00      50.50\n"))
+  EXPECT_TRUE(absl::StrContains(
+      table, "  copy              100      50.00      90.00      99.00     100.00      50.50\n"))
       << table;
   EXPECT_TRUE(absl::StrContains(table, "  end to end        110      55.00      99.00     109.00     110.00"))
       << table;
 }
 
 TEST(Analysis, PhasesNeedBothTimestamps) {
-  TraceRecord r = syn::Fault(0x1000, kStartNs, 1000, syn::kSkip, syn::kSkip, 2000, 3000, trace::kFaultDuplicate);
+  TraceRecord r =
+      syn::Fault(0x1000, kStartNs, 1000, syn::kSkip, syn::kSkip, 2000, 3000, trace::kFaultDuplicate);
   EXPECT_EQ(PhaseDuration(r, kLookup), 1000u);
   EXPECT_FALSE(PhaseDuration(r, kSubmit).has_value());
   EXPECT_FALSE(PhaseDuration(r, kCopy).has_value());
@@ -361,13 +364,14 @@ TEST(Analysis, FaultsBelongToTheRangeLiveAtTheirTime) {
   EXPECT_EQ(a.ranges_freed, 1u);
 
   const std::string top = FormatTopRanges(a, 1);
-  EXPECT_TRUE(absl::StrContains(top, "0x7f0000000000         64.0 MiB       90      53.00     109.00")) << top;
+  EXPECT_TRUE(absl::StrContains(top, "0x7f0000000000         64.0 MiB       90      53.00     109.00"))
+      << top;
   EXPECT_TRUE(absl::StrContains(top, "(1 more ranges with faults)")) << top;
 }
 
 TEST(Analysis, RangeReuseFreedRangesAndUnknownAddresses) {
   trace::Trace t = SyntheticTrace(false);
-  const uint64_t c_start = syn::kRangeB;  // B's address, reused after B's free at 300 ms
+  const uint64_t c_start = syn::kRangeB;    // B's address, reused after B's free at 300 ms
   const uint64_t d_start = 0x600000000000;  // allocated before the trace: only its free is there
   t.records.clear();
   // Out of time order on purpose: per-thread buffers reach the file in any order.
@@ -378,19 +382,19 @@ TEST(Analysis, RangeReuseFreedRangesAndUnknownAddresses) {
   const auto fault = [&](uint64_t addr, uint64_t when, uint64_t e2e_us) {
     t.records.push_back(syn::Fault(addr, when, e2e_us * kUs, syn::kSkip, syn::kSkip, syn::kSkip, 0));
   };
-  fault(syn::kRangeB + 4096, kStartNs + 10 * kMs, 5);            // B
-  fault(syn::kRangeB + 4096, kStartNs + 350 * kMs, 6);           // B freed, C not yet: unknown
-  fault(c_start + (3 << 20), kStartNs + 450 * kMs, 7);           // C (beyond B's size)
-  fault(c_start + (3 << 20), kStartNs + 20 * kMs, 8);            // before C, beyond B: unknown
-  fault(c_start + 8192, kStartNs + 460 * kMs, 9);                // C
-  fault(d_start + 100, kStartNs + 50 * kMs, 10);                 // D, before its free
-  fault(d_start + 100, kStartNs + 150 * kMs, 11);                // D freed: unknown
-  fault(0x1000, kStartNs + 5 * kMs, 12);                         // nowhere
+  fault(syn::kRangeB + 4096, kStartNs + 10 * kMs, 5);   // B
+  fault(syn::kRangeB + 4096, kStartNs + 350 * kMs, 6);  // B freed, C not yet: unknown
+  fault(c_start + (3 << 20), kStartNs + 450 * kMs, 7);  // C (beyond B's size)
+  fault(c_start + (3 << 20), kStartNs + 20 * kMs, 8);   // before C, beyond B: unknown
+  fault(c_start + 8192, kStartNs + 460 * kMs, 9);       // C
+  fault(d_start + 100, kStartNs + 50 * kMs, 10);        // D, before its free
+  fault(d_start + 100, kStartNs + 150 * kMs, 11);       // D freed: unknown
+  fault(0x1000, kStartNs + 5 * kMs, 12);                // nowhere
   const Analysis a = Analyze(t);
   ASSERT_EQ(a.ranges.size(), 4u);
   EXPECT_FALSE(a.ranges[0].known);  // 4 faults
   EXPECT_EQ(a.ranges[0].faults, 4u);
-  EXPECT_EQ(a.ranges[0].end_to_end.p50, 8 * kUs);   // of 6, 8, 11, 12
+  EXPECT_EQ(a.ranges[0].end_to_end.p50, 8 * kUs);  // of 6, 8, 11, 12
   EXPECT_EQ(a.ranges[0].end_to_end.p99, 12 * kUs);
   EXPECT_EQ(a.ranges[1].start, c_start);
   EXPECT_EQ(a.ranges[1].bytes, 4u << 20);
@@ -444,7 +448,8 @@ TEST(Analysis, MigrationThroughputPerDirectionAndCause) {
   EXPECT_EQ(a.errors_by_code[0].first, static_cast<uint8_t>(absl::StatusCode::kUnavailable));
 
   const std::string text = FormatMigrations(a);
-  EXPECT_TRUE(absl::StrContains(text, "host->device            4      8.0 MiB        4.000      2.10       2.33"))
+  EXPECT_TRUE(
+      absl::StrContains(text, "host->device            4      8.0 MiB        4.000      2.10       2.33"))
       << text;
   EXPECT_TRUE(absl::StrContains(text, "prefetch")) << text;
   // No timestamps: no rate.
@@ -489,7 +494,7 @@ struct Json {
   bool boolean = false;
   double number = 0;
   std::string string;
-  std::vector<Json> items;       // array elements, object values
+  std::vector<Json> items;        // array elements, object values
   std::vector<std::string> keys;  // object keys
 
   const Json* Get(std::string_view key) const {
@@ -524,7 +529,8 @@ class JsonParser {
     return false;
   }
   void SkipSpace() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) ++pos_;
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r'))
+      ++pos_;
   }
   bool Literal(std::string_view word) {
     if (s_.substr(pos_, word.size()) != word) return Fail("bad literal");
@@ -586,7 +592,8 @@ class JsonParser {
         if (more < 0) return Fail("invalid UTF-8");
         out->push_back(static_cast<char>(c));
         for (int i = 0; i < more; ++i) {
-          if (pos_ >= s_.size() || (static_cast<unsigned char>(s_[pos_]) & 0xc0) != 0x80) return Fail("invalid UTF-8");
+          if (pos_ >= s_.size() || (static_cast<unsigned char>(s_[pos_]) & 0xc0) != 0x80)
+            return Fail("invalid UTF-8");
           out->push_back(s_[pos_++]);
         }
         continue;
@@ -598,22 +605,40 @@ class JsonParser {
       if (pos_ >= s_.size()) return Fail("unterminated escape");
       const char e = s_[pos_++];
       switch (e) {
-        case '"': case '\\': case '/': out->push_back(e); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
+        case '"':
+        case '\\':
+        case '/':
+          out->push_back(e);
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
         case 'u': {
           if (pos_ + 4 > s_.size()) return Fail("short \\u escape");
           unsigned code = 0;
           for (int i = 0; i < 4; ++i) {
             const char h = s_[pos_++];
             code <<= 4;
-            if (h >= '0' && h <= '9') code |= h - '0';
-            else if (h >= 'a' && h <= 'f') code |= h - 'a' + 10;
-            else if (h >= 'A' && h <= 'F') code |= h - 'A' + 10;
-            else return Fail("bad \\u escape");
+            if (h >= '0' && h <= '9')
+              code |= h - '0';
+            else if (h >= 'a' && h <= 'f')
+              code |= h - 'a' + 10;
+            else if (h >= 'A' && h <= 'F')
+              code |= h - 'A' + 10;
+            else
+              return Fail("bad \\u escape");
           }
           out->push_back(static_cast<char>(code & 0xff));  // enough for these tests: the byte
           break;
@@ -902,7 +927,8 @@ TEST(Plot, OneRowPerPhaseWithPercentiles) {
   EXPECT_TRUE(absl::StrContains(svg, "p99 109.0 µs")) << "end to end's p99";
   EXPECT_TRUE(absl::StrContains(svg, "backend host, 110 CPU faults"));
   // The shared axis: 1 us (every phase >= 1 us) to 1000 us (max 110 us), labelled at 1, 10, 100, 1000.
-  for (const char* label : {">1<", ">10<", ">100<", ">1000<"}) EXPECT_TRUE(absl::StrContains(svg, label)) << label;
+  for (const char* label : {">1<", ">10<", ">100<", ">1000<"})
+    EXPECT_TRUE(absl::StrContains(svg, label)) << label;
   EXPECT_TRUE(absl::StrContains(svg, "latency (µs, log scale)"));
   EXPECT_FALSE(absl::StrContains(svg, "<script"));
 }

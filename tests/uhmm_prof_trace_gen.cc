@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
     s = syn::Write(path, syn::AllRecords(), true, 7);
   } else if (kind == "empty" || kind == "foreign") {
     std::ofstream out(path, std::ios::trunc);
-    if (kind == "foreign") out << "# not a trace\nthis is a text file that happens to be long enough to hold a header\n";
+    if (kind == "foreign")
+      out << "# not a trace\nthis is a text file that happens to be long enough to hold a header\n";
     if (!out) s = absl::InternalError("cannot write " + path);
   } else if (kind == "truncated-header" || kind == "truncated-record") {
     s = syn::Write(path, syn::AllRecords());

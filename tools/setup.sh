@@ -12,6 +12,7 @@ pkgs=(
   python3                                        # generates the emulated Level Zero driver's tables
   googletest libgtest-dev                        # tests
   clang libclang-rt-14-dev                       # the tsan preset
+  clang-format-14                                # tools/format.sh (CI checks the formatting)
 )
 
 missing=()

@@ -47,7 +47,8 @@ absl::StatusOr<InjectSpec> ParseInjectSpec(std::string_view text) {
   for (absl::string_view piece : absl::StrSplit(spec, ',')) {
     const std::string rule(absl::StripAsciiWhitespace(piece));
     if (rule.empty()) return bad("it has an empty rule (two commas in a row, or one at an end)");
-    if (rule == "on" || rule == "off") return bad(absl::StrFormat("'%s' stands alone, not among rules", rule));
+    if (rule == "on" || rule == "off")
+      return bad(absl::StrFormat("'%s' stands alone, not among rules", rule));
     std::vector<std::string> fields = absl::StrSplit(rule, ':');
     for (std::string& f : fields) f = std::string(absl::StripAsciiWhitespace(f));
     InjectRule r;
@@ -65,8 +66,8 @@ absl::StatusOr<InjectSpec> ParseInjectSpec(std::string_view text) {
     if (fields[1] == "all") {
       r.count = kInjectAll;
     } else if (!absl::SimpleAtoi(fields[1], &r.count) || r.count <= 0) {
-      return bad(absl::StrFormat("the count of rule '%s', '%s', is not a positive number or all", rule,
-                                 fields[1]));
+      return bad(
+          absl::StrFormat("the count of rule '%s', '%s', is not a positive number or all", rule, fields[1]));
     }
     for (size_t i = 2; i < fields.size(); ++i) {
       const size_t eq = fields[i].find('=');
@@ -171,9 +172,9 @@ class InjectingCopyEngine final : public CopyEngine {
     failed_.erase(it);
     failed_count_.fetch_sub(1, std::memory_order_release);
     if (!s.ok()) return s;
-    return absl::AbortedError(absl::StrFormat(
-        "device %d: %s copy batch failed (injected fault: UHMM_INJECT / uhmm::testing)", ordinal_,
-        dir == CopyDirection::kHostToDevice ? "host -> device" : "device -> host"));
+    return absl::AbortedError(
+        absl::StrFormat("device %d: %s copy batch failed (injected fault: UHMM_INJECT / uhmm::testing)",
+                        ordinal_, dir == CopyDirection::kHostToDevice ? "host -> device" : "device -> host"));
   }
 
  private:
@@ -313,12 +314,16 @@ class FaultInjectingBackend final : public Backend {
   absl::StatusOr<uintptr_t> ReserveAddressRange(size_t bytes) override {
     return inner_->ReserveAddressRange(bytes);
   }
-  void ReleaseAddressRange(uintptr_t start, size_t bytes) override { inner_->ReleaseAddressRange(start, bytes); }
+  void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
+    inner_->ReleaseAddressRange(start, bytes);
+  }
   bool AbandonAddressRange(uintptr_t start, size_t bytes) override {
     return inner_->AbandonAddressRange(start, bytes);
   }
   bool pins_host_views() const override { return inner_->pins_host_views(); }
-  absl::Status RegisterHostView(void* view, size_t bytes) override { return inner_->RegisterHostView(view, bytes); }
+  absl::Status RegisterHostView(void* view, size_t bytes) override {
+    return inner_->RegisterHostView(view, bytes);
+  }
   void UnregisterHostView(void* view, size_t bytes) override { inner_->UnregisterHostView(view, bytes); }
   absl::Status SetLaunchListener(LaunchListener* listener) override {
     return inner_->SetLaunchListener(listener);

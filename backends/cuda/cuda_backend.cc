@@ -5,9 +5,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <string>
@@ -15,9 +15,9 @@
 
 #include "absl/strings/str_format.h"
 #include "backends/common/copy_back_pagemap.h"
-#include "backends/common/spin_wait.h"
 #include "backends/common/fence_table.h"
 #include "backends/common/one_pointer.h"
+#include "backends/common/spin_wait.h"
 #include "backends/cuda/cuda_driver.h"
 #include "backends/cuda/cupti_launch.h"
 #include "backends/cuda/nvtx_ranges.h"
@@ -282,9 +282,11 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
       const size_t n = std::min(kBlockSize, bytes - off);
       if (write) {
         std::memcpy(staging, static_cast<const uint8_t*>(host) + off, n);
-        UHMM_CU(d_->cuMemcpyHtoDAsync(device_addr + off, staging, n, test_stream_), "cuMemcpyHtoDAsync(test)");
+        UHMM_CU(d_->cuMemcpyHtoDAsync(device_addr + off, staging, n, test_stream_),
+                "cuMemcpyHtoDAsync(test)");
       } else {
-        UHMM_CU(d_->cuMemcpyDtoHAsync(staging, device_addr + off, n, test_stream_), "cuMemcpyDtoHAsync(test)");
+        UHMM_CU(d_->cuMemcpyDtoHAsync(staging, device_addr + off, n, test_stream_),
+                "cuMemcpyDtoHAsync(test)");
       }
       UHMM_CU(d_->cuStreamSynchronize(test_stream_), "cuStreamSynchronize(test)");
       if (!write) std::memcpy(static_cast<uint8_t*>(host) + off, staging, n);
@@ -312,7 +314,11 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(const Driver* d, CUdevice dev, int cuda_ordinal, CUcontext ctx, std::string name,
               std::string cupti_library)
-      : d_(d), dev_(dev), cuda_ordinal_(cuda_ordinal), ctx_(ctx), name_(std::move(name)),
+      : d_(d),
+        dev_(dev),
+        cuda_ordinal_(cuda_ordinal),
+        ctx_(ctx),
+        name_(std::move(name)),
         cupti_library_(std::move(cupti_library)) {}
   ~CudaBackend() override {
     LaunchInterceptor::Retire(std::move(interceptor_));
@@ -325,8 +331,8 @@ class CudaBackend final : public Backend {
     if (ordinal != 0) {
       return absl::InvalidArgumentError(absl::StrFormat("CUDA backend: no device %d", ordinal));
     }
-    auto dev = std::make_unique<CudaDevice>(
-        d_, dev_, ctx_, ordinal, absl::StrFormat("CUDA device %d: %s", cuda_ordinal_, name_));
+    auto dev = std::make_unique<CudaDevice>(d_, dev_, ctx_, ordinal,
+                                            absl::StrFormat("CUDA device %d: %s", cuda_ordinal_, name_));
     if (absl::Status s = dev->Init(); !s.ok()) return s;
     return std::unique_ptr<Device>(std::move(dev));
   }
@@ -412,9 +418,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& config)
   prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
   prop.location.id = dev;
   size_t granularity = 0;
-  if (absl::Status s = CudaStatus(d, d.cuMemGetAllocationGranularity(&granularity, &prop,
-                                                                    CU_MEM_ALLOC_GRANULARITY_MINIMUM),
-                                  "cuMemGetAllocationGranularity");
+  if (absl::Status s = CudaStatus(
+          d, d.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+          "cuMemGetAllocationGranularity");
       !s.ok()) {
     return s;
   }

@@ -19,33 +19,34 @@ absl::StatusOr<const Driver*> Load(const std::string& path) {
   if (d->handle == nullptr) {
     const char* err = dlerror();
     return absl::UnavailableError(absl::StrFormat(
-        "the NVIDIA driver library %s could not be loaded (%s): no NVIDIA driver on this machine",
-        d->path, err ? err : "unknown error"));
+        "the NVIDIA driver library %s could not be loaded (%s): no NVIDIA driver on this machine", d->path,
+        err ? err : "unknown error"));
   }
   using GetProc = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
   auto get_proc = reinterpret_cast<GetProc>(dlsym(d->handle, "cuGetProcAddress_v2"));
   if (get_proc == nullptr) {
     return absl::UnavailableError(absl::StrFormat(
         "%s has no cuGetProcAddress_v2: the driver is older than CUDA 12; uhmm needs a CUDA 12+ "
-        "driver", d->path));
+        "driver",
+        d->path));
   }
   std::string missing;
-#define UHMM_RESOLVE(name)                                                                    \
-  {                                                                                           \
-    void* fn = nullptr;                                                                       \
-    CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;              \
+#define UHMM_RESOLVE(name)                                                                         \
+  {                                                                                                \
+    void* fn = nullptr;                                                                            \
+    CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;                   \
     if (get_proc(#name, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS || \
-        fn == nullptr) {                                                                      \
-      missing += missing.empty() ? #name : ", " #name;                                         \
-    }                                                                                         \
-    d->name = reinterpret_cast<decltype(d->name)>(fn);                                        \
+        fn == nullptr) {                                                                           \
+      missing += missing.empty() ? #name : ", " #name;                                             \
+    }                                                                                              \
+    d->name = reinterpret_cast<decltype(d->name)>(fn);                                             \
   }
   UHMM_CUDA_DRIVER_FUNCTIONS(UHMM_RESOLVE)
 #undef UHMM_RESOLVE
   if (!missing.empty()) {
     return absl::UnavailableError(absl::StrFormat(
-        "the driver in %s lacks %s (built against CUDA %d.%d headers; update the NVIDIA driver)",
-        d->path, missing, CUDA_VERSION / 1000, CUDA_VERSION % 1000 / 10));
+        "the driver in %s lacks %s (built against CUDA %d.%d headers; update the NVIDIA driver)", d->path,
+        missing, CUDA_VERSION / 1000, CUDA_VERSION % 1000 / 10));
   }
   if (CUresult r = d->cuInit(0); r != CUDA_SUCCESS) {
     return absl::UnavailableError(

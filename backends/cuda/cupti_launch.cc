@@ -71,8 +71,7 @@ absl::StatusOr<const Cupti*> LoadCupti(const std::string& configured) {
     c->unsubscribe = reinterpret_cast<decltype(c->unsubscribe)>(dlsym(c->handle, "cuptiUnsubscribe"));
     c->enable_callback =
         reinterpret_cast<decltype(c->enable_callback)>(dlsym(c->handle, "cuptiEnableCallback"));
-    c->result_string =
-        reinterpret_cast<decltype(c->result_string)>(dlsym(c->handle, "cuptiGetResultString"));
+    c->result_string = reinterpret_cast<decltype(c->result_string)>(dlsym(c->handle, "cuptiGetResultString"));
     if (!c->subscribe || !c->unsubscribe || !c->enable_callback || !c->result_string) {
       return absl::UnavailableError(absl::StrFormat("%s lacks the callback API", c->path));
     }
@@ -150,10 +149,11 @@ absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
   CUpti_SubscriberHandle sub = nullptr;
   CUptiResult r = c.subscribe(&sub, &OnCallback, li.get());
   if (r != CUPTI_SUCCESS) {
-    return absl::UnavailableError(absl::StrFormat(
-        "cuptiSubscribe: %s%s", CuptiError(c, r),
-        r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED
-            ? " (another CUPTI client, such as a profiler, is attached)" : ""));
+    return absl::UnavailableError(
+        absl::StrFormat("cuptiSubscribe: %s%s", CuptiError(c, r),
+                        r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED
+                            ? " (another CUPTI client, such as a profiler, is attached)"
+                            : ""));
   }
   li->subscriber_ = sub;
   for (CUpti_CallbackId cbid : kLaunchCallbacks) {

@@ -27,13 +27,13 @@ class NvtxRange {
 
   // "uhmm migrate to device (prefetch)", ...
   static const char* MigrationName(bool to_device, MigrateCause cause) {
-    static const char* const kTo[] = {"uhmm to device (prefetch)", "uhmm to device (fault)",
-                                      "uhmm to device (eviction)", "uhmm to device (address change)",
-                                      "uhmm to device (fork)",     "uhmm to device (launch)",
+    static const char* const kTo[] = {"uhmm to device (prefetch)",  "uhmm to device (fault)",
+                                      "uhmm to device (eviction)",  "uhmm to device (address change)",
+                                      "uhmm to device (fork)",      "uhmm to device (launch)",
                                       "uhmm to device (read-ahead)"};
-    static const char* const kFrom[] = {"uhmm to host (prefetch)", "uhmm to host (fault)",
-                                        "uhmm to host (eviction)", "uhmm to host (address change)",
-                                        "uhmm to host (fork)",     "uhmm to host (launch)",
+    static const char* const kFrom[] = {"uhmm to host (prefetch)",  "uhmm to host (fault)",
+                                        "uhmm to host (eviction)",  "uhmm to host (address change)",
+                                        "uhmm to host (fork)",      "uhmm to host (launch)",
                                         "uhmm to host (read-ahead)"};
     const auto i = static_cast<size_t>(cause);
     if (i >= sizeof(kTo) / sizeof(kTo[0])) return to_device ? "uhmm to device" : "uhmm to host";

@@ -217,7 +217,6 @@ class HostDevice final : public Device, public HostDeviceControls {
   }
   void FreeChunk(uint64_t chunk) override { munmap(reinterpret_cast<void*>(chunk), kBlockSize); }
 
-
   // HostDeviceControls.
   absl::Status RunKernel(std::function<void()> kernel) override {
     if (LaunchListener* l = listener_->load(std::memory_order_acquire)) l->BeforeLaunch(ordinal_, nullptr);

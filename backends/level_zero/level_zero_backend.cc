@@ -28,9 +28,9 @@
 namespace uhmm::level_zero {
 namespace {
 
-#define UHMM_ZE(call, name)                                              \
-  do {                                                                   \
-    if (absl::Status s_ = ZeStatus((call), name); !s_.ok()) return s_;  \
+#define UHMM_ZE(call, name)                                            \
+  do {                                                                 \
+    if (absl::Status s_ = ZeStatus((call), name); !s_.ok()) return s_; \
   } while (0)
 
 // Busy-polls `event` for a while, then blocks (spin_wait.h).
@@ -45,8 +45,9 @@ absl::StatusOr<ze_command_list_handle_t> CreateImmediateList(const Loader& l, ze
                                                              ze_device_handle_t dev, uint32_t ordinal,
                                                              uint32_t index) {
   ScopedUntraced untraced;
-  ze_command_queue_desc_t desc = {ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, ordinal, index, 0,
-                                  ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS, ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+  ze_command_queue_desc_t desc = {
+      ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, ordinal, index, 0, ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+      ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
   ze_command_list_handle_t list = nullptr;
   UHMM_ZE(l.zeCommandListCreateImmediate(ctx, dev, &desc, &list), "zeCommandListCreateImmediate");
   return list;
@@ -110,11 +111,11 @@ class ZeCopyEngine final : public CopyEngine {
       std::lock_guard<std::mutex> lock(lane.mu);
       for (const CopyOp& op : ops) {
         void* dev = reinterpret_cast<void*>(op.device);
-        s = ZeStatus(to_device ? l_->zeCommandListAppendMemoryCopy(lane.list, dev, op.host, op.bytes,
-                                                                  nullptr, 0, nullptr)
-                               : l_->zeCommandListAppendMemoryCopy(lane.list, op.host, dev, op.bytes,
-                                                                  nullptr, 0, nullptr),
-                     "zeCommandListAppendMemoryCopy");
+        s = ZeStatus(
+            to_device
+                ? l_->zeCommandListAppendMemoryCopy(lane.list, dev, op.host, op.bytes, nullptr, 0, nullptr)
+                : l_->zeCommandListAppendMemoryCopy(lane.list, op.host, dev, op.bytes, nullptr, 0, nullptr),
+            "zeCommandListAppendMemoryCopy");
         if (!s.ok()) break;
       }
       // Also after a failed append: the copies queued before it must be done before we return.
@@ -162,9 +163,8 @@ class LevelZeroBackend;
 
 class LevelZeroDevice final : public Device, public testing::DeviceAccess {
  public:
-  LevelZeroDevice(const Loader* l, ze_driver_handle_t driver, ze_device_handle_t dev,
-                  ze_context_handle_t ctx, int ordinal, std::string name,
-                  std::function<absl::Status()> wait_for_kernels)
+  LevelZeroDevice(const Loader* l, ze_driver_handle_t driver, ze_device_handle_t dev, ze_context_handle_t ctx,
+                  int ordinal, std::string name, std::function<absl::Status()> wait_for_kernels)
       : l_(l),
         driver_(driver),
         dev_(dev),
@@ -250,11 +250,11 @@ class LevelZeroDevice final : public Device, public testing::DeviceAccess {
 
   absl::Status MapChunk(uint64_t chunk, uintptr_t block) override {
     void* va = reinterpret_cast<void*>(block);
-    UHMM_ZE(l_->zeVirtualMemMap(ctx_, va, kBlockSize, reinterpret_cast<ze_physical_mem_handle_t>(chunk),
-                                0, ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE),
+    UHMM_ZE(l_->zeVirtualMemMap(ctx_, va, kBlockSize, reinterpret_cast<ze_physical_mem_handle_t>(chunk), 0,
+                                ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE),
             "zeVirtualMemMap");
-    if (ze_result_t r = l_->zeVirtualMemSetAccessAttribute(ctx_, va, kBlockSize,
-                                                           ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE);
+    if (ze_result_t r =
+            l_->zeVirtualMemSetAccessAttribute(ctx_, va, kBlockSize, ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE);
         r != ZE_RESULT_SUCCESS) {
       l_->zeVirtualMemUnmap(ctx_, va, kBlockSize);
       return ZeStatus(r, "zeVirtualMemSetAccessAttribute");
@@ -379,8 +379,8 @@ class LevelZeroBackend final : public Backend {
   }
   void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
     ScopedUntraced untraced;
-    if (absl::Status s = ZeStatus(l_->zeVirtualMemFree(ctx_, reinterpret_cast<void*>(start), bytes),
-                                  "zeVirtualMemFree");
+    if (absl::Status s =
+            ZeStatus(l_->zeVirtualMemFree(ctx_, reinterpret_cast<void*>(start), bytes), "zeVirtualMemFree");
         !s.ok()) {
       std::fprintf(stderr, "uhmm: Level Zero backend: %s\n", std::string(s.message()).c_str());
     }
@@ -410,7 +410,8 @@ class LevelZeroBackend final : public Backend {
       return absl::FailedPreconditionError(absl::StrFormat(
           "zeVirtualMemReserve put %u bytes of device address space at %p instead of the requested "
           "%#x (the start address is only a hint): this device cannot map its memory at the CPU's "
-          "addresses, which uhmm's one pointer needs", bytes, got, start));
+          "addresses, which uhmm's one pointer needs",
+          bytes, got, start));
     }
     return absl::OkStatus();
   }

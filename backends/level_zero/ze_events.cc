@@ -18,8 +18,8 @@ absl::StatusOr<ze_event_handle_t> EventCache::Acquire() {
     ze_event_pool_desc_t pool_desc = {ZE_STRUCTURE_TYPE_EVENT_POOL_DESC, nullptr,
                                       ZE_EVENT_POOL_FLAG_HOST_VISIBLE, kEventsPerPool};
     ze_event_pool_handle_t pool = nullptr;
-    if (absl::Status s = ZeStatus(l_->zeEventPoolCreate(ctx_, &pool_desc, 0, nullptr, &pool),
-                                  "zeEventPoolCreate");
+    if (absl::Status s =
+            ZeStatus(l_->zeEventPoolCreate(ctx_, &pool_desc, 0, nullptr, &pool), "zeEventPoolCreate");
         !s.ok()) {
       return s;
     }

@@ -65,11 +65,12 @@ absl::StatusOr<const Loader*> Load(const std::string& path) {
     const char* err = dlerror();
     return absl::UnavailableError(absl::StrFormat(
         "the Level Zero loader %s could not be loaded (%s): install libze1 (Debian/Ubuntu) or "
-        "level-zero (Intel's packages)", l->path, err ? err : "unknown error"));
+        "level-zero (Intel's packages)",
+        l->path, err ? err : "unknown error"));
   }
   std::string missing;
-#define UHMM_RESOLVE(name)                                                        \
-  l->name = reinterpret_cast<decltype(l->name)>(dlsym(l->handle, #name));         \
+#define UHMM_RESOLVE(name)                                                \
+  l->name = reinterpret_cast<decltype(l->name)>(dlsym(l->handle, #name)); \
   if (l->name == nullptr) missing += missing.empty() ? #name : ", " #name;
   UHMM_ZE_FUNCTIONS(UHMM_RESOLVE)
 #undef UHMM_RESOLVE
@@ -77,8 +78,7 @@ absl::StatusOr<const Loader*> Load(const std::string& path) {
     return absl::UnavailableError(absl::StrFormat(
         "the Level Zero loader %s lacks %s; uhmm needs loader 1.8 or newer", l->path, missing));
   }
-#define UHMM_RESOLVE_OPTIONAL(name) \
-  l->name = reinterpret_cast<decltype(l->name)>(dlsym(l->handle, #name));
+#define UHMM_RESOLVE_OPTIONAL(name) l->name = reinterpret_cast<decltype(l->name)>(dlsym(l->handle, #name));
   UHMM_ZEL_TRACER_FUNCTIONS(UHMM_RESOLVE_OPTIONAL)
 #undef UHMM_RESOLVE_OPTIONAL
   if (l->zelTracerCreate == nullptr || l->zelTracerDestroy == nullptr ||
@@ -87,10 +87,10 @@ absl::StatusOr<const Loader*> Load(const std::string& path) {
     l->zelTracerCreate = nullptr;  // all or nothing
   }
   if (ze_result_t r = l->zeInit(ZE_INIT_FLAG_GPU_ONLY); r != ZE_RESULT_SUCCESS) {
-    return absl::UnavailableError(absl::StrFormat(
-        "zeInit found no Level Zero GPU driver (%s): install Intel's compute runtime "
-        "(intel-level-zero-gpu / libze-intel-gpu1) on a machine with an Intel GPU",
-        ZeStatus(r, "zeInit").message()));
+    return absl::UnavailableError(
+        absl::StrFormat("zeInit found no Level Zero GPU driver (%s): install Intel's compute runtime "
+                        "(intel-level-zero-gpu / libze-intel-gpu1) on a machine with an Intel GPU",
+                        ZeStatus(r, "zeInit").message()));
   }
   return l.release();  // process lifetime: Level Zero objects may be released at exit
 }

@@ -27,7 +27,8 @@ absl::StatusOr<std::unique_ptr<LaunchTracer>> LaunchTracer::Create(const Loader*
         "%s: the loader's tracing layer is not active. It is chosen at the process's first zeInit: "
         "set ZE_ENABLE_TRACING_LAYER=1, or create the uhmm runtime before the application calls "
         "zeInit. Without it uhmm cannot intercept launches, nor wait for kernels before evicting "
-        "their memory", ZeStatus(r, "zelTracerCreate").message()));
+        "their memory",
+        ZeStatus(r, "zelTracerCreate").message()));
   }
   zel_core_callbacks_t prologues = {};
   prologues.CommandList.pfnDestroyCb = &ListDestroyPrologue;
@@ -110,8 +111,10 @@ void LaunchTracer::OnLaunch(ze_command_list_handle_t list, ze_event_handle_t* si
   }
   absl::StatusOr<ze_event_handle_t> e = events_.Acquire();
   if (!e.ok()) {
-    std::fprintf(stderr, "uhmm: Level Zero backend: cannot track a kernel launch (%s); eviction "
-                 "will not wait for it\n", std::string(e.status().message()).c_str());
+    std::fprintf(stderr,
+                 "uhmm: Level Zero backend: cannot track a kernel launch (%s); eviction "
+                 "will not wait for it\n",
+                 std::string(e.status().message()).c_str());
     return;
   }
   *signal_event = *e;  // the prologue's parameters are what the driver receives
@@ -127,8 +130,8 @@ void LaunchTracer::OnExecute(ze_command_queue_handle_t queue) {
   queues_.insert(queue);
 }
 
-void LaunchTracer::CreateImmediateEpilogue(ze_command_list_create_immediate_params_t* p,
-                                           ze_result_t result, void* self, void**) {
+void LaunchTracer::CreateImmediateEpilogue(ze_command_list_create_immediate_params_t* p, ze_result_t result,
+                                           void* self, void**) {
   InCallback in(self);
   LaunchTracer* t = in.tracer();
   if (ScopedUntraced::active() || result != ZE_RESULT_SUCCESS || *p->phContext != t->ctx_ ||
@@ -139,8 +142,7 @@ void LaunchTracer::CreateImmediateEpilogue(ze_command_list_create_immediate_para
   t->immediate_lists_.insert(**p->pphCommandList);
 }
 
-void LaunchTracer::ListDestroyPrologue(ze_command_list_destroy_params_t* p, ze_result_t, void* self,
-                                       void**) {
+void LaunchTracer::ListDestroyPrologue(ze_command_list_destroy_params_t* p, ze_result_t, void* self, void**) {
   InCallback in(self);
   LaunchTracer* t = in.tracer();
   if (ScopedUntraced::active()) return;
@@ -148,8 +150,8 @@ void LaunchTracer::ListDestroyPrologue(ze_command_list_destroy_params_t* p, ze_r
   t->immediate_lists_.erase(*p->phCommandList);
 }
 
-void LaunchTracer::LaunchPrologue(ze_command_list_append_launch_kernel_params_t* p, ze_result_t,
-                                  void* self, void**) {
+void LaunchTracer::LaunchPrologue(ze_command_list_append_launch_kernel_params_t* p, ze_result_t, void* self,
+                                  void**) {
   InCallback in(self);
   in.tracer()->OnLaunch(*p->phCommandList, p->phSignalEvent);
 }

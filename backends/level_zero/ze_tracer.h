@@ -71,10 +71,10 @@ class LaunchTracer {
                              void**);
   static void CooperativeLaunchPrologue(ze_command_list_append_launch_cooperative_kernel_params_t* p,
                                         ze_result_t, void* self, void**);
-  static void IndirectLaunchPrologue(ze_command_list_append_launch_kernel_indirect_params_t* p,
-                                     ze_result_t, void* self, void**);
-  static void ExecutePrologue(ze_command_queue_execute_command_lists_params_t* p, ze_result_t,
-                              void* self, void**);
+  static void IndirectLaunchPrologue(ze_command_list_append_launch_kernel_indirect_params_t* p, ze_result_t,
+                                     void* self, void**);
+  static void ExecutePrologue(ze_command_queue_execute_command_lists_params_t* p, ze_result_t, void* self,
+                              void**);
   static void QueueDestroyPrologue(ze_command_queue_destroy_params_t* p, ze_result_t, void* self, void**);
   static void EventGonePrologue(ze_event_handle_t event, void* self);
   static void EventDestroyPrologue(ze_event_destroy_params_t* p, ze_result_t, void* self, void**);

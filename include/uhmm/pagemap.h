@@ -23,9 +23,9 @@ struct Page {
   std::atomic<int32_t> refcount{1};
   std::atomic<uint32_t> flags{0};
   Pagemap* pgmap = nullptr;
-  uint64_t pfn = 0;        // index of the page in its pagemap's pool
-  uint64_t dma_addr = 0;   // device address of the page (root chunk base + offset)
-  void* zone_device_data = nullptr;      // the backend's, untouched by the runtime
+  uint64_t pfn = 0;                        // index of the page in its pagemap's pool
+  uint64_t dma_addr = 0;                   // device address of the page (root chunk base + offset)
+  void* zone_device_data = nullptr;        // the backend's, untouched by the runtime
   std::atomic<uintptr_t> managed_addr{0};  // managed address this page backs; 0 when free
 };
 
@@ -34,8 +34,8 @@ enum PageFlags : uint32_t {
 };
 
 enum class MemoryType {
-  kDevicePrivate = 1,  // the CPU cannot address it: CPU access faults and migrates back
-  kDeviceCoherent = 2, // reserved: CPU-coherent device memory (the seed's DEVICE_HOST)
+  kDevicePrivate = 1,   // the CPU cannot address it: CPU access faults and migrates back
+  kDeviceCoherent = 2,  // reserved: CPU-coherent device memory (the seed's DEVICE_HOST)
 };
 
 struct PagemapOps {
@@ -53,8 +53,8 @@ struct PagemapOps {
 struct Pagemap {
   MemoryType type = MemoryType::kDevicePrivate;
   const PagemapOps* ops = nullptr;
-  void* owner = nullptr;   // backend identity; migrate_vma selects pages by it (pgmap_owner)
-  int device = -1;         // device ordinal within the runtime
+  void* owner = nullptr;  // backend identity; migrate_vma selects pages by it (pgmap_owner)
+  int device = -1;        // device ordinal within the runtime
   void* internal = nullptr;
   // The engine that copies this pagemap's pages in page_fault, MigrateToDevice and MigrateToRam:
   // the backend points it at its device's engine and copies through it, never through the engine
@@ -87,7 +87,15 @@ enum MigratePfnFlags : uint32_t {
 // Why pages move (also the cause field of trace records). kPrefetch is an explicit migration the
 // application asked for (uhmm_migrate, uhmm_prefetch_on_queue); kReadAhead is the runtime's own
 // read-ahead after CPU faults.
-enum class MigrateCause : uint32_t { kPrefetch = 0, kFault, kEviction, kAddressChange, kFork, kLaunch, kReadAhead };
+enum class MigrateCause : uint32_t {
+  kPrefetch = 0,
+  kFault,
+  kEviction,
+  kAddressChange,
+  kFork,
+  kLaunch,
+  kReadAhead
+};
 
 // One src[] or dst[] entry. For system memory `host` is the runtime's DMA-able view of the page; for
 // device memory `page` is the descriptor.
@@ -113,7 +121,7 @@ struct MigrateVma {
   const void* pgmap_owner = nullptr;
   std::vector<MigratePfn> src;
   std::vector<MigratePfn> dst;
-  size_t cpages = 0;  // entries collected by setup
+  size_t cpages = 0;        // entries collected by setup
   size_t skipped_busy = 0;  // pages setup left out because another migration holds them
   MigrateCause cause = MigrateCause::kPrefetch;
   // Tracing (runtime-owned): CLOCK_MONOTONIC ns at setup, copy submitted, copy done; 0 when off.

@@ -13,13 +13,13 @@ extern "C" {
 
 typedef enum uhmm_status {
   UHMM_OK = 0,
-  UHMM_ERROR_INVALID_ARGUMENT = 1, /* null, size 0, unaligned, overflow, bad device */
-  UHMM_ERROR_NOT_FOUND = 2,        /* address not managed by this runtime (or already freed) */
-  UHMM_ERROR_OUT_OF_MEMORY = 3,    /* host or device memory exhausted even after eviction */
-  UHMM_ERROR_UNAVAILABLE = 4,      /* backend, device or kernel feature not available */
-  UHMM_ERROR_PERMISSION_DENIED = 5,/* userfaultfd not permitted: see the message for the fix */
+  UHMM_ERROR_INVALID_ARGUMENT = 1,  /* null, size 0, unaligned, overflow, bad device */
+  UHMM_ERROR_NOT_FOUND = 2,         /* address not managed by this runtime (or already freed) */
+  UHMM_ERROR_OUT_OF_MEMORY = 3,     /* host or device memory exhausted even after eviction */
+  UHMM_ERROR_UNAVAILABLE = 4,       /* backend, device or kernel feature not available */
+  UHMM_ERROR_PERMISSION_DENIED = 5, /* userfaultfd not permitted: see the message for the fix */
   UHMM_ERROR_FAILED_PRECONDITION = 6,
-  UHMM_ERROR_DEVICE = 7,           /* the device failed a copy or allocation */
+  UHMM_ERROR_DEVICE = 7, /* the device failed a copy or allocation */
   UHMM_ERROR_INTERNAL = 8,
 } uhmm_status_t;
 
@@ -52,78 +52,78 @@ typedef enum uhmm_hugetlb_mode {
  * field here (UHMM_CUDA_DEVICE, UHMM_CUDA_DRIVER, UHMM_CUPTI_LIBRARY, UHMM_ZE_DEVICE,
  * UHMM_ZE_LOADER) are always taken from the environment by uhmm_create. */
 typedef struct uhmm_config {
-  const char* backend;       /* "host", "cuda", ...; NULL: $UHMM_BACKEND, else the best available */
-  int fault_threads;         /* fault-service threads (default 2, $UHMM_FAULT_THREADS) */
-  size_t device_pool_bytes;  /* device pool cap per device, 2 MiB multiple (0: backend default) */
+  const char* backend;         /* "host", "cuda", ...; NULL: $UHMM_BACKEND, else the best available */
+  int fault_threads;           /* fault-service threads (default 2, $UHMM_FAULT_THREADS) */
+  size_t device_pool_bytes;    /* device pool cap per device, 2 MiB multiple (0: backend default) */
   double device_pool_fraction; /* or this fraction (0, 1] of each device's free memory (0: unused) */
-  size_t fault_granularity;  /* bytes migrated back per CPU fault, power of two, 4 KiB..2 MiB */
-  int host_devices;          /* host backend: number of emulated devices (default 1) */
+  size_t fault_granularity;    /* bytes migrated back per CPU fault, power of two, 4 KiB..2 MiB */
+  int host_devices;            /* host backend: number of emulated devices (default 1) */
   uhmm_sigbus_mode_t sigbus_mode;
-  int transparent_launch;    /* 1 (default): make managed data device-resident before every kernel
-                                launch the backend intercepts; 0: only explicit prefetch/sync */
-  int host_same_address;     /* host backend: emulate one pointer (device address == managed) */
-  const char* trace_path;    /* write a fault trace for uhmm-prof here ("%p": pid); NULL: $UHMM_TRACE */
-  int print_stats;           /* 1: print the counters to stderr when the runtime goes ($UHMM_STATS) */
+  int transparent_launch; /* 1 (default): make managed data device-resident before every kernel
+                             launch the backend intercepts; 0: only explicit prefetch/sync */
+  int host_same_address;  /* host backend: emulate one pointer (device address == managed) */
+  const char* trace_path; /* write a fault trace for uhmm-prof here ("%p": pid); NULL: $UHMM_TRACE */
+  int print_stats;        /* 1: print the counters to stderr when the runtime goes ($UHMM_STATS) */
   /* Policy (docs/CONFIG.md and docs/PERFORMANCE.md say what each buys). */
-  size_t readahead_bytes;    /* largest read-ahead window on sequential CPU faults (default 32 MiB,
-                                $UHMM_READAHEAD; 0: off) */
-  union {                    /* migration threads: read-ahead and block-parallel bulk migrations
-                                (default 2, $UHMM_MIGRATION_THREADS, formerly
-                                $UHMM_PREFETCH_THREADS; 0: no read-ahead, bulk migrations on the
-                                calling thread). prefetch_threads is the deprecated old name. */
+  size_t readahead_bytes; /* largest read-ahead window on sequential CPU faults (default 32 MiB,
+                             $UHMM_READAHEAD; 0: off) */
+  union {                 /* migration threads: read-ahead and block-parallel bulk migrations
+                             (default 2, $UHMM_MIGRATION_THREADS, formerly
+                             $UHMM_PREFETCH_THREADS; 0: no read-ahead, bulk migrations on the
+                             calling thread). prefetch_threads is the deprecated old name. */
     int migration_threads;
     int prefetch_threads;
   };
-  union {                    /* density growth, percent: a fault grows its granule to the largest
-                                aligned region that would then be more than this full (default 51,
-                                $UHMM_GROWTH_THRESHOLD, formerly $UHMM_PREFETCH_THRESHOLD; 0: off).
-                                prefetch_threshold is the deprecated old name. */
+  union { /* density growth, percent: a fault grows its granule to the largest
+             aligned region that would then be more than this full (default 51,
+             $UHMM_GROWTH_THRESHOLD, formerly $UHMM_PREFETCH_THRESHOLD; 0: off).
+             prefetch_threshold is the deprecated old name. */
     int growth_threshold;
     int prefetch_threshold;
   };
-  int thrashing_threshold;   /* faults back within thrashing_lapse_us of a move to a device that
-                                mark a block thrashing: no read-ahead or growth there (default 3,
-                                $UHMM_THRASHING_THRESHOLD; 0: off) */
-  int thrashing_lapse_us;    /* default 500, $UHMM_THRASHING_LAPSE_US */
-  uhmm_hugetlb_mode_t hugetlb;  /* default AUTO, $UHMM_HUGETLB=auto|never|always */
-  size_t hugetlb_min_bytes;  /* AUTO picks hugetlb from this size (0 or default: 64 MiB,
-                                $UHMM_HUGETLB_MIN) */
-  int fault_spin_us;         /* busy-poll: the first fault thread keeps reading this long after a
-                                message before sleeping in poll() (-1 default: 50 on machines with
-                                8+ CPUs, else 0; $UHMM_FAULT_SPIN_US) */
-  int placement;             /* 1 (default): hwloc binds fault threads near the device and its
-                                runtime views to the device's NUMA node; 0: no binding
-                                ($UHMM_PLACEMENT=auto|none) */
+  int thrashing_threshold;     /* faults back within thrashing_lapse_us of a move to a device that
+                                  mark a block thrashing: no read-ahead or growth there (default 3,
+                                  $UHMM_THRASHING_THRESHOLD; 0: off) */
+  int thrashing_lapse_us;      /* default 500, $UHMM_THRASHING_LAPSE_US */
+  uhmm_hugetlb_mode_t hugetlb; /* default AUTO, $UHMM_HUGETLB=auto|never|always */
+  size_t hugetlb_min_bytes;    /* AUTO picks hugetlb from this size (0 or default: 64 MiB,
+                                  $UHMM_HUGETLB_MIN) */
+  int fault_spin_us;           /* busy-poll: the first fault thread keeps reading this long after a
+                                  message before sleeping in poll() (-1 default: 50 on machines with
+                                  8+ CPUs, else 0; $UHMM_FAULT_SPIN_US) */
+  int placement;               /* 1 (default): hwloc binds fault threads near the device and its
+                                  runtime views to the device's NUMA node; 0: no binding
+                                  ($UHMM_PLACEMENT=auto|none) */
 } uhmm_config_t;
 
 typedef struct uhmm_stats {
-  uint64_t cpu_faults;          /* userfaultfd fault messages served */
-  uint64_t duplicate_faults;    /* faults on host-resident pages that the CPU had not mapped: another
-                                   thread's fault or a migration brought the page home first, the
-                                   page's CPU mapping was taken by a migration that then left it on
-                                   the host (pool full, page busy), or a discard unmapped it */
-  uint64_t stale_faults;        /* fault messages older than the page's last move to a device
-                                   (a signal can make the kernel repeat a fault): answered with a
-                                   wake, not a migration */
-  uint64_t unmanaged_faults;    /* faults at addresses no live range covers (resolved as host) */
-  uint64_t pages_to_device;     /* 4 KiB pages migrated host -> device */
-  uint64_t pages_to_host;       /* 4 KiB pages migrated device -> host (faults, prefetch, eviction) */
-  uint64_t evicted_pages;       /* part of pages_to_host that eviction moved */
-  uint64_t evicted_chunks;      /* 2 MiB device chunks evicted */
-  uint64_t sigbus_delivered;    /* accesses ended with SIGBUS after a device error */
+  uint64_t cpu_faults;       /* userfaultfd fault messages served */
+  uint64_t duplicate_faults; /* faults on host-resident pages that the CPU had not mapped: another
+                                thread's fault or a migration brought the page home first, the
+                                page's CPU mapping was taken by a migration that then left it on
+                                the host (pool full, page busy), or a discard unmapped it */
+  uint64_t stale_faults;     /* fault messages older than the page's last move to a device
+                                (a signal can make the kernel repeat a fault): answered with a
+                                wake, not a migration */
+  uint64_t unmanaged_faults; /* faults at addresses no live range covers (resolved as host) */
+  uint64_t pages_to_device;  /* 4 KiB pages migrated host -> device */
+  uint64_t pages_to_host;    /* 4 KiB pages migrated device -> host (faults, prefetch, eviction) */
+  uint64_t evicted_pages;    /* part of pages_to_host that eviction moved */
+  uint64_t evicted_chunks;   /* 2 MiB device chunks evicted */
+  uint64_t sigbus_delivered; /* accesses ended with SIGBUS after a device error */
   uint64_t events_remove, events_unmap, events_remap; /* userfaultfd events read */
-  uint64_t events_fork;         /* fork() calls seen by the atfork handlers (not a userfaultfd event) */
-  uint64_t device_pages_total;  /* pool capacity, all devices */
-  uint64_t device_pages_used;   /* pages currently backing managed data */
-  uint64_t launch_syncs;        /* launch-coherence passes that had work (transparent or explicit) */
+  uint64_t events_fork;            /* fork() calls seen by the atfork handlers (not a userfaultfd event) */
+  uint64_t device_pages_total;     /* pool capacity, all devices */
+  uint64_t device_pages_used;      /* pages currently backing managed data */
+  uint64_t launch_syncs;           /* launch-coherence passes that had work (transparent or explicit) */
   uint64_t launch_pages_to_device; /* pages those passes moved to a device */
-  uint64_t readahead_pages;     /* pages read-ahead brought back before the CPU touched them */
-  uint64_t grown_faults;        /* faults whose granule the density policy grew */
-  uint64_t thrashing_blocks;    /* times a block was marked thrashing */
-  uint64_t hugetlb_ranges;      /* live ranges backed by 2 MiB hugetlb pages */
-  uint64_t zero_fill_faults;    /* faults on pages with no host copy yet (first touch of a range,
-                                   or after a discard): served for the fault's whole 2 MiB block at
-                                   once, its host pages without a copy getting zero pages */
+  uint64_t readahead_pages;        /* pages read-ahead brought back before the CPU touched them */
+  uint64_t grown_faults;           /* faults whose granule the density policy grew */
+  uint64_t thrashing_blocks;       /* times a block was marked thrashing */
+  uint64_t hugetlb_ranges;         /* live ranges backed by 2 MiB hugetlb pages */
+  uint64_t zero_fill_faults;       /* faults on pages with no host copy yet (first touch of a range,
+                                      or after a discard): served for the fault's whole 2 MiB block at
+                                      once, its host pages without a copy getting zero pages */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;
@@ -151,8 +151,7 @@ void uhmm_destroy(uhmm_runtime_t* rt);
  * fails at once with UHMM_ERROR_OUT_OF_MEMORY. */
 uhmm_status_t uhmm_alloc(uhmm_runtime_t* rt, size_t size, void** out);
 /* uhmm_alloc with the range's host page backing chosen (see uhmm_page_backing_t). */
-uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backing_t backing,
-                                void** out);
+uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backing_t backing, void** out);
 /* Frees a pointer returned by uhmm_alloc. Device pages go back to the pool. */
 uhmm_status_t uhmm_free(uhmm_runtime_t* rt, void* ptr);
 
@@ -164,8 +163,7 @@ uhmm_status_t uhmm_migrate(uhmm_runtime_t* rt, void* ptr, size_t size, int devic
  * NULL: all of the device's work). To the host: waits for the work already on `queue`, then
  * migrates, so the CPU sees what earlier kernels wrote. To a device: returns once the pages are
  * device-resident, so work queued on `queue` afterwards finds them there. */
-uhmm_status_t uhmm_prefetch_on_queue(uhmm_runtime_t* rt, void* ptr, size_t size, int device,
-                                     void* queue);
+uhmm_status_t uhmm_prefetch_on_queue(uhmm_runtime_t* rt, void* ptr, size_t size, int device, void* queue);
 /* Explicit launch coherence (what transparent mode does before each launch): every managed page
  * becomes resident on `device` and loses its CPU mapping, so the next CPU touch faults it back. */
 uhmm_status_t uhmm_sync_for_device(uhmm_runtime_t* rt, int device, void* queue);

@@ -24,8 +24,16 @@ inline constexpr int kHost = UHMM_LOCATION_HOST;
 inline constexpr int kPoisoned = UHMM_LOCATION_POISONED;
 inline constexpr int kUnmapped = UHMM_LOCATION_UNMAPPED;
 
-enum class Backing { kDefault = UHMM_BACKING_DEFAULT, k4K = UHMM_BACKING_4K, kHugetlb = UHMM_BACKING_HUGETLB };
-enum class HugetlbMode { kAuto = UHMM_HUGETLB_AUTO, kNever = UHMM_HUGETLB_NEVER, kAlways = UHMM_HUGETLB_ALWAYS };
+enum class Backing {
+  kDefault = UHMM_BACKING_DEFAULT,
+  k4K = UHMM_BACKING_4K,
+  kHugetlb = UHMM_BACKING_HUGETLB
+};
+enum class HugetlbMode {
+  kAuto = UHMM_HUGETLB_AUTO,
+  kNever = UHMM_HUGETLB_NEVER,
+  kAlways = UHMM_HUGETLB_ALWAYS
+};
 
 enum class SigbusMode { kAuto = UHMM_SIGBUS_AUTO, kPoison = UHMM_SIGBUS_POISON, kTkill = UHMM_SIGBUS_TKILL };
 
@@ -39,39 +47,39 @@ struct Config {
   size_t fault_granularity = 64 * 1024;  // UHMM_FAULT_GRANULARITY
   int host_devices = 1;                  // UHMM_HOST_DEVICES
   SigbusMode sigbus_mode = SigbusMode::kAuto;  // UHMM_SIGBUS_MODE=auto|poison|tkill
-  bool transparent_launch = true;        // UHMM_TRANSPARENT_LAUNCH=1|0
-  bool host_same_address = false;        // UHMM_HOST_SAME_ADDRESS=1|0 (host backend)
-  std::string trace_path;                // UHMM_TRACE=path: write a fault trace ("%p": the pid)
-  bool print_stats = false;              // UHMM_STATS=1: print the counters when the runtime goes
+  bool transparent_launch = true;              // UHMM_TRANSPARENT_LAUNCH=1|0
+  bool host_same_address = false;              // UHMM_HOST_SAME_ADDRESS=1|0 (host backend)
+  std::string trace_path;                      // UHMM_TRACE=path: write a fault trace ("%p": the pid)
+  bool print_stats = false;                    // UHMM_STATS=1: print the counters when the runtime goes
   // Policy knobs, in the spirit of nvidia-uvm's uvm_perf_* parameters (docs/PERFORMANCE.md).
   // "Prefetch" means only explicit migration (uhmm_prefetch_on_queue); read-ahead and density
   // growth are named as such.
   size_t readahead_bytes = size_t{32} << 20;  // UHMM_READAHEAD (0: off)
   // Migration workers "uhmm-mig-N": read-ahead and block-parallel uhmm_migrate /
   // uhmm_prefetch_on_queue (0: both on the calling thread, no read-ahead).
-  int migration_threads = 2;             // UHMM_MIGRATION_THREADS (deprecated alias UHMM_PREFETCH_THREADS)
+  int migration_threads = 2;  // UHMM_MIGRATION_THREADS (deprecated alias UHMM_PREFETCH_THREADS)
   // Density growth: a fault grows its granule to the largest power-of-two region of its 2 MiB block
   // that would then be more than this percent host-resident (0: off).
-  int growth_threshold = 51;             // UHMM_GROWTH_THRESHOLD (deprecated alias UHMM_PREFETCH_THRESHOLD)
-  int thrashing_threshold = 3;           // UHMM_THRASHING_THRESHOLD (0: off)
-  int thrashing_lapse_us = 500;          // UHMM_THRASHING_LAPSE_US
-  HugetlbMode hugetlb = HugetlbMode::kAuto;  // UHMM_HUGETLB=auto|never|always
+  int growth_threshold = 51;     // UHMM_GROWTH_THRESHOLD (deprecated alias UHMM_PREFETCH_THRESHOLD)
+  int thrashing_threshold = 3;   // UHMM_THRASHING_THRESHOLD (0: off)
+  int thrashing_lapse_us = 500;  // UHMM_THRASHING_LAPSE_US
+  HugetlbMode hugetlb = HugetlbMode::kAuto;     // UHMM_HUGETLB=auto|never|always
   size_t hugetlb_min_bytes = size_t{64} << 20;  // UHMM_HUGETLB_MIN
-  int fault_spin_us = -1;                // UHMM_FAULT_SPIN_US (-1: 50 with 8+ CPUs, else 0)
+  int fault_spin_us = -1;                       // UHMM_FAULT_SPIN_US (-1: 50 with 8+ CPUs, else 0)
   // The fault path before one-CONTINUE faults and per-block coalescing (a re-check round after each
   // migration back, WAKE after EEXIST, one message at a time), for before/after measurements.
-  bool fault_recheck = false;            // UHMM_FAULT_RECHECK=1|0
-  bool placement = true;                 // UHMM_PLACEMENT=auto|none (hwloc)
+  bool fault_recheck = false;  // UHMM_FAULT_RECHECK=1|0
+  bool placement = true;       // UHMM_PLACEMENT=auto|none (hwloc)
   // Backend choices (no uhmm_config_t field: the C API takes them from the environment).
-  int cuda_device = 0;                   // UHMM_CUDA_DEVICE: which CUDA GPU (one per runtime)
-  std::string cuda_driver;               // UHMM_CUDA_DRIVER: driver library; empty = "libcuda.so.1"
-  std::string cupti_library;             // UHMM_CUPTI_LIBRARY: libcupti path; empty = search (docs/CONFIG.md)
-  int ze_device = 0;                     // UHMM_ZE_DEVICE: which Level Zero GPU, over all drivers
-  std::string ze_loader;                 // UHMM_ZE_LOADER: loader library; empty = "libze_loader.so.1"
+  int cuda_device = 0;        // UHMM_CUDA_DEVICE: which CUDA GPU (one per runtime)
+  std::string cuda_driver;    // UHMM_CUDA_DRIVER: driver library; empty = "libcuda.so.1"
+  std::string cupti_library;  // UHMM_CUPTI_LIBRARY: libcupti path; empty = search (docs/CONFIG.md)
+  int ze_device = 0;          // UHMM_ZE_DEVICE: which Level Zero GPU, over all drivers
+  std::string ze_loader;      // UHMM_ZE_LOADER: loader library; empty = "libze_loader.so.1"
   // Fault injection for testing device-error handling (uhmm/testing.h, docs/TESTING.md): "" or
   // "off" (none), "on" (installed, nothing scheduled) or rules such as "copy_d2h:1".
-  std::string fault_injection;           // UHMM_INJECT
-  std::string env_error;                 // set by FromEnv for malformed variables
+  std::string fault_injection;  // UHMM_INJECT
+  std::string env_error;        // set by FromEnv for malformed variables
 
   // Defaults overridden by the environment. Malformed values are reported by Runtime::Create.
   static Config FromEnv();

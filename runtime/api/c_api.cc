@@ -96,14 +96,14 @@ int RawEnum(const E& field) {
 }
 
 // INVALID_ARGUMENT naming `field`, its value and the values allowed, unless `value` is one of them.
-absl::Status CheckEnum(const char* field, int value, std::initializer_list<std::pair<int, const char*>> allowed) {
+absl::Status CheckEnum(const char* field, int value,
+                       std::initializer_list<std::pair<int, const char*>> allowed) {
   std::string names;
   for (const auto& [v, name] : allowed) {
     if (v == value) return absl::OkStatus();
     absl::StrAppend(&names, names.empty() ? "" : ", ", name, " (", v, ")");
   }
-  return absl::InvalidArgumentError(
-      absl::StrFormat("uhmm: %s is %d; use one of %s", field, value, names));
+  return absl::InvalidArgumentError(absl::StrFormat("uhmm: %s is %d; use one of %s", field, value, names));
 }
 
 absl::Status CheckConfigEnums(const uhmm_config_t& c) {
@@ -202,8 +202,7 @@ uhmm_status_t uhmm_alloc(uhmm_runtime_t* rt, size_t size, void** out) {
   return uhmm_alloc_backed(rt, size, UHMM_BACKING_DEFAULT, out);
 }
 
-uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backing_t backing,
-                                void** out) {
+uhmm_status_t uhmm_alloc_backed(uhmm_runtime_t* rt, size_t size, uhmm_page_backing_t backing, void** out) {
   if (rt == nullptr) return NullRuntime("uhmm_alloc");
   if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_alloc: out is NULL"));
   *out = nullptr;
@@ -233,8 +232,7 @@ uhmm_status_t uhmm_migrate(uhmm_runtime_t* rt, void* ptr, size_t size, int devic
   return Guarded("uhmm_migrate", [&] { return Report(rt->rt->Migrate(ptr, size, device)); });
 }
 
-uhmm_status_t uhmm_prefetch_on_queue(uhmm_runtime_t* rt, void* ptr, size_t size, int device,
-                                     void* queue) {
+uhmm_status_t uhmm_prefetch_on_queue(uhmm_runtime_t* rt, void* ptr, size_t size, int device, void* queue) {
   if (rt == nullptr) return NullRuntime("uhmm_prefetch_on_queue");
   return Guarded("uhmm_prefetch_on_queue",
                  [&] { return Report(rt->rt->PrefetchOnQueue(ptr, size, device, queue)); });
@@ -305,23 +303,30 @@ uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out) {
 
 int uhmm_device_count(const uhmm_runtime_t* rt) { return rt ? rt->rt->device_count() : 0; }
 
-const char* uhmm_backend_name(const uhmm_runtime_t* rt) {
-  return rt ? rt->rt->backend_name().data() : "";
-}
+const char* uhmm_backend_name(const uhmm_runtime_t* rt) { return rt ? rt->rt->backend_name().data() : ""; }
 
 const char* uhmm_last_error(void) { return t_last_error.c_str(); }
 
 const char* uhmm_status_string(uhmm_status_t status) {
   switch (status) {
-    case UHMM_OK: return "UHMM_OK";
-    case UHMM_ERROR_INVALID_ARGUMENT: return "UHMM_ERROR_INVALID_ARGUMENT";
-    case UHMM_ERROR_NOT_FOUND: return "UHMM_ERROR_NOT_FOUND";
-    case UHMM_ERROR_OUT_OF_MEMORY: return "UHMM_ERROR_OUT_OF_MEMORY";
-    case UHMM_ERROR_UNAVAILABLE: return "UHMM_ERROR_UNAVAILABLE";
-    case UHMM_ERROR_PERMISSION_DENIED: return "UHMM_ERROR_PERMISSION_DENIED";
-    case UHMM_ERROR_FAILED_PRECONDITION: return "UHMM_ERROR_FAILED_PRECONDITION";
-    case UHMM_ERROR_DEVICE: return "UHMM_ERROR_DEVICE";
-    case UHMM_ERROR_INTERNAL: return "UHMM_ERROR_INTERNAL";
+    case UHMM_OK:
+      return "UHMM_OK";
+    case UHMM_ERROR_INVALID_ARGUMENT:
+      return "UHMM_ERROR_INVALID_ARGUMENT";
+    case UHMM_ERROR_NOT_FOUND:
+      return "UHMM_ERROR_NOT_FOUND";
+    case UHMM_ERROR_OUT_OF_MEMORY:
+      return "UHMM_ERROR_OUT_OF_MEMORY";
+    case UHMM_ERROR_UNAVAILABLE:
+      return "UHMM_ERROR_UNAVAILABLE";
+    case UHMM_ERROR_PERMISSION_DENIED:
+      return "UHMM_ERROR_PERMISSION_DENIED";
+    case UHMM_ERROR_FAILED_PRECONDITION:
+      return "UHMM_ERROR_FAILED_PRECONDITION";
+    case UHMM_ERROR_DEVICE:
+      return "UHMM_ERROR_DEVICE";
+    case UHMM_ERROR_INTERNAL:
+      return "UHMM_ERROR_INTERNAL";
   }
   return "UHMM_ERROR_UNKNOWN";
 }

@@ -13,15 +13,23 @@ namespace {
 
 // Parses "123", "64K", "16M", "2G" (binary units).
 bool ParseBytes(std::string_view text, size_t* out) {
-  std::string s = absl::AsciiStrToUpper(std::string(absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size()))));
+  std::string s = absl::AsciiStrToUpper(
+      std::string(absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size()))));
   if (!s.empty() && s.back() == 'B') s.pop_back();
   size_t shift = 0;
   if (!s.empty()) {
     switch (s.back()) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      default: break;
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      default:
+        break;
     }
     if (shift) s.pop_back();
   }

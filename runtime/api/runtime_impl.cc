@@ -56,7 +56,8 @@ absl::Status RuntimeImpl::Init() {
   mm_.placement = placement_.get();
   evictor_ = std::make_unique<Evictor>(mm_);
   mm_.evictor = evictor_.get();
-  absl::StatusOr<std::unique_ptr<DeviceTable>> devices = DeviceTable::Open(*backend_, config_, evictor_.get());
+  absl::StatusOr<std::unique_ptr<DeviceTable>> devices =
+      DeviceTable::Open(*backend_, config_, evictor_.get());
   if (!devices.ok()) return devices.status();
   devices_ = std::move(*devices);
   mm_.devices = devices_.get();
@@ -82,8 +83,9 @@ absl::Status RuntimeImpl::Init() {
   workers_ = std::make_unique<WorkerPool>(config_.migration_threads, "uhmm-mig-");
   mm_.workers = workers_.get();
   // Busy-polling costs a core while faults come; by default only where cores are plenty.
-  const int spin_us = config_.fault_spin_us >= 0 ? config_.fault_spin_us
-                      : std::thread::hardware_concurrency() >= 8 ? 50 : 0;
+  const int spin_us = config_.fault_spin_us >= 0                 ? config_.fault_spin_us
+                      : std::thread::hardware_concurrency() >= 8 ? 50
+                                                                 : 0;
   fault_service_ = std::make_unique<FaultService>(mm_, uffd_.get(), config_.fault_threads, spin_us);
   mm_.faults = fault_service_.get();
   FaultService* fs = fault_service_.get();
@@ -177,8 +179,8 @@ absl::Status RuntimeImpl::CheckUsable() const {
 
 absl::Status RuntimeImpl::CheckDevice(const char* what, int device) const {
   if (devices_->valid(device)) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrFormat("%s: device %d does not exist (devices 0..%d)", what,
-                                                    device, device_count() - 1));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: device %d does not exist (devices 0..%d)", what, device, device_count() - 1));
 }
 
 absl::StatusOr<void*> RuntimeImpl::Allocate(size_t size, Backing backing) {
@@ -222,20 +224,20 @@ absl::StatusOr<RangeRef> RuntimeImpl::CheckMigrateRequest(const char* what, void
         absl::StrFormat("%s: %p + %#x overflows the address space", what, ptr, size));
   }
   if (device != kHost && !devices_->valid(device)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: device %d does not exist; this runtime (%s backend) has devices 0..%d and "
-        "UHMM_LOCATION_HOST (-1)",
-        what, device, backend_name(), device_count() - 1));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: device %d does not exist; this runtime (%s backend) has devices 0..%d and "
+                        "UHMM_LOCATION_HOST (-1)",
+                        what, device, backend_name(), device_count() - 1));
   }
   RangeRef range = va_space_->Lookup(addr);
   if (!range) {
-    return absl::NotFoundError(absl::StrFormat(
-        "%s: %p is not managed by this runtime (not from uhmm_alloc, or freed)", what, ptr));
+    return absl::NotFoundError(
+        absl::StrFormat("%s: %p is not managed by this runtime (not from uhmm_alloc, or freed)", what, ptr));
   }
   if (addr + size > range->end()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", what, ptr, size,
-        range->start(), range->end()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", what, ptr, size,
+                        range->start(), range->end()));
   }
   mm_.faults->AwaitDiscards(addr, addr + size);
   if (device != kHost) {
@@ -316,9 +318,9 @@ absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, siz
         absl::StrFormat("uhmm_query_residency: %p is not managed by this runtime", ptr));
   }
   if (addr + size > range->end()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm_query_residency: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", ptr,
-        size, range->start(), range->end()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("uhmm_query_residency: [%p, +%#x) runs past the end of its allocation [%#x, %#x)",
+                        ptr, size, range->start(), range->end()));
   }
   mm_.faults->AwaitDiscards(addr, addr + size);
   std::vector<int32_t> out;

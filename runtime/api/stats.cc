@@ -14,42 +14,44 @@ namespace uhmm {
 void PrintStats(const Runtime& rt) {
   const Stats s = rt.stats();
   const double mib = 1.0 / (1 << 20);
-  std::fprintf(stderr,
-               "uhmm stats (backend %s, %d device(s)):\n"
-               "  cpu faults        %llu (duplicates %llu, stale %llu, unmanaged %llu)\n"
-               "  to device         %.1f MiB (%llu pages; %llu by launch syncs in %llu passes)\n"
-               "  to host           %.1f MiB (%llu pages)\n"
-               "  evictions         %llu chunks, %llu pages\n"
-               "  SIGBUS delivered  %llu\n"
-               "  device pool       %llu of %llu pages in use (%.1f%%)\n",
-               std::string(rt.backend_name()).c_str(), rt.device_count(),
-               static_cast<unsigned long long>(s.cpu_faults), static_cast<unsigned long long>(s.duplicate_faults),
-               static_cast<unsigned long long>(s.stale_faults), static_cast<unsigned long long>(s.unmanaged_faults),
-               s.pages_to_device * kPageSize * mib, static_cast<unsigned long long>(s.pages_to_device),
-               static_cast<unsigned long long>(s.launch_pages_to_device),
-               static_cast<unsigned long long>(s.launch_syncs), s.pages_to_host * kPageSize * mib,
-               static_cast<unsigned long long>(s.pages_to_host),
-               static_cast<unsigned long long>(s.evicted_chunks), static_cast<unsigned long long>(s.evicted_pages),
-               static_cast<unsigned long long>(s.sigbus_delivered),
-               static_cast<unsigned long long>(s.device_pages_used),
-               static_cast<unsigned long long>(s.device_pages_total),
-               s.device_pages_total ? 100.0 * s.device_pages_used / s.device_pages_total : 0.0);
-  std::fprintf(stderr,
-               "  policy            %llu pages read ahead, %llu faults grown, %llu blocks thrashing, "
-               "%llu hugetlb ranges\n",
-               static_cast<unsigned long long>(s.readahead_pages), static_cast<unsigned long long>(s.grown_faults),
-               static_cast<unsigned long long>(s.thrashing_blocks), static_cast<unsigned long long>(s.hugetlb_ranges));
+  std::fprintf(
+      stderr,
+      "uhmm stats (backend %s, %d device(s)):\n"
+      "  cpu faults        %llu (duplicates %llu, stale %llu, unmanaged %llu)\n"
+      "  to device         %.1f MiB (%llu pages; %llu by launch syncs in %llu passes)\n"
+      "  to host           %.1f MiB (%llu pages)\n"
+      "  evictions         %llu chunks, %llu pages\n"
+      "  SIGBUS delivered  %llu\n"
+      "  device pool       %llu of %llu pages in use (%.1f%%)\n",
+      std::string(rt.backend_name()).c_str(), rt.device_count(),
+      static_cast<unsigned long long>(s.cpu_faults), static_cast<unsigned long long>(s.duplicate_faults),
+      static_cast<unsigned long long>(s.stale_faults), static_cast<unsigned long long>(s.unmanaged_faults),
+      s.pages_to_device * kPageSize * mib, static_cast<unsigned long long>(s.pages_to_device),
+      static_cast<unsigned long long>(s.launch_pages_to_device),
+      static_cast<unsigned long long>(s.launch_syncs), s.pages_to_host * kPageSize * mib,
+      static_cast<unsigned long long>(s.pages_to_host), static_cast<unsigned long long>(s.evicted_chunks),
+      static_cast<unsigned long long>(s.evicted_pages), static_cast<unsigned long long>(s.sigbus_delivered),
+      static_cast<unsigned long long>(s.device_pages_used),
+      static_cast<unsigned long long>(s.device_pages_total),
+      s.device_pages_total ? 100.0 * s.device_pages_used / s.device_pages_total : 0.0);
+  std::fprintf(
+      stderr,
+      "  policy            %llu pages read ahead, %llu faults grown, %llu blocks thrashing, "
+      "%llu hugetlb ranges\n",
+      static_cast<unsigned long long>(s.readahead_pages), static_cast<unsigned long long>(s.grown_faults),
+      static_cast<unsigned long long>(s.thrashing_blocks), static_cast<unsigned long long>(s.hugetlb_ranges));
   if (auto* impl = dynamic_cast<const RuntimeImpl*>(&rt)) {
     const Counters& c = *impl->mm().counters;
-    std::fprintf(stderr,
-                 "  uffd ioctls       %llu CONTINUE (%llu met EEXIST), %llu WAKE, %llu ZEROPAGE, %llu POISON; "
-                 "%llu fault migrations\n",
-                 static_cast<unsigned long long>(c.uffd_continue.load()),
-                 static_cast<unsigned long long>(c.uffd_eexist.load()),
-                 static_cast<unsigned long long>(c.uffd_wake.load()),
-                 static_cast<unsigned long long>(c.uffd_zeropage.load()),
-                 static_cast<unsigned long long>(c.uffd_poison.load()),
-                 static_cast<unsigned long long>(c.fault_migrations.load()));
+    std::fprintf(
+        stderr,
+        "  uffd ioctls       %llu CONTINUE (%llu met EEXIST), %llu WAKE, %llu ZEROPAGE, %llu POISON; "
+        "%llu fault migrations\n",
+        static_cast<unsigned long long>(c.uffd_continue.load()),
+        static_cast<unsigned long long>(c.uffd_eexist.load()),
+        static_cast<unsigned long long>(c.uffd_wake.load()),
+        static_cast<unsigned long long>(c.uffd_zeropage.load()),
+        static_cast<unsigned long long>(c.uffd_poison.load()),
+        static_cast<unsigned long long>(c.fault_migrations.load()));
     std::fprintf(stderr, "  placement         %s\n", impl->placement().c_str());
   }
 }

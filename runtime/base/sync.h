@@ -49,22 +49,38 @@ enum class LockRank : uint8_t {
 
 inline const char* LockRankName(LockRank rank) {
   switch (rank) {
-    case LockRank::kUnranked: return "unranked";
-    case LockRank::kVaSpace: return "VaSpace::mu_";
-    case LockRank::kVaBlock: return "VaBlock::mu";
-    case LockRank::kFaultRead: return "FaultService::read_mu_";
-    case LockRank::kZapTracker: return "ZapTracker::mu_";
-    case LockRank::kFaultRemap: return "FaultService::remap_mu_";
-    case LockRank::kFaultDiscard: return "FaultService::discard_mu_";
-    case LockRank::kFaultQueue: return "FaultService::q_mu_";
-    case LockRank::kPagePool: return "PagePool::mu_";
-    case LockRank::kMigrationGate: return "MigrationGate::mu_";
-    case LockRank::kRangeLife: return "ManagedRange::life_mu_";
-    case LockRank::kReadAhead: return "ReadAhead::mu_";
-    case LockRank::kWorkerQueue: return "WorkerPool::mu_";
-    case LockRank::kParallelFor: return "WorkerPool::ParallelFor::mu";
-    case LockRank::kBulkStatus: return "Migrator::Bulk::mu";
-    case LockRank::kCount: break;
+    case LockRank::kUnranked:
+      return "unranked";
+    case LockRank::kVaSpace:
+      return "VaSpace::mu_";
+    case LockRank::kVaBlock:
+      return "VaBlock::mu";
+    case LockRank::kFaultRead:
+      return "FaultService::read_mu_";
+    case LockRank::kZapTracker:
+      return "ZapTracker::mu_";
+    case LockRank::kFaultRemap:
+      return "FaultService::remap_mu_";
+    case LockRank::kFaultDiscard:
+      return "FaultService::discard_mu_";
+    case LockRank::kFaultQueue:
+      return "FaultService::q_mu_";
+    case LockRank::kPagePool:
+      return "PagePool::mu_";
+    case LockRank::kMigrationGate:
+      return "MigrationGate::mu_";
+    case LockRank::kRangeLife:
+      return "ManagedRange::life_mu_";
+    case LockRank::kReadAhead:
+      return "ReadAhead::mu_";
+    case LockRank::kWorkerQueue:
+      return "WorkerPool::mu_";
+    case LockRank::kParallelFor:
+      return "WorkerPool::ParallelFor::mu";
+    case LockRank::kBulkStatus:
+      return "Migrator::Bulk::mu";
+    case LockRank::kCount:
+      break;
   }
   return "?";
 }
@@ -191,7 +207,8 @@ class ABSL_LOCKABLE Mutex {
   // it; release builds do nothing.
   void AssertHeld() const ABSL_ASSERT_EXCLUSIVE_LOCK() {
 #if !defined(NDEBUG)
-    if (!lock_order::Held(this)) lock_order::Fail("AssertHeld: this thread does not hold", this, rank_, nullptr);
+    if (!lock_order::Held(this))
+      lock_order::Fail("AssertHeld: this thread does not hold", this, rank_, nullptr);
 #endif
   }
 

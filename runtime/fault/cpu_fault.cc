@@ -193,10 +193,12 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
         }
         const uintptr_t unit = page & ~(range->cpu_page() - 1);
         const bool mapped =
-            minor ? mm_.faults->MapUnlessDiscarded(unit, unit + range->cpu_page(), [&] {
-                      return mm_.uffd->Continue(unit, range->cpu_page(), /*wake=*/true, range->cpu_page(),
-                                             /*drain_events=*/false);
-                    })
+            minor ? mm_.faults->MapUnlessDiscarded(
+                        unit, unit + range->cpu_page(),
+                        [&] {
+                          return mm_.uffd->Continue(unit, range->cpu_page(), /*wake=*/true, range->cpu_page(),
+                                                    /*drain_events=*/false);
+                        })
                   : ZeroFill(*range, blk, page, tid);
         // An application discard of this page was read meanwhile: wait for it, then map.
         if (mapped || mm_.faults->ParkIfDiscardPending(FaultMsg(address, tid, seq, true, minor))) {
@@ -234,7 +236,8 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
     }
     if (readahead_ok) {
       readahead_ok = false;
-      auto [from, to] = range->readahead().OnFault(vmf.start, vmf.end, range->end(), mm_.config->readahead_bytes);
+      auto [from, to] =
+          range->readahead().OnFault(vmf.start, vmf.end, range->end(), mm_.config->readahead_bytes);
       if (from < to) PostReadAhead(range, from, to, decided_ns);
     }
     // The migration mapped the page, which woke this fault's thread (traced: woke it right after).
@@ -325,7 +328,8 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
     }
   }
   for (size_t k = 0; k < n; ++k) {
-    if (members[k].fate == Fate::kSigbus) DeliverSigbus(*range, members[k].page, members[k].msg->arg.pagefault.feat.ptid);
+    if (members[k].fate == Fate::kSigbus)
+      DeliverSigbus(*range, members[k].page, members[k].msg->arg.pagefault.feat.ptid);
   }
   // Runs of granules, in address order: a granule joins the run while the run stays at least half
   // pages that some fault asked for (as density growth would take it); each run is one migration.
@@ -333,7 +337,8 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   for (size_t k = 0; k < n; ++k) {
     if (members[k].fate == Fate::kMigrate) moving.push_back(&members[k]);
   }
-  std::sort(moving.begin(), moving.end(), [](const Member* a, const Member* b) { return a->granule < b->granule; });
+  std::sort(moving.begin(), moving.end(),
+            [](const Member* a, const Member* b) { return a->granule < b->granule; });
   FaultService::MapRecord mapped(first);
   for (size_t r = 0; r < moving.size();) {
     Member& leader = *moving[r];

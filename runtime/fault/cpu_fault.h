@@ -42,8 +42,8 @@ class CpuFault {
   // `deferred`: it waited for a migration that held the page. `minor`: the kernel found the page in
   // the shadow (UFFD_PAGEFAULT_FLAG_MINOR); otherwise the shadow has no page there yet (first
   // touch, or after a discard) and it is filled with zeros.
-  void Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns = 0,
-              bool deferred = false, bool minor = true);
+  void Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns = 0, bool deferred = false,
+              bool minor = true);
   // Fault messages read together (service threads): fresh MINOR faults whose addresses fall in one
   // 2 MiB block, from distinct threads. The ones whose pages are on one device move back together:
   // their granules are merged while the merged run stays at least half asked for, one migration per

@@ -15,10 +15,10 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
-#include "runtime/process/abandoned_threads.h"
 #include "runtime/fault/cpu_fault.h"
 #include "runtime/fault/uffd_events.h"
 #include "runtime/fault/zap_tracker.h"
+#include "runtime/process/abandoned_threads.h"
 #include "runtime/trace/tracer.h"
 
 namespace uhmm {
@@ -142,8 +142,7 @@ void FaultService::MapRecord::Note(uintptr_t start, uintptr_t end) {
   for (uintptr_t a = from & ~uintptr_t{4095}; a < to; a += 4096) pages_.set((a - block_) >> 12);
 }
 
-bool FaultService::MapUnlessDiscarded(uintptr_t start, uintptr_t end,
-                                      absl::FunctionRef<absl::Status()> map) {
+bool FaultService::MapUnlessDiscarded(uintptr_t start, uintptr_t end, absl::FunctionRef<absl::Status()> map) {
   for (;;) {
     absl::Status s;
     {
@@ -266,15 +265,16 @@ void FaultService::DispatchBatch(uffd_msg* msgs, size_t n) {
     const uintptr_t block = msgs[i].arg.pagefault.address & ~(kDiscardUnit - 1);
     size_t k = 0;
     for (size_t j = i; j < n && msgs[j].event == UFFD_EVENT_PAGEFAULT; ++j) {
-      if (taken[j] || !Coalescable(msgs[j]) || (msgs[j].arg.pagefault.address & ~(kDiscardUnit - 1)) != block) {
+      if (taken[j] || !Coalescable(msgs[j]) ||
+          (msgs[j].arg.pagefault.address & ~(kDiscardUnit - 1)) != block) {
         continue;
       }
       taken[j] = true;
       if (!ParkIfDiscardPending(msgs[j])) group[k++] = msgs[j];
     }
     if (k == 1) {
-      mm_.cpu_fault->Handle(group[0].arg.pagefault.address, group[0].arg.pagefault.feat.ptid, ReadSeq(group[0]),
-                            trace::Tracer::NowIfEnabled());
+      mm_.cpu_fault->Handle(group[0].arg.pagefault.address, group[0].arg.pagefault.feat.ptid,
+                            ReadSeq(group[0]), trace::Tracer::NowIfEnabled());
     } else if (k > 1) {
       mm_.cpu_fault->HandleBlock(std::span<const uffd_msg>(group, k), trace::Tracer::NowIfEnabled());
     }
@@ -285,9 +285,9 @@ void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
   switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT:
       if (ParkIfDiscardPending(msg)) break;
-      mm_.cpu_fault->Handle(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg),
-                       received_ns, (msg.arg.pagefault.flags & kDeferredFault) != 0,
-                       (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0);
+      mm_.cpu_fault->Handle(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg), received_ns,
+                            (msg.arg.pagefault.flags & kDeferredFault) != 0,
+                            (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0);
       break;
     case UFFD_EVENT_REMOVE:
       mm_.events->OnRemove(msg.arg.remove.start, msg.arg.remove.end);

@@ -2,9 +2,9 @@
 #include "runtime/fault/uffd.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -112,10 +112,10 @@ absl::StatusOr<std::unique_ptr<Uffd>> Uffd::Open() {
                           UFFD_FEATURE_MISSING_HUGETLBFS;
   if ((available & required) != required) {
     close(fd);
-    return absl::UnavailableError(absl::StrFormat(
-        "uhmm: the kernel's userfaultfd lacks UFFD_FEATURE_MINOR_SHMEM (Linux 5.14+ needed); "
-        "features reported: %#x",
-        available));
+    return absl::UnavailableError(
+        absl::StrFormat("uhmm: the kernel's userfaultfd lacks UFFD_FEATURE_MINOR_SHMEM (Linux 5.14+ needed); "
+                        "features reported: %#x",
+                        available));
   }
   uffdio_api api{.api = UFFD_API, .features = wanted & available, .ioctls = 0};
   const int rc = ioctl(fd, UFFDIO_API, &api);
@@ -133,10 +133,10 @@ Uffd::~Uffd() {
 
 absl::Status Uffd::Register(uintptr_t addr, size_t len) {
   uffdio_register reg{.range = {.start = addr, .len = len},
-                      .mode = UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING, .ioctls = 0};
+                      .mode = UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING,
+                      .ioctls = 0};
   if (ioctl(fd_, UFFDIO_REGISTER, &reg) != 0) {
-    return Errno(absl::StrFormat("uhmm: UFFDIO_REGISTER(MINOR|MISSING) of [%#x, +%#x)", addr, len),
-                 errno);
+    return Errno(absl::StrFormat("uhmm: UFFDIO_REGISTER(MINOR|MISSING) of [%#x, +%#x)", addr, len), errno);
   }
   return absl::OkStatus();
 }
@@ -211,7 +211,8 @@ absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page, 
   bool skipped = false;  // pages whose waiters this call must wake itself
   while (cur < end) {
     uffdio_continue c{.range = {.start = cur, .len = end - cur},
-                      .mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE, .mapped = 0};
+                      .mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE,
+                      .mapped = 0};
     Count(&Counters::uffd_continue);
     if (ioctl(fd_, UFFDIO_CONTINUE, &c) == 0) break;
     const int err = errno;

@@ -77,7 +77,7 @@ void UffdEvents::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t 
 }
 
 void UffdEvents::ApplyDiscard(ManagedRange& range, VaBlock& blk, uintptr_t addr,
-                                     std::vector<Page*>* release) {
+                              std::vector<Page*>* release) {
   const size_t i = ManagedRange::page_in_block(addr);
   if (blk.State(i) == PageState::kDevice && range.hugetlb()) {
     // A hugetlb block lives in one place whole: zero the page where it is.

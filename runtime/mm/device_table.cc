@@ -21,18 +21,17 @@ absl::StatusOr<std::unique_ptr<Backend>> SelectBackend(const Config& config) {
       if (why.substr(0, 6) == "uhmm: ") why.remove_prefix(6);
       return absl::InvalidArgumentError(absl::StrFormat("uhmm: backend %s: %s", entry.name, why));
     }
-    tried.push_back(absl::StrFormat("%s: %s", entry.name,
-                                    b.ok() ? "no device" : std::string(b.status().message())));
+    tried.push_back(
+        absl::StrFormat("%s: %s", entry.name, b.ok() ? "no device" : std::string(b.status().message())));
   }
   if (!config.backend.empty() && tried.empty()) {
     std::vector<std::string> names;
     for (const BackendEntry& e : RegisteredBackends()) names.emplace_back(e.name);
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm: unknown backend '%s' (UHMM_BACKEND or Config::backend); built-in backends: %s",
-        config.backend, absl::StrJoin(names, ", ")));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("uhmm: unknown backend '%s' (UHMM_BACKEND or Config::backend); built-in backends: %s",
+                        config.backend, absl::StrJoin(names, ", ")));
   }
-  return absl::UnavailableError(
-      absl::StrFormat("uhmm: no usable backend (%s)", absl::StrJoin(tried, "; ")));
+  return absl::UnavailableError(absl::StrFormat("uhmm: no usable backend (%s)", absl::StrJoin(tried, "; ")));
 }
 
 absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend, const Config& config,
@@ -48,8 +47,7 @@ absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend,
     Pagemap& pgmap = ds->device->pagemap();
     if (pgmap.ops == nullptr || pgmap.ops->page_free == nullptr || pgmap.ops->page_fault == nullptr) {
       return absl::InternalError(absl::StrFormat(
-          "uhmm: backend %s device %d registered a pagemap without page_free/page_fault",
-          backend.name(), i));
+          "uhmm: backend %s device %d registered a pagemap without page_free/page_fault", backend.name(), i));
     }
     pgmap.device = i;
     pgmap.internal = ds.get();

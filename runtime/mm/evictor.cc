@@ -91,8 +91,7 @@ absl::Status Evictor::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, b
   Device* dev = ds.device.get();
   for (size_t i = 0; i < addrs.size();) {
     size_t j = i + 1;
-    while (j < addrs.size() && addrs[j] == addrs[j - 1] + kPageSize &&
-           addrs[j] % kBlockSize != 0) {
+    while (j < addrs.size() && addrs[j] == addrs[j - 1] + kPageSize && addrs[j] % kBlockSize != 0) {
       ++j;
     }
     const uintptr_t s = addrs[i];
@@ -100,13 +99,13 @@ absl::Status Evictor::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, b
     i = j;
     RangeRef range = mm_.va_space->Lookup(s);
     if (!range) continue;  // being freed: its pages come back without us
-    absl::StatusOr<size_t> moved = RunMigration(
-        *range, s, std::min(e, range->end()), kMigrateSelectDevicePrivate, dev->pagemap().owner,
-        MigrateCause::kEviction, [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
+    absl::StatusOr<size_t> moved =
+        RunMigration(*range, s, std::min(e, range->end()), kMigrateSelectDevicePrivate, dev->pagemap().owner,
+                     MigrateCause::kEviction, [dev](MigrateVma* m) { return dev->MigrateToRam(m); });
     if (!moved.ok()) {
-      return absl::Status(moved.status().code(),
-                          absl::StrFormat("evicting device %d chunk %u: %s", ds.ordinal, chunk,
-                                          moved.status().message()));
+      return absl::Status(
+          moved.status().code(),
+          absl::StrFormat("evicting device %d chunk %u: %s", ds.ordinal, chunk, moved.status().message()));
     }
     *freed += *moved;
   }
@@ -142,10 +141,10 @@ absl::Status Evictor::EvictDevice(DeviceState& ds) {
     }
     if (!status.ok() || ds.pool->used_pages() == 0) break;
     if (round == 10000) {  // about 10 s: a page that no migration holds and none can evict
-      status = absl::InternalError(absl::StrFormat(
-          "uhmm_evict_device: %u pages of device %d stayed in use for 10 s with no migration "
-          "holding them",
-          ds.pool->used_pages(), ds.ordinal));
+      status = absl::InternalError(
+          absl::StrFormat("uhmm_evict_device: %u pages of device %d stayed in use for 10 s with no migration "
+                          "holding them",
+                          ds.pool->used_pages(), ds.ordinal));
       break;
     }
     // Pages still held by migrations to the host (faults, read-ahead) in flight: they finish on

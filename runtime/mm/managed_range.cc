@@ -38,8 +38,7 @@ absl::StatusOr<uintptr_t> reserve_block_aligned_address_space(size_t bytes) {
   return aligned;
 }
 
-ManagedRange::ManagedRange(Mm& mm, Backend* backend, size_t size, size_t requested,
-                           bool hugetlb)
+ManagedRange::ManagedRange(Mm& mm, Backend* backend, size_t size, size_t requested, bool hugetlb)
     : mm_(mm),
       backend_(backend),
       size_(size),
@@ -81,8 +80,8 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(Mm& mm, size_
   std::unique_ptr<ManagedRange> r(new ManagedRange(mm, backend, rounded, size, hugetlb));
   r->memfd_ = memfd_create("uhmm-range", MFD_CLOEXEC | (hugetlb ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
   if (r->memfd_ < 0) {
-    return absl::ResourceExhaustedError(absl::StrFormat("uhmm: memfd_create%s: %s",
-                                                        hugetlb ? "(MFD_HUGETLB)" : "", strerror(errno)));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("uhmm: memfd_create%s: %s", hugetlb ? "(MFD_HUGETLB)" : "", strerror(errno)));
   }
   // memfds are created 0777; only this process (and its fork children, through the fd) uses it.
   if (fchmod(r->memfd_, 0600) != 0) {
@@ -103,8 +102,7 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(Mm& mm, size_
           "them with 'sysctl vm.nr_hugepages=N' as root, or allocate with 4 KiB pages",
           rounded, rounded / kBlockSize, FreeHugepages(), strerror(err)));
     }
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(err)));
+    return absl::ResourceExhaustedError(absl::StrFormat("uhmm: mapping the runtime view: %s", strerror(err)));
   }
   r->runtime_view_ = static_cast<uint8_t*>(view);
   mm.placement->PlaceHostMemory(view, rounded);  // before any page exists
@@ -124,8 +122,8 @@ absl::StatusOr<std::unique_ptr<ManagedRange>> ManagedRange::Create(Mm& mm, size_
   }
   if (absl::Status s = backend->RegisterHostView(view, rounded); !s.ok()) {
     return fail(absl::Status(s.code(), absl::StrFormat("uhmm: registering the host view of a %u-byte range "
-                                                  "with the %s backend: %s",
-                                                  rounded, backend->name(), s.message())));
+                                                       "with the %s backend: %s",
+                                                       rounded, backend->name(), s.message())));
   }
   r->view_registered_ = true;
   return r;
@@ -142,9 +140,9 @@ absl::Status ManagedRange::MapUserView() {
     if (aligned % kBlockSize != 0) {
       backend_->ReleaseAddressRange(aligned, reserve_bytes);
       reserved_ = 0;
-      return absl::InternalError(absl::StrFormat(
-          "uhmm: the %s backend reserved address range %#x, which is not 2 MiB aligned",
-          backend_->name(), aligned));
+      return absl::InternalError(
+          absl::StrFormat("uhmm: the %s backend reserved address range %#x, which is not 2 MiB aligned",
+                          backend_->name(), aligned));
     }
   } else {
     absl::StatusOr<uintptr_t> hole = reserve_block_aligned_address_space(rounded);
@@ -152,18 +150,18 @@ absl::Status ManagedRange::MapUserView() {
     aligned = *hole;
   }
   // One pointer: the backend's reservation is a PROT_NONE host mapping; the user view replaces it.
-  void* user = mmap(reinterpret_cast<void*>(aligned), rounded, PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_FIXED, memfd_, 0);
+  void* user = mmap(reinterpret_cast<void*>(aligned), rounded, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                    memfd_, 0);
   if (user == MAP_FAILED || reinterpret_cast<uintptr_t>(user) != aligned) {
     const int err = errno;
     const bool from_backend = reserved_ != 0;
     start_ = aligned;
     DiscardUserView();
     start_ = 0;
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "uhmm: mapping the user view at %#x (%s): %s", aligned,
-        from_backend ? "the device's reserved address" : "chosen address",
-        user == MAP_FAILED ? strerror(err) : "the kernel placed it elsewhere"));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("uhmm: mapping the user view at %#x (%s): %s", aligned,
+                        from_backend ? "the device's reserved address" : "chosen address",
+                        user == MAP_FAILED ? strerror(err) : "the kernel placed it elsewhere"));
   }
   start_ = aligned;
   return absl::OkStatus();

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/policy/policy.h"
 #include "runtime/base/sync.h"
 #include "runtime/mm/va_block.h"
+#include "runtime/policy/policy.h"
 #include "uhmm/backend.h"
 
 namespace uhmm {

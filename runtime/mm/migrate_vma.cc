@@ -111,9 +111,9 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   if (m->start >= m->end || m->start % kPageSize || m->end % kPageSize || m->start < r.start() ||
       m->end > r.end() || to_device == ((m->flags & kMigrateSelectDevicePrivate) != 0)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "migrate_vma_setup: bad request [%#x, %#x) flags %#x for range [%#x, %#x)", m->start,
-        m->end, m->flags, r.start(), r.end()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("migrate_vma_setup: bad request [%#x, %#x) flags %#x for range [%#x, %#x)", m->start,
+                        m->end, m->flags, r.start(), r.end()));
   }
   const size_t npages = (m->end - m->start) / kPageSize;
   m->src.assign(npages, MigratePfn{});
@@ -345,9 +345,7 @@ absl::StatusOr<Page*> alloc_device_page(Pagemap& pgmap, uintptr_t addr) {
   return ds->evictor->AllocDevicePage(*ds, addr);
 }
 
-void page_pool_release(Page* page) {
-  static_cast<DeviceState*>(page->pgmap->internal)->pool->Release(page);
-}
+void page_pool_release(Page* page) { static_cast<DeviceState*>(page->pgmap->internal)->pool->Release(page); }
 
 void put_page(Page* page) {
   const int32_t old = page->refcount.fetch_sub(1, std::memory_order_acq_rel);

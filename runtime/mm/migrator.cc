@@ -64,13 +64,13 @@ absl::Status Migrator::ToHost(ManagedRange& range, uintptr_t start, uintptr_t en
                               uint64_t skip_if_moved_after_ns) {
   for (auto& ds : *mm_.devices) {
     Device* dev = ds->device.get();
-    absl::StatusOr<size_t> moved =
-        RunMigration(range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner, cause,
-                     [dev](MigrateVma* m) { return dev->MigrateToRam(m); }, skip_if_moved_after_ns);
+    absl::StatusOr<size_t> moved = RunMigration(
+        range, start, end, kMigrateSelectDevicePrivate, dev->pagemap().owner, cause,
+        [dev](MigrateVma* m) { return dev->MigrateToRam(m); }, skip_if_moved_after_ns);
     if (!moved.ok()) {
       return absl::Status(moved.status().code(),
-                          absl::StrFormat("uhmm: migrating [%#x, %#x) from device %d to the host: %s",
-                                          start, end, ds->ordinal, moved.status().message()));
+                          absl::StrFormat("uhmm: migrating [%#x, %#x) from device %d to the host: %s", start,
+                                          end, ds->ordinal, moved.status().message()));
     }
   }
   return absl::OkStatus();
@@ -93,8 +93,8 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
     if (other.get() == &ds) continue;
     Device* odev = other->device.get();
     absl::StatusOr<size_t> moved =
-        RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
-                     cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
+        RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner, cause,
+                     [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
     if (!moved.ok()) return moved.status();
   }
   absl::StatusOr<size_t> moved =
@@ -102,8 +102,8 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
                    [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
   if (!moved.ok()) {
     return absl::Status(moved.status().code(),
-                        absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end,
-                                        ds.ordinal, moved.status().message()));
+                        absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end, ds.ordinal,
+                                        moved.status().message()));
   }
   return absl::OkStatus();
 }
@@ -115,10 +115,9 @@ absl::Status Migrator::Bulk(ManagedRange& range, uintptr_t start, uintptr_t end,
   // installation overlaps another's copy. To a device, every worker holds a block of the pool
   // while it copies; small pools stay serial so that eviction always finds a victim.
   const size_t blocks = (((end - 1) & ~(kBlockSize - 1)) - (start & ~(kBlockSize - 1))) / kBlockSize + 1;
-  const bool parallel =
-      blocks > 1 && workers.threads() > 0 &&
-      (device == kHost ||
-       devices[device].pool->total_pages() / kPagesPerBlock >= 8 * (size_t{1} + workers.threads()));
+  const bool parallel = blocks > 1 && workers.threads() > 0 &&
+                        (device == kHost || devices[device].pool->total_pages() / kPagesPerBlock >=
+                                                8 * (size_t{1} + workers.threads()));
   auto run = [&](uintptr_t s, uintptr_t e) {
     // The whole request, on whichever thread runs a part.
     ProtectFromEviction protect(range, *devices[device == kHost ? 0 : device].device, start, end);

@@ -12,23 +12,34 @@ namespace uhmm {
 
 const char* ChunkStateName(ChunkState s) {
   switch (s) {
-    case ChunkState::kFree: return "free";
-    case ChunkState::kEmpty: return "empty";
-    case ChunkState::kBound: return "bound";
-    case ChunkState::kInUse: return "in use";
+    case ChunkState::kFree:
+      return "free";
+    case ChunkState::kEmpty:
+      return "empty";
+    case ChunkState::kBound:
+      return "bound";
+    case ChunkState::kInUse:
+      return "in use";
   }
   return "?";
 }
 
 const char* ChunkEventName(ChunkEvent e) {
   switch (e) {
-    case ChunkEvent::kAllocate: return "Allocate";
-    case ChunkEvent::kBind: return "Bind";
-    case ChunkEvent::kUnbind: return "Unbind";
-    case ChunkEvent::kFirstPageOut: return "FirstPageOut";
-    case ChunkEvent::kLastPageBack: return "LastPageBack";
-    case ChunkEvent::kGiveBack: return "GiveBack";
-    case ChunkEvent::kTeardown: return "Teardown";
+    case ChunkEvent::kAllocate:
+      return "Allocate";
+    case ChunkEvent::kBind:
+      return "Bind";
+    case ChunkEvent::kUnbind:
+      return "Unbind";
+    case ChunkEvent::kFirstPageOut:
+      return "FirstPageOut";
+    case ChunkEvent::kLastPageBack:
+      return "LastPageBack";
+    case ChunkEvent::kGiveBack:
+      return "GiveBack";
+    case ChunkEvent::kTeardown:
+      return "Teardown";
   }
   return "?";
 }
@@ -60,8 +71,8 @@ ChunkState ChunkTransition(size_t slot, ChunkState from, ChunkEvent event, bool 
   }
   if (to) return *to;
 #if !defined(NDEBUG)
-  std::fprintf(stderr, "uhmm: fatal: illegal chunk transition %s: chunk %zu is %s%s\n",
-               ChunkEventName(event), slot, ChunkStateName(from), bound ? " (bound to a block)" : "");
+  std::fprintf(stderr, "uhmm: fatal: illegal chunk transition %s: chunk %zu is %s%s\n", ChunkEventName(event),
+               slot, ChunkStateName(from), bound ? " (bound to a block)" : "");
   std::abort();
 #else
   (void)slot;
@@ -188,8 +199,8 @@ absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
   }
   Chunk& c = **chunk;
   if (absl::Status s = device_->MapChunk(c.device_base, block); !s.ok()) {
-    return absl::Status(s.code(), absl::StrFormat("mapping device memory at block %#x: %s", block,
-                                                  s.message()));
+    return absl::Status(s.code(),
+                        absl::StrFormat("mapping device memory at block %#x: %s", block, s.message()));
   }
   c.bound = block;
   bound_[block] = &c;

@@ -37,7 +37,15 @@ namespace uhmm {
 inline constexpr size_t kPagesPerChunk = kBlockSize / kPageSize;
 
 enum class ChunkState : uint8_t { kFree, kEmpty, kBound, kInUse };
-enum class ChunkEvent : uint8_t { kAllocate, kBind, kUnbind, kFirstPageOut, kLastPageBack, kGiveBack, kTeardown };
+enum class ChunkEvent : uint8_t {
+  kAllocate,
+  kBind,
+  kUnbind,
+  kFirstPageOut,
+  kLastPageBack,
+  kGiveBack,
+  kTeardown
+};
 const char* ChunkStateName(ChunkState s);
 const char* ChunkEventName(ChunkEvent e);
 // The state a chunk (in slot `slot`, bound to a block when `bound`) in state `from` enters on
@@ -78,10 +86,10 @@ class PagePool {
   struct Chunk {
     size_t slot = 0;  // its index in chunks_ (pfn / kPagesPerChunk)
     ChunkState state = ChunkState::kFree;
-    uint64_t device_base = 0;  // AllocChunk's value (not kFree)
-    uintptr_t bound = 0;       // kSameAddress: the block it is mapped at (0: none)
+    uint64_t device_base = 0;       // AllocChunk's value (not kFree)
+    uintptr_t bound = 0;            // kSameAddress: the block it is mapped at (0: none)
     std::unique_ptr<Page[]> pages;  // not kFree
-    std::vector<uint32_t> free;  // kAnywhere: free page indices
+    std::vector<uint32_t> free;     // kAnywhere: free page indices
     uint32_t used = 0;
     uint64_t last_use = 0;
   };

@@ -66,10 +66,14 @@ enum class PageState : uint8_t { kHost, kDevice, kPoisoned, kUnmapped };
 
 inline const char* PageStateName(PageState s) {
   switch (s) {
-    case PageState::kHost: return "host";
-    case PageState::kDevice: return "device";
-    case PageState::kPoisoned: return "poisoned";
-    case PageState::kUnmapped: return "unmapped";
+    case PageState::kHost:
+      return "host";
+    case PageState::kDevice:
+      return "device";
+    case PageState::kPoisoned:
+      return "poisoned";
+    case PageState::kUnmapped:
+      return "unmapped";
   }
   return "?";
 }
@@ -192,8 +196,7 @@ struct VaBlock {
   // (the holder's finalize applies it; the discard was recorded before any unmap). Returns the
   // device page to put_page, if any.
   [[nodiscard]] Page* Discard(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Check(i, "Discard",
-          busy.bits_[i] ? discard.bits_[i] : State(i) != PageState::kUnmapped,
+    Check(i, "Discard", busy.bits_[i] ? discard.bits_[i] : State(i) != PageState::kUnmapped,
           "needs an unheld mapped page, or a held one with its discard pending");
     discard.bits_.reset(i);
     poisoned.bits_.reset(i);
@@ -202,8 +205,7 @@ struct VaBlock {
   // Applies a discard of page i by zeroing its device copy in place (a hugetlb block lives in one
   // place whole): it stays in kDevice.
   void DiscardOnDevice(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Check(i, "DiscardOnDevice",
-          State(i) == PageState::kDevice && (busy.bits_[i] ? discard.bits_[i] : true),
+    Check(i, "DiscardOnDevice", State(i) == PageState::kDevice && (busy.bits_[i] ? discard.bits_[i] : true),
           "needs a device page, unheld or held with its discard pending");
     discard.bits_.reset(i);
   }

@@ -54,8 +54,8 @@ absl::StatusOr<std::shared_ptr<ManagedRange>> VaSpace::TakeForFree(void* ptr) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "uhmm_free: %p is inside the allocation [%#x, %#x) but not its start", ptr, r.start(), r.end()));
     }
-    return absl::NotFoundError(absl::StrFormat(
-        "uhmm_free: %p was not allocated by this uhmm runtime, or was already freed", ptr));
+    return absl::NotFoundError(
+        absl::StrFormat("uhmm_free: %p was not allocated by this uhmm runtime, or was already freed", ptr));
   }
   std::shared_ptr<ManagedRange> range = std::move(it->second);
   ranges_.erase(it);

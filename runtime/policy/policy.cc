@@ -6,8 +6,8 @@
 
 namespace uhmm {
 
-std::pair<uintptr_t, uintptr_t> ReadAhead::OnFault(uintptr_t start, uintptr_t end,
-                                                    uintptr_t range_end, size_t max_window) {
+std::pair<uintptr_t, uintptr_t> ReadAhead::OnFault(uintptr_t start, uintptr_t end, uintptr_t range_end,
+                                                   size_t max_window) {
   if (max_window == 0) return {0, 0};
   MutexLock lock(&mu_);
   // Forwards, and no further than where the last granule or the read-ahead ended: the CPU caught
@@ -30,8 +30,8 @@ std::pair<uintptr_t, uintptr_t> ReadAhead::OnFault(uintptr_t start, uintptr_t en
   return {from, to};
 }
 
-bool GrowGranule(const PageMask& host, uintptr_t block_start, uintptr_t lo, uintptr_t hi,
-                 int threshold_pct, uintptr_t* start, uintptr_t* end) {
+bool GrowGranule(const PageMask& host, uintptr_t block_start, uintptr_t lo, uintptr_t hi, int threshold_pct,
+                 uintptr_t* start, uintptr_t* end) {
   if (threshold_pct <= 0) return false;
   auto index = [block_start](uintptr_t a) { return (a - block_start) / kPageSize; };
   // The granule's pages come back: count them as host-resident.

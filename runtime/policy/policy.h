@@ -35,17 +35,18 @@ class ReadAhead {
 };
 
 // Density growth. [*start, *end) is the configured granule around a fault in the block that begins
-// at `block_start`, possibly clipped by `hi` (its start stays aligned to the granule size); `host` marks the block's pages that are host-resident (or otherwise not on a
-// device). Grows the granule to the largest power-of-two aligned region inside [lo, hi) (the block
-// clipped to the range) in which more than `threshold_pct` percent of the pages would be host-
-// resident after the granule came back. Returns true when it grew.
-bool GrowGranule(const PageMask& host, uintptr_t block_start, uintptr_t lo, uintptr_t hi,
-                 int threshold_pct, uintptr_t* start, uintptr_t* end);
+// at `block_start`, possibly clipped by `hi` (its start stays aligned to the granule size); `host` marks the
+// block's pages that are host-resident (or otherwise not on a device). Grows the granule to the largest
+// power-of-two aligned region inside [lo, hi) (the block clipped to the range) in which more than
+// `threshold_pct` percent of the pages would be host- resident after the granule came back. Returns true when
+// it grew.
+bool GrowGranule(const PageMask& host, uintptr_t block_start, uintptr_t lo, uintptr_t hi, int threshold_pct,
+                 uintptr_t* start, uintptr_t* end);
 
 // Thrashing: called under blk.mu for a fault that migrates pages of `blk` back from a device at
 // `now_ns`. The first return after a move to a device counts when it comes within `lapse_ns` of
-// that move; `threshold` such returns in a row mark the block thrashing until a return comes later than that. Returns
-// true when this call marked it (newly thrashing).
+// that move; `threshold` such returns in a row mark the block thrashing until a return comes later than that.
+// Returns true when this call marked it (newly thrashing).
 bool NoteReturn(VaBlock& blk, uint64_t now_ns, uint64_t lapse_ns, int threshold)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
 

@@ -76,7 +76,8 @@ void ForkHandler::Prepare() {
     if (!ref) continue;
     absl::Status s = mm_.migrator->ToHost(*r, r->start(), r->end(), MigrateCause::kFork);
     if (!s.ok()) {
-      std::fprintf(stderr, "uhmm: fork: %s; the child's accesses to the pages left on the device raise SIGBUS\n",
+      std::fprintf(stderr,
+                   "uhmm: fork: %s; the child's accesses to the pages left on the device raise SIGBUS\n",
                    s.ToString().c_str());
     }
   }
@@ -108,7 +109,8 @@ void MapSigbus(uintptr_t start, uintptr_t end, int* empty) {
   if (*empty < 0) *empty = memfd_create("uhmm-lost", MFD_CLOEXEC);
   if (*empty < 0 || mmap(reinterpret_cast<void*>(start), end - start, PROT_READ | PROT_WRITE,
                          MAP_SHARED | MAP_FIXED, *empty, 0) == MAP_FAILED) {
-    std::fprintf(stderr, "uhmm: fork child: cannot make [%#lx, %#lx) raise SIGBUS (%s); it holds stale data\n",
+    std::fprintf(stderr,
+                 "uhmm: fork child: cannot make [%#lx, %#lx) raise SIGBUS (%s); it holds stale data\n",
                  static_cast<unsigned long>(start), static_cast<unsigned long>(end), strerror(errno));
   }
 }
@@ -163,8 +165,8 @@ void ForkHandler::Child() {
     }
     std::memcpy(copy, shadow, r.size());
     munmap(shadow, r.size());
-    if (mremap(copy, r.size(), r.size(), MREMAP_MAYMOVE | MREMAP_FIXED,
-               reinterpret_cast<void*>(start)) == MAP_FAILED) {
+    if (mremap(copy, r.size(), r.size(), MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(start)) ==
+        MAP_FAILED) {
       std::fprintf(stderr, "uhmm: fork child: mremap over %#lx failed: %s\n",
                    static_cast<unsigned long>(start), strerror(errno));
       return;

@@ -36,8 +36,9 @@ void NumaPlacement::PlaceNear(bool enabled, std::string_view backend, const std:
   }
   topology_ = *topo;
   place_nodes_ = near->nodes;
-  placement_ = absl::StrFormat("fault and migration threads on CPUs %s, runtime views on NUMA node(s) %s, near %s",
-                               near->cpus, near->nodes, bus);
+  placement_ =
+      absl::StrFormat("fault and migration threads on CPUs %s, runtime views on NUMA node(s) %s, near %s",
+                      near->cpus, near->nodes, bus);
 }
 
 void NumaPlacement::PlaceHostMemory(void* view, size_t bytes) const {

@@ -87,7 +87,8 @@ absl::Status Topology::BindThread(pthread_t thread, const std::string& cpus) con
     return absl::InvalidArgumentError(absl::StrFormat("uhmm: '%s' is not a CPU list", cpus));
   }
   if (hwloc_set_thread_cpubind(impl_->topo, thread, set.b, 0) != 0) {
-    return absl::InternalError(absl::StrFormat("uhmm: binding a thread to CPUs %s: %s", cpus, strerror(errno)));
+    return absl::InternalError(
+        absl::StrFormat("uhmm: binding a thread to CPUs %s: %s", cpus, strerror(errno)));
   }
   return absl::OkStatus();
 }
@@ -97,9 +98,10 @@ absl::Status Topology::BindMemory(void* addr, size_t len, const std::string& nod
   if (hwloc_bitmap_list_sscanf(set.b, nodes.c_str()) != 0 || hwloc_bitmap_iszero(set.b)) {
     return absl::InvalidArgumentError(absl::StrFormat("uhmm: '%s' is not a NUMA node list", nodes));
   }
-  if (hwloc_set_area_membind(impl_->topo, addr, len, set.b, HWLOC_MEMBIND_BIND, HWLOC_MEMBIND_BYNODESET) != 0) {
-    return absl::InternalError(absl::StrFormat("uhmm: binding %u bytes to NUMA node(s) %s: %s", len, nodes,
-                                               strerror(errno)));
+  if (hwloc_set_area_membind(impl_->topo, addr, len, set.b, HWLOC_MEMBIND_BIND, HWLOC_MEMBIND_BYNODESET) !=
+      0) {
+    return absl::InternalError(
+        absl::StrFormat("uhmm: binding %u bytes to NUMA node(s) %s: %s", len, nodes, strerror(errno)));
   }
   return absl::OkStatus();
 }

@@ -109,26 +109,27 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path) {
     if (std::memcmp(data.data(), kMagic, std::min(data.size(), sizeof(kMagic))) != 0) {
       return absl::InvalidArgumentError(absl::StrFormat("%s is not a uhmm trace file", path));
     }
-    return absl::DataLossError(absl::StrFormat(
-        "trace file %s is truncated: %u bytes, shorter than its %u-byte header", path, data.size(),
-        sizeof(TraceHeader)));
+    return absl::DataLossError(
+        absl::StrFormat("trace file %s is truncated: %u bytes, shorter than its %u-byte header", path,
+                        data.size(), sizeof(TraceHeader)));
   }
   std::memcpy(&t.header, data.data(), sizeof(TraceHeader));
   if (std::memcmp(t.header.magic, kMagic, sizeof(kMagic)) != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s is not a uhmm trace file (it does not start with the uhmm trace magic)", path));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s is not a uhmm trace file (it does not start with the uhmm trace magic)", path));
   }
   if (t.header.version != kVersion || t.header.record_size != sizeof(TraceRecord)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "trace file %s has format version %u with %u-byte records; this uhmm-prof reads version %u "
-        "with %u-byte records", path, t.header.version, t.header.record_size, kVersion, sizeof(TraceRecord)));
+        "with %u-byte records",
+        path, t.header.version, t.header.record_size, kVersion, sizeof(TraceRecord)));
   }
   const size_t body = data.size() - sizeof(TraceHeader);
   const size_t n = body / sizeof(TraceRecord);
   if (body % sizeof(TraceRecord) != 0) {
-    return absl::DataLossError(absl::StrFormat(
-        "trace file %s is truncated: %u complete records, then %u bytes of a cut-off record", path, n,
-        body % sizeof(TraceRecord)));
+    return absl::DataLossError(
+        absl::StrFormat("trace file %s is truncated: %u complete records, then %u bytes of a cut-off record",
+                        path, n, body % sizeof(TraceRecord)));
   }
   t.records.resize(n);
   if (n > 0) std::memcpy(t.records.data(), data.data() + sizeof(TraceHeader), n * sizeof(TraceRecord));
@@ -145,8 +146,8 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path) {
   for (size_t i = 0; i < t.records.size(); ++i) {
     const auto type = static_cast<uint8_t>(t.records[i].type);
     if (type < static_cast<uint8_t>(RecordType::kFault) || type >= static_cast<uint8_t>(RecordType::kEnd)) {
-      return absl::DataLossError(absl::StrFormat(
-          "trace file %s is corrupt: record %u has unknown type %u", path, i, type));
+      return absl::DataLossError(
+          absl::StrFormat("trace file %s is corrupt: record %u has unknown type %u", path, i, type));
     }
   }
   return t;

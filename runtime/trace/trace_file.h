@@ -25,12 +25,12 @@ inline constexpr uint32_t kVersion = 1;
 struct TraceHeader {
   char magic[8];
   uint32_t version;
-  uint32_t record_size;     // sizeof(TraceRecord)
-  uint64_t start_ns;        // CLOCK_MONOTONIC at the start of the session
-  uint64_t start_unix_ns;   // CLOCK_REALTIME at the same moment
+  uint32_t record_size;    // sizeof(TraceRecord)
+  uint64_t start_ns;       // CLOCK_MONOTONIC at the start of the session
+  uint64_t start_unix_ns;  // CLOCK_REALTIME at the same moment
   uint32_t pid;
   uint32_t reserved;
-  char backend[24];         // NUL-padded
+  char backend[24];  // NUL-padded
 };
 static_assert(sizeof(TraceHeader) == 64);
 

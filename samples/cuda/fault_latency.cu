@@ -28,9 +28,8 @@ size_t TouchEachBlock(const uint64_t* p, size_t bytes, uint64_t seed, std::vecto
 int main(int argc, char** argv) {
   const size_t bytes = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 512) << 20;  // MiB
   const int rounds = 5;
-  uhmm_runtime_t* rt = CreateCudaRuntimeOrSkip("fault_latency", [](uhmm_config_t* c) {
-    c->fault_granularity = 4096;
-  });
+  uhmm_runtime_t* rt =
+      CreateCudaRuntimeOrSkip("fault_latency", [](uhmm_config_t* c) { c->fault_granularity = 4096; });
   const size_t n = bytes / sizeof(uint64_t);
   size_t wrong = 0;
   std::vector<double> uhmm_us, uvm_us;

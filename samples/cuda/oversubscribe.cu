@@ -61,10 +61,10 @@ int main(int argc, char** argv) {
   const Result fit = Run(pool, pool / 2, slice, passes);
   const Result over = Run(pool, pool / 2 * 3, slice, passes);
   std::printf("| data | pool | passes | throughput | evicted pages |\n|---|---|---|---|---|\n");
-  std::printf("| %zu MiB (0.5x) | %zu MiB | %d | %.2f GB/s | %llu |\n", (pool / 2) >> 20, pool >> 20,
-              passes, fit.gbps, fit.evicted);
-  std::printf("| %zu MiB (1.5x) | %zu MiB | %d | %.2f GB/s | %llu |\n", (pool / 2 * 3) >> 20,
-              pool >> 20, passes, over.gbps, over.evicted);
+  std::printf("| %zu MiB (0.5x) | %zu MiB | %d | %.2f GB/s | %llu |\n", (pool / 2) >> 20, pool >> 20, passes,
+              fit.gbps, fit.evicted);
+  std::printf("| %zu MiB (1.5x) | %zu MiB | %d | %.2f GB/s | %llu |\n", (pool / 2 * 3) >> 20, pool >> 20,
+              passes, over.gbps, over.evicted);
   std::printf("oversubscribed / fitting throughput: %.0f %%\n", 100.0 * over.gbps / fit.gbps);
   if (over.evicted == 0) {
     std::printf("FAIL: oversubscribe: nothing was evicted\n");

@@ -17,15 +17,14 @@
 // Exit codes: 0 PASS, 1 FAIL, 77 SKIP (no GPU here; ctest reports it as skipped).
 inline constexpr int kSkip = UHMM_SAMPLE_SKIP;
 
-#define CUDA_CHECK(call)                                                                  \
-  do {                                                                                    \
-    cudaError_t e_ = (call);                                                              \
-    if (e_ != cudaSuccess) {                                                              \
+#define CUDA_CHECK(call)                                                                       \
+  do {                                                                                         \
+    cudaError_t e_ = (call);                                                                   \
+    if (e_ != cudaSuccess) {                                                                   \
       std::printf("FAIL: %s: %s (%s)\n", #call, cudaGetErrorName(e_), cudaGetErrorString(e_)); \
-      std::exit(1);                                                                       \
-    }                                                                                     \
+      std::exit(1);                                                                            \
+    }                                                                                          \
   } while (0)
-
 
 // A uhmm runtime on the CUDA backend, or exit(kSkip) with the reason when this machine has no
 // usable GPU. `tweak` adjusts the configuration (from the UHMM_* environment) before creation.

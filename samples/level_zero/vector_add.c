@@ -17,15 +17,14 @@
 #include "../uhmm_check.h"
 #include "uhmm/uhmm.h"
 
-#define ZE_CHECK(call)                                                           \
-  do {                                                                           \
-    ze_result_t r_ = (call);                                                     \
-    if (r_ != ZE_RESULT_SUCCESS) {                                               \
-      printf("FAIL: %s: ze_result_t 0x%x\n", #call, (unsigned)r_);               \
-      exit(1);                                                                   \
-    }                                                                            \
+#define ZE_CHECK(call)                                             \
+  do {                                                             \
+    ze_result_t r_ = (call);                                       \
+    if (r_ != ZE_RESULT_SUCCESS) {                                 \
+      printf("FAIL: %s: ze_result_t 0x%x\n", #call, (unsigned)r_); \
+      exit(1);                                                     \
+    }                                                              \
   } while (0)
-
 
 static double now_ms(void) {
   struct timespec ts;
@@ -104,14 +103,20 @@ int main(int argc, char** argv) {
   ze_kernel_handle_t kernel = NULL;
   ZE_CHECK(zeKernelCreate(module, &kd, &kernel));
 
-  ze_command_queue_desc_t qd = {ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, NULL, compute_group(dev), 0, 0,
-                                ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS, ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+  ze_command_queue_desc_t qd = {ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC,
+                                NULL,
+                                compute_group(dev),
+                                0,
+                                0,
+                                ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+                                ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
   ze_command_list_handle_t list = NULL;
   ZE_CHECK(zeCommandListCreateImmediate(ctx, dev, &qd, &list));
   ze_event_pool_desc_t pd = {ZE_STRUCTURE_TYPE_EVENT_POOL_DESC, NULL, ZE_EVENT_POOL_FLAG_HOST_VISIBLE, 1};
   ze_event_pool_handle_t pool = NULL;
   ZE_CHECK(zeEventPoolCreate(ctx, &pd, 0, NULL, &pool));
-  ze_event_desc_t ed = {ZE_STRUCTURE_TYPE_EVENT_DESC, NULL, 0, ZE_EVENT_SCOPE_FLAG_HOST, ZE_EVENT_SCOPE_FLAG_HOST};
+  ze_event_desc_t ed = {ZE_STRUCTURE_TYPE_EVENT_DESC, NULL, 0, ZE_EVENT_SCOPE_FLAG_HOST,
+                        ZE_EVENT_SCOPE_FLAG_HOST};
   ze_event_handle_t done = NULL;
   ZE_CHECK(zeEventCreate(pool, &ed, &done));
 
@@ -150,7 +155,8 @@ int main(int argc, char** argv) {
   uhmm_stats_t s;
   UHMM_CHECK(uhmm_get_stats(rt, &s));
   printf("uhmm Level Zero vector_add, n = %u floats (3 x %u MiB), backend %s, transparent launch %s\n", n,
-         (unsigned)(n * sizeof(float) >> 20), uhmm_backend_name(rt), uhmm_transparent_launch_enabled(rt) ? "on" : "off");
+         (unsigned)(n * sizeof(float) >> 20), uhmm_backend_name(rt),
+         uhmm_transparent_launch_enabled(rt) ? "on" : "off");
   printf("  %-34s %10.2f ms\n", "launch + kernel (incl. sync)", t1 - t0);
   printf("  %-34s %10.2f ms\n", "CPU check (faults c back)", t2 - t1);
   printf("  %-34s %10llu\n", "pages moved to the GPU", (unsigned long long)s.pages_to_device);

@@ -16,8 +16,8 @@
 
 #include <algorithm>
 #include <condition_variable>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -90,10 +90,10 @@ struct State {
   std::mutex mu;
   std::mutex vram_mu;
   bool initialized = false;
-  std::map<uintptr_t, size_t> reservations;   // start -> bytes
-  std::map<uintptr_t, uint8_t*> mapped;       // 2 MiB block -> chunk memory
-  std::set<uintptr_t> accessible;             // blocks with cuMemSetAccess done
-  std::map<uintptr_t, size_t> registered;     // host start -> bytes
+  std::map<uintptr_t, size_t> reservations;  // start -> bytes
+  std::map<uintptr_t, uint8_t*> mapped;      // 2 MiB block -> chunk memory
+  std::set<uintptr_t> accessible;            // blocks with cuMemSetAccess done
+  std::map<uintptr_t, size_t> registered;    // host start -> bytes
   std::set<Stream*> streams;
   size_t chunks = 0;
 };
@@ -135,14 +135,30 @@ CUresult DriverGetVersion(int* v) {
 }
 CUresult GetErrorName(CUresult r, const char** s) {
   switch (r) {
-    case CUDA_SUCCESS: *s = "CUDA_SUCCESS"; break;
-    case CUDA_ERROR_INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
-    case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-    case CUDA_ERROR_NOT_INITIALIZED: *s = "CUDA_ERROR_NOT_INITIALIZED"; break;
-    case CUDA_ERROR_NOT_READY: *s = "CUDA_ERROR_NOT_READY"; break;
-    case CUDA_ERROR_INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
-    case CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: *s = "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED"; break;
-    default: *s = "CUDA_ERROR_UNKNOWN"; return CUDA_ERROR_INVALID_VALUE;
+    case CUDA_SUCCESS:
+      *s = "CUDA_SUCCESS";
+      break;
+    case CUDA_ERROR_INVALID_VALUE:
+      *s = "CUDA_ERROR_INVALID_VALUE";
+      break;
+    case CUDA_ERROR_OUT_OF_MEMORY:
+      *s = "CUDA_ERROR_OUT_OF_MEMORY";
+      break;
+    case CUDA_ERROR_NOT_INITIALIZED:
+      *s = "CUDA_ERROR_NOT_INITIALIZED";
+      break;
+    case CUDA_ERROR_NOT_READY:
+      *s = "CUDA_ERROR_NOT_READY";
+      break;
+    case CUDA_ERROR_INVALID_CONTEXT:
+      *s = "CUDA_ERROR_INVALID_CONTEXT";
+      break;
+    case CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED:
+      *s = "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED";
+      break;
+    default:
+      *s = "CUDA_ERROR_UNKNOWN";
+      return CUDA_ERROR_INVALID_VALUE;
   }
   return CUDA_SUCCESS;
 }
@@ -205,7 +221,8 @@ CUresult MemGetInfo(size_t* free_bytes, size_t* total) {
   *free_bytes = kVram - S().chunks * kChunk;
   return NeedCtx();
 }
-CUresult MemGetAllocationGranularity(size_t* g, const CUmemAllocationProp*, CUmemAllocationGranularity_flags) {
+CUresult MemGetAllocationGranularity(size_t* g, const CUmemAllocationProp*,
+                                     CUmemAllocationGranularity_flags) {
   *g = kChunk;
   return Ready();
 }
@@ -237,7 +254,8 @@ CUresult MemAddressFree(CUdeviceptr ptr, size_t size) {
   munmap(reinterpret_cast<void*>(ptr), size);
   return CUDA_SUCCESS;
 }
-CUresult MemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAllocationProp*, unsigned long long) {
+CUresult MemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAllocationProp*,
+                   unsigned long long) {
   if (size != kChunk) return CUDA_ERROR_INVALID_VALUE;  // uhmm only creates 2 MiB chunks
   std::lock_guard<std::mutex> lock(S().mu);
   if ((S().chunks + 1) * kChunk > kVram) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -263,9 +281,11 @@ bool InReservation(uintptr_t addr, size_t size) {
   --it;
   return addr >= it->first && addr + size <= it->first + it->second;
 }
-CUresult MemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle h, unsigned long long) {
+CUresult MemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle h,
+                unsigned long long) {
   std::lock_guard<std::mutex> lock(S().mu);
-  if (size != kChunk || offset != 0 || ptr % kChunk || !InReservation(ptr, size)) return CUDA_ERROR_INVALID_VALUE;
+  if (size != kChunk || offset != 0 || ptr % kChunk || !InReservation(ptr, size))
+    return CUDA_ERROR_INVALID_VALUE;
   if (!S().mapped.emplace(ptr, reinterpret_cast<uint8_t*>(h)).second) return CUDA_ERROR_INVALID_VALUE;
   return CUDA_SUCCESS;
 }
@@ -425,7 +445,8 @@ struct Entry {
   const char* name;
   void* fn;
 };
-#define UHMM_FAKE(name, impl) Entry{#name, reinterpret_cast<void*>(static_cast<decltype(&::name)>(&impl))}
+#define UHMM_FAKE(name, impl) \
+  Entry { #name, reinterpret_cast < void*>(static_cast <decltype(&::name)>(&impl)) }
 const Entry kEntries[] = {
     UHMM_FAKE(cuInit, Init),
     UHMM_FAKE(cuDriverGetVersion, DriverGetVersion),

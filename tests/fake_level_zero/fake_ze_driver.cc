@@ -68,9 +68,9 @@
 // Fault injection and counters for tests (dlopen(path, RTLD_NOW | RTLD_NOLOAD) + dlsym):
 //   extern "C" void uhmm_fake_ze_fail_next_copies(int n);   // the next n copies executed fail
 //   extern "C" uint64_t uhmm_fake_ze_copies_executed();     // copies completed successfully
+#include <sys/mman.h>
 #include <ze_api.h>
 #include <ze_ddi.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -234,8 +234,8 @@ struct Launch {
   ze_group_count_t count{};
 
   uint64_t Items() const {
-    return uint64_t{count.groupCountX} * group[0] * count.groupCountY * group[1] *
-           count.groupCountZ * group[2];
+    return uint64_t{count.groupCountX} * group[0] * count.groupCountY * group[1] * count.groupCountZ *
+           group[2];
   }
   uintptr_t Ptr(size_t i) const {
     uint64_t v = 0;
@@ -304,9 +304,9 @@ struct CommandList {
   bool synchronous = false;
   std::unique_ptr<Engine> engine;  // immediate lists
   std::mutex mu;
-  CommandVec cmds;                             // regular lists, guarded by mu
-  bool closed = false;                         // guarded by mu
-  std::shared_ptr<const CommandVec> frozen;    // set by Close, guarded by mu
+  CommandVec cmds;                           // regular lists, guarded by mu
+  bool closed = false;                       // guarded by mu
+  std::shared_ptr<const CommandVec> frozen;  // set by Close, guarded by mu
 };
 
 struct CommandQueue {
@@ -354,8 +354,8 @@ struct Globals {
   std::condition_variable ev_cv;
 
   std::mutex va_mu;
-  std::map<uintptr_t, Reservation> reservations;  // by start
-  std::map<uintptr_t, PageEntry> pages;           // by page address
+  std::map<uintptr_t, Reservation> reservations;   // by start
+  std::map<uintptr_t, PageEntry> pages;            // by page address
   std::map<uintptr_t, DeviceAlloc> device_allocs;  // by start
   std::map<uintptr_t, HostAlloc> host_allocs;      // by start
   uint64_t phys_used = 0;
@@ -433,8 +433,8 @@ ze_result_t ChooseRange(size_t size, size_t alignment, const void* ctx, uintptr_
   std::vector<std::pair<uintptr_t, size_t>> blockers;  // taken by hinted device reservations
   ze_result_t result = ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY;
   for (int attempt = 0; attempt < 16; ++attempt) {
-    void* raw = mmap(nullptr, size + alignment, PROT_NONE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* raw =
+        mmap(nullptr, size + alignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (raw == MAP_FAILED) break;
     const auto base = reinterpret_cast<uintptr_t>(raw);
     const uintptr_t start = (base + alignment - 1) / alignment * alignment;
@@ -618,9 +618,7 @@ Engine::~Engine() {
     stop_ = true;
   }
   stopping_ = true;
-  {
-    std::lock_guard<std::mutex> lock(g.ev_mu);
-  }
+  { std::lock_guard<std::mutex> lock(g.ev_mu); }
   g.ev_cv.notify_all();
   cv_.notify_all();
   thread_.join();
@@ -779,8 +777,7 @@ void CopyName(char* dst, size_t cap, const char* src) {
 }
 
 // Builds the synchronization part of a command.
-ze_result_t SyncArgs(ze_event_handle_t signal, uint32_t num_waits, ze_event_handle_t* waits,
-                     Command* cmd) {
+ze_result_t SyncArgs(ze_event_handle_t signal, uint32_t num_waits, ze_event_handle_t* waits, Command* cmd) {
   if (num_waits > 0 && waits == nullptr) return ZE_RESULT_ERROR_INVALID_SIZE;
   if (signal != nullptr) {
     cmd->signal = g.events.Get(signal);
@@ -875,8 +872,8 @@ extern "C" ze_result_t uhmm_fake_zeDriverGetIpcProperties(ze_driver_handle_t hDr
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeDriverGetExtensionProperties(
-    ze_driver_handle_t hDriver, uint32_t* pCount, ze_driver_extension_properties_t*) {
+extern "C" ze_result_t uhmm_fake_zeDriverGetExtensionProperties(ze_driver_handle_t hDriver, uint32_t* pCount,
+                                                                ze_driver_extension_properties_t*) {
   if (ze_result_t r = CheckDriver(hDriver); r != ZE_RESULT_SUCCESS) return r;
   if (pCount == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   *pCount = 0;
@@ -980,8 +977,7 @@ extern "C" ze_result_t uhmm_fake_zeDeviceGetCommandQueueGroupProperties(
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeDeviceGetMemoryProperties(ze_device_handle_t hDevice,
-                                                             uint32_t* pCount,
+extern "C" ze_result_t uhmm_fake_zeDeviceGetMemoryProperties(ze_device_handle_t hDevice, uint32_t* pCount,
                                                              ze_device_memory_properties_t* props) {
   if (ze_result_t r = CheckDevice(hDevice); r != ZE_RESULT_SUCCESS) return r;
   if (pCount == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
@@ -999,8 +995,7 @@ extern "C" ze_result_t uhmm_fake_zeDeviceGetMemoryProperties(ze_device_handle_t 
 // ================================================================================================
 // Contexts.
 
-extern "C" ze_result_t uhmm_fake_zeContextCreate(ze_driver_handle_t hDriver,
-                                                 const ze_context_desc_t* desc,
+extern "C" ze_result_t uhmm_fake_zeContextCreate(ze_driver_handle_t hDriver, const ze_context_desc_t* desc,
                                                  ze_context_handle_t* phContext) {
   if (ze_result_t r = CheckDriver(hDriver); r != ZE_RESULT_SUCCESS) return r;
   if (desc == nullptr || phContext == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
@@ -1031,8 +1026,7 @@ extern "C" ze_result_t uhmm_fake_zeVirtualMemQueryPageSize(ze_context_handle_t h
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zePhysicalMemCreate(ze_context_handle_t hContext,
-                                                     ze_device_handle_t hDevice,
+extern "C" ze_result_t uhmm_fake_zePhysicalMemCreate(ze_context_handle_t hContext, ze_device_handle_t hDevice,
                                                      ze_physical_mem_desc_t* desc,
                                                      ze_physical_mem_handle_t* phPhysicalMemory) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
@@ -1046,8 +1040,8 @@ extern "C" ze_result_t uhmm_fake_zePhysicalMemCreate(ze_context_handle_t hContex
     if (desc->size > kDeviceMemory - g.phys_used) return ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY;
     g.phys_used += desc->size;
   }
-  void* mem = mmap(nullptr, desc->size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* mem =
+      mmap(nullptr, desc->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
     std::lock_guard<std::mutex> lock(g.va_mu);
     g.phys_used -= desc->size;
@@ -1074,9 +1068,8 @@ extern "C" ze_result_t uhmm_fake_zePhysicalMemDestroy(ze_context_handle_t hConte
   return ZE_RESULT_SUCCESS;  // the storage goes when the last in-flight access lets go
 }
 
-extern "C" ze_result_t uhmm_fake_zeVirtualMemReserve(ze_context_handle_t hContext,
-                                                     const void* pStart, size_t size,
-                                                     void** pptr) {
+extern "C" ze_result_t uhmm_fake_zeVirtualMemReserve(ze_context_handle_t hContext, const void* pStart,
+                                                     size_t size, void** pptr) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
   if (pptr == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   if (size == 0 || size % kPage != 0) return ZE_RESULT_ERROR_UNSUPPORTED_SIZE;
@@ -1116,10 +1109,8 @@ extern "C" ze_result_t uhmm_fake_zeVirtualMemFree(ze_context_handle_t hContext, 
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeVirtualMemMap(ze_context_handle_t hContext, const void* ptr,
-                                                 size_t size,
-                                                 ze_physical_mem_handle_t hPhysicalMemory,
-                                                 size_t offset,
+extern "C" ze_result_t uhmm_fake_zeVirtualMemMap(ze_context_handle_t hContext, const void* ptr, size_t size,
+                                                 ze_physical_mem_handle_t hPhysicalMemory, size_t offset,
                                                  ze_memory_access_attribute_t access) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
   if (hPhysicalMemory == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
@@ -1175,9 +1166,9 @@ extern "C" ze_result_t uhmm_fake_zeVirtualMemUnmap(ze_context_handle_t hContext,
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeVirtualMemSetAccessAttribute(
-    ze_context_handle_t hContext, const void* ptr, size_t size,
-    ze_memory_access_attribute_t access) {
+extern "C" ze_result_t uhmm_fake_zeVirtualMemSetAccessAttribute(ze_context_handle_t hContext, const void* ptr,
+                                                                size_t size,
+                                                                ze_memory_access_attribute_t access) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
   if (ptr == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   if (access > ZE_MEMORY_ACCESS_ATTRIBUTE_READONLY) return ZE_RESULT_ERROR_INVALID_ENUMERATION;
@@ -1188,9 +1179,10 @@ extern "C" ze_result_t uhmm_fake_zeVirtualMemSetAccessAttribute(
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeVirtualMemGetAccessAttribute(
-    ze_context_handle_t hContext, const void* ptr, size_t size,
-    ze_memory_access_attribute_t* access, size_t* outSize) {
+extern "C" ze_result_t uhmm_fake_zeVirtualMemGetAccessAttribute(ze_context_handle_t hContext, const void* ptr,
+                                                                size_t size,
+                                                                ze_memory_access_attribute_t* access,
+                                                                size_t* outSize) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
   if (ptr == nullptr || access == nullptr || outSize == nullptr) {
     return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
@@ -1211,9 +1203,8 @@ extern "C" ze_result_t uhmm_fake_zeVirtualMemGetAccessAttribute(
 // Unified shared memory: host and device allocations (no shared allocations).
 
 extern "C" ze_result_t uhmm_fake_zeMemAllocDevice(ze_context_handle_t hContext,
-                                                  const ze_device_mem_alloc_desc_t* desc,
-                                                  size_t size, size_t alignment,
-                                                  ze_device_handle_t hDevice, void** pptr) {
+                                                  const ze_device_mem_alloc_desc_t* desc, size_t size,
+                                                  size_t alignment, ze_device_handle_t hDevice, void** pptr) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
   if (ze_result_t r = CheckDevice(hDevice); r != ZE_RESULT_SUCCESS) return r;
   if (desc == nullptr || pptr == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
@@ -1224,8 +1215,8 @@ extern "C" ze_result_t uhmm_fake_zeMemAllocDevice(ze_context_handle_t hContext,
   const size_t reserved = (size + kPage - 1) / kPage * kPage;
   std::lock_guard<std::mutex> lock(g.va_mu);
   if (reserved > kDeviceMemory - g.phys_used) return ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY;
-  void* mem = mmap(nullptr, reserved, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* mem =
+      mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) return ZE_RESULT_ERROR_OUT_OF_HOST_MEMORY;
   auto pm = std::make_shared<PhysMem>();
   pm->ctx = hContext;
@@ -1280,8 +1271,7 @@ extern "C" ze_result_t uhmm_fake_zeMemFree(ze_context_handle_t hContext, void* p
   return ZE_RESULT_ERROR_INVALID_ARGUMENT;
 }
 
-extern "C" ze_result_t uhmm_fake_zeMemGetAllocProperties(ze_context_handle_t hContext,
-                                                         const void* ptr,
+extern "C" ze_result_t uhmm_fake_zeMemGetAllocProperties(ze_context_handle_t hContext, const void* ptr,
                                                          ze_memory_allocation_properties_t* props,
                                                          ze_device_handle_t* phDevice) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
@@ -1301,8 +1291,7 @@ extern "C" ze_result_t uhmm_fake_zeMemGetAllocProperties(ze_context_handle_t hCo
     return ZE_RESULT_SUCCESS;
   }
   auto host = g.host_allocs.upper_bound(addr);
-  if (host != g.host_allocs.begin() &&
-      addr < std::prev(host)->first + std::prev(host)->second.size) {
+  if (host != g.host_allocs.begin() && addr < std::prev(host)->first + std::prev(host)->second.size) {
     props->type = ZE_MEMORY_TYPE_HOST;
     props->id = std::prev(host)->second.id;
     props->pageSize = 4096;
@@ -1314,8 +1303,7 @@ extern "C" ze_result_t uhmm_fake_zeMemGetAllocProperties(ze_context_handle_t hCo
 // Events.
 
 extern "C" ze_result_t uhmm_fake_zeEventPoolCreate(ze_context_handle_t hContext,
-                                                   const ze_event_pool_desc_t* desc,
-                                                   uint32_t numDevices,
+                                                   const ze_event_pool_desc_t* desc, uint32_t numDevices,
                                                    ze_device_handle_t* phDevices,
                                                    ze_event_pool_handle_t* phEventPool) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
@@ -1347,8 +1335,7 @@ extern "C" ze_result_t uhmm_fake_zeEventPoolDestroy(ze_event_pool_handle_t hEven
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeEventCreate(ze_event_pool_handle_t hEventPool,
-                                               const ze_event_desc_t* desc,
+extern "C" ze_result_t uhmm_fake_zeEventCreate(ze_event_pool_handle_t hEventPool, const ze_event_desc_t* desc,
                                                ze_event_handle_t* phEvent) {
   if (hEventPool == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (desc == nullptr || phEvent == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
@@ -1404,8 +1391,7 @@ extern "C" ze_result_t uhmm_fake_zeEventQueryStatus(ze_event_handle_t hEvent) {
   return EventResult(e->state);
 }
 
-extern "C" ze_result_t uhmm_fake_zeEventHostSynchronize(ze_event_handle_t hEvent,
-                                                        uint64_t timeout) {
+extern "C" ze_result_t uhmm_fake_zeEventHostSynchronize(ze_event_handle_t hEvent, uint64_t timeout) {
   if (hEvent == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   auto e = g.events.Get(hEvent);
   if (!e) return ZE_RESULT_ERROR_INVALID_ARGUMENT;
@@ -1447,9 +1433,10 @@ extern "C" ze_result_t uhmm_fake_zeCommandQueueDestroy(ze_command_queue_handle_t
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandQueueExecuteCommandLists(
-    ze_command_queue_handle_t hCommandQueue, uint32_t numCommandLists,
-    ze_command_list_handle_t* phCommandLists, ze_fence_handle_t hFence) {
+extern "C" ze_result_t uhmm_fake_zeCommandQueueExecuteCommandLists(ze_command_queue_handle_t hCommandQueue,
+                                                                   uint32_t numCommandLists,
+                                                                   ze_command_list_handle_t* phCommandLists,
+                                                                   ze_fence_handle_t hFence) {
   if (hCommandQueue == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (phCommandLists == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   if (numCommandLists == 0) return ZE_RESULT_ERROR_INVALID_SIZE;
@@ -1481,8 +1468,7 @@ extern "C" ze_result_t uhmm_fake_zeCommandQueueSynchronize(ze_command_queue_hand
   return q->engine.Synchronize(timeout);
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandListCreate(ze_context_handle_t hContext,
-                                                     ze_device_handle_t hDevice,
+extern "C" ze_result_t uhmm_fake_zeCommandListCreate(ze_context_handle_t hContext, ze_device_handle_t hDevice,
                                                      const ze_command_list_desc_t* desc,
                                                      ze_command_list_handle_t* phCommandList) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
@@ -1497,9 +1483,10 @@ extern "C" ze_result_t uhmm_fake_zeCommandListCreate(ze_context_handle_t hContex
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandListCreateImmediate(
-    ze_context_handle_t hContext, ze_device_handle_t hDevice, const ze_command_queue_desc_t* altdesc,
-    ze_command_list_handle_t* phCommandList) {
+extern "C" ze_result_t uhmm_fake_zeCommandListCreateImmediate(ze_context_handle_t hContext,
+                                                              ze_device_handle_t hDevice,
+                                                              const ze_command_queue_desc_t* altdesc,
+                                                              ze_command_list_handle_t* phCommandList) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
   if (ze_result_t r = CheckDevice(hDevice); r != ZE_RESULT_SUCCESS) return r;
   if (altdesc == nullptr || phCommandList == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
@@ -1560,9 +1547,11 @@ extern "C" ze_result_t uhmm_fake_zeCommandListHostSynchronize(ze_command_list_ha
   return list->engine->Synchronize(timeout);
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandListAppendMemoryCopy(
-    ze_command_list_handle_t hCommandList, void* dstptr, const void* srcptr, size_t size,
-    ze_event_handle_t hSignalEvent, uint32_t numWaitEvents, ze_event_handle_t* phWaitEvents) {
+extern "C" ze_result_t uhmm_fake_zeCommandListAppendMemoryCopy(ze_command_list_handle_t hCommandList,
+                                                               void* dstptr, const void* srcptr, size_t size,
+                                                               ze_event_handle_t hSignalEvent,
+                                                               uint32_t numWaitEvents,
+                                                               ze_event_handle_t* phWaitEvents) {
   if (hCommandList == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (dstptr == nullptr || srcptr == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   Command cmd;
@@ -1570,17 +1559,15 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendMemoryCopy(
   cmd.dst = reinterpret_cast<uintptr_t>(dstptr);
   cmd.src = reinterpret_cast<uintptr_t>(srcptr);
   cmd.size = size;
-  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd);
-      r != ZE_RESULT_SUCCESS) {
+  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd); r != ZE_RESULT_SUCCESS) {
     return r;
   }
   return Append(hCommandList, std::move(cmd));
 }
 
 extern "C" ze_result_t uhmm_fake_zeCommandListAppendMemoryFill(
-    ze_command_list_handle_t hCommandList, void* ptr, const void* pattern, size_t pattern_size,
-    size_t size, ze_event_handle_t hSignalEvent, uint32_t numWaitEvents,
-    ze_event_handle_t* phWaitEvents) {
+    ze_command_list_handle_t hCommandList, void* ptr, const void* pattern, size_t pattern_size, size_t size,
+    ze_event_handle_t hSignalEvent, uint32_t numWaitEvents, ze_event_handle_t* phWaitEvents) {
   if (hCommandList == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (ptr == nullptr || pattern == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   auto list = g.lists.Get(hCommandList);
@@ -1595,8 +1582,7 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendMemoryFill(
   cmd.size = size;
   const auto* p = static_cast<const uint8_t*>(pattern);
   cmd.pattern.assign(p, p + pattern_size);
-  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd);
-      r != ZE_RESULT_SUCCESS) {
+  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd); r != ZE_RESULT_SUCCESS) {
     return r;
   }
   return Append(hCommandList, std::move(cmd));
@@ -1609,15 +1595,14 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendBarrier(ze_command_list_hand
   if (hCommandList == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   Command cmd;
   cmd.kind = Command::kBarrier;
-  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd);
-      r != ZE_RESULT_SUCCESS) {
+  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd); r != ZE_RESULT_SUCCESS) {
     return r;
   }
   return Append(hCommandList, std::move(cmd));
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandListAppendSignalEvent(
-    ze_command_list_handle_t hCommandList, ze_event_handle_t hEvent) {
+extern "C" ze_result_t uhmm_fake_zeCommandListAppendSignalEvent(ze_command_list_handle_t hCommandList,
+                                                                ze_event_handle_t hEvent) {
   if (hCommandList == nullptr || hEvent == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   Command cmd;
   cmd.kind = Command::kSignal;
@@ -1625,8 +1610,9 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendSignalEvent(
   return Append(hCommandList, std::move(cmd));
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandListAppendWaitOnEvents(
-    ze_command_list_handle_t hCommandList, uint32_t numEvents, ze_event_handle_t* phEvents) {
+extern "C" ze_result_t uhmm_fake_zeCommandListAppendWaitOnEvents(ze_command_list_handle_t hCommandList,
+                                                                 uint32_t numEvents,
+                                                                 ze_event_handle_t* phEvents) {
   if (hCommandList == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (phEvents == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   Command cmd;
@@ -1637,8 +1623,8 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendWaitOnEvents(
   return Append(hCommandList, std::move(cmd));
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandListAppendEventReset(
-    ze_command_list_handle_t hCommandList, ze_event_handle_t hEvent) {
+extern "C" ze_result_t uhmm_fake_zeCommandListAppendEventReset(ze_command_list_handle_t hCommandList,
+                                                               ze_event_handle_t hEvent) {
   if (hCommandList == nullptr || hEvent == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   Command cmd;
   cmd.kind = Command::kEventReset;
@@ -1647,10 +1633,12 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendEventReset(
   return Append(hCommandList, std::move(cmd));
 }
 
-extern "C" ze_result_t uhmm_fake_zeCommandListAppendLaunchKernel(
-    ze_command_list_handle_t hCommandList, ze_kernel_handle_t hKernel,
-    const ze_group_count_t* pLaunchFuncArgs, ze_event_handle_t hSignalEvent,
-    uint32_t numWaitEvents, ze_event_handle_t* phWaitEvents) {
+extern "C" ze_result_t uhmm_fake_zeCommandListAppendLaunchKernel(ze_command_list_handle_t hCommandList,
+                                                                 ze_kernel_handle_t hKernel,
+                                                                 const ze_group_count_t* pLaunchFuncArgs,
+                                                                 ze_event_handle_t hSignalEvent,
+                                                                 uint32_t numWaitEvents,
+                                                                 ze_event_handle_t* phWaitEvents) {
   if (hCommandList == nullptr || hKernel == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (pLaunchFuncArgs == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   auto list = g.lists.Get(hCommandList);
@@ -1673,8 +1661,7 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendLaunchKernel(
   Command cmd;
   cmd.kind = Command::kKernel;
   cmd.launch = std::move(launch);
-  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd);
-      r != ZE_RESULT_SUCCESS) {
+  if (ze_result_t r = SyncArgs(hSignalEvent, numWaitEvents, phWaitEvents, &cmd); r != ZE_RESULT_SUCCESS) {
     return r;
   }
   return Append(hCommandList, std::move(cmd));
@@ -1683,10 +1670,8 @@ extern "C" ze_result_t uhmm_fake_zeCommandListAppendLaunchKernel(
 // ================================================================================================
 // Modules and kernels.
 
-extern "C" ze_result_t uhmm_fake_zeModuleCreate(ze_context_handle_t hContext,
-                                                ze_device_handle_t hDevice,
-                                                const ze_module_desc_t* desc,
-                                                ze_module_handle_t* phModule,
+extern "C" ze_result_t uhmm_fake_zeModuleCreate(ze_context_handle_t hContext, ze_device_handle_t hDevice,
+                                                const ze_module_desc_t* desc, ze_module_handle_t* phModule,
                                                 ze_module_build_log_handle_t* phBuildLog) {
   if (ze_result_t r = CheckContext(hContext); r != ZE_RESULT_SUCCESS) return r;
   if (ze_result_t r = CheckDevice(hDevice); r != ZE_RESULT_SUCCESS) return r;
@@ -1746,8 +1731,8 @@ extern "C" ze_result_t uhmm_fake_zeModuleBuildLogGetString(ze_module_build_log_h
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeModuleGetKernelNames(ze_module_handle_t hModule,
-                                                        uint32_t* pCount, const char** pNames) {
+extern "C" ze_result_t uhmm_fake_zeModuleGetKernelNames(ze_module_handle_t hModule, uint32_t* pCount,
+                                                        const char** pNames) {
   if (hModule == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (pCount == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   if (!g.modules.Get(hModule)) return ZE_RESULT_ERROR_INVALID_ARGUMENT;
@@ -1762,8 +1747,7 @@ extern "C" ze_result_t uhmm_fake_zeModuleGetKernelNames(ze_module_handle_t hModu
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeKernelCreate(ze_module_handle_t hModule,
-                                                const ze_kernel_desc_t* desc,
+extern "C" ze_result_t uhmm_fake_zeKernelCreate(ze_module_handle_t hModule, const ze_kernel_desc_t* desc,
                                                 ze_kernel_handle_t* phKernel) {
   if (hModule == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (desc == nullptr || desc->pKernelName == nullptr || phKernel == nullptr) {
@@ -1788,8 +1772,7 @@ extern "C" ze_result_t uhmm_fake_zeKernelDestroy(ze_kernel_handle_t hKernel) {
   return g.kernels.Remove(hKernel) ? ZE_RESULT_SUCCESS : ZE_RESULT_ERROR_INVALID_ARGUMENT;
 }
 
-extern "C" ze_result_t uhmm_fake_zeKernelGetName(ze_kernel_handle_t hKernel, size_t* pSize,
-                                                 char* pName) {
+extern "C" ze_result_t uhmm_fake_zeKernelGetName(ze_kernel_handle_t hKernel, size_t* pSize, char* pName) {
   if (hKernel == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (pSize == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   auto k = g.kernels.Get(hKernel);
@@ -1805,13 +1788,12 @@ extern "C" ze_result_t uhmm_fake_zeKernelGetName(ze_kernel_handle_t hKernel, siz
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeKernelSetGroupSize(ze_kernel_handle_t hKernel, uint32_t x,
-                                                      uint32_t y, uint32_t z) {
+extern "C" ze_result_t uhmm_fake_zeKernelSetGroupSize(ze_kernel_handle_t hKernel, uint32_t x, uint32_t y,
+                                                      uint32_t z) {
   if (hKernel == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   auto k = g.kernels.Get(hKernel);
   if (!k) return ZE_RESULT_ERROR_INVALID_ARGUMENT;
-  if (x == 0 || y == 0 || z == 0 || x > 1024 || y > 1024 || z > 64 ||
-      uint64_t{x} * y * z > 1024) {
+  if (x == 0 || y == 0 || z == 0 || x > 1024 || y > 1024 || z > 64 || uint64_t{x} * y * z > 1024) {
     return ZE_RESULT_ERROR_INVALID_GROUP_SIZE_DIMENSION;
   }
   std::lock_guard<std::mutex> lock(k->mu);
@@ -1821,11 +1803,9 @@ extern "C" ze_result_t uhmm_fake_zeKernelSetGroupSize(ze_kernel_handle_t hKernel
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeKernelSuggestGroupSize(ze_kernel_handle_t hKernel,
-                                                          uint32_t globalSizeX,
-                                                          uint32_t globalSizeY,
-                                                          uint32_t globalSizeZ, uint32_t* groupSizeX,
-                                                          uint32_t* groupSizeY,
+extern "C" ze_result_t uhmm_fake_zeKernelSuggestGroupSize(ze_kernel_handle_t hKernel, uint32_t globalSizeX,
+                                                          uint32_t globalSizeY, uint32_t globalSizeZ,
+                                                          uint32_t* groupSizeX, uint32_t* groupSizeY,
                                                           uint32_t* groupSizeZ) {
   if (hKernel == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   if (groupSizeX == nullptr || groupSizeY == nullptr || groupSizeZ == nullptr) {
@@ -1851,9 +1831,8 @@ extern "C" ze_result_t uhmm_fake_zeKernelSuggestGroupSize(ze_kernel_handle_t hKe
   return ZE_RESULT_SUCCESS;
 }
 
-extern "C" ze_result_t uhmm_fake_zeKernelSetArgumentValue(ze_kernel_handle_t hKernel,
-                                                          uint32_t argIndex, size_t argSize,
-                                                          const void* pArgValue) {
+extern "C" ze_result_t uhmm_fake_zeKernelSetArgumentValue(ze_kernel_handle_t hKernel, uint32_t argIndex,
+                                                          size_t argSize, const void* pArgValue) {
   if (hKernel == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
   auto k = g.kernels.Get(hKernel);
   if (!k) return ZE_RESULT_ERROR_INVALID_ARGUMENT;

@@ -55,8 +55,7 @@ class FakeZe : public ::testing::Test {
     ASSERT_ZE(zeDeviceGet(driver_, &n, &device_));
     ze_context_desc_t cd{ZE_STRUCTURE_TYPE_CONTEXT_DESC, nullptr, 0};
     ASSERT_ZE(zeContextCreate(driver_, &cd, &context_));
-    ze_event_pool_desc_t pd{ZE_STRUCTURE_TYPE_EVENT_POOL_DESC, nullptr,
-                            ZE_EVENT_POOL_FLAG_HOST_VISIBLE, 16};
+    ze_event_pool_desc_t pd{ZE_STRUCTURE_TYPE_EVENT_POOL_DESC, nullptr, ZE_EVENT_POOL_FLAG_HOST_VISIBLE, 16};
     ASSERT_ZE(zeEventPoolCreate(context_, &pd, 1, &device_, &pool_));
     ASSERT_TRUE(FindGroups());
   }
@@ -93,8 +92,9 @@ class FakeZe : public ::testing::Test {
   }
 
   ze_command_list_handle_t Immediate(uint32_t ordinal, uint32_t index = 0) {
-    ze_command_queue_desc_t d{ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, ordinal, index, 0,
-                              ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS, ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+    ze_command_queue_desc_t d{
+        ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, ordinal, index, 0, ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+        ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
     ze_command_list_handle_t l = nullptr;
     EXPECT_ZE(zeCommandListCreateImmediate(context_, device_, &d, &l));
     lists_.push_back(l);
@@ -201,12 +201,13 @@ TEST_F(FakeZe, HasACopyOnlyQueueGroup) {
 TEST_F(FakeZe, EveryTableSlotIsFilled) {
   Hooks h = GetHooks();
   ASSERT_NE(h.handle, nullptr) << dlerror();
-  auto get = reinterpret_cast<ze_pfnGetCommandListProcAddrTable_t>(
-      dlsym(h.handle, "zeGetCommandListProcAddrTable"));
+  auto get =
+      reinterpret_cast<ze_pfnGetCommandListProcAddrTable_t>(dlsym(h.handle, "zeGetCommandListProcAddrTable"));
   ASSERT_NE(get, nullptr);
   ze_command_list_dditable_t table;
   std::memset(&table, 0, sizeof(table));
-  EXPECT_EQ(get(static_cast<ze_api_version_t>(ZE_MAKE_VERSION(2, 0)), &table), ZE_RESULT_ERROR_UNSUPPORTED_VERSION);
+  EXPECT_EQ(get(static_cast<ze_api_version_t>(ZE_MAKE_VERSION(2, 0)), &table),
+            ZE_RESULT_ERROR_UNSUPPORTED_VERSION);
   EXPECT_EQ(get(ZE_API_VERSION_CURRENT, nullptr), ZE_RESULT_ERROR_INVALID_NULL_POINTER);
   ASSERT_ZE(get(ZE_API_VERSION_CURRENT, &table));
   void* slots[sizeof(table) / sizeof(void*)];
@@ -394,8 +395,9 @@ TEST_F(FakeZe, RegularListOnAQueue) {
   ze_command_list_desc_t ld{ZE_STRUCTURE_TYPE_COMMAND_LIST_DESC, nullptr, copy_group_, 0};
   ze_command_list_handle_t list = nullptr;
   ASSERT_ZE(zeCommandListCreate(context_, device_, &ld, &list));
-  ze_command_queue_desc_t qd{ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, copy_group_, 0, 0,
-                             ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS, ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+  ze_command_queue_desc_t qd{
+      ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, copy_group_, 0, 0, ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+      ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
   ze_command_queue_handle_t queue = nullptr;
   ASSERT_ZE(zeCommandQueueCreate(context_, device_, &qd, &queue));
   uint64_t in = 0x1234, out = 0;
@@ -428,13 +430,16 @@ struct ModuleAndKernel {
 
 TEST_F(FakeZe, RejectsBadModulesAndUnknownKernels) {
   const uint32_t not_spirv[4] = {0xdeadbeef, 0, 0, 0};
-  ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC, nullptr, ZE_MODULE_FORMAT_IL_SPIRV,
-                      sizeof(not_spirv), reinterpret_cast<const uint8_t*>(not_spirv), nullptr,
+  ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC,
+                      nullptr,
+                      ZE_MODULE_FORMAT_IL_SPIRV,
+                      sizeof(not_spirv),
+                      reinterpret_cast<const uint8_t*>(not_spirv),
+                      nullptr,
                       nullptr};
   ze_module_handle_t module = nullptr;
   ze_module_build_log_handle_t log = nullptr;
-  EXPECT_EQ(zeModuleCreate(context_, device_, &md, &module, &log),
-            ZE_RESULT_ERROR_MODULE_BUILD_FAILURE);
+  EXPECT_EQ(zeModuleCreate(context_, device_, &md, &module, &log), ZE_RESULT_ERROR_MODULE_BUILD_FAILURE);
   ASSERT_NE(log, nullptr);
   size_t size = 0;
   ASSERT_ZE(zeModuleBuildLogGetString(log, &size, nullptr));
@@ -469,8 +474,7 @@ struct TraceCounts {
   std::atomic<ze_kernel_handle_t> last{nullptr};
 };
 
-void OnLaunch(ze_command_list_append_launch_kernel_params_t* params, ze_result_t, void* user,
-              void**) {
+void OnLaunch(ze_command_list_append_launch_kernel_params_t* params, ze_result_t, void* user, void**) {
   auto* t = static_cast<TraceCounts*>(user);
   t->last = *params->phKernel;
   t->launches.fetch_add(1);
@@ -489,8 +493,12 @@ TEST_F(FakeZe, KernelsRunOnDeviceMemoryAndAreTraced) {
   ASSERT_ZE(zelTracerSetEnabled(tracer, true));
 
   std::vector<uint32_t> spirv = FakeSpirv();
-  ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC, nullptr, ZE_MODULE_FORMAT_IL_SPIRV,
-                      spirv.size() * 4, reinterpret_cast<const uint8_t*>(spirv.data()), nullptr,
+  ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC,
+                      nullptr,
+                      ZE_MODULE_FORMAT_IL_SPIRV,
+                      spirv.size() * 4,
+                      reinterpret_cast<const uint8_t*>(spirv.data()),
+                      nullptr,
                       nullptr};
   ze_module_handle_t module = nullptr;
   ASSERT_ZE(zeModuleCreate(context_, device_, &md, &module, nullptr));
@@ -553,9 +561,13 @@ TEST_F(FakeZe, ConcurrentListsDoNotInterfere) {
   std::atomic<int> failures{0};
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
-      ze_command_queue_desc_t d{ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr,
-                                t % 2 ? copy_group_ : compute_group_, 0, 0,
-                                ZE_COMMAND_QUEUE_MODE_SYNCHRONOUS, ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+      ze_command_queue_desc_t d{ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC,
+                                nullptr,
+                                t % 2 ? copy_group_ : compute_group_,
+                                0,
+                                0,
+                                ZE_COMMAND_QUEUE_MODE_SYNCHRONOUS,
+                                ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
       ze_command_list_handle_t list = nullptr;
       if (zeCommandListCreateImmediate(context_, device_, &d, &list) != ZE_RESULT_SUCCESS) {
         failures++;

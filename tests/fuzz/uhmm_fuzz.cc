@@ -41,7 +41,6 @@
 #include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
 
-
 extern char** environ;
 
 namespace uhmm::fuzz {
@@ -83,12 +82,12 @@ enum class OpKind {
 };
 constexpr size_t kOpKinds = static_cast<size_t>(OpKind::kCount);
 constexpr std::array<const char*, kOpKinds> kOpNames = {
-    "alloc",      "free",     "cpu_write",    "cpu_check",    "pipe_in",       "pipe_out",
-    "migrate",    "prefetch", "evict",        "sync",         "residency",     "device_write",
-    "device_check", "madv_dontneed", "madv_remove", "fork", "fail_copy"};
+    "alloc",        "free",          "cpu_write",   "cpu_check", "pipe_in",   "pipe_out",
+    "migrate",      "prefetch",      "evict",       "sync",      "residency", "device_write",
+    "device_check", "madv_dontneed", "madv_remove", "fork",      "fail_copy"};
 // Relative frequencies.
-constexpr std::array<int, kOpKinds> kDefaultWeights = {60,  25, 140, 140, 35, 35, 100, 60, 15,
-                                                       8,   40, 50,  35,  25, 25, 4,   3};
+constexpr std::array<int, kOpKinds> kDefaultWeights = {60, 25, 140, 140, 35, 35, 100, 60, 15,
+                                                       8,  40, 50,  35,  25, 25, 4,   3};
 
 // An operation is its kind and four random words; what they select (range, offsets, device) is
 // resolved against the thread's state when it runs, so that any sub-list is still a valid program.
@@ -163,9 +162,9 @@ struct Options {
   uint64_t seed = 1;
   bool random_seed = false;
   int threads = 3;
-  uint64_t ops = 0;      // total over all threads; 0 with seconds == 0: 3000
+  uint64_t ops = 0;  // total over all threads; 0 with seconds == 0: 3000
   double seconds = 0;
-  size_t pool_mib = 4;  // 2 chunks per device: eviction all the time
+  size_t pool_mib = 4;    // 2 chunks per device: eviction all the time
   size_t max_ranges = 4;  // per thread
   bool madvise = true;
   bool fork = true;
@@ -255,8 +254,10 @@ void OnSigbus(int sig, siginfo_t* info, void*) {
       close(fd);
     }
     char msg[200];
-    const int n = snprintf(msg, sizeof(msg), "uhmm_fuzz: SIGBUS outside a guarded access: thread %d (%s), si_code %d, "
-                           "address %p\n", static_cast<int>(gettid()), name, info->si_code, info->si_addr);
+    const int n = snprintf(msg, sizeof(msg),
+                           "uhmm_fuzz: SIGBUS outside a guarded access: thread %d (%s), si_code %d, "
+                           "address %p\n",
+                           static_cast<int>(gettid()), name, info->si_code, info->si_addr);
     if (n > 0) (void)!write(2, msg, static_cast<size_t>(n));
     signal(sig, SIG_DFL);
     raise(sig);
@@ -299,21 +300,21 @@ bool GuardedPieces(size_t off, size_t len, size_t unit, Body&& body, OnBus&& on_
 // ---- State shared by the threads ----------------------------------------------------------------
 
 enum Counter {
-  kEvictUnavailable,    // uhmm_evict_device: UNAVAILABLE (migrations in flight); counted, not a failure
-  kMigrateExhausted,    // migrations/prefetches refused with RESOURCE_EXHAUSTED (tiny pool)
-  kSyncRefused,         // uhmm_sync_for_device: more managed than the pool holds
-  kHugetlbRanges,       // ranges that got 2 MiB pages
-  kHugetlbFallbacks,    // hugetlb ranges that fell back to 4 KiB pages (no free hugepages)
-  kUnknownPages,        // pages the model stopped checking (poisoned, or a device access raced)
-  kDeviceRaces,         // device-side accesses whose page moved meanwhile (result discarded)
-  kInjectedErrors,      // calls that failed after a copy failure had been injected
-  kSkippedOps,          // ops with nothing to act on (no device page, unknown pages)
-  kStrictChecks,        // migrations whose residency was checked afterwards
+  kEvictUnavailable,  // uhmm_evict_device: UNAVAILABLE (migrations in flight); counted, not a failure
+  kMigrateExhausted,  // migrations/prefetches refused with RESOURCE_EXHAUSTED (tiny pool)
+  kSyncRefused,       // uhmm_sync_for_device: more managed than the pool holds
+  kHugetlbRanges,     // ranges that got 2 MiB pages
+  kHugetlbFallbacks,  // hugetlb ranges that fell back to 4 KiB pages (no free hugepages)
+  kUnknownPages,      // pages the model stopped checking (poisoned, or a device access raced)
+  kDeviceRaces,       // device-side accesses whose page moved meanwhile (result discarded)
+  kInjectedErrors,    // calls that failed after a copy failure had been injected
+  kSkippedOps,        // ops with nothing to act on (no device page, unknown pages)
+  kStrictChecks,      // migrations whose residency was checked afterwards
   kCounters,
 };
 constexpr std::array<const char*, kCounters> kCounterNames = {
-    "evict_unavailable", "migrate_exhausted", "sync_refused", "hugetlb_ranges", "hugetlb_fallbacks",
-    "unknown_pages", "device_races", "injected_errors", "skipped", "strict_checks"};
+    "evict_unavailable", "migrate_exhausted", "sync_refused",    "hugetlb_ranges", "hugetlb_fallbacks",
+    "unknown_pages",     "device_races",      "injected_errors", "skipped",        "strict_checks"};
 
 // What the watchdog sees of one thread.
 struct ThreadStatus {
@@ -438,19 +439,23 @@ class Worker {
         sh_.fail_thread = id_;
         sh_.fail_index = index_;
       }
-      absl::PrintF("uhmm_fuzz FAILURE (%s): config=%s seed=%llu thread=%d op#%llu: %s\n  op: %s\n  %s\n"
-             "  copy failures injected so far (any thread): %s\n",
-             code == kExitMismatch ? "data mismatch" : "contract", sh_.opt.config.c_str(),
-             static_cast<unsigned long long>(sh_.opt.seed), id_, static_cast<unsigned long long>(index_),
-             OpText(op_).c_str(), desc.c_str(), what.c_str(), sh_.injected.load() ? "yes" : "no");
+      absl::PrintF(
+          "uhmm_fuzz FAILURE (%s): config=%s seed=%llu thread=%d op#%llu: %s\n  op: %s\n  %s\n"
+          "  copy failures injected so far (any thread): %s\n",
+          code == kExitMismatch ? "data mismatch" : "contract", sh_.opt.config.c_str(),
+          static_cast<unsigned long long>(sh_.opt.seed), id_, static_cast<unsigned long long>(index_),
+          OpText(op_).c_str(), desc.c_str(), what.c_str(), sh_.injected.load() ? "yes" : "no");
       if (!sh_.replay) {
         // A time-bounded run replays with an op bound: the op lists depend on the seed only.
-        absl::PrintF("  replay the whole run: %s --config %s --seed %llu --threads %d --ops %llu%s%s%s\n",
-               SelfPath().c_str(), sh_.opt.config.c_str(), static_cast<unsigned long long>(sh_.opt.seed),
-               sh_.opt.threads,
-               static_cast<unsigned long long>(sh_.opt.ops > 0 ? sh_.opt.ops : (index_ + 1) * sh_.opt.threads),
-               sh_.opt.madvise ? "" : " --no-madvise", sh_.opt.fork ? "" : " --no-fork",
-               sh_.opt.fail_copy == 0 ? " --no-fail-copy" : sh_.opt.fail_copy == 1 ? " --fail-copy" : "");
+        absl::PrintF(
+            "  replay the whole run: %s --config %s --seed %llu --threads %d --ops %llu%s%s%s\n",
+            SelfPath().c_str(), sh_.opt.config.c_str(), static_cast<unsigned long long>(sh_.opt.seed),
+            sh_.opt.threads,
+            static_cast<unsigned long long>(sh_.opt.ops > 0 ? sh_.opt.ops : (index_ + 1) * sh_.opt.threads),
+            sh_.opt.madvise ? "" : " --no-madvise", sh_.opt.fork ? "" : " --no-fork",
+            sh_.opt.fail_copy == 0   ? " --no-fail-copy"
+            : sh_.opt.fail_copy == 1 ? " --fail-copy"
+                                     : "");
       }
       fflush(stdout);
     }
@@ -516,8 +521,8 @@ class Worker {
         MarkUnknown(r, lo, std::min(r.mapped, lo + r.unit()));
         continue;
       }
-      return Fail(kExitContract, absl::StrFormat("%s: residency of %s page %u is %d (devices 0..%d%s)",
-                                                 after, RangeName(r), first_page + i, v, sh_.devices - 1,
+      return Fail(kExitContract, absl::StrFormat("%s: residency of %s page %u is %d (devices 0..%d%s)", after,
+                                                 RangeName(r), first_page + i, v, sh_.devices - 1,
                                                  sh_.injected.load() ? ", -2 after injection" : ""));
     }
     return true;
@@ -527,14 +532,24 @@ class Worker {
   static size_t AllocSize(uint64_t a) {
     const uint64_t r = a >> 8;
     switch (a % 12) {
-      case 0: return 1 + r % 4096;
-      case 1: return kPageSize * (1 + r % 16);
-      case 2: case 3: return 1 + r % (256 * 1024);
-      case 4: case 5: return 1 + r % kMiB;
-      case 6: return kBlockSize - kPageSize + r % (2 * kPageSize);          // around one block
-      case 7: return kPageSize * (300 + r % 100) - r % kPageSize;           // ~1.2-1.6 MiB
-      case 8: return kBlockSize + 1 + r % kMiB;                             // two blocks
-      default: return 1 + r % (3 * kMiB);
+      case 0:
+        return 1 + r % 4096;
+      case 1:
+        return kPageSize * (1 + r % 16);
+      case 2:
+      case 3:
+        return 1 + r % (256 * 1024);
+      case 4:
+      case 5:
+        return 1 + r % kMiB;
+      case 6:
+        return kBlockSize - kPageSize + r % (2 * kPageSize);  // around one block
+      case 7:
+        return kPageSize * (300 + r % 100) - r % kPageSize;  // ~1.2-1.6 MiB
+      case 8:
+        return kBlockSize + 1 + r % kMiB;  // two blocks
+      default:
+        return 1 + r % (3 * kMiB);
     }
   }
   Range* PickRange(uint64_t x) { return ranges_.empty() ? nullptr : &ranges_[x % ranges_.size()]; }
@@ -556,8 +571,12 @@ class Worker {
     size_t off = 0;
     size_t len = 0;
     switch (y % 8) {
-      case 0: off = x % n; len = 1 + (x >> 32) % 16; break;
-      case 1: case 2: {  // across a page (case 1) or 2 MiB block (case 2) boundary
+      case 0:
+        off = x % n;
+        len = 1 + (x >> 32) % 16;
+        break;
+      case 1:
+      case 2: {  // across a page (case 1) or 2 MiB block (case 2) boundary
         const size_t step = (y % 8 == 2 && n > kBlockSize) ? kBlockSize : kPageSize;
         const size_t boundaries = (n - 1) / step;
         if (boundaries == 0) {
@@ -569,10 +588,23 @@ class Worker {
         len = 1 + (x >> 40) % 256;
         break;
       }
-      case 3: case 4: off = x % n; len = 1 + (x >> 32) % (16 * 1024); break;
-      case 5: off = x % n; len = 1 + (x >> 32) % (256 * 1024); break;
-      case 6: off = 0; len = n; break;
-      default: off = x % n; len = n; break;
+      case 3:
+      case 4:
+        off = x % n;
+        len = 1 + (x >> 32) % (16 * 1024);
+        break;
+      case 5:
+        off = x % n;
+        len = 1 + (x >> 32) % (256 * 1024);
+        break;
+      case 6:
+        off = 0;
+        len = n;
+        break;
+      default:
+        off = x % n;
+        len = n;
+        break;
     }
     len = std::min({len, n - off, max_len});
     return {off, std::max<size_t>(len, 1)};
@@ -583,10 +615,20 @@ class Worker {
     size_t first = 0;
     size_t count = pages;
     switch (y % 6) {
-      case 0: break;
-      case 1: first = x % pages; count = 1; break;
-      case 2: first = x % pages; count = pages - first; break;
-      default: first = x % pages; count = 1 + (x >> 32) % (pages - first); break;
+      case 0:
+        break;
+      case 1:
+        first = x % pages;
+        count = 1;
+        break;
+      case 2:
+        first = x % pages;
+        count = pages - first;
+        break;
+      default:
+        first = x % pages;
+        count = 1 + (x >> 32) % (pages - first);
+        break;
     }
     return {first * kPageSize, count * kPageSize};
   }
@@ -599,24 +641,42 @@ class Worker {
       return Alloc(op);  // nothing to act on yet
     }
     switch (op.kind) {
-      case OpKind::kAlloc: return Alloc(op);
-      case OpKind::kFree: return FreeRange(op.a % ranges_.size());
-      case OpKind::kCpuWrite: return CpuWrite(op);
-      case OpKind::kCpuCheck: return CpuCheck(op);
-      case OpKind::kPipeIn: return PipeIn(op);
-      case OpKind::kPipeOut: return PipeOut(op);
-      case OpKind::kMigrate: return Move(op, /*prefetch=*/false);
-      case OpKind::kPrefetch: return Move(op, /*prefetch=*/true);
-      case OpKind::kEvict: return Evict(op);
-      case OpKind::kSync: return Sync(op);
-      case OpKind::kResidency: return QueryResidency(op);
-      case OpKind::kDeviceWrite: return DeviceAccess(op, /*write=*/true);
-      case OpKind::kDeviceCheck: return DeviceAccess(op, /*write=*/false);
-      case OpKind::kDontneed: return Madvise(op, MADV_DONTNEED);
-      case OpKind::kRemove: return Madvise(op, MADV_REMOVE);
-      case OpKind::kFork: return Fork(op);
-      case OpKind::kFailCopy: return FailCopy(op);
-      case OpKind::kCount: break;
+      case OpKind::kAlloc:
+        return Alloc(op);
+      case OpKind::kFree:
+        return FreeRange(op.a % ranges_.size());
+      case OpKind::kCpuWrite:
+        return CpuWrite(op);
+      case OpKind::kCpuCheck:
+        return CpuCheck(op);
+      case OpKind::kPipeIn:
+        return PipeIn(op);
+      case OpKind::kPipeOut:
+        return PipeOut(op);
+      case OpKind::kMigrate:
+        return Move(op, /*prefetch=*/false);
+      case OpKind::kPrefetch:
+        return Move(op, /*prefetch=*/true);
+      case OpKind::kEvict:
+        return Evict(op);
+      case OpKind::kSync:
+        return Sync(op);
+      case OpKind::kResidency:
+        return QueryResidency(op);
+      case OpKind::kDeviceWrite:
+        return DeviceAccess(op, /*write=*/true);
+      case OpKind::kDeviceCheck:
+        return DeviceAccess(op, /*write=*/false);
+      case OpKind::kDontneed:
+        return Madvise(op, MADV_DONTNEED);
+      case OpKind::kRemove:
+        return Madvise(op, MADV_REMOVE);
+      case OpKind::kFork:
+        return Fork(op);
+      case OpKind::kFailCopy:
+        return FailCopy(op);
+      case OpKind::kCount:
+        break;
     }
     return true;
   }
@@ -632,7 +692,8 @@ class Worker {
       huge = false;
       p = rt_.Allocate(size, Backing::k4K);
     }
-    if (!p.ok()) return Fail(kExitContract, absl::StrFormat("Allocate(%u) failed: %s", size, p.status().ToString()));
+    if (!p.ok())
+      return Fail(kExitContract, absl::StrFormat("Allocate(%u) failed: %s", size, p.status().ToString()));
     if (huge) sh_.Count(kHugetlbRanges);
     Range r;
     r.ptr = static_cast<uint8_t*>(*p);
@@ -717,7 +778,8 @@ class Worker {
   bool TransferFailed(Range& r, size_t off, size_t len, const std::string& what) {
     if (!sh_.injected.load()) return Fail(kExitContract, what + " (no copy failure injected)");
     sh_.Count(kInjectedErrors);
-    MarkUnknown(r, off / r.unit() * r.unit(), std::min(r.mapped, (off + len + r.unit() - 1) / r.unit() * r.unit()));
+    MarkUnknown(r, off / r.unit() * r.unit(),
+                std::min(r.mapped, (off + len + r.unit() - 1) / r.unit() * r.unit()));
     return true;
   }
   void DrainPipe() {
@@ -770,8 +832,8 @@ class Worker {
       const int err = errno;
       DrainPipe();
       return TransferFailed(r, off, len,
-                            absl::StrFormat("write(2) from %s [%#x, +%#x) returned %d: %s", RangeName(r),
-                                            off, len, n, n < 0 ? strerror(err) : "short"));
+                            absl::StrFormat("write(2) from %s [%#x, +%#x) returned %d: %s", RangeName(r), off,
+                                            len, n, n < 0 ? strerror(err) : "short"));
     }
     std::vector<uint8_t> out(len);
     size_t got = 0;
@@ -840,11 +902,12 @@ class Worker {
     }
     if (wrong == 0) return true;
     const uint64_t readahead_after = rt_.stats().readahead_pages;
-    return Fail(kExitContract,
-                absl::StrFormat("%s returned OK but %u of its %u pages are not on %d (first: page %u of the "
-                                "range, at %d); read-ahead pages before/after: %u/%u, device pages in use: %u",
-                                what, wrong, res->size(), target, off / kPageSize + first_wrong, where,
-                                readahead_before, readahead_after, rt_.stats().device_pages_used));
+    return Fail(
+        kExitContract,
+        absl::StrFormat("%s returned OK but %u of its %u pages are not on %d (first: page %u of the "
+                        "range, at %d); read-ahead pages before/after: %u/%u, device pages in use: %u",
+                        what, wrong, res->size(), target, off / kPageSize + first_wrong, where,
+                        readahead_before, readahead_after, rt_.stats().device_pages_used));
   }
 
   bool Evict(const Op& op) {
@@ -903,8 +966,8 @@ class Worker {
     absl::StatusOr<std::vector<int32_t>> res = rt_.Residency(r.ptr + off, len);
     if (!res.ok()) return Fail(kExitContract, "Residency failed: " + res.status().ToString());
     if (res->size() != len / kPageSize) {
-      return Fail(kExitContract, absl::StrFormat("Residency returned %u values for %u pages", res->size(),
-                                                 len / kPageSize));
+      return Fail(kExitContract,
+                  absl::StrFormat("Residency returned %u values for %u pages", res->size(), len / kPageSize));
     }
     return CheckResidency(r, off / kPageSize, *res, "query_residency");
   }
@@ -925,7 +988,9 @@ class Worker {
       const absl::Status s = rt_.Migrate(r.ptr + off, len, dev);
       if (absl::IsResourceExhausted(s)) {
         sh_.Count(kMigrateExhausted);
-      } else if (!s.ok() && !CallFailed(absl::StrFormat("Migrate(%s [%#x, +%#x), %d)", RangeName(r), off, len, dev), s)) {
+      } else if (!s.ok() &&
+                 !CallFailed(absl::StrFormat("Migrate(%s [%#x, +%#x), %d)", RangeName(r), off, len, dev),
+                             s)) {
         return false;
       }
     }
@@ -948,7 +1013,8 @@ class Worker {
       absl::StatusOr<uint64_t> addr = rt_.DeviceAddress(r.ptr + page_off);
       if (!addr.ok()) continue;  // left the device meanwhile (read-ahead)
       testing::DeviceAccess* access = testing::Access(rt_, d);
-      if (access == nullptr) return Fail(kExitContract, absl::StrFormat("device %d has no device-side access", d));
+      if (access == nullptr)
+        return Fail(kExitContract, absl::StrFormat("device %d has no device-side access", d));
       // The whole page, or a piece of it; never past the requested size.
       const size_t page_end = std::min(r.size, page_off + kPageSize);
       size_t lo = page_off;
@@ -966,8 +1032,9 @@ class Worker {
       } else {
         st = access->DeviceRead(*addr + (lo - page_off), a.bytes.data(), a.bytes.size());
       }
-      if (!st.ok()) return Fail(kExitContract, absl::StrFormat("Device%s at device %d address %#x: %s",
-                                                               write ? "Write" : "Read", d, *addr, st.ToString()));
+      if (!st.ok())
+        return Fail(kExitContract, absl::StrFormat("Device%s at device %d address %#x: %s",
+                                                   write ? "Write" : "Read", d, *addr, st.ToString()));
       done.push_back(std::move(a));
     }
     if (done.empty()) {
@@ -1028,14 +1095,14 @@ class Worker {
         zero_hi = std::max(zero_lo, zero_hi / kBlockSize * kBlockSize);
       }
     }
-    Describe(absl::StrFormat("madvise %s [%#x, +%#x) %s (expect %s; zeroes [%#x, %#x))", RangeName(r), off, len,
-                             name, expect_errno ? "EINVAL" : "0", zero_lo, zero_hi));
+    Describe(absl::StrFormat("madvise %s [%#x, +%#x) %s (expect %s; zeroes [%#x, %#x))", RangeName(r), off,
+                             len, name, expect_errno ? "EINVAL" : "0", zero_lo, zero_hi));
     const int ret = madvise(r.ptr + off, len, advice);
     const int err = ret == 0 ? 0 : errno;
     if ((ret == 0) != (expect_errno == 0) || err != expect_errno) {
       return Fail(kExitContract, absl::StrFormat("madvise(%s [%#x, +%#x), %s) returned %d (%s); expected %s",
-                                                 RangeName(r), off, len, name, ret, err ? strerror(err) : "ok",
-                                                 expect_errno ? "EINVAL" : "0"));
+                                                 RangeName(r), off, len, name, ret,
+                                                 err ? strerror(err) : "ok", expect_errno ? "EINVAL" : "0"));
     }
     std::fill(r.model.begin() + static_cast<std::ptrdiff_t>(zero_lo),
               r.model.begin() + static_cast<std::ptrdiff_t>(zero_hi), 0);
@@ -1065,7 +1132,8 @@ class Worker {
       const size_t l = std::min<size_t>(r.size - o, 1 + SplitMix(s) % 1024);
       if (!AnyUnknown(r, o, o + l)) samples.push_back({ri, o, l});
     }
-    Describe(absl::StrFormat("fork, the child checks %u samples of %u ranges", samples.size(), ranges_.size()));
+    Describe(
+        absl::StrFormat("fork, the child checks %u samples of %u ranges", samples.size(), ranges_.size()));
     int fds[2];
     if (pipe(fds) != 0) return Fail(kExitContract, absl::StrFormat("pipe: %s", strerror(errno)));
     std::shared_lock<std::shared_mutex> lock(sh_.device_access);
@@ -1114,13 +1182,15 @@ class Worker {
         }
       }
       if (rep.sigbus) {
-        return Fail(kExitContract, absl::StrFormat("SIGBUS in the fork child at %s offset %#x", RangeName(r), rep.off));
+        return Fail(kExitContract,
+                    absl::StrFormat("SIGBUS in the fork child at %s offset %#x", RangeName(r), rep.off));
       }
-      return Fail(kExitMismatch,
-                  absl::StrFormat("fork child read %s offset %#x (page %u, parent residency now %d): expected "
-                                  "%s, actual %s",
-                                  RangeName(r), rep.off, rep.off / kPageSize, ResidencyOf(r, rep.off),
-                                  Hex(rep.expected, 16), Hex(rep.actual, 16)));
+      return Fail(
+          kExitMismatch,
+          absl::StrFormat("fork child read %s offset %#x (page %u, parent residency now %d): expected "
+                          "%s, actual %s",
+                          RangeName(r), rep.off, rep.off / kPageSize, ResidencyOf(r, rep.off),
+                          Hex(rep.expected, 16), Hex(rep.actual, 16)));
     }
     if (WEXITSTATUS(status) != 0 && reports.empty()) {
       return Fail(kExitContract, absl::StrFormat("the fork child exited with %d", WEXITSTATUS(status)));
@@ -1164,11 +1234,14 @@ class Worker {
   bool FailCopy(const Op& op) {
     const int dev = static_cast<int>(op.a % static_cast<uint64_t>(sh_.devices));
     const bool to_device = op.b % 2 == 0;
-    Describe(absl::StrFormat("fail the next %s copy of device %d", to_device ? "host->device" : "device->host", dev));
+    Describe(absl::StrFormat("fail the next %s copy of device %d",
+                             to_device ? "host->device" : "device->host", dev));
     testing::FaultInjector* faults = testing::Faults(rt_, dev);
-    if (faults == nullptr) return Fail(kExitContract, absl::StrFormat("device %d has no fault injector", dev));
+    if (faults == nullptr)
+      return Fail(kExitContract, absl::StrFormat("device %d has no fault injector", dev));
     sh_.injected.store(true);
-    faults->FailNext(to_device ? testing::InjectSite::kCopyHostToDevice : testing::InjectSite::kCopyDeviceToHost, 1);
+    faults->FailNext(
+        to_device ? testing::InjectSite::kCopyHostToDevice : testing::InjectSite::kCopyDeviceToHost, 1);
     return true;
   }
 
@@ -1191,10 +1264,12 @@ struct ReplayFile {
   std::vector<Op> ops;
 };
 
-bool WriteReplay(const std::string& path, const Options& opt, const std::vector<Op>& ops, const std::string& note) {
+bool WriteReplay(const std::string& path, const Options& opt, const std::vector<Op>& ops,
+                 const std::string& note) {
   std::ofstream out(path);
   out << "# uhmm_fuzz replay: " << note << "\n";
-  out << "config " << opt.config << "\npool_mib " << opt.pool_mib << "\nmax_ranges " << opt.max_ranges << "\n";
+  out << "config " << opt.config << "\npool_mib " << opt.pool_mib << "\nmax_ranges " << opt.max_ranges
+      << "\n";
   for (const Op& op : ops) out << OpText(op) << "\n";
   return static_cast<bool>(out);
 }
@@ -1277,7 +1352,8 @@ std::vector<Op> Shrink(const Options& opt, std::vector<Op> ops, int want, const 
     bool reduced = false;
     for (size_t start = 0; start < ops.size() && NowMs() < deadline_ms; start += chunk) {
       std::vector<Op> complement(ops.begin(), ops.begin() + static_cast<std::ptrdiff_t>(start));
-      complement.insert(complement.end(), ops.begin() + static_cast<std::ptrdiff_t>(std::min(ops.size(), start + chunk)),
+      complement.insert(complement.end(),
+                        ops.begin() + static_cast<std::ptrdiff_t>(std::min(ops.size(), start + chunk)),
                         ops.end());
       if (!complement.empty() && fails(complement)) {
         ops = std::move(complement);
@@ -1295,20 +1371,27 @@ std::vector<Op> Shrink(const Options& opt, std::vector<Op> ops, int want, const 
 
 const char* ExitName(int code) {
   switch (code) {
-    case kExitPass: return "passed";
-    case kExitMismatch: return "data mismatch";
-    case kExitContract: return "contract failure";
-    case kExitHang: return "hang";
-    default: return code > 128 ? "crash" : "error";
+    case kExitPass:
+      return "passed";
+    case kExitMismatch:
+      return "data mismatch";
+    case kExitContract:
+      return "contract failure";
+    case kExitHang:
+      return "hang";
+    default:
+      return code > 128 ? "crash" : "error";
   }
 }
 
 // Replays `thread`'s ops [0, count) single-threaded and shrinks them; prints the result.
 void ReplayAndShrink(const Options& opt, int thread, std::vector<Op> ops, int want) {
-  const std::string base = absl::StrFormat("%s/uhmm_fuzz-%s-seed%u-t%d", opt.out_dir, opt.config, opt.seed, thread);
+  const std::string base =
+      absl::StrFormat("%s/uhmm_fuzz-%s-seed%u-t%d", opt.out_dir, opt.config, opt.seed, thread);
   const std::string full = base + ".replay";
-  WriteReplay(full, opt, ops, absl::StrFormat("config=%s seed=%u thread=%d, its first %u ops", opt.config,
-                                              opt.seed, thread, ops.size()));
+  WriteReplay(full, opt, ops,
+              absl::StrFormat("config=%s seed=%u thread=%d, its first %u ops", opt.config, opt.seed, thread,
+                              ops.size()));
   // Timing matters (asynchronous event handling, read-ahead): a few attempts before giving up.
   // A hang costs up to 3 watchdog periods per replay: fewer attempts.
   const int kAttempts = want == kExitHang ? kHangReplayAttempts : 5;
@@ -1316,24 +1399,28 @@ void ReplayAndShrink(const Options& opt, int thread, std::vector<Op> ops, int wa
                ops.size(), kAttempts, full.c_str());
   int got = kExitPass;
   int attempt = 0;
-  while (attempt < kAttempts && (got = RunReplayChild(full, opt.watchdog_s * 3, false, false)) != want) ++attempt;
+  while (attempt < kAttempts && (got = RunReplayChild(full, opt.watchdog_s * 3, false, false)) != want)
+    ++attempt;
   if (got != want) {
-    absl::PrintF("uhmm_fuzz: the failure does NOT reproduce single-threaded: %d replays %s (last exit %d), the "
-           "run had a %s. It needs the other threads; rerun the whole run (line above) to retry.\n",
-           kAttempts, ExitName(got), got, ExitName(want));
+    absl::PrintF(
+        "uhmm_fuzz: the failure does NOT reproduce single-threaded: %d replays %s (last exit %d), the "
+        "run had a %s. It needs the other threads; rerun the whole run (line above) to retry.\n",
+        kAttempts, ExitName(got), got, ExitName(want));
     return;
   }
   absl::PrintF("uhmm_fuzz: reproduced single-threaded at attempt %d\n", attempt + 1);
   const int64_t t0 = NowMs();
   int trials = 0;
-  std::vector<Op> shrunk = Shrink(opt, ops, want, base + ".trial", t0 + static_cast<int64_t>(opt.shrink_seconds * 1000), &trials);
+  std::vector<Op> shrunk =
+      Shrink(opt, ops, want, base + ".trial", t0 + static_cast<int64_t>(opt.shrink_seconds * 1000), &trials);
   const std::string out = base + ".shrunk.replay";
-  WriteReplay(out, opt, shrunk, absl::StrFormat("config=%s seed=%u thread=%d, shrunk from %u ops", opt.config,
-                                                opt.seed, thread, ops.size()));
+  WriteReplay(out, opt, shrunk,
+              absl::StrFormat("config=%s seed=%u thread=%d, shrunk from %u ops", opt.config, opt.seed, thread,
+                              ops.size()));
   unlink((base + ".trial").c_str());
-  absl::PrintF("uhmm_fuzz: reproduced single-threaded (%s); shrunk %u -> %u ops in %u trials, %.1f s%s\n", ExitName(want),
-         ops.size(), shrunk.size(), trials, (NowMs() - t0) / 1000.0,
-         NowMs() - t0 >= opt.shrink_seconds * 1000 ? " (time budget reached)" : "");
+  absl::PrintF("uhmm_fuzz: reproduced single-threaded (%s); shrunk %u -> %u ops in %u trials, %.1f s%s\n",
+               ExitName(want), ops.size(), shrunk.size(), trials, (NowMs() - t0) / 1000.0,
+               NowMs() - t0 >= opt.shrink_seconds * 1000 ? " (time budget reached)" : "");
   absl::PrintF("uhmm_fuzz: shrunk op list (%s):\n", out.c_str());
   for (const Op& op : shrunk) absl::PrintF("    %s\n", OpText(op).c_str());
   absl::PrintF("uhmm_fuzz: replay with: %s --replay %s --verbose\n", SelfPath().c_str(), out.c_str());
@@ -1373,8 +1460,9 @@ class Watchdog {
     // Whatever hangs may hold locks the report needs (a worker's status, the runtime's): the
     // report has a hard deadline, and the process exits with kExitHang however far it got.
     ArmHardExit(kReportSeconds);
-    absl::PrintF("uhmm_fuzz HANG: an op has not completed for %d s: config=%s seed=%llu threads=%d\n", opt_.watchdog_s,
-           opt_.config.c_str(), static_cast<unsigned long long>(opt_.seed), opt_.threads);
+    absl::PrintF("uhmm_fuzz HANG: an op has not completed for %d s: config=%s seed=%llu threads=%d\n",
+                 opt_.watchdog_s, opt_.config.c_str(), static_cast<unsigned long long>(opt_.seed),
+                 opt_.threads);
     DumpThreads();
     const int64_t now = NowMs();
     std::vector<std::pair<int, std::vector<Op>>> hung;
@@ -1388,25 +1476,29 @@ class Watchdog {
       }
       if (t.in_op.load()) {
         absl::PrintF("  thread %zu: op#%llu running for %.1f s: %s\n    op: %s\n", i,
-               static_cast<unsigned long long>(t.index), (now - t.started_ms.load()) / 1000.0, t.desc.c_str(),
-               t.history.empty() ? "" : OpText(t.history.back()).c_str());
+                     static_cast<unsigned long long>(t.index), (now - t.started_ms.load()) / 1000.0,
+                     t.desc.c_str(), t.history.empty() ? "" : OpText(t.history.back()).c_str());
         hung.emplace_back(static_cast<int>(i), t.history);
       } else {
-        absl::PrintF("  thread %zu: idle after op#%llu (%s)\n", i, static_cast<unsigned long long>(t.index), t.desc.c_str());
+        absl::PrintF("  thread %zu: idle after op#%llu (%s)\n", i, static_cast<unsigned long long>(t.index),
+                     t.desc.c_str());
       }
     }
     fflush(stdout);
     const Stats st = sh_.rt->stats();
     absl::PrintF("  stats: cpu_faults %llu, to device %llu, to host %llu, device pages used %llu of %llu\n",
-           static_cast<unsigned long long>(st.cpu_faults), static_cast<unsigned long long>(st.pages_to_device),
-           static_cast<unsigned long long>(st.pages_to_host), static_cast<unsigned long long>(st.device_pages_used),
-           static_cast<unsigned long long>(st.device_pages_total));
+                 static_cast<unsigned long long>(st.cpu_faults),
+                 static_cast<unsigned long long>(st.pages_to_device),
+                 static_cast<unsigned long long>(st.pages_to_host),
+                 static_cast<unsigned long long>(st.device_pages_used),
+                 static_cast<unsigned long long>(st.device_pages_total));
     fflush(stdout);
     if (sh_.replay) _exit(kExitHang);
     if (opt_.shrink_seconds > 0) {
       // Replays of a hang take up to 3 watchdog periods each; the shrink its budget.
-      ArmHardExit(static_cast<int>(opt_.shrink_seconds) + static_cast<int>(hung.size()) *
-                  (kHangReplayAttempts + 1) * 3 * opt_.watchdog_s + kReportSeconds);
+      ArmHardExit(static_cast<int>(opt_.shrink_seconds) +
+                  static_cast<int>(hung.size()) * (kHangReplayAttempts + 1) * 3 * opt_.watchdog_s +
+                  kReportSeconds);
       for (auto& [thread, ops] : hung) ReplayAndShrink(opt_, thread, ops, kExitHang);
     }
     fflush(stdout);
@@ -1449,7 +1541,8 @@ class Watchdog {
           char name[1];
         };
         const auto* e = reinterpret_cast<const Dirent64*>(ents + at);
-        if (e->name[0] != '.' && count < std::size(tids)) tids[count++] = static_cast<pid_t>(std::atoi(e->name));
+        if (e->name[0] != '.' && count < std::size(tids))
+          tids[count++] = static_cast<pid_t>(std::atoi(e->name));
         at += e->reclen;
       }
     }
@@ -1465,7 +1558,8 @@ class Watchdog {
       const char* paren = strrchr(stat, ')');
       const char state = paren != nullptr && paren[1] == ' ' ? paren[2] : '?';
       char line[256];
-      snprintf(line, sizeof(line), "  [%d] %s state %c wchan %s\n", static_cast<int>(tids[k]), comm, state, wchan);
+      snprintf(line, sizeof(line), "  [%d] %s state %c wchan %s\n", static_cast<int>(tids[k]), comm, state,
+               wchan);
       Say(line);
       Say(kstack);
     }
@@ -1491,7 +1585,8 @@ class Watchdog {
       for (int i = 0; i < 50 && !t_stack_done.load(); ++i) usleep(10000);
       if (!t_stack_done.load()) {
         char line[96];
-        snprintf(line, sizeof(line), "  user stack of [%d]: not taken within 0.5 s\n", static_cast<int>(tids[k]));
+        snprintf(line, sizeof(line), "  user stack of [%d]: not taken within 0.5 s\n",
+                 static_cast<int>(tids[k]));
         Say(line);
       }
     }
@@ -1510,7 +1605,8 @@ class Watchdog {
     close(fd);
     if (len < 0) len = 0;
     buf[len] = '\0';
-    if (len > 0 && buf[len - 1] == '\n' && memchr(buf, '\n', static_cast<size_t>(len) - 1) == nullptr) buf[len - 1] = '\0';
+    if (len > 0 && buf[len - 1] == '\n' && memchr(buf, '\n', static_cast<size_t>(len) - 1) == nullptr)
+      buf[len - 1] = '\0';
   }
 
   static inline std::atomic<bool> t_stack_done{false};
@@ -1526,7 +1622,9 @@ class Watchdog {
 
 // ---- Runs ---------------------------------------------------------------------------------------
 
-bool FailCopyOn(const Options& opt) { return opt.fail_copy < 0 ? opt.config != "hugetlb" : opt.fail_copy == 1; }
+bool FailCopyOn(const Options& opt) {
+  return opt.fail_copy < 0 ? opt.config != "hugetlb" : opt.fail_copy == 1;
+}
 
 std::array<int, kOpKinds> Weights(const Options& opt) {
   std::array<int, kOpKinds> w = kDefaultWeights;
@@ -1555,7 +1653,8 @@ std::unique_ptr<Runtime> CreateRuntime(const Options& opt, int* exit_code) {
       *exit_code = kExitPass;
       return nullptr;
     }
-    absl::PrintF("uhmm_fuzz: config %s: Runtime::Create failed: %s\n", opt.config.c_str(), rt.status().ToString().c_str());
+    absl::PrintF("uhmm_fuzz: config %s: Runtime::Create failed: %s\n", opt.config.c_str(),
+                 rt.status().ToString().c_str());
     *exit_code = kExitContract;
     return nullptr;
   }
@@ -1591,8 +1690,8 @@ int RunReplay(Options opt) {
   sh.hugetlb_ranges = opt.config == "hugetlb";
   sh.replay = true;
   absl::PrintF("uhmm_fuzz replay: config=%s backend=%s devices=%d pool=%zu MiB/device, %zu ops from %s\n",
-         opt.config.c_str(), std::string(rt->backend_name()).c_str(), sh.devices, opt.pool_mib, file->ops.size(),
-         opt.replay_path.c_str());
+               opt.config.c_str(), std::string(rt->backend_name()).c_str(), sh.devices, opt.pool_mib,
+               file->ops.size(), opt.replay_path.c_str());
   std::vector<std::unique_ptr<ThreadStatus>> statuses;
   statuses.push_back(std::make_unique<ThreadStatus>());
   {
@@ -1621,15 +1720,17 @@ int RunFuzz(Options opt) {
   sh.devices = rt->device_count();
   sh.hugetlb_ranges = opt.config == "hugetlb";
   const std::array<int, kOpKinds> weights = Weights(opt);
-  absl::PrintF("uhmm_fuzz: config=%s backend=%s devices=%d pool=%zu MiB/device seed=%llu%s threads=%d ops=%llu "
-         "seconds=%g madvise=%s fork=%s fail_copy=%s\n",
-         opt.config.c_str(), std::string(rt->backend_name()).c_str(), sh.devices, opt.pool_mib,
-         static_cast<unsigned long long>(opt.seed), opt.random_seed ? " (random)" : "", opt.threads,
-         static_cast<unsigned long long>(opt.ops), opt.seconds, opt.madvise ? "on" : "off", opt.fork ? "on" : "off",
-         FailCopyOn(opt) ? "on" : "off");
+  absl::PrintF(
+      "uhmm_fuzz: config=%s backend=%s devices=%d pool=%zu MiB/device seed=%llu%s threads=%d ops=%llu "
+      "seconds=%g madvise=%s fork=%s fail_copy=%s\n",
+      opt.config.c_str(), std::string(rt->backend_name()).c_str(), sh.devices, opt.pool_mib,
+      static_cast<unsigned long long>(opt.seed), opt.random_seed ? " (random)" : "", opt.threads,
+      static_cast<unsigned long long>(opt.ops), opt.seconds, opt.madvise ? "on" : "off",
+      opt.fork ? "on" : "off", FailCopyOn(opt) ? "on" : "off");
   if (sh.hugetlb_ranges) {
-    absl::PrintF("uhmm_fuzz: hugetlb: %zu free 2 MiB hugepages at start%s\n", hugepages_at_start,
-           hugepages_at_start == 0 ? " (vm.nr_hugepages is 0: every range falls back to 4 KiB pages)" : "");
+    absl::PrintF(
+        "uhmm_fuzz: hugetlb: %zu free 2 MiB hugepages at start%s\n", hugepages_at_start,
+        hugepages_at_start == 0 ? " (vm.nr_hugepages is 0: every range falls back to 4 KiB pages)" : "");
   }
   fflush(stdout);
 
@@ -1645,8 +1746,9 @@ int RunFuzz(Options opt) {
       threads.emplace_back([&, t] {
         Worker worker(sh, t, *statuses[t]);
         OpStream stream(opt.seed, t, weights);
-        const uint64_t limit = opt.ops > 0 ? (opt.ops + static_cast<uint64_t>(t)) / static_cast<uint64_t>(opt.threads)
-                                           : UINT64_MAX;
+        const uint64_t limit = opt.ops > 0
+                                   ? (opt.ops + static_cast<uint64_t>(t)) / static_cast<uint64_t>(opt.threads)
+                                   : UINT64_MAX;
         for (uint64_t i = 0; i < limit && !sh.stop.load() && NowMs() < deadline; ++i) {
           if (!worker.Run(stream.Next(), i)) break;
           ops_run.fetch_add(1, std::memory_order_relaxed);
@@ -1664,18 +1766,21 @@ int RunFuzz(Options opt) {
     kinds += absl::StrFormat(" %s=%u", kOpNames[k], sh.op_counts[k].load());
   }
   std::string extra;
-  for (size_t c = 0; c < kCounters; ++c) extra += absl::StrFormat(" %s=%u", kCounterNames[c], sh.counters[c].load());
-  absl::PrintF("uhmm_fuzz summary: config=%s seed=%llu threads=%d ops=%llu seconds=%.2f ops/s=%.0f mismatches=%llu "
-         "contract_failures=%llu injected=%s |%s |%s\n",
-         opt.config.c_str(), static_cast<unsigned long long>(opt.seed), opt.threads,
-         static_cast<unsigned long long>(ops_run.load()), secs, ops_run.load() / secs,
-         static_cast<unsigned long long>(sh.mismatches.load()),
-         static_cast<unsigned long long>(sh.contract_failures.load()), sh.injected.load() ? "yes" : "no",
-         kinds.c_str(), extra.c_str());
+  for (size_t c = 0; c < kCounters; ++c)
+    extra += absl::StrFormat(" %s=%u", kCounterNames[c], sh.counters[c].load());
+  absl::PrintF(
+      "uhmm_fuzz summary: config=%s seed=%llu threads=%d ops=%llu seconds=%.2f ops/s=%.0f mismatches=%llu "
+      "contract_failures=%llu injected=%s |%s |%s\n",
+      opt.config.c_str(), static_cast<unsigned long long>(opt.seed), opt.threads,
+      static_cast<unsigned long long>(ops_run.load()), secs, ops_run.load() / secs,
+      static_cast<unsigned long long>(sh.mismatches.load()),
+      static_cast<unsigned long long>(sh.contract_failures.load()), sh.injected.load() ? "yes" : "no",
+      kinds.c_str(), extra.c_str());
   if (sh.hugetlb_ranges) {
-    absl::PrintF("uhmm_fuzz: hugetlb: %llu ranges got 2 MiB pages, %llu fell back to 4 KiB pages (no free hugepage)\n",
-           static_cast<unsigned long long>(sh.counters[kHugetlbRanges].load()),
-           static_cast<unsigned long long>(sh.counters[kHugetlbFallbacks].load()));
+    absl::PrintF(
+        "uhmm_fuzz: hugetlb: %llu ranges got 2 MiB pages, %llu fell back to 4 KiB pages (no free hugepage)\n",
+        static_cast<unsigned long long>(sh.counters[kHugetlbRanges].load()),
+        static_cast<unsigned long long>(sh.counters[kHugetlbFallbacks].load()));
   }
   fflush(stdout);
   if (sh.fail_code == kExitPass) return kExitPass;

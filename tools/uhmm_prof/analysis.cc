@@ -16,8 +16,8 @@ namespace {
 
 constexpr std::array<std::string_view, kNumPhases> kPhaseNames = {"lookup", "submit", "copy",
                                                                   "map",    "wake",   "end to end"};
-constexpr std::array<int, kNumPhases> kBegin = {trace::kReceived,  trace::kLookedUp, trace::kSubmitted,
-                                                trace::kCopied,    trace::kMapped,   trace::kReceived};
+constexpr std::array<int, kNumPhases> kBegin = {trace::kReceived, trace::kLookedUp, trace::kSubmitted,
+                                                trace::kCopied,   trace::kMapped,   trace::kReceived};
 constexpr std::array<int, kNumPhases> kEnd = {trace::kLookedUp, trace::kSubmitted, trace::kCopied,
                                               trace::kMapped,   trace::kWoken,     trace::kWoken};
 
@@ -32,9 +32,7 @@ struct RangeInstance {
 
 }  // namespace
 
-std::string_view PhaseName(int phase) {
-  return phase >= 0 && phase < kNumPhases ? kPhaseNames[phase] : "?";
-}
+std::string_view PhaseName(int phase) { return phase >= 0 && phase < kNumPhases ? kPhaseNames[phase] : "?"; }
 int PhaseBegin(int phase) { return kBegin.at(phase); }
 int PhaseEnd(int phase) { return kEnd.at(phase); }
 

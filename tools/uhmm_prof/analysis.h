@@ -83,7 +83,7 @@ struct Throughput {
   uint64_t bytes = 0;        // all of them
   uint64_t timed_bytes = 0;  // of those with a busy time
   uint64_t busy_ns = 0;
-  uint64_t copy_bytes = 0;   // of those with a copy time
+  uint64_t copy_bytes = 0;  // of those with a copy time
   uint64_t copy_ns = 0;
   // Bytes per ns = GB/s (10^9 bytes per second); nullopt without a timed migration.
   std::optional<double> gbps() const;
@@ -91,7 +91,7 @@ struct Throughput {
 };
 
 struct CauseMigrations {
-  uint8_t cause = 0;                  // trace::CauseName
+  uint8_t cause = 0;                   // trace::CauseName
   std::array<size_t, 2> migrations{};  // [0] device->host, [1] host->device
   std::array<uint64_t, 2> bytes{};
 };

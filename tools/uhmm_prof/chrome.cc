@@ -71,9 +71,7 @@ class Events {
   explicit Events(const trace::Trace& t) : start_ns_(t.header.start_ns), pid_(t.header.pid) {}
 
   // ts relative to the session start; 0 for a timestamp that was not taken.
-  std::string Ts(uint64_t ts) const {
-    return JsonMicros(ts == 0 ? 0 : static_cast<int64_t>(ts - start_ns_));
-  }
+  std::string Ts(uint64_t ts) const { return JsonMicros(ts == 0 ? 0 : static_cast<int64_t>(ts - start_ns_)); }
 
   // `args` is the inside of the args object ("" for none).
   void Complete(std::string_view name, std::string_view cat, uint32_t tid, uint64_t begin, uint64_t end,
@@ -120,7 +118,8 @@ std::string ChromeTraceJson(const trace::Trace& t, size_t* events_out) {
   ev.Metadata("process_name", 0, absl::StrCat("uhmm ", BackendName(t.header)));
   // Each thread is named after what it did, in record type order: "uhmm fault service",
   // "uhmm migration + eviction".
-  static constexpr const char* kRoles[] = {"", "fault service", "migration", "eviction", "error", "alloc/free"};
+  static constexpr const char* kRoles[] = {"",         "fault service", "migration",
+                                           "eviction", "error",         "alloc/free"};
   std::map<uint32_t, unsigned> roles;  // tid -> bit per record type
   for (const TraceRecord& r : t.records) {
     const auto type = static_cast<unsigned>(r.type);
@@ -164,8 +163,9 @@ std::string ChromeTraceJson(const trace::Trace& t, size_t* events_out) {
         std::string args = absl::StrCat("\"address\":", Hex(r.addr), ",\"bytes\":", r.bytes,
                                         ",\"device\":", static_cast<int>(r.device));
         if (r.t[trace::kMigSubmitted] != 0 && r.t[trace::kMigCopied] >= r.t[trace::kMigSubmitted]) {
-          absl::StrAppend(&args, ",\"copy_us\":",
-                          JsonMicros(static_cast<int64_t>(r.t[trace::kMigCopied] - r.t[trace::kMigSubmitted])));
+          absl::StrAppend(
+              &args, ",\"copy_us\":",
+              JsonMicros(static_cast<int64_t>(r.t[trace::kMigCopied] - r.t[trace::kMigSubmitted])));
         }
         ev.Complete(absl::StrCat("migrate ", std::string(trace::CauseName(r.cause)), " ",
                                  to_device ? "host->device" : "device->host"),

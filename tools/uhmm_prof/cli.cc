@@ -74,8 +74,8 @@ bool IsHelp(std::string_view a) { return a == "-h" || a == "--help"; }
 
 // Matches `--name VALUE` and `--name=VALUE` at args[*i] (advancing *i past VALUE). Sets *missing
 // when VALUE is absent.
-std::optional<std::string> OptionValue(const std::vector<std::string>& args, size_t* i,
-                                       std::string_view name, bool* missing) {
+std::optional<std::string> OptionValue(const std::vector<std::string>& args, size_t* i, std::string_view name,
+                                       bool* missing) {
   const std::string& a = args[*i];
   if (a == name) {
     if (*i + 1 >= args.size()) {
@@ -147,7 +147,8 @@ int Report(const std::vector<std::string>& args) {
   const Analysis a = Analyze(*t);
   size_t events = 0;
   if (chrome) {
-    if (absl::Status s = WriteChromeTrace(*t, *chrome, &events); !s.ok()) return Fail(std::string(s.message()));
+    if (absl::Status s = WriteChromeTrace(*t, *chrome, &events); !s.ok())
+      return Fail(std::string(s.message()));
   }
   if (plot) {
     if (absl::Status s = WriteLatencySvg(a, *plot); !s.ok()) return Fail(std::string(s.message()));
@@ -155,9 +156,10 @@ int Report(const std::vector<std::string>& args) {
   std::fputs(FormatReport(a, *path, top).c_str(), stdout);
   if (chrome || plot) std::fputs("\n", stdout);
   if (chrome) {
-    std::printf("Chrome trace (%zu events) written to %s: open it in https://ui.perfetto.dev or "
-                "chrome://tracing\n",
-                events, chrome->c_str());
+    std::printf(
+        "Chrome trace (%zu events) written to %s: open it in https://ui.perfetto.dev or "
+        "chrome://tracing\n",
+        events, chrome->c_str());
   }
   if (plot) std::printf("latency plot written to %s\n", plot->c_str());
   return std::fflush(stdout) == 0 ? 0 : 1;
@@ -322,7 +324,8 @@ int Record(const std::vector<std::string>& args) {
   std::string note;
   if (!t->complete) note += "; incomplete: no end record, the program did not stop tracing";
   if (t->dropped > 0) note += absl::StrFormat("; %d records dropped", t->dropped);
-  std::fprintf(stderr, "uhmm-prof: trace written to %s (%zu records, %zu faults%s); see uhmm-prof report %s\n",
+  std::fprintf(stderr,
+               "uhmm-prof: trace written to %s (%zu records, %zu faults%s); see uhmm-prof report %s\n",
                path.c_str(), t->records.size(), faults, note.c_str(), path.c_str());
   return code;
 }

@@ -18,9 +18,9 @@ namespace {
 
 // Layout, in SVG user units (pixels).
 constexpr double kWidth = 960;
-constexpr double kLeft = 170;   // row titles to the left of this
+constexpr double kLeft = 170;  // row titles to the left of this
 constexpr double kRight = 30;
-constexpr double kTop = 70;     // title above
+constexpr double kTop = 70;  // title above
 constexpr double kRowHeight = 100;
 constexpr double kBarsTop = 26;  // inside a row: room for the p50/p99 labels above the bars
 constexpr double kBarsHeight = 62;
@@ -43,7 +43,9 @@ std::string Xml(std::string_view s) {
     if (c >= 0x80) {
       const size_t more = (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : 0;
       size_t k = 1;
-      while (more > 0 && k <= more && i + k < s.size() && (static_cast<unsigned char>(s[i + k]) & 0xc0) == 0x80) ++k;
+      while (more > 0 && k <= more && i + k < s.size() &&
+             (static_cast<unsigned char>(s[i + k]) & 0xc0) == 0x80)
+        ++k;
       if (more > 0 && k == more + 1) {
         out.append(s.substr(i, k));
         i += more;
@@ -114,9 +116,7 @@ std::string LatencySvg(const Analysis& a) {
   }
   const int decades = hi_dec - lo_dec;
   const int bins = decades * kBinsPerDecade;
-  const auto x_of = [&](double log10_us) {
-    return kLeft + (log10_us - lo_dec) / decades * kPlotWidth;
-  };
+  const auto x_of = [&](double log10_us) { return kLeft + (log10_us - lo_dec) / decades * kPlotWidth; };
 
   const double height = kTop + kNumPhases * kRowHeight + kAxisHeight;
   const double axis_y = kTop + kNumPhases * kRowHeight;
@@ -128,8 +128,8 @@ std::string LatencySvg(const Analysis& a) {
   const std::string title = absl::StrFormat("uhmm fault latency by phase: backend %s, %d CPU faults",
                                             a.backend.empty() ? "(unnamed)" : a.backend, a.faults.faults);
   absl::StrAppend(&s, "<title>", Xml(title), "</title>\n");
-  absl::StrAppendFormat(&s, "<rect x=\"0\" y=\"0\" width=\"%.0f\" height=\"%.0f\" fill=\"white\"/>\n",
-                        kWidth, height);
+  absl::StrAppendFormat(&s, "<rect x=\"0\" y=\"0\" width=\"%.0f\" height=\"%.0f\" fill=\"white\"/>\n", kWidth,
+                        height);
   absl::StrAppendFormat(&s, "<text x=\"%.0f\" y=\"28\" font-size=\"18\" font-weight=\"bold\">%s</text>\n",
                         kLeft, Xml(title));
   std::string subtitle = absl::StrFormat(
@@ -173,8 +173,8 @@ std::string LatencySvg(const Analysis& a) {
     const Latency& l = a.phases[p];
     absl::StrAppendFormat(&s, "<g class=\"phase\" id=\"phase-%d\">\n", p);
     if (p > 0) {
-      absl::StrAppendFormat(&s, "<line x1=\"10\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#ddd\"/>\n",
-                            y, kWidth - 10, y);
+      absl::StrAppendFormat(&s, "<line x1=\"10\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#ddd\"/>\n", y,
+                            kWidth - 10, y);
     }
     absl::StrAppendFormat(&s,
                           "<text class=\"phase-title\" x=\"14\" y=\"%.0f\" font-size=\"15\" "
@@ -182,12 +182,11 @@ std::string LatencySvg(const Analysis& a) {
                           y + 44, Xml(PhaseName(p)));
     absl::StrAppendFormat(&s, "<text x=\"14\" y=\"%.0f\" fill=\"#555\">%d faults</text>\n", y + 62, l.count);
     // Baseline.
-    absl::StrAppendFormat(&s,
-                          "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#888\"/>\n",
+    absl::StrAppendFormat(&s, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#888\"/>\n",
                           kLeft, base, kLeft + kPlotWidth, base);
     if (samples.empty()) {
-      absl::StrAppendFormat(&s, "<text x=\"%.0f\" y=\"%.0f\" fill=\"#888\">no samples</text>\n",
-                            kLeft + 10, base - kBarsHeight / 2);
+      absl::StrAppendFormat(&s, "<text x=\"%.0f\" y=\"%.0f\" fill=\"#888\">no samples</text>\n", kLeft + 10,
+                            base - kBarsHeight / 2);
       absl::StrAppend(&s, "</g>\n");
       continue;
     }
@@ -217,7 +216,8 @@ std::string LatencySvg(const Analysis& a) {
       const char* color;
       const char* dash;
       double label_y;
-    } marks[] = {{"p50", l.p50, kP50Color, "", y + 11}, {"p99", l.p99, kP99Color, " stroke-dasharray=\"4 2\"", y + 23}};
+    } marks[] = {{"p50", l.p50, kP50Color, "", y + 11},
+                 {"p99", l.p99, kP99Color, " stroke-dasharray=\"4 2\"", y + 23}};
     for (const auto& m : marks) {
       const double x = x_of(Log10Us(m.ns));
       absl::StrAppendFormat(&s,
@@ -243,7 +243,8 @@ std::string LatencySvg(const Analysis& a) {
                           "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n",
                           x, axis_y, x, axis_y + 6, x, axis_y + 20, DecadeLabel(d));
   }
-  absl::StrAppendFormat(&s, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">latency (µs, log scale)</text>\n",
+  absl::StrAppendFormat(&s,
+                        "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">latency (µs, log scale)</text>\n",
                         kLeft + kPlotWidth / 2, axis_y + 42);
   absl::StrAppend(&s, "</svg>\n");
   return s;

@@ -61,8 +61,8 @@ std::string FormatHeader(const Analysis& a, const std::string& path) {
   line("backend", a.backend.empty() ? "(unnamed)" : a.backend);
   line("pid", absl::StrCat(a.pid));
   line("duration", HumanDuration(a.duration_ns()));
-  line("records", absl::StrFormat("%d (dropped %d)%s", a.records, a.dropped,
-                                  a.complete ? "" : ", no end record"));
+  line("records",
+       absl::StrFormat("%d (dropped %d)%s", a.records, a.dropped, a.complete ? "" : ", no end record"));
   line("faults", absl::StrFormat("%d (duplicates %d, covered %d, stale %d, SIGBUS %d)", a.faults.faults,
                                  a.faults.duplicates, a.faults.covered, a.faults.stale, a.faults.sigbus));
   std::string mig = absl::StrCat(a.migrations);
@@ -75,8 +75,7 @@ std::string FormatHeader(const Analysis& a, const std::string& path) {
   line("evictions", absl::StrFormat("%d (%s)", a.evictions, HumanBytes(a.evicted_bytes)));
   std::vector<std::string> codes;
   for (const auto& [code, n] : a.errors_by_code) {
-    codes.push_back(
-        absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(code)), " ", n));
+    codes.push_back(absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(code)), " ", n));
   }
   line("errors", a.errors == 0 ? "0" : absl::StrFormat("%d (%s)", a.errors, absl::StrJoin(codes, ", ")));
   line("ranges", absl::StrFormat("%d allocated, %d freed", a.ranges_allocated, a.ranges_freed));
@@ -97,17 +96,17 @@ std::string FormatHeader(const Analysis& a, const std::string& path) {
 std::string FormatPhaseTable(const Analysis& a) {
   if (a.faults.faults == 0) return "no CPU faults in this trace\n";
   std::string s = "CPU fault latency per phase (us; nearest-rank percentiles)\n";
-  absl::StrAppendFormat(&s, "  %-12s %8s %10s %10s %10s %10s %10s\n", "phase", "count", "p50", "p90",
-                        "p99", "max", "mean");
+  absl::StrAppendFormat(&s, "  %-12s %8s %10s %10s %10s %10s %10s\n", "phase", "count", "p50", "p90", "p99",
+                        "max", "mean");
   for (int p = 0; p < kNumPhases; ++p) {
     const Latency& l = a.phases[p];
     if (l.count == 0) {
-      absl::StrAppendFormat(&s, "  %-12s %8d %10s %10s %10s %10s %10s\n", PhaseName(p), 0, "-", "-",
-                            "-", "-", "-");
+      absl::StrAppendFormat(&s, "  %-12s %8d %10s %10s %10s %10s %10s\n", PhaseName(p), 0, "-", "-", "-", "-",
+                            "-");
       continue;
     }
-    absl::StrAppendFormat(&s, "  %-12s %8d %10s %10s %10s %10s %10s\n", PhaseName(p), l.count,
-                          Micros(l.p50), Micros(l.p90), Micros(l.p99), Micros(l.max), Micros(l.mean));
+    absl::StrAppendFormat(&s, "  %-12s %8d %10s %10s %10s %10s %10s\n", PhaseName(p), l.count, Micros(l.p50),
+                          Micros(l.p90), Micros(l.p99), Micros(l.max), Micros(l.mean));
   }
   return s;
 }
@@ -130,15 +129,14 @@ std::string FormatHistogram(const std::vector<Bucket>& buckets) {
 std::string FormatTopRanges(const Analysis& a, size_t top) {
   std::string s = absl::StrFormat("top %d managed ranges by CPU faults\n", top);
   if (a.ranges.empty()) return absl::StrCat(s, "  (no faults)\n");
-  absl::StrAppendFormat(&s, "  %-18s %12s %8s %10s %10s\n", "range start", "size", "faults",
-                        "p50 (us)", "p99 (us)");
+  absl::StrAppendFormat(&s, "  %-18s %12s %8s %10s %10s\n", "range start", "size", "faults", "p50 (us)",
+                        "p99 (us)");
   for (size_t i = 0; i < a.ranges.size() && i < top; ++i) {
     const RangeFaults& r = a.ranges[i];
     const std::string p50 = r.end_to_end.count ? Micros(r.end_to_end.p50) : "-";
     const std::string p99 = r.end_to_end.count ? Micros(r.end_to_end.p99) : "-";
     if (!r.known) {
-      absl::StrAppendFormat(&s, "  %-18s %12s %8d %10s %10s\n", "(unknown range)", "-", r.faults, p50,
-                            p99);
+      absl::StrAppendFormat(&s, "  %-18s %12s %8d %10s %10s\n", "(unknown range)", "-", r.faults, p50, p99);
     } else {
       absl::StrAppendFormat(&s, "  %-18s %12s %8d %10s %10s%s\n", absl::StrFormat("0x%x", r.start),
                             HumanBytes(r.bytes), r.faults, p50, p99, r.free_ns != 0 ? "  (freed)" : "");
@@ -165,7 +163,8 @@ std::string FormatMigrations(const Analysis& a) {
   absl::StrAppendFormat(&s, "  %-14s %10s %12s %14s %14s\n", "by cause", "migrations", "bytes",
                         "host->device", "device->host");
   for (const CauseMigrations& c : a.causes) {
-    absl::StrAppendFormat(&s, "  %-14s %10d %12s %14s %14s\n", absl::StrCat("  ", std::string(trace::CauseName(c.cause))),
+    absl::StrAppendFormat(&s, "  %-14s %10d %12s %14s %14s\n",
+                          absl::StrCat("  ", std::string(trace::CauseName(c.cause))),
                           c.migrations[0] + c.migrations[1], HumanBytes(c.bytes[0] + c.bytes[1]),
                           HumanBytes(c.bytes[1]), HumanBytes(c.bytes[0]));
   }
