@@ -1,7 +1,7 @@
 // Runtime internals that tests and the testing API (uhmm/testing.h, runtime/testing/) reach.
 // Not installed.
-#ifndef UHMM_RUNTIME_TESTING_H_
-#define UHMM_RUNTIME_TESTING_H_
+#ifndef UHMM_RUNTIME_API_TESTING_H_
+#define UHMM_RUNTIME_API_TESTING_H_
 
 #include "uhmm/backend.h"
 #include "uhmm/uhmm.hpp"
@@ -32,4 +32,4 @@ void HoldFaultReads(Runtime& rt, bool hold);
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_TESTING_H_
+#endif  // UHMM_RUNTIME_API_TESTING_H_

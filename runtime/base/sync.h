@@ -8,8 +8,8 @@
 // keeps the locks it holds, and taking a lock whose rank is not above every ranked lock it holds
 // (the same rank included: no two locks of one kind are ever held together) aborts with both
 // names. Release builds keep the rank byte and do nothing with it.
-#ifndef UHMM_RUNTIME_SYNC_H_
-#define UHMM_RUNTIME_SYNC_H_
+#ifndef UHMM_RUNTIME_BASE_SYNC_H_
+#define UHMM_RUNTIME_BASE_SYNC_H_
 
 #include <cstdint>
 #include <cstdio>
@@ -300,4 +300,4 @@ class ABSL_SCOPED_LOCKABLE ReaderMutexLock {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_SYNC_H_
+#endif  // UHMM_RUNTIME_BASE_SYNC_H_

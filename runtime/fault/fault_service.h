@@ -9,8 +9,8 @@
 // relative to faults; within a run, messages are distinct faulting threads (a thread waits in one
 // fault at a time), so their order does not matter. Re-queued (deferred, parked) messages are
 // dispatched one at a time.
-#ifndef UHMM_RUNTIME_FAULT_SERVICE_H_
-#define UHMM_RUNTIME_FAULT_SERVICE_H_
+#ifndef UHMM_RUNTIME_FAULT_FAULT_SERVICE_H_
+#define UHMM_RUNTIME_FAULT_FAULT_SERVICE_H_
 
 #include <linux/userfaultfd.h>
 
@@ -155,4 +155,4 @@ class FaultService {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_FAULT_SERVICE_H_
+#endif  // UHMM_RUNTIME_FAULT_FAULT_SERVICE_H_

@@ -1,8 +1,8 @@
 // userfaultfd wrapper for the fault service: opening (with a clear error when not permitted),
 // feature negotiation, MINOR-mode registration and the resolving ioctls (CONTINUE, WAKE, POISON).
 // Debian's 6.1 headers lack UFFDIO_POISON; it is defined here and detected at run time.
-#ifndef UHMM_RUNTIME_UFFD_H_
-#define UHMM_RUNTIME_UFFD_H_
+#ifndef UHMM_RUNTIME_FAULT_UFFD_H_
+#define UHMM_RUNTIME_FAULT_UFFD_H_
 
 #include <linux/userfaultfd.h>
 
@@ -105,4 +105,4 @@ std::string UffdPermissionHelp(int syscall_errno, int devfile_errno);
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_UFFD_H_
+#endif  // UHMM_RUNTIME_FAULT_UFFD_H_

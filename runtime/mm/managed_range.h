@@ -1,8 +1,8 @@
 // ManagedRange: one uhmm allocation. A memfd mapped twice: the user view (registered with
 // userfaultfd in MINOR mode, the pointer the application gets) and the runtime view (never
 // registered, the DMA source/destination). Split into 2 MiB VaBlocks.
-#ifndef UHMM_RUNTIME_MANAGED_RANGE_H_
-#define UHMM_RUNTIME_MANAGED_RANGE_H_
+#ifndef UHMM_RUNTIME_MM_MANAGED_RANGE_H_
+#define UHMM_RUNTIME_MM_MANAGED_RANGE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -150,4 +150,4 @@ class RangeRef {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_MANAGED_RANGE_H_
+#endif  // UHMM_RUNTIME_MM_MANAGED_RANGE_H_

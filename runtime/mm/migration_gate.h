@@ -1,8 +1,8 @@
 // MigrationGate: migrations to devices pass through it, and whoever must see no such migration
 // start for a while (fork preparing its copies, uhmm_evict_device emptying a device) closes it:
 // Close() waits for the migrations already through, and new ones wait in Enter() until Open().
-#ifndef UHMM_RUNTIME_MIGRATION_GATE_H_
-#define UHMM_RUNTIME_MIGRATION_GATE_H_
+#ifndef UHMM_RUNTIME_MM_MIGRATION_GATE_H_
+#define UHMM_RUNTIME_MM_MIGRATION_GATE_H_
 
 #include "runtime/base/sync.h"
 
@@ -64,4 +64,4 @@ class GatePass {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_MIGRATION_GATE_H_
+#endif  // UHMM_RUNTIME_MM_MIGRATION_GATE_H_

@@ -15,8 +15,8 @@
 //   kBound --FirstPageOut--> kInUse --LastPageBack--> kBound      (kSameAddress)
 //   any    --Teardown--> kFree                                    (the pool's destructor)
 // LOCKING: mu_ (rank kPagePool) guards the chunks; Page refcounts and flags are atomics.
-#ifndef UHMM_RUNTIME_PAGE_POOL_H_
-#define UHMM_RUNTIME_PAGE_POOL_H_
+#ifndef UHMM_RUNTIME_MM_PAGE_POOL_H_
+#define UHMM_RUNTIME_MM_PAGE_POOL_H_
 
 #include <atomic>
 #include <cstddef>
@@ -118,4 +118,4 @@ class PagePool {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_PAGE_POOL_H_
+#endif  // UHMM_RUNTIME_MM_PAGE_POOL_H_

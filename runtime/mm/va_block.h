@@ -39,8 +39,8 @@
 // Debug builds (!NDEBUG) abort on an illegal transition, naming the block, the page, its state and
 // the transition. The per-page bitmaps stay the storage (ranged queries such as `~blk.device` in
 // the policy read them) and are read-only outside this header.
-#ifndef UHMM_RUNTIME_VA_BLOCK_H_
-#define UHMM_RUNTIME_VA_BLOCK_H_
+#ifndef UHMM_RUNTIME_MM_VA_BLOCK_H_
+#define UHMM_RUNTIME_MM_VA_BLOCK_H_
 
 #include <linux/userfaultfd.h>
 
@@ -258,4 +258,4 @@ struct VaBlock {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_VA_BLOCK_H_
+#endif  // UHMM_RUNTIME_MM_VA_BLOCK_H_

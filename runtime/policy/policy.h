@@ -4,8 +4,8 @@
 //  - read-ahead: faults that walk a range forwards open a window (one block, doubling up to
 //    Config::readahead_bytes) that migration workers bring back before the CPU gets there;
 //  - thrashing: a block whose pages keep coming back soon after moving to a device gets neither.
-#ifndef UHMM_RUNTIME_POLICY_H_
-#define UHMM_RUNTIME_POLICY_H_
+#ifndef UHMM_RUNTIME_POLICY_POLICY_H_
+#define UHMM_RUNTIME_POLICY_POLICY_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -52,4 +52,4 @@ bool NoteReturn(VaBlock& blk, uint64_t now_ns, uint64_t lapse_ns, int threshold)
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_POLICY_H_
+#endif  // UHMM_RUNTIME_POLICY_POLICY_H_

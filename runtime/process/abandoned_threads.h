@@ -3,8 +3,8 @@
 // AbandonThreads keeps them for good without allocating: a fork child must not allocate, because
 // another parent thread may have held the allocator's locks at the clone (glibc resets its own;
 // a sanitizer's allocator does not, and the child deadlocked there under ASan).
-#ifndef UHMM_RUNTIME_ABANDONED_THREADS_H_
-#define UHMM_RUNTIME_ABANDONED_THREADS_H_
+#ifndef UHMM_RUNTIME_PROCESS_ABANDONED_THREADS_H_
+#define UHMM_RUNTIME_PROCESS_ABANDONED_THREADS_H_
 
 #include <thread>
 #include <vector>
@@ -17,4 +17,4 @@ void AbandonThreads(std::vector<std::thread>& threads);
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_ABANDONED_THREADS_H_
+#endif  // UHMM_RUNTIME_PROCESS_ABANDONED_THREADS_H_

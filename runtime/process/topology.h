@@ -1,8 +1,8 @@
 // Topology through hwloc: which CPUs and which NUMA node are close to a PCI device, and binding
 // threads and host memory there. The fault path crosses the PCIe link twice per fault; fault
 // threads and the pinned runtime views on the GPU's socket keep that off the inter-socket link.
-#ifndef UHMM_RUNTIME_TOPOLOGY_H_
-#define UHMM_RUNTIME_TOPOLOGY_H_
+#ifndef UHMM_RUNTIME_PROCESS_TOPOLOGY_H_
+#define UHMM_RUNTIME_PROCESS_TOPOLOGY_H_
 
 #include <pthread.h>
 
@@ -46,4 +46,4 @@ class Topology {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_TOPOLOGY_H_
+#endif  // UHMM_RUNTIME_PROCESS_TOPOLOGY_H_

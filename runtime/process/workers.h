@@ -1,8 +1,8 @@
 // WorkerPool: the runtime's migration threads ("uhmm-mig-N"). They run read-ahead that fault
 // service threads post (fire and forget), and split bulk migrations (uhmm_migrate, prefetch) so
 // that one block's CPU work (zap, PTE installation) overlaps another block's copy.
-#ifndef UHMM_RUNTIME_WORKERS_H_
-#define UHMM_RUNTIME_WORKERS_H_
+#ifndef UHMM_RUNTIME_PROCESS_WORKERS_H_
+#define UHMM_RUNTIME_PROCESS_WORKERS_H_
 
 #include <cstddef>
 #include <deque>
@@ -55,4 +55,4 @@ class WorkerPool {
 
 }  // namespace uhmm
 
-#endif  // UHMM_RUNTIME_WORKERS_H_
+#endif  // UHMM_RUNTIME_PROCESS_WORKERS_H_

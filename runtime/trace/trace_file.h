@@ -5,8 +5,8 @@
 //   kEnd. A file without the kEnd record comes from a process that did not stop tracing (it
 //   crashed or was killed): its complete records are still readable.
 // Timestamps are CLOCK_MONOTONIC nanoseconds (TraceHeader::start_ns is the session start).
-#ifndef UHMM_RUNTIME_TRACE_FILE_H_
-#define UHMM_RUNTIME_TRACE_FILE_H_
+#ifndef UHMM_RUNTIME_TRACE_TRACE_FILE_H_
+#define UHMM_RUNTIME_TRACE_TRACE_FILE_H_
 
 #include <cstdint>
 #include <cstdio>
@@ -125,4 +125,4 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path);
 
 }  // namespace uhmm::trace
 
-#endif  // UHMM_RUNTIME_TRACE_FILE_H_
+#endif  // UHMM_RUNTIME_TRACE_TRACE_FILE_H_

@@ -6,8 +6,8 @@
 // (Tracer::enabled()). When one is, a fault takes six clock reads and one 80-byte copy into the
 // thread's ring (bench/trace_overhead.cc measures it). A full ring drops records and counts them;
 // the end record says how many.
-#ifndef UHMM_RUNTIME_TRACER_H_
-#define UHMM_RUNTIME_TRACER_H_
+#ifndef UHMM_RUNTIME_TRACE_TRACER_H_
+#define UHMM_RUNTIME_TRACE_TRACER_H_
 
 #include <atomic>
 #include <cstddef>
@@ -113,4 +113,4 @@ inline void TraceError(absl::StatusCode code, uintptr_t addr, int device) {
 
 }  // namespace uhmm::trace
 
-#endif  // UHMM_RUNTIME_TRACER_H_
+#endif  // UHMM_RUNTIME_TRACE_TRACER_H_
