@@ -131,6 +131,27 @@ inline std::unique_ptr<Runtime> CreateInChild(const Config& config) {
   return std::move(*rt);
 }
 
+// Runs `body` in a forked child and returns its wait status. The child must _exit.
+template <typename Fn>
+int InChild(Fn body) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    body();
+    _exit(100);  // body forgot to exit
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+// After InChild: skips the test when the child found the backend unavailable (kChildSkip).
+#define UHMM_SKIP_IF_CHILD_SKIPPED(status)                                                  \
+  do {                                                                                      \
+    if (WIFEXITED(status) && WEXITSTATUS(status) == kChildSkip) {                           \
+      GTEST_SKIP() << "backend " << TestConfig().backend << " unavailable on this machine"; \
+    }                                                                                       \
+  } while (0)
+
 // Everything readable from `fd` until EOF; closes it.
 inline std::string ReadAllAndClose(int fd) {
   std::string out;

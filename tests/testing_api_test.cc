@@ -20,27 +20,6 @@
 namespace uhmm::testing {
 namespace {
 
-#define UHMM_SKIP_IF_CHILD_SKIPPED(status)                                                  \
-  do {                                                                                      \
-    if (WIFEXITED(status) && WEXITSTATUS(status) == kChildSkip) {                           \
-      GTEST_SKIP() << "backend " << TestConfig().backend << " unavailable on this machine"; \
-    }                                                                                       \
-  } while (0)
-
-// Runs `body` in a forked child (its SIGBUS handler and lost pages stay there); returns its wait
-// status. The child must _exit.
-template <typename Fn>
-int InChild(Fn body) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    body();
-    _exit(100);  // body forgot to exit
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return status;
-}
-
 // The runtime for `config`, or skips the test when its backend is unavailable here.
 #define CREATE_OR_SKIP(rt, config)                                                     \
   bool rt##_skip = false;                                                              \
