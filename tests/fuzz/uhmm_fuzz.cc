@@ -419,6 +419,9 @@ class Worker {
       std::lock_guard<std::mutex> lock(status_.mu);
       status_.desc = d;
     }
+    // The thread's recent ops as they ran, printed with a failure: with several threads the op
+    // lists replay, but not the interleaving that failed.
+    recent_[recent_next_++ % kRecent] = absl::StrFormat("op#%u %s", index_, d);
     if (sh_.opt.verbose) absl::PrintF("  op#%llu %s\n", static_cast<unsigned long long>(index_), d.c_str());
   }
   std::string RangeName(const Range& r) const {
@@ -445,6 +448,10 @@ class Worker {
           code == kExitMismatch ? "data mismatch" : "contract", sh_.opt.config.c_str(),
           static_cast<unsigned long long>(sh_.opt.seed), id_, static_cast<unsigned long long>(index_),
           OpText(op_).c_str(), desc.c_str(), what.c_str(), sh_.injected.load() ? "yes" : "no");
+      absl::PrintF("  this thread's last %u ops, oldest first:\n", std::min<size_t>(recent_next_, kRecent));
+      for (size_t k = recent_next_ > kRecent ? recent_next_ - kRecent : 0; k < recent_next_; ++k) {
+        absl::PrintF("    %s\n", recent_[k % kRecent]);
+      }
       if (!sh_.replay) {
         // A time-bounded run replays with an op bound: the op lists depend on the seed only.
         absl::PrintF(
@@ -1253,6 +1260,9 @@ class Worker {
   int pipe_[2] = {-1, -1};
   Op op_{};
   uint64_t index_ = 0;
+  static constexpr size_t kRecent = 40;
+  std::array<std::string, kRecent> recent_;
+  size_t recent_next_ = 0;
 };
 
 // ---- Replay files and shrinking -----------------------------------------------------------------
