@@ -9,15 +9,20 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <random>
 #include <thread>
 
 #include "gtest/gtest.h"
 #include "runtime/api/runtime_impl.h"
 #include "runtime/mm/managed_range.h"
+#include "runtime/policy/readahead_fence.h"
 #include "runtime/process/topology.h"
+#include "runtime/process/workers.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {
@@ -107,6 +112,28 @@ TEST(ThrashingTest, QuickReturnsInARowMarkABlockAndASlowOneClearsIt) {
   EXPECT_FALSE(NoteReturn(blk, now + 1, lapse, 0)) << "threshold 0 is off";
 }
 
+TEST(ReadAheadFenceTest, ADeviceUseDropsEarlierDecisionsAndWaitsForRunningOnes) {
+  ReadAheadFence fence;
+  ASSERT_TRUE(fence.Enter(100)) << "no device use yet";
+  // A device use at 200 waits for the read-ahead decided at 100 that is already copying.
+  std::atomic<bool> began{false};
+  std::thread use([&] {
+    fence.DeviceUseBegins(200);
+    began = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(began) << "the device use went on while a read-ahead was moving pages";
+  fence.Leave();
+  use.join();
+  EXPECT_TRUE(began);
+  EXPECT_FALSE(fence.Enter(150)) << "decided before the device use: dropped";
+  EXPECT_FALSE(fence.Enter(200)) << "decided at the same instant: dropped";
+  ASSERT_TRUE(fence.Enter(201)) << "decided after it: runs";
+  fence.Leave();
+  fence.DeviceUseBegins(50);  // an older clock reading never moves the fence back
+  EXPECT_FALSE(fence.Enter(199));
+}
+
 // ---- Through the runtime -------------------------------------------------------------------------
 
 using PolicyTest = RuntimeTest;
@@ -129,6 +156,40 @@ TEST_F(PolicyTest, SequentialReadBackIsReadAheadWithFewFaults) {
   EXPECT_GT(after.readahead_pages - before.readahead_pages, kBytes / kPageSize / 2)
       << "read-ahead brought back most of the data";
   EXPECT_LT(after.cpu_faults - before.cpu_faults, kBytes / TestConfig().fault_granularity / 4);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+// The fuzzer's lost device write (docs/RELIABILITY.md): a CPU fault decided a read-ahead, then a
+// device used the pages before a worker ran it; the read-ahead must not bring them home from under
+// that device (its later writes would land in released device pages).
+TEST_F(PolicyTest, ReadAheadDecidedBeforeADeviceUseLeavesTheDevicesPagesThere) {
+  rt_.reset();
+  Config c = TestConfig();
+  c.migration_threads = 1;  // one worker, which the test holds while the read-ahead is decided
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  constexpr size_t kBytes = 8 * kMiB;
+  uint64_t* p = AllocFilled(kBytes, 1);
+  ToDeviceAndRewrite(*this, *rt_, p, kBytes, 2);
+  const Mm& mm = static_cast<RuntimeImpl&>(*rt_).mm();
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  ASSERT_TRUE(mm.workers->Post([released] { released.wait(); }));
+  const uint64_t dropped = mm.counters->readahead_dropped.load();
+  // Two sequential faults open a read-ahead window over the rest of block 0 and block 1.
+  const size_t gran_words = c.fault_granularity / 8;
+  ASSERT_EQ(p[0], Pattern(2, 0));
+  ASSERT_EQ(p[gran_words], Pattern(2, gran_words));
+  // A device uses block 1 before the worker gets to the read-ahead.
+  uint64_t* block1 = p + kBlockSize / 8;
+  ASSERT_EQ(DeviceWrite(block1, kBlockSize, 3), kBlockSize / kPageSize);
+  release.set_value();
+  std::promise<void> drained;
+  ASSERT_TRUE(mm.workers->Post([&drained] { drained.set_value(); }));
+  drained.get_future().wait();
+  EXPECT_GT(mm.counters->readahead_dropped.load(), dropped) << "no read-ahead was decided, or none dropped";
+  for (int32_t where : Residency(block1, kBlockSize)) ASSERT_EQ(where, 0) << "read-ahead took a page home";
+  EXPECT_EQ(FirstMismatch(block1, kBlockSize, 3), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 

@@ -48,6 +48,7 @@ RuntimeImpl::RuntimeImpl(const Config& config) : config_(config) {}
 absl::Status RuntimeImpl::Init() {
   mm_.config = &config_;
   mm_.counters = &counters_;
+  mm_.readahead_fence = &readahead_fence_;
   absl::StatusOr<std::unique_ptr<Backend>> backend = SelectBackend(config_);
   if (!backend.ok()) return backend.status();
   backend_ = std::move(*backend);
@@ -261,6 +262,7 @@ absl::Status RuntimeImpl::Migrate(void* ptr, size_t size, int device) {
   absl::StatusOr<RangeRef> range = CheckMigrateRequest("uhmm_migrate", ptr, size, device);
   if (!range.ok()) return range.status();
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  if (device != kHost) readahead_fence_.DeviceUseBegins(trace::Tracer::Now());  // a kernel comes next
   return migrator_->Bulk(**range, addr, addr + size, device);
 }
 
@@ -268,7 +270,10 @@ absl::Status RuntimeImpl::PrefetchOnQueue(void* ptr, size_t size, int device, vo
   absl::StatusOr<RangeRef> range = CheckMigrateRequest("uhmm_prefetch_on_queue", ptr, size, device);
   if (!range.ok()) return range.status();
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
-  if (device != kHost) return migrator_->Bulk(**range, addr, addr + size, device);
+  if (device != kHost) {
+    readahead_fence_.DeviceUseBegins(trace::Tracer::Now());  // the queue's next kernel uses it
+    return migrator_->Bulk(**range, addr, addr + size, device);
+  }
   // What kernels already queued write must land before the copies read device memory.
   for (auto& ds : *devices_) {
     if (absl::Status s = ds->device->SynchronizeQueue(queue); !s.ok()) {
@@ -289,6 +294,33 @@ absl::Status RuntimeImpl::SyncForDevice(int device, void* queue) {
 void RuntimeImpl::BeforeLaunch(int device, void* queue) {
   if (fork_->forked_child() || !devices_->valid(device)) return;
   launch_->BeforeLaunch((*devices_)[device], queue);
+}
+
+testing::DeviceAccess* RuntimeImpl::FencedAccess(int device, testing::DeviceAccess* inner) {
+  // A device-side access is a kernel without a launch: read-ahead decided before it must not pull
+  // its pages away meanwhile.
+  class Fenced final : public testing::DeviceAccess {
+   public:
+    Fenced(testing::DeviceAccess* inner, ReadAheadFence* fence) : inner_(inner), fence_(fence) {}
+    absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
+      fence_->DeviceUseBegins(trace::Tracer::Now());
+      return inner_->DeviceWrite(device_addr, src, bytes);
+    }
+    absl::Status DeviceRead(uint64_t device_addr, void* dst, size_t bytes) override {
+      fence_->DeviceUseBegins(trace::Tracer::Now());
+      return inner_->DeviceRead(device_addr, dst, bytes);
+    }
+
+   private:
+    testing::DeviceAccess* const inner_;
+    ReadAheadFence* const fence_;
+  };
+  if (inner == nullptr || !devices_->valid(device)) return nullptr;
+  std::lock_guard<std::mutex> lock(access_mu_);
+  if (access_.empty()) access_.resize(static_cast<size_t>(device_count()));
+  std::unique_ptr<testing::DeviceAccess>& a = access_[static_cast<size_t>(device)];
+  if (a == nullptr) a = std::make_unique<Fenced>(inner, &readahead_fence_);
+  return a.get();
 }
 
 absl::StatusOr<uhmm_native_handles_t> RuntimeImpl::NativeHandles(int device) const {

@@ -11,13 +11,16 @@
 #define UHMM_RUNTIME_API_RUNTIME_IMPL_H_
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "runtime/api/counters.h"
 #include "runtime/mm/managed_range.h"
 #include "runtime/mm/mm.h"
+#include "runtime/policy/readahead_fence.h"
 #include "uhmm/backend.h"
+#include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
 
 namespace uhmm {
@@ -53,6 +56,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   const std::string& placement() const;
   // For the testing API (api/testing.cc).
   const Mm& mm() const { return mm_; }
+  // uhmm/testing.h's device-side access to `device`: `inner` (the backend's), behind the read-ahead
+  // fence as a kernel launch is. Made once per device; lives as long as the runtime.
+  testing::DeviceAccess* FencedAccess(int device, testing::DeviceAccess* inner);
 
  private:
   explicit RuntimeImpl(const Config& config);
@@ -67,6 +73,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   bool transparent_ = false;
   mutable Counters counters_;
   Mm mm_;
+  ReadAheadFence readahead_fence_;  // before the parts: the migration workers use it to the end
+  std::mutex access_mu_;
+  std::vector<std::unique_ptr<testing::DeviceAccess>> access_;  // guarded by access_mu_
   // The parts, in construction order (destroyed in reverse).
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<NumaPlacement> placement_;

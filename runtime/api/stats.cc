@@ -52,6 +52,9 @@ void PrintStats(const Runtime& rt) {
         static_cast<unsigned long long>(c.uffd_zeropage.load()),
         static_cast<unsigned long long>(c.uffd_poison.load()),
         static_cast<unsigned long long>(c.fault_migrations.load()));
+    std::fprintf(stderr,
+                 "  read-ahead        %llu runs dropped: a device use began after they were decided\n",
+                 static_cast<unsigned long long>(c.readahead_dropped.load()));
     std::fprintf(stderr, "  placement         %s\n", impl->placement().c_str());
   }
 }

@@ -29,21 +29,22 @@ namespace uhmm {
 
 // Ranks, outermost first. Keep in step with the table in docs/ARCHITECTURE.md.
 enum class LockRank : uint8_t {
-  kUnranked = 0,   // not checked (tests, locks outside the runtime)
-  kVaSpace,        // VaSpace::mu_: the range map
-  kVaBlock,        // VaBlock::mu: one 2 MiB block's page states
-  kFaultRead,      // FaultService::read_mu_: reads of the userfaultfd
-  kZapTracker,     // ZapTracker::mu_: the runtime's own zaps
-  kFaultRemap,     // FaultService::remap_mu_: counted REMAP events, parked faults
-  kFaultDiscard,   // FaultService::discard_mu_: pending application discards, parked faults
-  kFaultQueue,     // FaultService::q_mu_: deferred/requeued fault messages
-  kPagePool,       // PagePool::mu_: one device's chunks
-  kMigrationGate,  // MigrationGate::mu_: fork's and each device's gate
-  kRangeLife,      // ManagedRange::life_mu_: operations in flight on a range
-  kReadAhead,      // ReadAhead::mu_: one range's read-ahead window
-  kWorkerQueue,    // WorkerPool::mu_: the migration workers' job queue
-  kParallelFor,    // WorkerPool::ParallelFor's completion count
-  kBulkStatus,     // Migrator::Bulk's first error
+  kUnranked = 0,    // not checked (tests, locks outside the runtime)
+  kVaSpace,         // VaSpace::mu_: the range map
+  kVaBlock,         // VaBlock::mu: one 2 MiB block's page states
+  kFaultRead,       // FaultService::read_mu_: reads of the userfaultfd
+  kZapTracker,      // ZapTracker::mu_: the runtime's own zaps
+  kFaultRemap,      // FaultService::remap_mu_: counted REMAP events, parked faults
+  kFaultDiscard,    // FaultService::discard_mu_: pending application discards, parked faults
+  kFaultQueue,      // FaultService::q_mu_: deferred/requeued fault messages
+  kPagePool,        // PagePool::mu_: one device's chunks
+  kMigrationGate,   // MigrationGate::mu_: fork's and each device's gate
+  kRangeLife,       // ManagedRange::life_mu_: operations in flight on a range
+  kReadAhead,       // ReadAhead::mu_: one range's read-ahead window
+  kWorkerQueue,     // WorkerPool::mu_: the migration workers' job queue
+  kParallelFor,     // WorkerPool::ParallelFor's completion count
+  kBulkStatus,      // Migrator::Bulk's first error
+  kReadAheadFence,  // ReadAheadFence::mu_: read-ahead in flight vs device use
   kCount,
 };
 
@@ -79,6 +80,8 @@ inline const char* LockRankName(LockRank rank) {
       return "WorkerPool::ParallelFor::mu";
     case LockRank::kBulkStatus:
       return "Migrator::Bulk::mu";
+    case LockRank::kReadAheadFence:
+      return "ReadAheadFence::mu_";
     case LockRank::kCount:
       break;
   }

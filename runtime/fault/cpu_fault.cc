@@ -20,6 +20,7 @@
 #include "runtime/mm/migrator.h"
 #include "runtime/mm/va_space.h"
 #include "runtime/policy/policy.h"
+#include "runtime/policy/readahead_fence.h"
 #include "runtime/process/workers.h"
 #include "runtime/trace/tracer.h"
 
@@ -459,7 +460,13 @@ void CpuFault::PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to
     RangeRef ref = range.Clone();
     if (!ref) return;
     auto job = [mm = &mm_, r = std::make_shared<RangeRef>(std::move(ref)), a, b, decided_ns] {
+      // Not past a device use that began after the decision (policy/readahead_fence.h).
+      if (!mm->readahead_fence->Enter(decided_ns)) {
+        mm->counters->readahead_dropped.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
       absl::Status s = mm->migrator->ToHost(**r, a, b, MigrateCause::kReadAhead, decided_ns);
+      mm->readahead_fence->Leave();
       if (!s.ok()) trace::TraceError(s.code(), a, -1);  // the CPU's own fault reports it
     };
     if (!mm_.workers->Post(std::move(job))) return;

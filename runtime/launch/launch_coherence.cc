@@ -10,10 +10,15 @@
 #include "runtime/mm/device_table.h"
 #include "runtime/mm/migrator.h"
 #include "runtime/mm/va_space.h"
+#include "runtime/policy/readahead_fence.h"
+#include "runtime/trace/tracer.h"
 
 namespace uhmm {
 
 absl::Status LaunchCoherence::Sync(DeviceState& ds, void* queue) {
+  // First: read-ahead decided before this launch is dropped, and what is copying finishes (and
+  // bumps the host epoch if it moved pages home), so the check below sees where pages are.
+  mm_.readahead_fence->DeviceUseBegins(trace::Tracer::Now());
   mm_.faults->AwaitDiscards(0, UINTPTR_MAX);
   const uint64_t epoch = mm_.va_space->host_epoch();
   if (ds.synced_epoch.load(std::memory_order_acquire) == epoch) return absl::OkStatus();
