@@ -8,10 +8,12 @@
 // read-ahead decided before it is dropped, and the ones already copying finish before the device
 // use goes on (their pages are then home, which the device use's own launch sync sees).
 //
-// LOCKING: `mu_` (rank kReadAheadFence) is a leaf; neither side holds another runtime lock.
+// LOCKING: atomics, and `mu_` (rank kReadAheadFence, a leaf) only to wait for read-ahead to finish;
+// neither side holds another runtime lock.
 #ifndef UHMM_RUNTIME_POLICY_READAHEAD_FENCE_H_
 #define UHMM_RUNTIME_POLICY_READAHEAD_FENCE_H_
 
+#include <atomic>
 #include <cstdint>
 
 #include "runtime/base/sync.h"
@@ -23,28 +25,36 @@ class ReadAheadFence {
   // A read-ahead decided at `decided_ns` is about to migrate: false (drop it) when a device use
   // began at or after that time. On true, call Leave when the migration is done.
   bool Enter(uint64_t decided_ns) {
-    MutexLock lock(&mu_);
-    if (device_use_ns_ >= decided_ns) return false;
-    ++inflight_;
-    return true;
+    // Counted before the check: a device use that raises the fence after it sees the count.
+    inflight_.fetch_add(1);
+    if (device_use_ns_.load() < decided_ns) return true;
+    Leave();
+    return false;
   }
   void Leave() {
-    MutexLock lock(&mu_);
-    if (--inflight_ == 0) idle_.SignalAll();
+    if (inflight_.fetch_sub(1) != 1) return;
+    MutexLock lock(&mu_);  // under the lock: a waiter between its check and its wait is not missed
+    idle_.SignalAll();
   }
   // A device is about to use managed memory (a launch, a device-side access) at `now_ns`: drops the
-  // read-ahead decided before then, and waits for the read-ahead under way to finish.
+  // read-ahead decided before then, and waits for the read-ahead under way to finish. Two atomic
+  // operations when no read-ahead is copying (every launch comes here).
   void DeviceUseBegins(uint64_t now_ns) {
+    uint64_t seen = device_use_ns_.load();
+    while (seen < now_ns && !device_use_ns_.compare_exchange_weak(seen, now_ns)) {
+    }
+    if (inflight_.load() == 0) return;
     MutexLock lock(&mu_);
-    if (now_ns > device_use_ns_) device_use_ns_ = now_ns;
-    while (inflight_ > 0) idle_.Wait(&mu_);
+    while (inflight_.load() > 0) idle_.Wait(&mu_);
   }
 
  private:
-  Mutex mu_{LockRank::kReadAheadFence};
+  // Sequentially consistent: Enter writes inflight_ then reads device_use_ns_, DeviceUseBegins
+  // writes device_use_ns_ then reads inflight_, so at least one of them sees the other.
+  std::atomic<uint64_t> device_use_ns_{0};
+  std::atomic<int> inflight_{0};
+  Mutex mu_{LockRank::kReadAheadFence};  // for idle_ only
   CondVar idle_;
-  uint64_t device_use_ns_ ABSL_GUARDED_BY(mu_) = 0;
-  int inflight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace uhmm
