@@ -11,6 +11,8 @@
 #include <string>
 #include <thread>
 
+#include "runtime/api/counters.h"
+#include "runtime/api/runtime_impl.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {
@@ -177,6 +179,31 @@ TEST_F(LaunchTest, SameAddressModeGivesTheKernelTheManagedPointer) {
   ASSERT_TRUE(rt_->Free(p).ok());
   // The range's blocks are unmapped from the device when it is freed.
   EXPECT_EQ(host_dev()->DevicePointer(reinterpret_cast<uint64_t>(p)), nullptr);
+}
+
+// Launch coherence keeps its work per block: after the CPU brings one page home, a sync looks at
+// that block only, however much is managed, and a sync with nothing new looks at none.
+TEST_F(LaunchTest, SyncLooksOnlyAtBlocksWhosePagesCameHome) {
+  constexpr size_t kBytes = 32 * kMiB;
+  uint64_t* p = AllocFilled(kBytes, 30);
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  ASSERT_EQ(CountAt(Residency(p, kBytes), 0), kBytes / kPageSize);
+  const Counters& c = *static_cast<RuntimeImpl&>(*rt_).mm().counters;
+  const uint64_t checked = c.launch_blocks_checked.load(), syncs = c.launch_syncs.load();
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  EXPECT_EQ(c.launch_blocks_checked.load(), checked) << "nothing came home, yet blocks were checked";
+  EXPECT_EQ(c.launch_syncs.load(), syncs);
+  const size_t w = 5 * kBlockSize / 8 + 1000;  // block 5
+  p[w] = Pattern(30, w);                       // a CPU write (same value) faults its granule home
+  const Stats before = rt_->stats();
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  const Stats after = rt_->stats();
+  EXPECT_EQ(c.launch_blocks_checked.load() - checked, 1u) << "one block came home; the others were looked at";
+  EXPECT_GT(after.launch_pages_to_device - before.launch_pages_to_device, 0u);
+  EXPECT_EQ(CountAt(Residency(p, kBytes), 0), kBytes / kPageSize) << "the written page was not pushed";
+  EXPECT_EQ(Kernel(p, kBytes, 30, 31), 0u) << note_;
+  EXPECT_EQ(FirstMismatch(p, kBytes, 31), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
 }
 
 // Threads that each own a range loop: CPU writes round r, launch a kernel that checks round r in

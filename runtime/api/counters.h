@@ -14,6 +14,7 @@ struct Counters {
   std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, forks{0};
   std::atomic<uint64_t> own_zap_events{0}, zero_fill_faults{0};
   std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};
+  std::atomic<uint64_t> launch_blocks_checked{0};  // queued blocks launch syncs looked at
   std::atomic<uint64_t> readahead_pages{0}, readahead_dropped{0}, grown_faults{0}, thrashing_blocks{0};
   // Resolving userfaultfd ioctls (fault/uffd.cc), one per call including retries; uffd_eexist: the
   // CONTINUEs that found their first page already mapped. fault_migrations: page_fault calls made

@@ -30,6 +30,7 @@ namespace uhmm {
 // Ranks, outermost first. Keep in step with the table in docs/ARCHITECTURE.md.
 enum class LockRank : uint8_t {
   kUnranked = 0,    // not checked (tests, locks outside the runtime)
+  kLaunchSync,      // LaunchCoherence::sync_mu_: one launch sync pushes at a time
   kVaSpace,         // VaSpace::mu_: the range map
   kVaBlock,         // VaBlock::mu: one 2 MiB block's page states
   kFaultRead,       // FaultService::read_mu_: reads of the userfaultfd
@@ -45,6 +46,8 @@ enum class LockRank : uint8_t {
   kParallelFor,     // WorkerPool::ParallelFor's completion count
   kBulkStatus,      // Migrator::Bulk's first error
   kReadAheadFence,  // ReadAheadFence::mu_: read-ahead in flight vs device use
+  kRangeDirty,      // ManagedRange::dirty_mu_: the range's host-dirty blocks
+  kSpaceDirty,      // VaSpace::dirty_mu_: the ranges with host-dirty blocks
   kCount,
 };
 
@@ -52,6 +55,8 @@ inline const char* LockRankName(LockRank rank) {
   switch (rank) {
     case LockRank::kUnranked:
       return "unranked";
+    case LockRank::kLaunchSync:
+      return "LaunchCoherence::sync_mu_";
     case LockRank::kVaSpace:
       return "VaSpace::mu_";
     case LockRank::kVaBlock:
@@ -82,6 +87,10 @@ inline const char* LockRankName(LockRank rank) {
       return "Migrator::Bulk::mu";
     case LockRank::kReadAheadFence:
       return "ReadAheadFence::mu_";
+    case LockRank::kRangeDirty:
+      return "ManagedRange::dirty_mu_";
+    case LockRank::kSpaceDirty:
+      return "VaSpace::dirty_mu_";
     case LockRank::kCount:
       break;
   }

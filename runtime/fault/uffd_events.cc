@@ -54,7 +54,7 @@ void UffdEvents::DiscardInBlock(ManagedRange& range, uintptr_t start, uintptr_t 
     const bool whole = start == block_start && end == std::min(block_start + kBlockSize, range.end());
     if (range.hugetlb() && whole && !blk.busy.any()) {
       // The whole hugepage goes, wherever it was.
-      if (blk.device.any()) mm_.va_space->BumpHostEpoch();
+      range.MarkHostDirty(blk);  // it ends host-resident (zero)
       for (size_t i = 0; i < kPagesPerBlock; ++i) {
         if (blk.State(i) == PageState::kUnmapped) continue;
         if (Page* p = blk.Discard(i)) release.push_back(p);
@@ -99,12 +99,10 @@ void UffdEvents::ApplyDiscard(ManagedRange& range, VaBlock& blk, uintptr_t addr,
     }
     return;
   }
-  if (Page* p = blk.Discard(i)) {
-    release->push_back(p);
-    // Before the block lock goes: whoever sees the page on the host also sees that launch
-    // coherence has work again.
-    mm_.va_space->BumpHostEpoch();
-  }
+  if (Page* p = blk.Discard(i)) release->push_back(p);
+  // Host-resident now (it may have been on a device, or poisoned): queued for launch coherence
+  // before the block lock goes.
+  range.MarkHostDirty(blk);
   // Under the block lock: a migration to a device must not copy the old shadow meanwhile.
   ZeroShadow(range, addr, addr + kPageSize);
 }

@@ -1,6 +1,7 @@
 // Launch coherence; see launch_coherence.h.
 #include "runtime/launch/launch_coherence.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -15,13 +16,37 @@
 
 namespace uhmm {
 
+namespace {
+
+// Whether `blk` holds pages a device push still has to settle: host-resident (not on a device,
+// unmapped or poisoned), or held by a migration in flight.
+bool HasHostWork(ManagedRange& range, size_t b, VaBlock& blk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
+  const uintptr_t start = range.block_start(b);
+  const size_t n = (std::min(range.end(), start + kBlockSize) - start) / kPageSize;
+  const PageMask settled = blk.device | blk.unmapped | blk.poisoned;
+  return blk.busy.any() || settled.count() < n;
+}
+
+}  // namespace
+
 absl::Status LaunchCoherence::Sync(DeviceState& ds, void* queue) {
+  (void)queue;  // the migration is complete when it returns: ordered before anything queued next
   // First: read-ahead decided before this launch is dropped, and what is copying finishes (and
-  // bumps the host epoch if it moved pages home), so the check below sees where pages are.
+  // queues its blocks), so the check below sees where pages are.
   mm_.readahead_fence->DeviceUseBegins(trace::Tracer::Now());
   mm_.faults->AwaitDiscards(0, UINTPTR_MAX);
-  const uint64_t epoch = mm_.va_space->host_epoch();
-  if (ds.synced_epoch.load(std::memory_order_acquire) == epoch) return absl::OkStatus();
+  // Nothing came home and no other sync is pushing what did: nothing to do. (A sync sets pushing_
+  // before it takes the list, so a list seen empty after the take is seen with pushing_ set.)
+  if (!mm_.va_space->has_host_dirty() && !pushing_.load()) return absl::OkStatus();
+  MutexLock lock(&sync_mu_);  // after any sync that is pushing
+  if (!mm_.va_space->has_host_dirty()) return absl::OkStatus();
+  pushing_.store(true);
+  absl::Status status = PushAll(ds);
+  pushing_.store(false);
+  return status;
+}
+
+absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
   mm_.va_space->ReapZombies();
   std::vector<std::shared_ptr<ManagedRange>> ranges = mm_.va_space->All();
   size_t managed = 0;
@@ -38,51 +63,65 @@ absl::Status LaunchCoherence::Sync(DeviceState& ds, void* queue) {
         "raise UHMM_DEVICE_POOL_BYTES",
         managed, ds.ordinal, pool_bytes));
   }
+  ranges.clear();
   mm_.counters->launch_syncs.fetch_add(1, std::memory_order_relaxed);
-  (void)queue;  // the migration is complete when it returns: ordered before anything queued next
-  for (auto& r : ranges) {
-    RangeRef ref(r);
-    if (!ref) continue;  // being freed
-    for (auto [s, e] : BlocksWithHostPages(*ref)) {
-      if (absl::Status st = mm_.migrator->ToDevice(*ref, s, e, ds, MigrateCause::kLaunch); !st.ok()) {
-        return st;
-      }
+  const std::vector<uintptr_t> starts = mm_.va_space->TakeHostDirty();
+  absl::Status status;
+  for (size_t k = 0; k < starts.size(); ++k) {
+    RangeRef ref = mm_.va_space->Lookup(starts[k]);
+    // Freed since (a new range at that address lists itself).
+    if (!ref || ref->start() != starts[k]) continue;
+    if (!status.ok()) {
+      mm_.va_space->NoteHostDirty(starts[k]);  // its blocks are still queued: list it again
+      continue;
     }
+    status = PushBlocks(*ref, ref->TakeHostDirty(), ds);
   }
-  ds.synced_epoch.store(epoch, std::memory_order_release);
-  return absl::OkStatus();
+  return status;
 }
 
-PageRuns LaunchCoherence::BlocksWithHostPages(ManagedRange& range) {
+absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32_t> blocks, DeviceState& ds) {
+  std::sort(blocks.begin(), blocks.end());
+  mm_.counters->launch_blocks_checked.fetch_add(blocks.size(), std::memory_order_relaxed);
+  // Unflag first: pages that come home from now on queue their block again.
   PageRuns runs;
-  for (size_t b = 0; b < range.num_blocks(); ++b) {
-    const uintptr_t start = range.block_start(b);
-    const uintptr_t end = std::min(range.end(), start + kBlockSize);
-    const size_t n = (end - start) / kPageSize;
+  for (uint32_t b : blocks) {
     VaBlock& blk = range.block(b);
     bool work;
     {
       MutexLock lock(&blk.mu);
-      // Pages that stay where they are: on a device, unmapped by the application, or poisoned.
-      const PageMask settled = blk.device | blk.unmapped | blk.poisoned;
-      work = blk.busy.any() || settled.count() < n;
+      blk.host_dirty = false;
+      work = HasHostWork(range, b, blk);
     }
     if (!work) continue;
+    const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
     if (!runs.empty() && runs.back().second == start) {
       runs.back().second = end;
     } else {
       runs.emplace_back(start, end);
     }
   }
-  return runs;
+  absl::Status status;
+  for (auto [s, e] : runs) {
+    status = mm_.migrator->ToDevice(range, s, e, ds, MigrateCause::kLaunch);
+    if (!status.ok()) break;
+  }
+  // What is still not settled (a failed push, pages a migration held) stays queued.
+  for (uint32_t b : blocks) {
+    VaBlock& blk = range.block(b);
+    MutexLock lock(&blk.mu);
+    if (HasHostWork(range, b, blk)) range.MarkHostDirty(blk);
+  }
+  return status;
 }
 
 void LaunchCoherence::BeforeLaunch(DeviceState& ds, void* queue) {
   absl::Status s = Sync(ds, queue);
   if (s.ok()) return;
-  // Once per epoch: a launch cannot be failed from here, so say why its data may be missing.
-  const uint64_t epoch = mm_.va_space->host_epoch();
-  if (error_epoch_.exchange(epoch) != epoch) {
+  // Once per change of the work list: a launch cannot be failed from here, so say why its data may
+  // be missing.
+  const uint64_t generation = mm_.va_space->host_dirty_generation();
+  if (error_generation_.exchange(generation) != generation) {
     std::fprintf(stderr, "uhmm: transparent launch on device %d: managed data is not all resident: %s\n",
                  ds.ordinal, std::string(s.message()).c_str());
   }

@@ -23,8 +23,6 @@ struct DeviceState {
   std::unique_ptr<PagePool> pool;
   // Allocates this device's pages for migrations (alloc_device_page), evicting when the pool is full.
   Evictor* evictor = nullptr;
-  // VaSpace::host_epoch() at this device's last complete launch-coherence pass.
-  std::atomic<uint64_t> synced_epoch{0};
   // Migrations to this device; uhmm_evict_device closes it while it empties the device.
   MigrationGate gate;
 };

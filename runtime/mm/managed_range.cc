@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/mm/mm.h"
+#include "runtime/mm/va_space.h"
 #include "runtime/process/numa_placement.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -233,6 +234,23 @@ void ManagedRange::BeginTeardown() {
   MutexLock lock(&life_mu_);
   dying_ = true;
   while (inflight_ > 0) life_cv_.Wait(&life_mu_);
+}
+
+void ManagedRange::MarkHostDirty(VaBlock& blk) {
+  if (blk.host_dirty) return;
+  blk.host_dirty = true;
+  bool first;
+  {
+    MutexLock lock(&dirty_mu_);
+    first = dirty_.empty();
+    dirty_.push_back(static_cast<uint32_t>(&blk - blocks_.get()));
+  }
+  if (first) mm_.va_space->NoteHostDirty(start_);
+}
+
+std::vector<uint32_t> ManagedRange::TakeHostDirty() {
+  MutexLock lock(&dirty_mu_);
+  return std::exchange(dirty_, {});
 }
 
 }  // namespace uhmm

@@ -92,6 +92,13 @@ class ManagedRange {
   // Runs of [start, end) that the application has not unmapped (takes the block locks).
   PageRuns MappedRuns(uintptr_t start, uintptr_t end);
 
+  // Launch coherence: blocks whose pages became host-resident (allocation, a migration to RAM, a
+  // discard) since a launch sync last pushed them. Called under the block's lock at the moment
+  // pages become host-resident, so no sync can miss them; the first block queued puts the range on
+  // VaSpace's list. TakeHostDirty empties the list (the blocks stay flagged until the sync looks).
+  void MarkHostDirty(VaBlock& blk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
+  std::vector<uint32_t> TakeHostDirty();
+
   // Lifetime: operations Enter() before touching the range and Exit() after. BeginTeardown() makes
   // new Enter() calls fail and waits for the ones in flight.
   bool Enter();
@@ -117,6 +124,9 @@ class ManagedRange {
   int memfd_ = -1;
   ReadAhead readahead_;
   std::unique_ptr<VaBlock[]> blocks_;
+
+  Mutex dirty_mu_{LockRank::kRangeDirty};
+  std::vector<uint32_t> dirty_ ABSL_GUARDED_BY(dirty_mu_);  // block indices
 
   Mutex life_mu_{LockRank::kRangeLife};
   CondVar life_cv_;

@@ -226,6 +226,7 @@ void migrate_vma_finalize(MigrateVma* m) {
       }
     } else if (copied && blk.State(i) == PageState::kDevice) {
       release.push_back(blk.CommitToHost(i));  // src.page
+      r.MarkHostDirty(blk);
       device = src.page->pgmap->device;
       ++moved;
       map[idx] = true;

@@ -143,7 +143,6 @@ void Migrator::Count(bool to_device, MigrateCause cause, size_t pages) {
   if (cause == MigrateCause::kEviction) c.evicted_pages.fetch_add(pages);
   if (cause == MigrateCause::kLaunch && to_device) c.launch_pages.fetch_add(pages);
   if (cause == MigrateCause::kReadAhead) c.readahead_pages.fetch_add(pages);
-  if (!to_device && pages > 0) mm_.va_space->BumpHostEpoch();
 }
 
 }  // namespace uhmm

@@ -134,6 +134,9 @@ struct VaBlock {
   // When a migration to a device last started here (even if the pages were there already): read-
   // ahead decided before that leaves the block alone (MigrateVma::skip_if_moved_after_ns).
   uint64_t device_wanted_ns ABSL_GUARDED_BY(mu) = 0;
+  // Launch coherence: queued in its range's host-dirty list (ManagedRange::MarkHostDirty), because
+  // pages here became host-resident since a launch sync last pushed the block.
+  bool host_dirty ABSL_GUARDED_BY(mu) = false;
 
   // --- Queries ---
   PageState State(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) {

@@ -36,9 +36,14 @@ absl::StatusOr<void*> VaSpace::Create(size_t size, Backing backing) {
     absl::Status s = mm_.uffd->Continue(range->start(), range->size(), /*wake=*/true, range->cpu_page());
     if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
   }
+  // Every page starts host-resident (zero): the first launch pushes the range.
+  for (size_t b = 0; b < range->num_blocks(); ++b) {
+    VaBlock& blk = range->block(b);
+    MutexLock block_lock(&blk.mu);
+    range->MarkHostDirty(blk);
+  }
   MutexLock lock(&mu_);
   ranges_[range->start()] = range;
-  BumpHostEpoch();  // new host-resident pages
   trace::TraceRange(/*alloc=*/true, range->start(), range->size());
   return reinterpret_cast<void*>(range->start());
 }
@@ -207,6 +212,19 @@ void VaSpace::ForgetInForkChild() {
     range->DetachBackend();
   }
   ranges_.clear();
+}
+
+void VaSpace::NoteHostDirty(uintptr_t range_start) {
+  MutexLock lock(&dirty_mu_);
+  dirty_.push_back(range_start);
+  dirty_count_.store(dirty_.size());
+  dirty_generation_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+std::vector<uintptr_t> VaSpace::TakeHostDirty() {
+  MutexLock lock(&dirty_mu_);
+  dirty_count_.store(0);
+  return std::exchange(dirty_, {});
 }
 
 }  // namespace uhmm

@@ -1,6 +1,6 @@
 // VaSpace: the process's managed ranges (nvidia-uvm's uvm_va_space): the range map, creating and
-// destroying ranges, forgetting addresses the application unmapped, and the host epoch that tells
-// launch coherence whether pages may have become host-resident.
+// destroying ranges, forgetting addresses the application unmapped, and the list of ranges whose
+// blocks gained host-resident pages, which launch coherence pushes.
 //
 // LOCKING: mu_ (rank kVaSpace, the outermost; docs/ARCHITECTURE.md "Lock order") guards the map and
 // the zombie list; it is held briefly and never while waiting for anything. Block locks are taken
@@ -54,10 +54,13 @@ class VaSpace {
   // range left with no page becomes a zombie (ReapZombies).
   void ForgetAddresses(uintptr_t start, uintptr_t end);
 
-  // Bumped whenever pages may have become host-resident (allocation, migration to RAM, discard):
-  // launch coherence has work only when it moved since a device's last pass.
-  uint64_t host_epoch() const { return host_epoch_.load(std::memory_order_acquire); }
-  void BumpHostEpoch() { host_epoch_.fetch_add(1, std::memory_order_acq_rel); }
+  // Launch coherence's work list: the starts of ranges with host-dirty blocks
+  // (ManagedRange::MarkHostDirty). A launch with nothing on it has nothing to push.
+  void NoteHostDirty(uintptr_t range_start);
+  std::vector<uintptr_t> TakeHostDirty();
+  bool has_host_dirty() const { return dirty_count_.load() != 0; }
+  // Counts NoteHostDirty calls: launch coherence reports a failure once per value.
+  uint64_t host_dirty_generation() const { return dirty_generation_.load(std::memory_order_acquire); }
 
   // fork: Prepare holds the map exclusively across the clone (the child walks it); the parent
   // releases it, the child re-creates the lock and walks the map alone. Outside the analysis (and
@@ -75,7 +78,10 @@ class VaSpace {
   std::map<uintptr_t, std::shared_ptr<ManagedRange>> ranges_ ABSL_GUARDED_BY(mu_);
   // Ranges the application munmapped entirely; torn down on the next API call.
   std::vector<std::shared_ptr<ManagedRange>> zombies_ ABSL_GUARDED_BY(mu_);
-  std::atomic<uint64_t> host_epoch_{1};
+  mutable Mutex dirty_mu_{LockRank::kSpaceDirty};
+  std::vector<uintptr_t> dirty_ ABSL_GUARDED_BY(dirty_mu_);
+  std::atomic<size_t> dirty_count_{0};  // dirty_.size(), read without the lock (every launch does)
+  std::atomic<uint64_t> dirty_generation_{0};
 };
 
 }  // namespace uhmm
