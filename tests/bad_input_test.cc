@@ -38,13 +38,6 @@ class BadInputTest : public RuntimeTest {
   uint64_t* live_ = nullptr;
 };
 
-#define EXPECT_ERROR(expr, want_code, fragment)                                   \
-  do {                                                                            \
-    absl::Status _s = (expr);                                                     \
-    EXPECT_EQ(_s.code(), (want_code)) << _s;                                      \
-    EXPECT_NE(std::string(_s.message()).find(fragment), std::string::npos) << _s; \
-  } while (0)
-
 TEST_F(BadInputTest, NullPointerIsRejected) {
   EXPECT_ERROR(rt_->Free(nullptr), absl::StatusCode::kInvalidArgument, "NULL");
   EXPECT_ERROR(rt_->Migrate(nullptr, kPageSize, 0), absl::StatusCode::kInvalidArgument, "NULL");

@@ -236,6 +236,28 @@ class Harness {
     return pages;
   }
 
+  // A device-side read of every page of [p, p+bytes) that has a device address, compared with
+  // `seed`'s pattern. Returns pages whose device copy differs; *read (optional) counts pages read.
+  size_t DeviceMismatches(const uint64_t* p, size_t bytes, uint64_t seed, size_t* read = nullptr) {
+    size_t bad = 0, n = 0;
+    std::vector<uint64_t> buf(kPageSize / 8);
+    for (size_t off = 0; off < bytes; off += kPageSize) {
+      absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<const uint8_t*>(p) + off);
+      if (!dev.ok()) continue;
+      absl::Status s = access0_->DeviceRead(*dev, buf.data(), kPageSize);
+      EXPECT_TRUE(s.ok()) << s;
+      ++n;
+      for (size_t i = 0; i < buf.size(); ++i) {
+        if (buf[i] != Pattern(seed, off / 8 + i)) {
+          ++bad;
+          break;
+        }
+      }
+    }
+    if (read != nullptr) *read = n;
+    return bad;
+  }
+
   std::vector<int32_t> Residency(const void* p, size_t bytes) {
     absl::StatusOr<std::vector<int32_t>> r = rt_->Residency(p, bytes);
     EXPECT_TRUE(r.ok()) << r.status();
@@ -260,6 +282,14 @@ class Harness {
   FaultInjector* faults0_ = nullptr;  // device 0's, with fault injection on (TestConfig)
   DeviceAccess* access0_ = nullptr;   // device 0's device-side access
 };
+
+// A status with code `want_code` whose message contains `fragment`.
+#define EXPECT_ERROR(expr, want_code, fragment)                                   \
+  do {                                                                            \
+    absl::Status _s = (expr);                                                     \
+    EXPECT_EQ(_s.code(), (want_code)) << _s;                                      \
+    EXPECT_NE(std::string(_s.message()).find(fragment), std::string::npos) << _s; \
+  } while (0)
 
 #define UHMM_RETURN_IF_SKIPPED()                                                    \
   do {                                                                              \

@@ -70,6 +70,9 @@ struct VmFault {
   uintptr_t start = 0;
   uintptr_t end = 0;
   Page* page = nullptr;
+  // Set by the runtime: keep the device copy of what comes back (read duplication: a CPU read
+  // fault on a range that tracks CPU writes). migrate_fault_to_ram passes it on.
+  bool keep_device_copy = false;
 };
 
 // migrate_vma flags.
@@ -82,6 +85,10 @@ enum MigratePfnFlags : uint32_t {
   kMigratePfnValid = 1u << 0,
   kMigratePfnMigrate = 1u << 1,  // src: collected and locked; dst: copied and ready to commit
   kMigratePfnDevice = 1u << 2,   // entry is a device page
+  // src, to a device: the host page keeps a copy on this device (read duplication) at src.page,
+  // which dst reuses; without kMigratePfnDirty the copy is current and nothing is copied.
+  kMigratePfnDuplicate = 1u << 3,
+  kMigratePfnDirty = 1u << 4,  // src duplicate that the CPU wrote: copied like any host page
 };
 
 // Why pages move (also the cause field of trace records). kPrefetch is an explicit migration the
@@ -130,6 +137,9 @@ struct MigrateVma {
   // after this time (the Tracer clock), so read-ahead decided earlier never undoes a later prefetch
   // or launch.
   uint64_t skip_if_moved_after_ns = 0;
+  // To RAM: the device pages stay behind as copies of what came home (VaBlock "duplicate"), and
+  // finalize maps the pages write-protected so that CPU writes are tracked.
+  bool keep_device_copy = false;
 };
 
 absl::Status migrate_vma_setup(MigrateVma* migrate);

@@ -27,6 +27,9 @@ typedef enum uhmm_status {
 #define UHMM_LOCATION_HOST (-1)
 #define UHMM_LOCATION_POISONED (-2) /* data lost to a device error; access raises SIGBUS */
 #define UHMM_LOCATION_UNMAPPED (-3) /* the application munmapped this page */
+/* Only from uhmm_range_get_attribute: */
+#define UHMM_LOCATION_NONE (-4)  /* no preferred location is advised */
+#define UHMM_LOCATION_MIXED (-5) /* the pages of the span differ */
 
 typedef enum uhmm_sigbus_mode {
   UHMM_SIGBUS_AUTO = 0,   /* UFFDIO_POISON when the kernel has it (6.6+), else tgkill */
@@ -124,6 +127,12 @@ typedef struct uhmm_stats {
   uint64_t zero_fill_faults;       /* faults on pages with no host copy yet (first touch of a range,
                                       or after a discard): served for the fault's whole 2 MiB block at
                                       once, its host pages without a copy getting zero pages */
+  /* Read duplication (docs/SEMANTICS.md): */
+  uint64_t duplicate_pages_kept;    /* pages that came home for CPU reads keeping their device copy */
+  uint64_t duplicate_pages_reused;  /* part of pages_to_device that went back to their device copy
+                                       without a copy: the CPU had not written them */
+  uint64_t duplicate_pages_dropped; /* device copies dropped without a copy by eviction, or by a move
+                                       to another device */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;
@@ -183,6 +192,41 @@ uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device);
 uhmm_status_t uhmm_query_residency(uhmm_runtime_t* rt, const void* ptr, size_t size, int32_t* out,
                                    size_t out_len);
 uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out);
+
+/* Memory advice, after cudaMemAdvise (docs/SEMANTICS.md, "Memory advice"). Advice is kept per 4 KiB
+ * page and lasts until it is unset or the allocation is freed. */
+typedef enum uhmm_advice {
+  UHMM_ADVISE_SET_READ_MOSTLY = 1, /* mostly read: CPU reads may keep a device copy */
+  UHMM_ADVISE_UNSET_READ_MOSTLY = 2,
+  UHMM_ADVISE_SET_PREFERRED_LOCATION = 3, /* where the data should live: a device or the host */
+  UHMM_ADVISE_UNSET_PREFERRED_LOCATION = 4,
+  UHMM_ADVISE_SET_ACCESSED_BY = 5, /* a device that uses the data (one bit per device, < 64) */
+  UHMM_ADVISE_UNSET_ACCESSED_BY = 6,
+  UHMM_ADVISE_SET_FAULT_GRANULE = 7, /* bytes a CPU fault migrates back (UHMM_FAULT_GRANULARITY) */
+  UHMM_ADVISE_UNSET_FAULT_GRANULE = 8
+} uhmm_advice_t;
+/* Applies `advice` to the pages of [ptr, ptr+size). ptr must be 4 KiB aligned; size may end anywhere
+ * in a page (it is rounded up to 4 KiB); the span must lie inside one allocation.
+ * arg: the device for SET/UNSET_ACCESSED_BY, the device or UHMM_LOCATION_HOST for
+ * SET_PREFERRED_LOCATION, the granule in bytes (a power of two from 4 KiB to 2 MiB) for
+ * SET_FAULT_GRANULE, and 0 otherwise (UNSET_PREFERRED_LOCATION clears whatever was set). A failed
+ * call changes nothing. */
+uhmm_status_t uhmm_advise(uhmm_runtime_t* rt, void* ptr, size_t size, uhmm_advice_t advice, int64_t arg);
+
+typedef enum uhmm_range_attribute {
+  /* 1 when every page of the span is read-mostly, else 0 */
+  UHMM_RANGE_ATTRIBUTE_READ_MOSTLY = 1,
+  /* the device, UHMM_LOCATION_HOST, UHMM_LOCATION_NONE (none set) or UHMM_LOCATION_MIXED (pages differ) */
+  UHMM_RANGE_ATTRIBUTE_PREFERRED_LOCATION = 2,
+  /* bit d set when device d is in every page's accessed-by set */
+  UHMM_RANGE_ATTRIBUTE_ACCESSED_BY = 3,
+  /* bytes, when every page has the same advised granule; 0 when none is advised; UHMM_LOCATION_MIXED
+     when they differ */
+  UHMM_RANGE_ATTRIBUTE_FAULT_GRANULE = 4
+} uhmm_range_attribute_t;
+/* Reads one advice attribute of [ptr, ptr+size) into *out (same span rules as uhmm_advise). */
+uhmm_status_t uhmm_range_get_attribute(uhmm_runtime_t* rt, const void* ptr, size_t size,
+                                       uhmm_range_attribute_t attribute, int64_t* out);
 
 int uhmm_device_count(const uhmm_runtime_t* rt);
 uhmm_status_t uhmm_get_native_handles(uhmm_runtime_t* rt, int device, uhmm_native_handles_t* out);

@@ -23,6 +23,8 @@ inline constexpr size_t kBlockSize = size_t{2} << 20;  // VaBlock and device roo
 inline constexpr int kHost = UHMM_LOCATION_HOST;
 inline constexpr int kPoisoned = UHMM_LOCATION_POISONED;
 inline constexpr int kUnmapped = UHMM_LOCATION_UNMAPPED;
+inline constexpr int kNoLocation = UHMM_LOCATION_NONE;      // GetRangeAttribute: no preferred location
+inline constexpr int kMixedLocation = UHMM_LOCATION_MIXED;  // GetRangeAttribute: the pages differ
 
 enum class Backing {
   kDefault = UHMM_BACKING_DEFAULT,
@@ -33,6 +35,24 @@ enum class HugetlbMode {
   kAuto = UHMM_HUGETLB_AUTO,
   kNever = UHMM_HUGETLB_NEVER,
   kAlways = UHMM_HUGETLB_ALWAYS
+};
+
+// Memory advice (uhmm_advise in uhmm.h says what each takes as its argument).
+enum class Advice {
+  kSetReadMostly = UHMM_ADVISE_SET_READ_MOSTLY,
+  kUnsetReadMostly = UHMM_ADVISE_UNSET_READ_MOSTLY,
+  kSetPreferredLocation = UHMM_ADVISE_SET_PREFERRED_LOCATION,
+  kUnsetPreferredLocation = UHMM_ADVISE_UNSET_PREFERRED_LOCATION,
+  kSetAccessedBy = UHMM_ADVISE_SET_ACCESSED_BY,
+  kUnsetAccessedBy = UHMM_ADVISE_UNSET_ACCESSED_BY,
+  kSetFaultGranule = UHMM_ADVISE_SET_FAULT_GRANULE,
+  kUnsetFaultGranule = UHMM_ADVISE_UNSET_FAULT_GRANULE
+};
+enum class RangeAttribute {
+  kReadMostly = UHMM_RANGE_ATTRIBUTE_READ_MOSTLY,
+  kPreferredLocation = UHMM_RANGE_ATTRIBUTE_PREFERRED_LOCATION,
+  kAccessedBy = UHMM_RANGE_ATTRIBUTE_ACCESSED_BY,
+  kFaultGranule = UHMM_RANGE_ATTRIBUTE_FAULT_GRANULE
 };
 
 enum class SigbusMode { kAuto = UHMM_SIGBUS_AUTO, kPoison = UHMM_SIGBUS_POISON, kTkill = UHMM_SIGBUS_TKILL };
@@ -69,7 +89,11 @@ struct Config {
   // The fault path before one-CONTINUE faults and per-block coalescing (a re-check round after each
   // migration back, WAKE after EEXIST, one message at a time), for before/after measurements.
   bool fault_recheck = false;  // UHMM_FAULT_RECHECK=1|0
-  bool placement = true;       // UHMM_PLACEMENT=auto|none (hwloc)
+  // Read duplication with CPU write tracking (userfaultfd async write-protect and PAGEMAP_SCAN,
+  // Linux 6.7+; off by itself on older kernels): a CPU read brings a page home and keeps its device
+  // copy, and a launch pushes only pages the CPU wrote. UHMM_READ_DUPLICATION=1|0.
+  bool read_duplication = true;
+  bool placement = true;  // UHMM_PLACEMENT=auto|none (hwloc)
   // Backend choices (no uhmm_config_t field: the C API takes them from the environment).
   int cuda_device = 0;        // UHMM_CUDA_DEVICE: which CUDA GPU (one per runtime)
   std::string cuda_driver;    // UHMM_CUDA_DRIVER: driver library; empty = "libcuda.so.1"
@@ -114,6 +138,12 @@ class Runtime {
 
   // One location per 4 KiB page: device ordinal, kHost, kPoisoned or kUnmapped.
   virtual absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) = 0;
+
+  // Memory advice on [ptr, ptr+size) (uhmm_advise), and one attribute of the span read back
+  // (uhmm_range_get_attribute): ptr 4 KiB aligned, size rounded up to 4 KiB, one allocation.
+  virtual absl::Status Advise(void* ptr, size_t size, Advice advice, int64_t arg = 0) = 0;
+  virtual absl::StatusOr<int64_t> GetRangeAttribute(const void* ptr, size_t size,
+                                                    RangeAttribute attribute) const = 0;
   virtual Stats stats() const = 0;
 
   virtual int device_count() const = 0;

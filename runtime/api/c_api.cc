@@ -292,6 +292,26 @@ uhmm_status_t uhmm_query_residency(uhmm_runtime_t* rt, const void* ptr, size_t s
   });
 }
 
+uhmm_status_t uhmm_advise(uhmm_runtime_t* rt, void* ptr, size_t size, uhmm_advice_t advice, int64_t arg) {
+  if (rt == nullptr) return NullRuntime("uhmm_advise");
+  // Any int converts to the C++ enum (its underlying type is int); the runtime checks the value.
+  const auto raw_advice = static_cast<uhmm::Advice>(RawEnum(advice));
+  return Guarded("uhmm_advise", [&] { return Report(rt->rt->Advise(ptr, size, raw_advice, arg)); });
+}
+
+uhmm_status_t uhmm_range_get_attribute(uhmm_runtime_t* rt, const void* ptr, size_t size,
+                                       uhmm_range_attribute_t attribute, int64_t* out) {
+  if (rt == nullptr) return NullRuntime("uhmm_range_get_attribute");
+  if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_range_get_attribute: out is NULL"));
+  const auto raw_attribute = static_cast<uhmm::RangeAttribute>(RawEnum(attribute));
+  return Guarded("uhmm_range_get_attribute", [&] {
+    absl::StatusOr<int64_t> v = rt->rt->GetRangeAttribute(ptr, size, raw_attribute);
+    if (!v.ok()) return Report(v.status());
+    *out = *v;
+    return UHMM_OK;
+  });
+}
+
 uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out) {
   if (rt == nullptr) return NullRuntime("uhmm_get_stats");
   if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_get_stats: out is NULL"));

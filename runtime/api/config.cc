@@ -85,6 +85,7 @@ Config Config::FromEnv() {
   flag("UHMM_HOST_SAME_ADDRESS", &c.host_same_address);
   flag("UHMM_STATS", &c.print_stats);
   flag("UHMM_FAULT_RECHECK", &c.fault_recheck);
+  flag("UHMM_READ_DUPLICATION", &c.read_duplication);
   if (const char* v = std::getenv("UHMM_TRACE"); v && *v) c.trace_path = v;
   auto integer = [&](const char* var, int* out) {
     if (const char* v = std::getenv(var); v && *v && !absl::SimpleAtoi(v, out)) note(var, v, "an integer");

@@ -15,6 +15,9 @@ struct Counters {
   std::atomic<uint64_t> own_zap_events{0}, zero_fill_faults{0};
   std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};
   std::atomic<uint64_t> launch_blocks_checked{0};  // queued blocks launch syncs looked at
+  // Read duplication: pages that came home keeping their device copy, and duplicates moved back to
+  // their device without a copy (the CPU had not written them).
+  std::atomic<uint64_t> duplicates_kept{0}, duplicates_reused{0}, duplicates_dropped{0};
   std::atomic<uint64_t> readahead_pages{0}, readahead_dropped{0}, grown_faults{0}, thrashing_blocks{0};
   // Resolving userfaultfd ioctls (fault/uffd.cc), one per call including retries; uffd_eexist: the
   // CONTINUEs that found their first page already mapped. fault_migrations: page_fault calls made

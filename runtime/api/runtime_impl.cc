@@ -6,12 +6,14 @@
 #include <cstdio>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/api/stats.h"
 #include "runtime/fault/cpu_fault.h"
 #include "runtime/fault/fault_service.h"
 #include "runtime/fault/uffd.h"
 #include "runtime/fault/uffd_events.h"
+#include "runtime/fault/write_tracker.h"
 #include "runtime/fault/zap_tracker.h"
 #include "runtime/launch/launch_coherence.h"
 #include "runtime/mm/device_table.h"
@@ -45,6 +47,31 @@ absl::StatusOr<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Create(const Config& c
 
 RuntimeImpl::RuntimeImpl(const Config& config) : config_(config) {}
 
+absl::Status RuntimeImpl::StartWriteTracking() {
+  // Read duplication needs the kernel to record CPU writes to write-protected pages by itself.
+  if (!config_.read_duplication) {
+    write_tracking_ = "off (UHMM_READ_DUPLICATION=0)";
+    return absl::OkStatus();
+  }
+  if (!uffd_->has_async_wp()) {
+    write_tracking_ =
+        "unavailable: the kernel's userfaultfd lacks asynchronous write-protect on shmem "
+        "(UFFD_FEATURE_WP_ASYNC, Linux 6.7+); launches push every page that came home";
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::unique_ptr<WriteTracker>> tracker = WriteTracker::Open();
+  if (!tracker.ok()) {
+    write_tracking_ = std::string("unavailable: ") + std::string(tracker.status().message()) +
+                      "; launches push every page that came home";
+    return absl::OkStatus();
+  }
+  write_tracker_ = std::move(*tracker);
+  mm_.write_tracker = write_tracker_.get();
+  uffd_->set_write_protect(true);
+  write_tracking_ = "on (userfaultfd async write-protect + PAGEMAP_SCAN)";
+  return absl::OkStatus();
+}
+
 absl::Status RuntimeImpl::Init() {
   mm_.config = &config_;
   mm_.counters = &counters_;
@@ -66,6 +93,7 @@ absl::Status RuntimeImpl::Init() {
   if (!uffd.ok()) return uffd.status();
   uffd_ = std::move(*uffd);
   mm_.uffd = uffd_.get();
+  if (absl::Status s = StartWriteTracking(); !s.ok()) return s;
   absl::StatusOr<SigbusMode> sigbus_mode = ResolveSigbusMode(config_.sigbus_mode, *uffd_);
   if (!sigbus_mode.ok()) return sigbus_mode.status();
   va_space_ = std::make_unique<VaSpace>(mm_);
@@ -210,36 +238,58 @@ absl::Status RuntimeImpl::Free(void* ptr) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<RangeRef> RuntimeImpl::CheckMigrateRequest(const char* what, void* ptr, size_t size,
-                                                          int device) {
-  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+absl::Status RuntimeImpl::NoSuchDevice(const std::string& what, int64_t device, bool host_allowed) const {
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s: device %d does not exist; this runtime (%s backend) has devices 0..%d%s", what, device,
+      backend_name(), device_count() - 1, host_allowed ? " and UHMM_LOCATION_HOST (-1)" : ""));
+}
+
+absl::StatusOr<uintptr_t> RuntimeImpl::CheckSpan(const char* what, const void* ptr, size_t size,
+                                                 bool round_size) {
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
   if (ptr == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s: pointer is NULL", what));
   if (size == 0) return absl::InvalidArgumentError(absl::StrFormat("%s: size is 0", what));
-  if (addr % kPageSize != 0 || size % kPageSize != 0) {
+  if (round_size && addr % kPageSize != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: pointer %p is not 4 KiB aligned (the size may end anywhere in a page)", what, ptr));
+  }
+  if (!round_size && (addr % kPageSize != 0 || size % kPageSize != 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: [%p, +%#x) is not 4 KiB aligned (pointer and size must both be)", what, ptr, size));
   }
-  if (addr + size < addr) {
+  const size_t rounded = (size + kPageSize - 1) & ~(kPageSize - 1);
+  if (rounded < size || addr + rounded < addr) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: %p + %#x overflows the address space", what, ptr, size));
   }
-  if (device != kHost && !devices_->valid(device)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: device %d does not exist; this runtime (%s backend) has devices 0..%d and "
-                        "UHMM_LOCATION_HOST (-1)",
-                        what, device, backend_name(), device_count() - 1));
-  }
-  RangeRef range = va_space_->Lookup(addr);
+  return addr + rounded;
+}
+
+absl::StatusOr<RangeRef> RuntimeImpl::LookupSpan(const char* what, const void* ptr, size_t size,
+                                                 uintptr_t end) const {
+  RangeRef range = va_space_->Lookup(reinterpret_cast<uintptr_t>(ptr));
   if (!range) {
     return absl::NotFoundError(
         absl::StrFormat("%s: %p is not managed by this runtime (not from uhmm_alloc, or freed)", what, ptr));
   }
-  if (addr + size > range->end()) {
+  if (end > range->end()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: [%p, +%#x) runs past the end of its allocation [%#x, %#x)", what, ptr, size,
                         range->start(), range->end()));
   }
+  return range;
+}
+
+absl::StatusOr<RangeRef> RuntimeImpl::CheckMigrateRequest(const char* what, void* ptr, size_t size,
+                                                          int device) {
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  absl::StatusOr<uintptr_t> end = CheckSpan(what, ptr, size, /*round_size=*/false);
+  if (!end.ok()) return end.status();
+  if (device != kHost && !devices_->valid(device)) return NoSuchDevice(what, device, /*host_allowed=*/true);
+  absl::StatusOr<RangeRef> looked_up = LookupSpan(what, ptr, size, *end);
+  if (!looked_up.ok()) return looked_up.status();
+  RangeRef range = std::move(*looked_up);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
   mm_.faults->AwaitDiscards(addr, addr + size);
   if (device != kHost) {
     // The request must fit the pool at once: its own pages are never evicted to make room for it.
@@ -337,23 +387,13 @@ absl::Status RuntimeImpl::EvictDevice(int device) {
 }
 
 absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, size_t size) {
+  constexpr const char* kWhat = "uhmm_query_residency";
+  absl::StatusOr<uintptr_t> end = CheckSpan(kWhat, ptr, size, /*round_size=*/false);
+  if (!end.ok()) return end.status();
+  absl::StatusOr<RangeRef> looked_up = LookupSpan(kWhat, ptr, size, *end);
+  if (!looked_up.ok()) return looked_up.status();
+  RangeRef range = std::move(*looked_up);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
-  if (ptr == nullptr) return absl::InvalidArgumentError("uhmm_query_residency: pointer is NULL");
-  if (size == 0) return absl::InvalidArgumentError("uhmm_query_residency: size is 0");
-  if (addr % kPageSize != 0 || size % kPageSize != 0 || addr + size < addr) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm_query_residency: [%p, +%#x) must be 4 KiB aligned and not overflow", ptr, size));
-  }
-  RangeRef range = va_space_->Lookup(addr);
-  if (!range) {
-    return absl::NotFoundError(
-        absl::StrFormat("uhmm_query_residency: %p is not managed by this runtime", ptr));
-  }
-  if (addr + size > range->end()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("uhmm_query_residency: [%p, +%#x) runs past the end of its allocation [%#x, %#x)",
-                        ptr, size, range->start(), range->end()));
-  }
   mm_.faults->AwaitDiscards(addr, addr + size);
   std::vector<int32_t> out;
   out.reserve(size / kPageSize);
@@ -377,6 +417,96 @@ absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, siz
   return out;
 }
 
+absl::Status RuntimeImpl::CheckAdvice(Advice advice, int64_t arg) const {
+  constexpr const char* kWhat = "uhmm_advise";
+  const int raw = static_cast<int>(advice);
+  // A device that exists, or for SET_PREFERRED_LOCATION also the host.
+  auto check_device = [&](const char* name, bool host_allowed) -> absl::Status {
+    const bool exists = arg >= 0 && arg < kMaxAdviceDevices && devices_->valid(static_cast<int>(arg));
+    if (exists || (host_allowed && arg == kHost)) return absl::OkStatus();
+    return NoSuchDevice(absl::StrCat(kWhat, ": ", name), arg, host_allowed);
+  };
+  auto check_zero = [&](const char* name) -> absl::Status {
+    if (arg == 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %s takes no argument, but arg is %d (pass 0)", kWhat, name, arg));
+  };
+  switch (advice) {
+    case Advice::kSetReadMostly:
+      return check_zero("UHMM_ADVISE_SET_READ_MOSTLY");
+    case Advice::kUnsetReadMostly:
+      return check_zero("UHMM_ADVISE_UNSET_READ_MOSTLY");
+    case Advice::kSetPreferredLocation:
+      return check_device("UHMM_ADVISE_SET_PREFERRED_LOCATION", /*host_allowed=*/true);
+    case Advice::kUnsetPreferredLocation:
+      return check_zero("UHMM_ADVISE_UNSET_PREFERRED_LOCATION");
+    case Advice::kSetAccessedBy:
+      return check_device("UHMM_ADVISE_SET_ACCESSED_BY", /*host_allowed=*/false);
+    case Advice::kUnsetAccessedBy:
+      return check_device("UHMM_ADVISE_UNSET_ACCESSED_BY", /*host_allowed=*/false);
+    case Advice::kSetFaultGranule:
+      if (arg < static_cast<int64_t>(kPageSize) || arg > static_cast<int64_t>(kBlockSize) ||
+          (arg & (arg - 1)) != 0) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s: UHMM_ADVISE_SET_FAULT_GRANULE: granule %d is not a power of two from 4096 (4 KiB) to "
+            "2097152 (2 MiB)",
+            kWhat, arg));
+      }
+      return absl::OkStatus();
+    case Advice::kUnsetFaultGranule:
+      return check_zero("UHMM_ADVISE_UNSET_FAULT_GRANULE");
+  }
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: advice %d is not a uhmm_advice_t value; use UHMM_ADVISE_SET_READ_MOSTLY (1) to "
+                      "UHMM_ADVISE_UNSET_FAULT_GRANULE (8)",
+                      kWhat, raw));
+}
+
+absl::Status RuntimeImpl::Advise(void* ptr, size_t size, Advice advice, int64_t arg) {
+  constexpr const char* kWhat = "uhmm_advise";
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  absl::StatusOr<uintptr_t> end = CheckSpan(kWhat, ptr, size, /*round_size=*/true);
+  if (!end.ok()) return end.status();
+  if (absl::Status s = CheckAdvice(advice, arg); !s.ok()) return s;
+  absl::StatusOr<RangeRef> range = LookupSpan(kWhat, ptr, size, *end);
+  if (!range.ok()) return range.status();
+  ManagedRange& r = **range;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(ptr);
+  r.advice().Apply(start, *end, advice, arg);
+  if (advice != Advice::kSetFaultGranule && advice != Advice::kUnsetFaultGranule) {
+    // What a launch pushes may have changed (a host-preferred span, read-mostly copies): the next
+    // launch sync looks at these blocks again.
+    for (uintptr_t a = start & ~(kBlockSize - 1); a < *end; a += kBlockSize) {
+      VaBlock& blk = r.block_of(a);
+      MutexLock lock(&blk.mu);
+      r.MarkHostDirty(blk);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> RuntimeImpl::GetRangeAttribute(const void* ptr, size_t size,
+                                                       RangeAttribute attribute) const {
+  constexpr const char* kWhat = "uhmm_range_get_attribute";
+  absl::StatusOr<uintptr_t> end = CheckSpan(kWhat, ptr, size, /*round_size=*/true);
+  if (!end.ok()) return end.status();
+  switch (attribute) {
+    case RangeAttribute::kReadMostly:
+    case RangeAttribute::kPreferredLocation:
+    case RangeAttribute::kAccessedBy:
+    case RangeAttribute::kFaultGranule:
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: attribute %d is not a uhmm_range_attribute_t value; use UHMM_RANGE_ATTRIBUTE_READ_MOSTLY "
+          "(1) to UHMM_RANGE_ATTRIBUTE_FAULT_GRANULE (4)",
+          kWhat, static_cast<int>(attribute)));
+  }
+  absl::StatusOr<RangeRef> range = LookupSpan(kWhat, ptr, size, *end);
+  if (!range.ok()) return range.status();
+  return (*range)->advice().Attribute(reinterpret_cast<uintptr_t>(ptr), *end, attribute);
+}
+
 absl::StatusOr<uint64_t> RuntimeImpl::DeviceAddress(const void* ptr) const {
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
   RangeRef range = va_space_->Lookup(addr);
@@ -384,7 +514,10 @@ absl::StatusOr<uint64_t> RuntimeImpl::DeviceAddress(const void* ptr) const {
   VaBlock& blk = range->block_of(addr);
   MutexLock lock(&blk.mu);
   const size_t i = ManagedRange::page_in_block(addr);
-  if (!blk.device[i]) {
+  // A READ_MOSTLY duplicate: kernels read its device copy while the CPU keeps the host one.
+  const bool read_mostly_copy =
+      blk.Duplicate(i) && range->advice().Any() && range->advice().At(addr).read_mostly;
+  if (!blk.device[i] && !read_mostly_copy) {
     return absl::NotFoundError(absl::StrFormat("uhmm: the page of %p is not on a device", ptr));
   }
   return blk.pages[i]->dma_addr + addr % kPageSize;
@@ -409,6 +542,9 @@ Stats RuntimeImpl::stats() const {
   s.launch_syncs = counters_.launch_syncs.load();
   s.launch_pages_to_device = counters_.launch_pages.load();
   s.readahead_pages = counters_.readahead_pages.load();
+  s.duplicate_pages_kept = counters_.duplicates_kept.load();
+  s.duplicate_pages_reused = counters_.duplicates_reused.load();
+  s.duplicate_pages_dropped = counters_.duplicates_dropped.load();
   s.grown_faults = counters_.grown_faults.load();
   s.thrashing_blocks = counters_.thrashing_blocks.load();
   s.hugetlb_ranges = va_space_->hugetlb_count();

@@ -26,6 +26,7 @@
 namespace uhmm {
 
 class LaunchCoherence;
+class WriteTracker;
 
 class RuntimeImpl final : public Runtime, public LaunchListener {
  public:
@@ -44,6 +45,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::Status StartTrace(const std::string& path) override;
   absl::Status StopTrace() override;
   absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) override;
+  absl::Status Advise(void* ptr, size_t size, Advice advice, int64_t arg = 0) override;
+  absl::StatusOr<int64_t> GetRangeAttribute(const void* ptr, size_t size,
+                                            RangeAttribute attribute) const override;
   Stats stats() const override;
   int device_count() const override;
   std::string_view backend_name() const override { return backend_->name(); }
@@ -54,6 +58,8 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
 
   // What placement did (UHMM_STATS, tests).
   const std::string& placement() const;
+  // Whether CPU writes are tracked (read duplication), or why not (UHMM_STATS, tests).
+  const std::string& write_tracking() const { return write_tracking_; }
   // For the testing API (api/testing.cc).
   const Mm& mm() const { return mm_; }
   // uhmm/testing.h's device-side access to `device`: `inner` (the backend's), behind the read-ahead
@@ -63,10 +69,23 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
  private:
   explicit RuntimeImpl(const Config& config);
   absl::Status Init();
+  // Opens the write tracker when read duplication is wanted and the kernel can do it; otherwise
+  // notes why not (never an error: uhmm then works as without it).
+  absl::Status StartWriteTracking();
   absl::Status CheckUsable() const;
   absl::Status CheckDevice(const char* what, int device) const;
   // Checks ptr/size/device of a migration request; `what` names the API call in errors.
   absl::StatusOr<RangeRef> CheckMigrateRequest(const char* what, void* ptr, size_t size, int device);
+  // The first checks of a call on [ptr, ptr+size): ptr not NULL, size not 0, ptr 4 KiB aligned (and
+  // size too, unless `round_size`: then it is rounded up to 4 KiB), no overflow. Returns the end.
+  static absl::StatusOr<uintptr_t> CheckSpan(const char* what, const void* ptr, size_t size, bool round_size);
+  // The live allocation that holds [ptr, end): NOT_FOUND when there is none, INVALID_ARGUMENT when
+  // the span runs past its end.
+  absl::StatusOr<RangeRef> LookupSpan(const char* what, const void* ptr, size_t size, uintptr_t end) const;
+  // INVALID_ARGUMENT: `device` does not exist, naming the ones that do (and the host if allowed).
+  absl::Status NoSuchDevice(const std::string& what, int64_t device, bool host_allowed) const;
+  // Checks an advice value and its argument (uhmm_advise).
+  absl::Status CheckAdvice(Advice advice, int64_t arg) const;
 
   const Config config_;
   bool owns_trace_ = false;  // this runtime started the process's trace session (UHMM_TRACE)
@@ -82,6 +101,8 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   std::unique_ptr<Evictor> evictor_;
   std::unique_ptr<DeviceTable> devices_;
   std::unique_ptr<Uffd> uffd_;
+  std::unique_ptr<WriteTracker> write_tracker_;
+  std::string write_tracking_;
   std::unique_ptr<VaSpace> va_space_;
   std::unique_ptr<ZapTracker> zaps_;
   std::unique_ptr<UffdEvents> events_;

@@ -55,6 +55,12 @@ void PrintStats(const Runtime& rt) {
     std::fprintf(stderr,
                  "  read-ahead        %llu runs dropped: a device use began after they were decided\n",
                  static_cast<unsigned long long>(c.readahead_dropped.load()));
+    std::fprintf(stderr,
+                 "  read duplication  %s; %llu pages came home keeping a device copy, %llu went back without "
+                 "a copy, %llu copies dropped by eviction\n",
+                 impl->write_tracking().c_str(), static_cast<unsigned long long>(c.duplicates_kept.load()),
+                 static_cast<unsigned long long>(c.duplicates_reused.load()),
+                 static_cast<unsigned long long>(c.duplicates_dropped.load()));
     std::fprintf(stderr, "  placement         %s\n", impl->placement().c_str());
   }
 }

@@ -48,6 +48,7 @@ enum class LockRank : uint8_t {
   kReadAheadFence,  // ReadAheadFence::mu_: read-ahead in flight vs device use
   kRangeDirty,      // ManagedRange::dirty_mu_: the range's host-dirty blocks
   kSpaceDirty,      // VaSpace::dirty_mu_: the ranges with host-dirty blocks
+  kAdvice,          // RangeAdvice::mu_: one range's memory advice (under a block lock)
   kCount,
 };
 
@@ -91,6 +92,8 @@ inline const char* LockRankName(LockRank rank) {
       return "ManagedRange::dirty_mu_";
     case LockRank::kSpaceDirty:
       return "VaSpace::dirty_mu_";
+    case LockRank::kAdvice:
+      return "RangeAdvice::mu_";
     case LockRank::kCount:
       break;
   }

@@ -31,12 +31,12 @@ void LogIfError(const absl::Status& s) {
   if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
 }
 
-uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred, bool minor) {
+uffd_msg FaultMsg(uintptr_t address, uint32_t tid, uint32_t seq, bool deferred, bool minor, bool write) {
   uffd_msg m;
   std::memset(&m, 0, sizeof(m));
   m.event = UFFD_EVENT_PAGEFAULT;
-  m.arg.pagefault.flags =
-      (deferred ? FaultService::kDeferredFault : 0) | (minor ? UFFD_PAGEFAULT_FLAG_MINOR : 0);
+  m.arg.pagefault.flags = (deferred ? FaultService::kDeferredFault : 0) |
+                          (minor ? UFFD_PAGEFAULT_FLAG_MINOR : 0) | (write ? UFFD_PAGEFAULT_FLAG_WRITE : 0);
   m.arg.pagefault.address = address;
   m.arg.pagefault.feat.ptid = tid;
   FaultService::SetReadSeq(&m, seq);
@@ -116,7 +116,7 @@ absl::StatusOr<SigbusMode> ResolveSigbusMode(SigbusMode wanted, const Uffd& uffd
 }
 
 void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns, bool deferred,
-                      bool minor) {
+                      bool minor, bool write) {
   // A deferred message comes back once the migration that held its page is done: same fault.
   if (!deferred) mm_.counters->cpu_faults.fetch_add(1, std::memory_order_relaxed);
   FaultTraceScope trace(received_ns, address, tid, deferred);
@@ -125,7 +125,7 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
   if (!range) {
     // Registered memory that no live range covers (mremapped away, or racing with free): the
     // shadow page is the data, so map it; but first let pending mremaps bring their data home.
-    if (mm_.faults->ParkIfRemapPending(FaultMsg(address, tid, seq, false, minor))) {
+    if (mm_.faults->ParkIfRemapPending(FaultMsg(address, tid, seq, false, minor, write))) {
       trace.Defer();
       return;
     }
@@ -155,7 +155,7 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
       if (blk.busy[i]) {
         // A migration holds the page; finalize re-queues us. Never wait here: the migration may
         // itself be waiting for a service thread to read its REMOVE event.
-        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, minor));
+        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, minor, write));
         trace.Defer();
         return;
       }
@@ -193,16 +193,18 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
           trace.Duplicate();
         }
         const uintptr_t unit = page & ~(range->cpu_page() - 1);
+        // A duplicate stays write-protected: a CPU write must show in write tracking.
+        const bool protect = blk.Duplicate(i);
         const bool mapped =
             minor ? mm_.faults->MapUnlessDiscarded(
                         unit, unit + range->cpu_page(),
                         [&] {
                           return mm_.uffd->Continue(unit, range->cpu_page(), /*wake=*/true, range->cpu_page(),
-                                                    /*drain_events=*/false);
+                                                    /*drain_events=*/false, protect);
                         })
                   : ZeroFill(*range, blk, page, tid);
         // An application discard of this page was read meanwhile: wait for it, then map.
-        if (mapped || mm_.faults->ParkIfDiscardPending(FaultMsg(address, tid, seq, true, minor))) {
+        if (mapped || mm_.faults->ParkIfDiscardPending(FaultMsg(address, tid, seq, true, minor, write))) {
           if (!mapped) trace.Defer();
           return;
         }
@@ -221,6 +223,7 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
     vmf.start = granule.first;
     vmf.end = granule.second;
     vmf.page = dpage;
+    vmf.keep_device_copy = !write && range->duplicates_reads();
     // Read-ahead is decided as of now, before the fault-back wakes the thread: whatever that thread
     // does next (a prefetch to the device, say) is later and must win over it.
     const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
@@ -257,7 +260,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   // counted and traced here; Handle then takes it as a deferred message (not counted again).
   auto alone = [&](const uffd_msg& m, bool counted) {
     Handle(m.arg.pagefault.address, m.arg.pagefault.feat.ptid, FaultService::ReadSeq(m), received_ns, counted,
-           /*minor=*/true);
+           /*minor=*/true, (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
   };
   const uintptr_t first = msgs[0].arg.pagefault.address & ~(kPageSize - 1);
   RangeRef range = mm_.va_space->Lookup(first);
@@ -302,7 +305,8 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
       m.fate = Fate::kDone;
       if (blk.busy[i]) {
         // As in Handle: the migration holding the page re-queues the message.
-        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, /*minor=*/true));
+        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, /*minor=*/true,
+                                        (msgs[k].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0));
         m.trace->Defer();
         continue;
       }
@@ -344,6 +348,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   for (size_t r = 0; r < moving.size();) {
     Member& leader = *moving[r];
     uintptr_t start = leader.granule.first, end = leader.granule.second, asked = end - start;
+    bool writes = (leader.msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
     size_t next = r + 1;
     for (; next < moving.size(); ++next) {
       const auto [s, e] = moving[next]->granule;
@@ -351,6 +356,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
       if (std::max(e, end) - start > 2 * (asked + more)) break;
       asked += more;
       end = std::max(e, end);
+      writes |= (moving[next]->msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
     }
     VmFault vmf;
     vmf.vma = range.get();
@@ -358,6 +364,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
     vmf.start = start;
     vmf.end = end;
     vmf.page = leader.dpage;
+    vmf.keep_device_copy = !writes && range->duplicates_reads();  // copies kept when only reads wait
     const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
     leader.trace->MakeCurrent();  // the migration is traced as the leader's
     mm_.counters->fault_migrations.fetch_add(1, std::memory_order_relaxed);
@@ -444,7 +451,11 @@ std::pair<uintptr_t, uintptr_t> CpuFault::GranuleAround(ManagedRange& range, VaB
   if (range.hugetlb()) return {lo, hi};  // the CPU maps the block whole
   // The configured granule around the fault, clipped to the block and the range; grown by density
   // unless the block thrashes.
-  const uintptr_t gran = mm_.config->fault_granularity;
+  uintptr_t gran = mm_.config->fault_granularity;
+  if (range.advice().Any()) {
+    if (const uint32_t advised = range.advice().At(page).granule; advised != 0)
+      gran = advised;  // FAULT_GRANULE
+  }
   uintptr_t start = std::max(page & ~(gran - 1), lo);
   uintptr_t end = std::min((page & ~(gran - 1)) + gran, hi);
   if (!blk.thrashing &&
@@ -455,6 +466,19 @@ std::pair<uintptr_t, uintptr_t> CpuFault::GranuleAround(ManagedRange& range, VaB
 }
 
 void CpuFault::PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns) {
+  if (range->advice().Any()) {
+    // PREFERRED_LOCATION a device: read-ahead never pulls such pages home before the CPU asks.
+    PageRuns wanted;
+    range->advice().ForEachRun(from, to, [&](uintptr_t s, uintptr_t e, const PageAdvice& a) {
+      if (a.preferred < 0) wanted.emplace_back(s, e);
+    });
+    for (auto [s, e] : wanted) PostReadAheadRun(range, s, e, decided_ns);
+    return;
+  }
+  PostReadAheadRun(range, from, to, decided_ns);
+}
+
+void CpuFault::PostReadAheadRun(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns) {
   for (uintptr_t a = from; a < to;) {
     const uintptr_t b = std::min(to, (a & ~(kBlockSize - 1)) + kBlockSize);
     RangeRef ref = range.Clone();

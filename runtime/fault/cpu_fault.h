@@ -41,9 +41,10 @@ class CpuFault {
   // (FaultService::ReadSeq). `received_ns`: when a service thread got the message (0: not traced).
   // `deferred`: it waited for a migration that held the page. `minor`: the kernel found the page in
   // the shadow (UFFD_PAGEFAULT_FLAG_MINOR); otherwise the shadow has no page there yet (first
-  // touch, or after a discard) and it is filled with zeros.
+  // touch, or after a discard) and it is filled with zeros. `write`: the access was a write
+  // (UFFD_PAGEFAULT_FLAG_WRITE); a read on a range that duplicates reads keeps the device copy.
   void Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t received_ns = 0, bool deferred = false,
-              bool minor = true);
+              bool minor = true, bool write = false);
   // Fault messages read together (service threads): fresh MINOR faults whose addresses fall in one
   // 2 MiB block, from distinct threads. The ones whose pages are on one device move back together:
   // their granules are merged while the merged run stays at least half asked for, one migration per
@@ -64,8 +65,10 @@ class CpuFault {
   std::pair<uintptr_t, uintptr_t> GranuleAround(ManagedRange& range, VaBlock& blk, uintptr_t page)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
   // Queues [from, to) of `range` for the migration workers, one block per job. Blocks a migration
-  // to a device starts on after `decided_ns` are left alone.
+  // to a device starts on after `decided_ns` are left alone, and so are pages whose advised
+  // preferred location is a device.
   void PostReadAhead(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns);
+  void PostReadAheadRun(const RangeRef& range, uintptr_t from, uintptr_t to, uint64_t decided_ns);
   // Ends the access at `page` by thread `tid` in SIGBUS (poisoning the CPU's unit where it can).
   void DeliverSigbus(ManagedRange& range, uintptr_t page, uint32_t tid);
 

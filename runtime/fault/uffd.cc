@@ -109,7 +109,8 @@ absl::StatusOr<std::unique_ptr<Uffd>> Uffd::Open() {
   const uint64_t wanted = required | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
                           UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_POISON |
                           UFFD_FEATURE_MINOR_HUGETLBFS | UFFD_FEATURE_MISSING_SHMEM |
-                          UFFD_FEATURE_MISSING_HUGETLBFS;
+                          UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_WP_ASYNC |
+                          UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
   if ((available & required) != required) {
     close(fd);
     return absl::UnavailableError(
@@ -131,17 +132,22 @@ Uffd::~Uffd() {
   if (fd_ >= 0) close(fd_);
 }
 
-absl::Status Uffd::Register(uintptr_t addr, size_t len) {
-  uffdio_register reg{.range = {.start = addr, .len = len},
-                      .mode = UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING,
-                      .ioctls = 0};
+absl::Status Uffd::Register(uintptr_t addr, size_t len, bool track_writes) {
+  const bool wp = track_writes && write_protect_;
+  uffdio_register reg{
+      .range = {.start = addr, .len = len},
+      .mode = UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING | (wp ? UFFDIO_REGISTER_MODE_WP : 0),
+      .ioctls = 0};
   if (ioctl(fd_, UFFDIO_REGISTER, &reg) != 0) {
-    return Errno(absl::StrFormat("uhmm: UFFDIO_REGISTER(MINOR|MISSING) of [%#x, +%#x)", addr, len), errno);
+    return Errno(
+        absl::StrFormat("uhmm: UFFDIO_REGISTER(MINOR|MISSING%s) of [%#x, +%#x)", wp ? "|WP" : "", addr, len),
+        errno);
   }
   return absl::OkStatus();
 }
 
 absl::Status Uffd::ZeroFill(uintptr_t addr, size_t len) {
+  bool unprotected = false;
   for (;;) {
     int rc;
     if (len == kPage) {
@@ -162,6 +168,10 @@ absl::Status Uffd::ZeroFill(uintptr_t addr, size_t len) {
     if (err == EAGAIN) {
       OnEagain();
       continue;
+    }
+    if (err == EEXIST && !unprotected) {
+      unprotected = true;
+      if (DropWriteProtectMarkers(addr, len)) continue;  // a marker, not a mapping
     }
     if (err == EEXIST) return Wake(addr, len);  // mapped meanwhile
     // The process is exiting, or the range was freed meanwhile (unregistering woke the waiters).
@@ -205,13 +215,15 @@ bool Uffd::EventPending(const absl::Status& s) {
 // the page table again (userfaultfd_must_wait) and returns when the page is there. So whoever
 // finds a page mapped has no thread to wake there that its mapper will not wake. Pages skipped for
 // having no page-cache page (EFAULT, ENOENT) are woken: their threads retry and fault afresh.
-absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page, bool drain_events) {
+absl::Status Uffd::Continue(uintptr_t addr, size_t len, bool wake, size_t page, bool drain_events,
+                            bool write_protect) {
   uintptr_t cur = addr;
   const uintptr_t end = addr + len;
   bool skipped = false;  // pages whose waiters this call must wake itself
   while (cur < end) {
     uffdio_continue c{.range = {.start = cur, .len = end - cur},
-                      .mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE,
+                      .mode = (wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE) |
+                              (write_protect && write_protect_ ? UFFDIO_CONTINUE_MODE_WP : 0),
                       .mapped = 0};
     Count(&Counters::uffd_continue);
     if (ioctl(fd_, UFFDIO_CONTINUE, &c) == 0) break;
@@ -248,7 +260,16 @@ absl::Status Uffd::Wake(uintptr_t addr, size_t len) {
   return absl::OkStatus();
 }
 
+bool Uffd::DropWriteProtectMarkers(uintptr_t addr, size_t len) {
+  // A write-protect marker is left where a write-protected page was zapped; ZEROPAGE and POISON
+  // take only an empty slot (EEXIST otherwise). Resolving write-protection drops the marker.
+  if (!write_protect_) return false;
+  uffdio_writeprotect wp{.range = {.start = addr, .len = len}, .mode = 0};
+  return ioctl(fd_, UFFDIO_WRITEPROTECT, &wp) == 0;
+}
+
 absl::Status Uffd::Poison(uintptr_t addr, size_t len) {
+  bool unprotected = false;
   for (;;) {
     uffdio_poison p{.range = {.start = addr, .len = len}, .mode = 0, .updated = 0};
     Count(&Counters::uffd_poison);
@@ -256,6 +277,10 @@ absl::Status Uffd::Poison(uintptr_t addr, size_t len) {
     if (errno == EAGAIN && p.updated <= 0) {
       OnEagain();
       continue;
+    }
+    if (errno == EEXIST && !unprotected) {
+      unprotected = true;
+      if (DropWriteProtectMarkers(addr, len)) continue;
     }
     return Errno(absl::StrFormat("uhmm: UFFDIO_POISON at %#x", addr), errno);
   }

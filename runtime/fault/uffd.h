@@ -31,6 +31,14 @@ struct uffdio_poison {
 };
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
+// Write tracking (Linux 6.7+): asynchronous write-protect faults, and CONTINUE that maps a page
+// write-protected.
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
+#endif
 
 namespace uhmm {
 
@@ -49,12 +57,22 @@ class Uffd {
   int fd() const { return fd_; }
   uint64_t features() const { return features_; }
   bool has_poison() const { return (features_ & UFFD_FEATURE_POISON) != 0; }
+  // Asynchronous write-protect on shmem (the kernel resolves a write to a write-protected page by
+  // itself and records it for PAGEMAP_SCAN): CPU write tracking (fault/write_tracker.h).
+  bool has_async_wp() const {
+    constexpr uint64_t kNeeded = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+    return (features_ & kNeeded) == kNeeded;
+  }
+  // Registers later ranges for write-protect too (only with has_async_wp()); set before Register.
+  void set_write_protect(bool on) { write_protect_ = on && has_async_wp(); }
+  bool write_protect() const { return write_protect_; }
   Source source() const { return source_; }
 
   // MINOR and MISSING: every CPU mapping of a managed page is installed by uhmm (MISSING: the page
   // has no host copy yet, or an application discard freed it), so nothing reaches a page behind
-  // the runtime's back while it applies a discard.
-  absl::Status Register(uintptr_t addr, size_t len);
+  // the runtime's back while it applies a discard. `track_writes` (with write_protect()): WP as
+  // well, in the asynchronous mode, so that pages mapped write-protected record CPU writes.
+  absl::Status Register(uintptr_t addr, size_t len, bool track_writes = false);
   absl::Status Unregister(uintptr_t addr, size_t len);
 
   // Installs PTEs for [addr, addr+len) from the page cache. Pages that are already mapped (EEXIST)
@@ -65,8 +83,10 @@ class Uffd {
   // `page`: the mapping's page size (2 MiB for hugetlb), the step past an already mapped page.
   // drain_events = false: on EAGAIN return an EventPending() status instead of running the hook
   // (for callers that hold off reads, see FaultService::MapUnlessDiscarded).
+  // write_protect: UFFDIO_CONTINUE_MODE_WP (a range registered with track_writes): the pages are
+  // mapped write-protected, and a CPU write to one is recorded (fault/write_tracker.h).
   absl::Status Continue(uintptr_t addr, size_t len, bool wake = true, size_t page = 4096,
-                        bool drain_events = true);
+                        bool drain_events = true, bool write_protect = false);
   // The status Continue(drain_events = false) returns while a non-fault event waits to be read.
   static bool EventPending(const absl::Status& s);
   absl::Status Wake(uintptr_t addr, size_t len);
@@ -90,6 +110,8 @@ class Uffd {
  private:
   Uffd(int fd, uint64_t features, Source source) : fd_(fd), features_(features), source_(source) {}
   void OnEagain();
+  // Drops write-protect markers in the range (UFFDIO_WRITEPROTECT, mode 0); false without WP.
+  bool DropWriteProtectMarkers(uintptr_t addr, size_t len);
   void Count(std::atomic<uint64_t> Counters::*counter) const;
 
   int fd_;
@@ -98,6 +120,7 @@ class Uffd {
   std::function<void()> eagain_hook_;
   Counters* counters_ = nullptr;
   bool wake_after_eexist_ = false;
+  bool write_protect_ = false;
 };
 
 // The message Open() returns when no way to get a userfaultfd is permitted; exposed for tests.

@@ -18,12 +18,27 @@ namespace uhmm {
 
 namespace {
 
+// Pages of block `b` that a push to device `device` leaves on the host: advised PREFERRED_LOCATION
+// host, unless ACCESSED_BY names the device (which then gets them by migration: no backend maps
+// host memory for kernels in place yet).
+PageMask StayHome(ManagedRange& range, size_t b, int device) {
+  PageMask mask;
+  if (!range.advice().Any()) return mask;
+  const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
+  range.advice().ForEachRun(start, end, [&](uintptr_t s, uintptr_t e, const PageAdvice& a) {
+    if (a.preferred != kHost || (device < 64 && (a.accessed_by >> device) & 1)) return;
+    for (uintptr_t p = s; p < e; p += kPageSize) mask.set(ManagedRange::page_in_block(p));
+  });
+  return mask;
+}
+
 // Whether `blk` holds pages a device push still has to settle: host-resident (not on a device,
-// unmapped or poisoned), or held by a migration in flight.
-bool HasHostWork(ManagedRange& range, size_t b, VaBlock& blk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
+// unmapped, poisoned or to stay home), or held by a migration in flight.
+bool HasHostWork(ManagedRange& range, size_t b, VaBlock& blk, const PageMask& stay_home)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
   const uintptr_t start = range.block_start(b);
   const size_t n = (std::min(range.end(), start + kBlockSize) - start) / kPageSize;
-  const PageMask settled = blk.device | blk.unmapped | blk.poisoned;
+  const PageMask settled = blk.device | blk.unmapped | blk.poisoned | stay_home;
   return blk.busy.any() || settled.count() < n;
 }
 
@@ -87,18 +102,18 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
   PageRuns runs;
   for (uint32_t b : blocks) {
     VaBlock& blk = range.block(b);
+    const PageMask stay_home = StayHome(range, b, ds.ordinal);
     bool work;
     {
       MutexLock lock(&blk.mu);
       blk.host_dirty = false;
-      work = HasHostWork(range, b, blk);
+      work = HasHostWork(range, b, blk, stay_home);
     }
     if (!work) continue;
     const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
-    if (!runs.empty() && runs.back().second == start) {
-      runs.back().second = end;
-    } else {
-      runs.emplace_back(start, end);
+    for (uintptr_t a = start; a < end; a += kPageSize) {
+      if (stay_home.test(ManagedRange::page_in_block(a))) continue;
+      AppendPageRun(&runs, a);
     }
   }
   absl::Status status;
@@ -109,8 +124,9 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
   // What is still not settled (a failed push, pages a migration held) stays queued.
   for (uint32_t b : blocks) {
     VaBlock& blk = range.block(b);
+    const PageMask stay_home = StayHome(range, b, ds.ordinal);
     MutexLock lock(&blk.mu);
-    if (HasHostWork(range, b, blk)) range.MarkHostDirty(blk);
+    if (HasHostWork(range, b, blk, stay_home)) range.MarkHostDirty(blk);
   }
   return status;
 }

@@ -79,6 +79,27 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
   }
 }
 
+size_t Evictor::DropDuplicates(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner) {
+  // Read duplication: the host copy is the data, so a duplicate's device copy goes without a copy.
+  // Freed under the block lock: with one pointer the page's slot belongs to its address, and a
+  // migration of that address that starts once the lock goes must find the slot free.
+  size_t dropped = 0;
+  for (uintptr_t a = start; a < end;) {
+    VaBlock& blk = range.block_of(a);
+    const uintptr_t stop = std::min(end, NextBlockBoundary(a));
+    MutexLock lock(&blk.mu);
+    for (; a < stop; a += kPageSize) {
+      const size_t i = ManagedRange::page_in_block(a);
+      if (blk.Duplicate(i) && !blk.Busy(i) && blk.pages[i]->pgmap->owner == owner) {
+        put_page(blk.DropDuplicate(i));
+        ++dropped;
+      }
+    }
+  }
+  mm_.counters->duplicates_dropped.fetch_add(dropped, std::memory_order_relaxed);
+  return dropped;
+}
+
 absl::Status Evictor::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held) {
   *freed = 0;
   std::vector<uintptr_t> addrs = ds.pool->CommittedAddresses(chunk);
@@ -99,6 +120,7 @@ absl::Status Evictor::EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, b
     i = j;
     RangeRef range = mm_.va_space->Lookup(s);
     if (!range) continue;  // being freed: its pages come back without us
+    *freed += DropDuplicates(*range, s, std::min(e, range->end()), dev->pagemap().owner);
     absl::StatusOr<size_t> moved =
         RunMigration(*range, s, std::min(e, range->end()), kMigrateSelectDevicePrivate, dev->pagemap().owner,
                      MigrateCause::kEviction, [dev](MigrateVma* m) { return dev->MigrateToRam(m); });

@@ -49,6 +49,9 @@ class Evictor {
   // Migrates chunk `chunk`'s pages (outside the protected request) back to RAM; *freed counts them.
   // *held (optional): the chunk had pages outside the request and none moved (another migration
   // holds them).
+  // Drops the device copies of `owner`'s duplicates in [start, end) of `range` (read duplication):
+  // the host holds the data. Returns how many pages that freed.
+  size_t DropDuplicates(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner);
   absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held = nullptr);
 
   Mm& mm_;

@@ -236,6 +236,8 @@ void ManagedRange::BeginTeardown() {
   while (inflight_ > 0) life_cv_.Wait(&life_mu_);
 }
 
+bool ManagedRange::duplicates_reads() const { return mm_.write_tracker != nullptr && !hugetlb_; }
+
 void ManagedRange::MarkHostDirty(VaBlock& blk) {
   if (blk.host_dirty) return;
   blk.host_dirty = true;

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/base/sync.h"
 #include "runtime/mm/va_block.h"
+#include "runtime/policy/advice.h"
 #include "runtime/policy/policy.h"
 #include "uhmm/backend.h"
 
@@ -64,7 +65,12 @@ class ManagedRange {
   bool hugetlb() const { return hugetlb_; }
   // The unit the CPU side maps: 4 KiB, or 2 MiB for hugetlb ranges.
   size_t cpu_page() const { return hugetlb_ ? kBlockSize : kPageSize; }
+  // Read duplication: CPU writes are tracked here (the runtime has a write tracker, and the range is
+  // not hugetlb), so pages that CPU reads bring home keep their device copy.
+  bool duplicates_reads() const;
   ReadAhead& readahead() { return readahead_; }
+  // Memory advice (uhmm_advise), per 4 KiB page.
+  RangeAdvice& advice() { return advice_; }
   bool contains(uintptr_t addr) const { return addr >= start_ && addr < end(); }
   // Bytes of address space the backend reserved at start() (0: the runtime chose the address).
   size_t reserved() const { return reserved_; }
@@ -123,6 +129,7 @@ class ManagedRange {
   const bool hugetlb_;
   int memfd_ = -1;
   ReadAhead readahead_;
+  RangeAdvice advice_;
   std::unique_ptr<VaBlock[]> blocks_;
 
   Mutex dirty_mu_{LockRank::kRangeDirty};

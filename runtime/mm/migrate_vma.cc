@@ -16,9 +16,11 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
+#include "runtime/api/counters.h"
 #include "runtime/fault/fault_service.h"
 #include "runtime/fault/uffd.h"
 #include "runtime/fault/uffd_events.h"
+#include "runtime/fault/write_tracker.h"
 #include "runtime/fault/zap_tracker.h"
 #include "runtime/mm/device_table.h"
 #include "runtime/mm/evictor.h"
@@ -82,6 +84,29 @@ void TraceMigration(const MigrateVma& m, bool to_device, int device, size_t move
   trace::Tracer::Emit(r);
 }
 
+// Per page of [start, end): advised READ_MOSTLY and not written by the CPU (write tracking).
+std::vector<bool> ReadMostlyClean(ManagedRange& r, uintptr_t start, uintptr_t end) {
+  std::vector<bool> clean((end - start) / kPageSize, false);
+  PageRuns read_mostly;
+  r.advice().ForEachRun(start, end, [&](uintptr_t s, uintptr_t e, const PageAdvice& a) {
+    if (a.read_mostly) read_mostly.emplace_back(s, e);
+  });
+  for (auto [s, e] : read_mostly) {
+    absl::StatusOr<PageRuns> written = r.mm().write_tracker->Written(s, e);
+    if (!written.ok()) continue;  // no answer: pushed as written
+    uintptr_t a = s;
+    auto mark_clean = [&](uintptr_t to) {
+      for (; a < to; a += kPageSize) clean[(a - start) / kPageSize] = true;
+    };
+    for (auto [ws, we] : *written) {
+      mark_clean(std::max(a, ws));
+      a = std::max(a, we);
+    }
+    mark_clean(e);
+  }
+  return clean;
+}
+
 absl::Status CopyAndWait(CopyEngine& engine, CopyDirection dir, const std::vector<CopyOp>& ops,
                          MigrateVma* m) {
   if (ops.empty()) return absl::OkStatus();
@@ -120,7 +145,16 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   m->dst.assign(npages, MigratePfn{});
   m->cpages = 0;
   m->skipped_busy = 0;
+  // READ_MOSTLY at a launch: duplicates the CPU has not written stay as they are, mapped on the CPU
+  // and current on the device (asked before anything is taken: a CPU write after this question is a
+  // race with the launch, and the next launch sees it). Others go through the usual zap and copy.
+  std::vector<bool> keep_duplicate;
+  if (to_device && m->cause == MigrateCause::kLaunch && r.advice().Any() && r.mm().write_tracker != nullptr) {
+    keep_duplicate = ReadMostlyClean(r, m->start, m->end);
+  }
   PageRuns zap;
+  PageRuns duplicates;  // held duplicates whose device copy this migration may reuse
+  size_t dropped = 0;   // duplicates on another device than the target
   const uint64_t wanted_ns = to_device ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
     blk.mu.AssertHeld();
@@ -136,7 +170,22 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
     if (m->skip_if_moved_after_ns != 0 && blk.device_wanted_ns > m->skip_if_moved_after_ns) return;
     if (to_device) {
       if (state != PageState::kHost) return;
+      if (!keep_duplicate.empty() && keep_duplicate[idx] && blk.Duplicate(i) &&
+          blk.pages[i]->pgmap->owner == m->pgmap_owner) {
+        return;  // a clean read-mostly duplicate: both copies stay valid
+      }
       src.flags = kMigratePfnValid | kMigratePfnMigrate;
+      if (blk.Duplicate(i)) {
+        if (m->pgmap_owner == nullptr || blk.pages[i]->pgmap->owner == m->pgmap_owner) {
+          src.page = blk.pages[i];
+          src.flags |= kMigratePfnDuplicate;
+          AppendPageRun(&duplicates, addr);
+        } else {
+          // A copy on another device: it goes, under the block lock (see Evictor::DropDuplicates).
+          put_page(blk.DropDuplicate(i));
+          ++dropped;
+        }
+      }
       AppendPageRun(&zap, addr);
     } else {
       if (state != PageState::kDevice) return;
@@ -150,6 +199,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
     blk.BeginMigration(i);
     ++m->cpages;
   });
+  if (dropped > 0) r.mm().counters->duplicates_dropped.fetch_add(dropped, std::memory_order_relaxed);
   // Take the CPU mappings away, so that CPU accesses fault and wait (deferred) until finalize.
   // MADV_DONTNEED keeps the shmem page; it raises a REMOVE event that a service thread must read
   // before madvise returns, so no lock is held here.
@@ -165,6 +215,19 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
       migrate_vma_finalize(m);
       return absl::InternalError(
           absl::StrFormat("migrate_vma_setup: madvise(DONTNEED) of [%#x, %#x): %s", s, e, strerror(err)));
+    }
+  }
+  // Duplicates the CPU wrote need a copy. Asked after the zap: a write before it reads as written
+  // (zapping a written page leaves nothing, which reads as written), one after it waits for
+  // finalize (fault/write_tracker.h). Without an answer, every duplicate counts as written.
+  for (auto [s, e] : duplicates) {
+    absl::StatusOr<PageRuns> written =
+        mm.write_tracker != nullptr ? mm.write_tracker->Written(s, e) : PageRuns{{s, e}};
+    if (!written.ok()) written = PageRuns{{s, e}};
+    for (auto [ws, we] : *written) {
+      for (uintptr_t a = std::max(ws, s); a < std::min(we, e); a += kPageSize) {
+        m->src[(a - m->start) / kPageSize].flags |= kMigratePfnDirty;
+      }
     }
   }
   return absl::OkStatus();
@@ -200,7 +263,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   std::vector<Page*> release;
   std::vector<bool> map(m->src.size(), false);  // committed to RAM: the CPU maps it
-  size_t moved = 0;
+  size_t moved = 0, reused = 0;                 // reused: duplicates committed without a copy
   int device = -1;
   const uint64_t now = to_device ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
@@ -221,11 +284,12 @@ void migrate_vma_finalize(MigrateVma* m) {
         dst.page->managed_addr.store(addr, std::memory_order_release);
         device = dst.page->pgmap->device;
         ++moved;
-      } else if (dst.page != nullptr) {
-        release.push_back(dst.page);
+        if ((src.flags & kMigratePfnDuplicate) && !(src.flags & kMigratePfnDirty)) ++reused;
+      } else if (dst.page != nullptr && !(dst.flags & kMigratePfnDuplicate)) {
+        release.push_back(dst.page);  // (a duplicate's own page stays with it)
       }
     } else if (copied && blk.State(i) == PageState::kDevice) {
-      release.push_back(blk.CommitToHost(i));  // src.page
+      if (Page* old = blk.CommitToHost(i, m->keep_device_copy)) release.push_back(old);  // src.page
       r.MarkHostDirty(blk);
       device = src.page->pgmap->device;
       ++moved;
@@ -236,6 +300,10 @@ void migrate_vma_finalize(MigrateVma* m) {
   for (Page* p : release) put_page(p);
   release.clear();
   mm.migrator->Count(to_device, m->cause, moved);
+  if (reused > 0) mm.counters->duplicates_reused.fetch_add(reused, std::memory_order_relaxed);
+  if (!to_device && m->keep_device_copy && moved > 0) {
+    mm.counters->duplicates_kept.fetch_add(moved, std::memory_order_relaxed);
+  }
   if (m->trace_start_ns != 0) TraceMigration(*m, to_device, device, moved);
 
   // Block by block, under its lock and while the pages are still busy (so no migration can zap
@@ -267,7 +335,8 @@ void migrate_vma_finalize(MigrateVma* m) {
     for (const auto& run : runs) {
       const uintptr_t s = run.first, e = run.second;
       mm.faults->MapUnlessDiscarded(s, e, [&] {
-        return mm.uffd->Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page(), /*drain_events=*/false);
+        return mm.uffd->Continue(s, e - s, /*wake=*/ft == nullptr, r.cpu_page(), /*drain_events=*/false,
+                                 /*write_protect=*/m->keep_device_copy);
       });
     }
     woken.insert(woken.end(), runs.begin(), runs.end());
@@ -310,6 +379,13 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
   for (size_t idx = 0; idx < m->src.size(); ++idx) {
     const MigratePfn& src = m->src[idx];
     if (!(src.flags & kMigratePfnMigrate)) continue;
+    if (src.flags & kMigratePfnDuplicate) {
+      // The page's own copy on this device: current unless the CPU wrote the page.
+      m->dst[idx] =
+          MigratePfn{src.page, nullptr, kMigratePfnValid | kMigratePfnDevice | kMigratePfnDuplicate};
+      if (src.flags & kMigratePfnDirty) AppendCopy(&ops, src.host, src.page->dma_addr);
+      continue;
+    }
     absl::StatusOr<Page*> page = alloc_device_page(pgmap, m->start + idx * kPageSize);
     if (!page.ok()) {
       alloc_status = page.status();
@@ -334,6 +410,7 @@ absl::Status migrate_fault_to_ram(VmFault* vmf, const void* owner, CopyEngine& e
   m.flags = kMigrateSelectDevicePrivate;
   m.pgmap_owner = owner;
   m.cause = MigrateCause::kFault;
+  m.keep_device_copy = vmf->keep_device_copy;
   if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
   absl::Status s = m.cpages ? migrate_copy_to_ram(&m, engine) : absl::OkStatus();
   migrate_vma_pages(&m);

@@ -37,6 +37,8 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
     m.pgmap_owner = owner;
     m.cause = cause;
     m.skip_if_moved_after_ns = skip_if_moved_after_ns;
+    // Read-ahead brings pages home for CPU reads that have not happened yet: keep their copies.
+    m.keep_device_copy = cause == MigrateCause::kReadAhead && range.duplicates_reads();
     if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
     absl::Status s = m.cpages ? copy(&m) : absl::OkStatus();
     migrate_vma_pages(&m);

@@ -21,6 +21,7 @@ class NumaPlacement;
 class Uffd;
 class UffdEvents;
 class VaSpace;
+class WriteTracker;
 class WorkerPool;
 class ZapTracker;
 
@@ -40,6 +41,7 @@ struct Mm {
   Evictor* evictor = nullptr;                 // mm/evictor.h: device-page allocation and eviction
   NumaPlacement* placement = nullptr;         // process/numa_placement.h
   ForkHandler* fork = nullptr;                // process/fork.h
+  WriteTracker* write_tracker = nullptr;      // fault/write_tracker.h: nullptr without read duplication
   ReadAheadFence* readahead_fence = nullptr;  // policy/readahead_fence.h: read-ahead vs device use
 };
 

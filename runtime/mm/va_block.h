@@ -12,7 +12,12 @@
 //   kPoisoned  the data was lost to a device error; CPU accesses raise SIGBUS
 //   kUnmapped  the application munmapped/mremapped the address away (terminal: the address is
 //              never managed again; a range whose pages are all unmapped becomes a zombie)
-// and carries two orthogonal flags:
+// and carries three orthogonal flags:
+//   duplicate        (only in kHost) pages[i] still holds a copy of the data on a device: read
+//                    duplication. The shadow is the data; the device copy is current unless the CPU
+//                    wrote the page since (write tracking tells, fault/write_tracker.h), so a
+//                    migration back to that device copies only written pages, and eviction drops
+//                    the copy without copying.
 //   busy             a migrate_vma holds the page, from setup to finalize (faults on it defer).
 //                    Only the holder commits it, and the holder owns its device page meanwhile:
 //                    what arrives while it is held (unmap, poison, discard) is recorded (the state
@@ -23,7 +28,9 @@
 //   To a device:  kHost  --BeginMigration--> kHost+busy  --CommitToDevice--> kDevice+busy
 //                        --EndMigration--> kDevice
 //   To the host:  kDevice --BeginMigration--> kDevice+busy --CommitToHost--> kHost+busy
-//                        --EndMigration--> kHost
+//                        --EndMigration--> kHost   (CommitToHost(keep_copy): kHost+duplicate)
+//   Duplicate:    kHost+duplicate --BeginMigration/CommitToDevice (same device page)--> kDevice;
+//                 kHost+duplicate --DropDuplicate--> kHost (returns the device page)
 //   Rolled back:  S+busy --EndMigration--> S   (not committed: the page stays where it was; so
 //                 is a page poisoned or unmapped while held: commits need the state it was taken in)
 //   Events, held or not (a held page keeps its device page for its holder):
@@ -34,7 +41,9 @@
 //     Unmap:           any -> kUnmapped                            (drops the device page)
 //     TakeAllDevicePages: range teardown (no page may be held): every device page goes
 //   EndMigration drops the device page of a page poisoned or unmapped while held, and requires
-//   any pending discard applied. So, outside a migration, a device page exists exactly in kDevice.
+//   any pending discard applied. So, outside a migration, a device page exists exactly in kDevice
+//   and in kHost+duplicate; poison, discard and unmap drop a duplicate's copy as they drop a device
+//   page.
 //
 // Debug builds (!NDEBUG) abort on an illegal transition, naming the block, the page, its state and
 // the transition. The per-page bitmaps stay the storage (ranged queries such as `~blk.device` in
@@ -115,11 +124,12 @@ struct VaBlock {
   Mutex mu{LockRank::kVaBlock};
   // The state storage (see the top of this file); read them through State() or directly for ranged
   // queries, change them only through the transitions.
-  PageBits device ABSL_GUARDED_BY(mu);    // data lives in pages[i]
-  PageBits busy ABSL_GUARDED_BY(mu);      // held by an in-flight migrate_vma
-  PageBits poisoned ABSL_GUARDED_BY(mu);  // lost to a device error; accesses get SIGBUS
-  PageBits unmapped ABSL_GUARDED_BY(mu);  // the application munmapped/mremapped it away
-  PageBits discard ABSL_GUARDED_BY(mu);   // discard pending: applied by the holder's finalize
+  PageBits device ABSL_GUARDED_BY(mu);     // data lives in pages[i]
+  PageBits busy ABSL_GUARDED_BY(mu);       // held by an in-flight migrate_vma
+  PageBits poisoned ABSL_GUARDED_BY(mu);   // lost to a device error; accesses get SIGBUS
+  PageBits unmapped ABSL_GUARDED_BY(mu);   // the application munmapped/mremapped it away
+  PageBits discard ABSL_GUARDED_BY(mu);    // discard pending: applied by the holder's finalize
+  PageBits duplicate ABSL_GUARDED_BY(mu);  // host page whose pages[i] keeps a device copy
   DevicePages pages ABSL_GUARDED_BY(mu);
   std::vector<uffd_msg> deferred ABSL_GUARDED_BY(mu);  // faults that hit busy pages
   // FaultService::read_seq() when pages of this block last moved to a device: fault messages read
@@ -147,6 +157,7 @@ struct VaBlock {
   }
   bool Busy(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) { return busy.bits_[i]; }
   bool DiscardPending(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) { return discard.bits_[i]; }
+  bool Duplicate(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) { return duplicate.bits_[i]; }
 
   // --- Transitions of a migration (migrate_vma_setup / finalize) ---
   // A migration takes page i (kHost to a device, kDevice to the host); nobody holds it.
@@ -157,16 +168,30 @@ struct VaBlock {
     busy.bits_.set(i);
   }
   // The holder's copy to `page` succeeded: the device page is the data now.
+  // A duplicate commits with its own device page (copied to it if the CPU wrote it).
   void CommitToDevice(size_t i, Page* page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Check(i, "CommitToDevice", busy.bits_[i] && State(i) == PageState::kHost && page != nullptr,
-          "needs a held host page and a device page");
+    Check(i, "CommitToDevice",
+          busy.bits_[i] && State(i) == PageState::kHost && page != nullptr &&
+              (!duplicate.bits_[i] || pages.pages_[i] == page),
+          "needs a held host page and a device page (a duplicate's own)");
+    duplicate.bits_.reset(i);
     device.bits_.set(i);
     pages.pages_[i] = page;
   }
   // The holder's copy to the shadow succeeded: the shadow is the data again. Returns the device
-  // page, for the caller to put_page once the lock is released.
-  Page* CommitToHost(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  // page, for the caller to put_page once the lock is released; with `keep_copy` the page keeps it
+  // as a duplicate instead (and nullptr is returned).
+  Page* CommitToHost(size_t i, bool keep_copy = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Check(i, "CommitToHost", busy.bits_[i] && State(i) == PageState::kDevice, "needs a held device page");
+    if (!keep_copy) return TakeDevicePage(i);
+    device.bits_.reset(i);
+    duplicate.bits_.set(i);
+    return nullptr;
+  }
+  // Drops a duplicate's device copy (eviction, a migration to another device): returned, to
+  // put_page once the lock is released. Nobody may hold the page.
+  [[nodiscard]] Page* DropDuplicate(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Check(i, "DropDuplicate", duplicate.bits_[i] && !busy.bits_[i], "needs an unheld duplicate");
     return TakeDevicePage(i);
   }
   // The holder lets page i go, committed or rolled back (a page not committed stays where it was).
@@ -175,7 +200,7 @@ struct VaBlock {
     Check(i, "EndMigration", busy.bits_[i] && !discard.bits_[i],
           "needs a held page with no discard pending (finalize applies it first)");
     busy.bits_.reset(i);
-    if (device.bits_[i] && (poisoned.bits_[i] || unmapped.bits_[i])) return TakeDevicePage(i);
+    if (HasDevicePage(i) && (poisoned.bits_[i] || unmapped.bits_[i])) return TakeDevicePage(i);
     return nullptr;
   }
 
@@ -185,7 +210,7 @@ struct VaBlock {
   [[nodiscard]] Page* Poison(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Check(i, "Poison", State(i) != PageState::kUnmapped, "an unmapped page has no access to poison");
     poisoned.bits_.set(i);
-    if (device.bits_[i] && !busy.bits_[i]) return TakeDevicePage(i);
+    if (HasDevicePage(i) && !busy.bits_[i]) return TakeDevicePage(i);
     return nullptr;
   }
   // An application discard of page i while a migration holds it: the holder applies it at finalize.
@@ -203,7 +228,7 @@ struct VaBlock {
           "needs an unheld mapped page, or a held one with its discard pending");
     discard.bits_.reset(i);
     poisoned.bits_.reset(i);
-    return device.bits_[i] ? TakeDevicePage(i) : nullptr;
+    return HasDevicePage(i) ? TakeDevicePage(i) : nullptr;
   }
   // Applies a discard of page i by zeroing its device copy in place (a hugetlb block lives in one
   // place whole): it stays in kDevice.
@@ -217,7 +242,7 @@ struct VaBlock {
   // EndMigration).
   [[nodiscard]] Page* Unmap(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     unmapped.bits_.set(i);  // legal from every state (an address can be unmapped twice)
-    if (device.bits_[i] && !busy.bits_[i]) return TakeDevicePage(i);
+    if (HasDevicePage(i) && !busy.bits_[i]) return TakeDevicePage(i);
     return nullptr;
   }
   // Range teardown: every device page goes to `out` (the caller puts them once the lock is
@@ -225,16 +250,20 @@ struct VaBlock {
   void TakeAllDevicePages(std::vector<Page*>* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     for (size_t i = 0; i < kPagesPerBlock; ++i) {
       Check(i, "TakeAllDevicePages", !busy.bits_[i], "a migration still holds the page at teardown");
-      if (device.bits_[i]) out->push_back(TakeDevicePage(i));
+      if (HasDevicePage(i)) out->push_back(TakeDevicePage(i));
     }
   }
 
  private:
+  bool HasDevicePage(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return device.bits_[i] || duplicate.bits_[i];
+  }
   Page* TakeDevicePage(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Page* p = pages.pages_[i];
     Check(i, "(take device page)", p != nullptr, "a device page that is not there");
     pages.pages_[i] = nullptr;
     device.bits_.reset(i);
+    duplicate.bits_.reset(i);
     return p;
   }
 
@@ -253,7 +282,10 @@ struct VaBlock {
                  "uhmm: fatal: illegal page transition %s: page %zu (offset %#zx) of block %p is %s%s%s "
                  "(device page %p): %s\n",
                  transition, i, i * kPageSize, static_cast<const void*>(this), PageStateName(State(i)),
-                 busy.bits_[i] ? ", busy" : "", discard.bits_[i] ? ", discard pending" : "",
+                 busy.bits_[i] ? ", busy" : "",
+                 discard.bits_[i]     ? ", discard pending"
+                 : duplicate.bits_[i] ? ", duplicate"
+                                      : "",
                  static_cast<const void*>(pages.pages_[i]), rule);
     std::abort();
   }

@@ -26,7 +26,8 @@ absl::StatusOr<void*> VaSpace::Create(size_t size, Backing backing) {
   if (!created.ok() && auto_huge) created = ManagedRange::Create(mm_, size, false);
   if (!created.ok()) return created.status();
   std::shared_ptr<ManagedRange> range = std::move(*created);
-  if (absl::Status s = mm_.uffd->Register(range->start(), range->size()); !s.ok()) {
+  if (absl::Status s = mm_.uffd->Register(range->start(), range->size(), range->duplicates_reads());
+      !s.ok()) {
     range->DiscardUserView();
     return s;
   }

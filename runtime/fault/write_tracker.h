@@ -1,0 +1,45 @@
+// WriteTracker: which pages of a managed range the CPU wrote, from the kernel's page tables.
+//
+// Ranges are registered with userfaultfd write-protect in the asynchronous mode (Linux 6.7+,
+// Uffd::has_async_wp): a page that uhmm maps write-protected (UFFDIO_CONTINUE_MODE_WP) stays
+// readable, and the first CPU write to it is resolved by the kernel on its own, clearing the PTE's
+// uffd-wp bit. PAGEMAP_SCAN (/proc/self/pagemap) reports pages without that bit as PAGE_IS_WRITTEN.
+// Read duplication relies on two facts measured on the kernel (see docs/SEMANTICS.md): zapping a
+// write-protected page that was not written leaves a uffd-wp marker, which still reads as not
+// written, while a written page (and a page never mapped) reads as written. So a migration can zap
+// first and ask afterwards: a CPU write that lands before the zap is seen, and one after it faults
+// and waits for the migration. Nothing is lost to the order.
+#ifndef UHMM_RUNTIME_FAULT_WRITE_TRACKER_H_
+#define UHMM_RUNTIME_FAULT_WRITE_TRACKER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "runtime/mm/managed_range.h"
+
+namespace uhmm {
+
+class WriteTracker {
+ public:
+  // Opens /proc/self/pagemap; UNAVAILABLE when it cannot be opened or lacks PAGEMAP_SCAN.
+  static absl::StatusOr<std::unique_ptr<WriteTracker>> Open();
+  ~WriteTracker();
+  WriteTracker(const WriteTracker&) = delete;
+  WriteTracker& operator=(const WriteTracker&) = delete;
+
+  // Runs of [start, end) (page aligned) that read as written: written since they were mapped
+  // write-protected, mapped writable, or never mapped. Changes nothing.
+  absl::StatusOr<PageRuns> Written(uintptr_t start, uintptr_t end) const;
+
+ private:
+  WriteTracker(int fd, pid_t pid) : fd_(fd), pid_(pid) {}
+  int fd_;
+  pid_t pid_;  // the process whose page tables fd_ reads (a forked child must not use it)
+};
+
+}  // namespace uhmm
+
+#endif  // UHMM_RUNTIME_FAULT_WRITE_TRACKER_H_
