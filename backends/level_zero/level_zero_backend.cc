@@ -101,6 +101,7 @@ class ZeCopyEngine final : public CopyEngine {
   }
 
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
+    if (ProcessExiting()) return ExitingError();
     const bool to_device = dir == CopyDirection::kHostToDevice;
     absl::StatusOr<ze_event_handle_t> event = events_.Acquire();
     if (!event.ok()) return event.status();
@@ -138,6 +139,7 @@ class ZeCopyEngine final : public CopyEngine {
   absl::Status Wait(uint64_t fence) override {
     absl::StatusOr<FenceTable<ze_event_handle_t>::Batch> b = fences_.Take(fence, "Level Zero copy engine");
     if (!b.ok()) return b.status();
+    if (ProcessExiting()) return ExitingError();  // the event may be gone with the loader
     const FenceTable<ze_event_handle_t>::Batch& p = *b;
     absl::Status s = WaitForEvent(*l_, p.event, "waiting for a copy (zeEventHostSynchronize)");
     events_.Release(p.event);
@@ -152,6 +154,12 @@ class ZeCopyEngine final : public CopyEngine {
   }
 
  private:
+  static absl::Status ExitingError() {
+    return absl::UnavailableError(
+        "Level Zero copy engine: the process is exiting (the driver's objects are "
+        "being destroyed)");
+  }
+
   const Loader* const l_;
   const ze_context_handle_t ctx_;
   EventCache events_;

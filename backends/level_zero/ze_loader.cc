@@ -3,6 +3,7 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -13,6 +14,9 @@
 
 namespace uhmm::level_zero {
 namespace {
+
+// exit() has begun (the atexit hook below): the loader's objects are about to be destroyed.
+std::atomic<bool> g_exiting{false};
 
 const char* ResultName(ze_result_t r) {
   switch (r) {
@@ -92,10 +96,14 @@ absl::StatusOr<const Loader*> Load(const std::string& path) {
                         "(intel-level-zero-gpu / libze-intel-gpu1) on a machine with an Intel GPU",
                         ZeStatus(r, "zeInit").message()));
   }
+  // Registered after zeInit, so it runs before the loader's and its layers' static destructors.
+  std::atexit([] { g_exiting.store(true, std::memory_order_release); });
   return l.release();  // process lifetime: Level Zero objects may be released at exit
 }
 
 }  // namespace
+
+bool ProcessExiting() { return g_exiting.load(std::memory_order_acquire); }
 
 absl::StatusOr<const Loader*> LoadLoader(const std::string& path) {
   static std::mutex mu;

@@ -70,6 +70,11 @@ struct Loader {
 // GPU driver.
 absl::StatusOr<const Loader*> LoadLoader(const std::string& path);
 
+// True once exit() has begun in a process that loaded the loader: the loader's and its layers'
+// static destructors run next, so no Level Zero call may be made any more (a copy then fails, and
+// the fault that needed it ends in SIGBUS, instead of calling into destroyed objects).
+bool ProcessExiting();
+
 // "zeVirtualMemMap: ZE_RESULT_ERROR_INVALID_ARGUMENT", or OK for ZE_RESULT_SUCCESS. Out-of-memory
 // results map to RESOURCE_EXHAUSTED, argument errors to INVALID_ARGUMENT, missing features to
 // UNAVAILABLE and device errors to ABORTED (which the fault path turns into SIGBUS).
