@@ -12,6 +12,7 @@
 #include "runtime/mm/migrator.h"
 #include "runtime/mm/va_space.h"
 #include "runtime/policy/readahead_fence.h"
+#include "runtime/process/workers.h"
 #include "runtime/trace/tracer.h"
 
 namespace uhmm {
@@ -62,8 +63,22 @@ absl::Status LaunchCoherence::Sync(DeviceState& ds, void* queue) {
 }
 
 absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
-  mm_.va_space->ReapZombies();
-  std::vector<std::shared_ptr<ManagedRange>> ranges = mm_.va_space->All();
+  // No range teardown here: this may be a launch callback on the application's thread. Ranges the
+  // application munmapped are reaped by a worker, and the references taken below are let go there
+  // (the last one to a freed range tears it down).
+  mm_.workers->Post([va_space = mm_.va_space] { va_space->ReapZombies(); });
+  auto held = std::make_shared<std::vector<RangeRef>>();
+  struct LetGo {
+    Mm& mm;
+    std::shared_ptr<std::vector<RangeRef>> held;
+    std::vector<std::shared_ptr<ManagedRange>> ranges;
+    ~LetGo() {
+      auto all = std::make_shared<std::vector<std::shared_ptr<ManagedRange>>>(std::move(ranges));
+      mm.workers->Post([held = std::move(held), all] {});  // no workers: let go here
+    }
+  } let_go{mm_, held, {}};
+  std::vector<std::shared_ptr<ManagedRange>>& ranges = let_go.ranges;
+  ranges = mm_.va_space->All();
   size_t managed = 0;
   // With one pointer a partly used block still takes a whole chunk.
   const bool whole_blocks = ds.device->placement() == Placement::kSameAddress;
@@ -78,12 +93,12 @@ absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
         "raise UHMM_DEVICE_POOL_BYTES",
         managed, ds.ordinal, pool_bytes));
   }
-  ranges.clear();
   mm_.counters->launch_syncs.fetch_add(1, std::memory_order_relaxed);
   const std::vector<uintptr_t> starts = mm_.va_space->TakeHostDirty();
   absl::Status status;
   for (size_t k = 0; k < starts.size(); ++k) {
-    RangeRef ref = mm_.va_space->Lookup(starts[k]);
+    held->push_back(mm_.va_space->Lookup(starts[k]));
+    const RangeRef& ref = held->back();
     // Freed since (a new range at that address lists itself).
     if (!ref || ref->start() != starts[k]) continue;
     if (!status.ok()) {
