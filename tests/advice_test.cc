@@ -734,6 +734,11 @@ namespace {
 class AdviceEffectsTest : public RuntimeTest {};
 
 TEST_F(AdviceEffectsTest, FaultGranuleSetsHowMuchACpuFaultBringsBack) {
+  Config c = TestConfig();
+  c.readahead_bytes = 0;  // counts the faults' own migrations only
+  rt_.reset();
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
   constexpr size_t kBytes = 4 * kMiB;
   uint64_t* p = AllocFilled(kBytes, 1);
   auto* second = reinterpret_cast<uint8_t*>(p) + 2 * kMiB;
@@ -757,7 +762,8 @@ TEST_F(AdviceEffectsTest, AHostPreferredRangeStaysHomeAtLaunchUnlessAccessedBy) 
   uint64_t* other = AllocFilled(kBytes, 3);
   ASSERT_TRUE(rt_->Advise(home, kBytes, Advice::kSetPreferredLocation, kHost).ok());
   ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
-  EXPECT_EQ(CountAt(Residency(home, kBytes), kHost), kBytes / kPageSize) << "a host-preferred range was pushed";
+  EXPECT_EQ(CountAt(Residency(home, kBytes), kHost), kBytes / kPageSize)
+      << "a host-preferred range was pushed";
   EXPECT_EQ(CountAt(Residency(other, kBytes), 0), kBytes / kPageSize);
   // ACCESSED_BY device 0: no backend maps host memory for kernels in place yet, so it migrates.
   ASSERT_TRUE(rt_->Advise(home, kBytes, Advice::kSetAccessedBy, 0).ok());
@@ -787,8 +793,34 @@ TEST_F(AdviceEffectsTest, ReadAheadLeavesDevicePreferredPagesOnTheDevice) {
   ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());
   const Stats before = rt_->stats();
   for (size_t w = 0; w < kBytes / 8; w += kPageSize / 8) ASSERT_EQ(p[w], Pattern(5, w)) << w;
-  EXPECT_EQ(rt_->stats().readahead_pages, before.readahead_pages) << "read-ahead pulled device-preferred pages";
+  EXPECT_EQ(rt_->stats().readahead_pages, before.readahead_pages)
+      << "read-ahead pulled device-preferred pages";
   ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(AdviceEffectsTest, EvictionTakesDevicePreferredDataLast) {
+  Config c = TestConfig();
+  c.device_pool_bytes = 4 * kMiB;  // two chunks
+  rt_.reset();
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  constexpr size_t kBytes = 2 * kMiB;
+  uint64_t* kept = AllocFilled(kBytes, 7);
+  uint64_t* other = AllocFilled(kBytes, 8);
+  uint64_t* third = AllocFilled(kBytes, 9);
+  ASSERT_TRUE(rt_->Advise(kept, kBytes, Advice::kSetPreferredLocation, 0).ok());
+  ASSERT_TRUE(rt_->Migrate(kept, kBytes, 0).ok());  // least recently used: the usual victim
+  ASSERT_TRUE(rt_->Migrate(other, kBytes, 0).ok());
+  ASSERT_TRUE(rt_->Migrate(third, kBytes, 0).ok());  // the pool is full: one chunk goes
+  EXPECT_EQ(CountAt(Residency(kept, kBytes), 0), kBytes / kPageSize) << "device-preferred data was evicted";
+  EXPECT_EQ(CountAt(Residency(other, kBytes), kHost), kBytes / kPageSize);
+  // With nothing else to evict, preferred data goes too: a migration is not refused for advice.
+  ASSERT_TRUE(rt_->Migrate(other, kBytes, 0).ok());
+  EXPECT_EQ(CountAt(Residency(other, kBytes), 0), kBytes / kPageSize);
+  EXPECT_EQ(FirstMismatch(kept, kBytes, 7), -1);
+  EXPECT_EQ(FirstMismatch(other, kBytes, 8), -1);
+  EXPECT_EQ(FirstMismatch(third, kBytes, 9), -1);
+  for (uint64_t* p : {kept, other, third}) ASSERT_TRUE(rt_->Free(p).ok());
 }
 
 TEST_F(AdviceEffectsTest, ReadMostlyCopiesStayValidAcrossLaunches) {

@@ -39,8 +39,19 @@ ProtectFromEviction::~ProtectFromEviction() { t_protected = saved_; }
 
 std::pair<uintptr_t, uintptr_t> ProtectFromEviction::Current() { return t_protected; }
 
+bool Evictor::PrefersDevice(DeviceState& ds, size_t chunk) {
+  for (uintptr_t a : ds.pool->CommittedAddresses(chunk)) {
+    RangeRef range = mm_.va_space->Lookup(a);
+    if (range && range->advice().Any() && range->advice().At(a).preferred == ds.ordinal) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) {
   absl::flat_hash_set<size_t> exclude;
+  // PREFERRED_LOCATION this device: such chunks are evicted last, once no other victim is left.
+  std::vector<size_t> preferred;
+  bool preferred_allowed = false;
   bool held_elsewhere = false;  // a victim's pages were all held by another migration
   std::optional<std::chrono::steady_clock::time_point> give_up;
   for (;;) {
@@ -48,6 +59,17 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
     if (!page.ok()) return page.status();
     if (*page != nullptr) return *page;
     std::optional<size_t> victim = ds.pool->PickVictim(exclude);
+    if (victim && !preferred_allowed && PrefersDevice(ds, *victim)) {
+      preferred.push_back(*victim);
+      exclude.insert(*victim);
+      continue;
+    }
+    if (!victim && !preferred.empty()) {
+      for (size_t c : preferred) exclude.erase(c);
+      preferred.clear();
+      preferred_allowed = true;
+      continue;
+    }
     if (!victim && held_elsewhere) {
       // Another migration holds those pages: a fault or a read-ahead bringing them home, which
       // frees them when it ends. Wait for it, a bounded time (two requests can each hold what the
@@ -58,6 +80,7 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
         std::this_thread::sleep_for(std::chrono::microseconds(100));
         exclude.clear();
         held_elsewhere = false;
+        preferred_allowed = false;
         continue;
       }
     }

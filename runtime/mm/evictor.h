@@ -52,6 +52,8 @@ class Evictor {
   // Drops the device copies of `owner`'s duplicates in [start, end) of `range` (read duplication):
   // the host holds the data. Returns how many pages that freed.
   size_t DropDuplicates(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner);
+  // Whether chunk `chunk` of `ds` backs a page whose advised PREFERRED_LOCATION is that device.
+  bool PrefersDevice(DeviceState& ds, size_t chunk);
   absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held = nullptr);
 
   Mm& mm_;
