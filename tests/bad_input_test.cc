@@ -295,6 +295,10 @@ TEST(CApiTest, ErrorsComeBackAsCodesWithMessages) {
   EXPECT_EQ(uhmm_query_residency(rt, p, 8 * kPageSize, res, 4), UHMM_ERROR_INVALID_ARGUMENT);
   ASSERT_EQ(uhmm_query_residency(rt, p, 8 * kPageSize, res, 8), UHMM_OK);
   for (int32_t r : res) EXPECT_EQ(r, 0);
+  EXPECT_EQ(uhmm_query_copies(rt, p, 8 * kPageSize, nullptr, 8), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(uhmm_query_copies(rt, p, 8 * kPageSize, res, 4), UHMM_ERROR_INVALID_ARGUMENT);
+  ASSERT_EQ(uhmm_query_copies(rt, p, 8 * kPageSize, res, 8), UHMM_OK);
+  for (int32_t r : res) EXPECT_EQ(r, UHMM_LOCATION_NONE) << "pages on the device are not copies";
   EXPECT_EQ(static_cast<unsigned char*>(p)[8 * kPageSize - 1], 0x5a);
   uhmm_stats_t st;
   ASSERT_EQ(uhmm_get_stats(rt, &st), UHMM_OK);

@@ -29,7 +29,8 @@ class DuplicationTest : public RuntimeTest {
   // Reads one word of every page (CPU read faults bring the pages home).
   static uint64_t ReadEveryPage(const uint64_t* p, size_t bytes) {
     uint64_t sum = 0;
-    for (size_t w = 0; w < bytes / 8; w += kPageSize / 8) sum += reinterpret_cast<const volatile uint64_t*>(p)[w];
+    for (size_t w = 0; w < bytes / 8; w += kPageSize / 8)
+      sum += reinterpret_cast<const volatile uint64_t*>(p)[w];
     return sum;
   }
 };
@@ -47,10 +48,16 @@ TEST_F(DuplicationTest, CpuReadsKeepTheDeviceCopyAndTheNextPushCopiesNothing) {
   EXPECT_EQ(FirstMismatch(p, kBytes, 2), -1) << "the CPU does not see the device's result";
   EXPECT_EQ(CountAt(Residency(p, kBytes), kHost), kPages);
   EXPECT_EQ(counters().duplicates_kept.load() - kept, kPages) << "every page came home by a read";
+  absl::StatusOr<std::vector<int32_t>> copies = rt_->DeviceCopies(p, kBytes);
+  ASSERT_TRUE(copies.ok()) << copies.status();
+  EXPECT_EQ(CountAt(*copies, 0), kPages) << "duplicates are not reported as copies on device 0";
   EXPECT_EQ(rt_->stats().device_pages_used, before.device_pages_used) << "device copies were freed";
   // Back to the device: nothing was written, so nothing is copied.
   ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());
   EXPECT_EQ(counters().duplicates_reused.load() - reused, kPages) << "pages the CPU only read were copied";
+  copies = rt_->DeviceCopies(p, kBytes);
+  ASSERT_TRUE(copies.ok()) << copies.status();
+  EXPECT_EQ(CountAt(*copies, kNoLocation), kPages) << "pages on the device are not duplicates";
   EXPECT_EQ(CountAt(Residency(p, kBytes), 0), kPages);
   EXPECT_EQ(DeviceMismatches(p, kBytes, 2), 0u);
   ASSERT_TRUE(rt_->Free(p).ok());
@@ -89,7 +96,8 @@ TEST_F(DuplicationTest, AWriteMadeBeforeAPushIsNeverLost) {
     ASSERT_EQ(DeviceWrite(p, kBytes, 100 + round), kPages);
     ReadEveryPage(p, kBytes);
     const size_t stride = 1 + round % 5;
-    for (size_t pg = round % 7; pg < kPages; pg += stride) p[pg * kPageSize / 8 + round] = 0xabcdef00u + round;
+    for (size_t pg = round % 7; pg < kPages; pg += stride)
+      p[pg * kPageSize / 8 + round] = 0xabcdef00u + round;
     ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
     std::vector<uint64_t> buf(kPageSize / 8);
     for (size_t pg = 0; pg < kPages; ++pg) {
@@ -210,6 +218,19 @@ TEST_F(DuplicationTest, ConcurrentCpuWritersAndPushesLoseNothing) {
   pusher.join();
   EXPECT_EQ(bad.load(), 0u) << "a device copy missed a CPU write made before its push";
   for (uint64_t* p : bufs) ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(DuplicationTest, CopiesQueryRefusesBadInputLikeResidency) {
+  uint64_t* p = AllocFilled(kBytes, 12);
+  EXPECT_EQ(rt_->DeviceCopies(nullptr, kPageSize).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(rt_->DeviceCopies(p, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(rt_->DeviceCopies(p, kBytes + kPageSize).status().code(), absl::StatusCode::kInvalidArgument);
+  alignas(4096) static char unmanaged[kPageSize];
+  EXPECT_EQ(rt_->DeviceCopies(unmanaged, kPageSize).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(rt_->DeviceCopies(reinterpret_cast<uint8_t*>(p) + 1, kPageSize).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  EXPECT_EQ(rt_->DeviceCopies(p, kPageSize).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(DuplicationOffTest, WithoutItCpuReadsFreeTheDeviceCopies) {

@@ -260,7 +260,7 @@ TEST(LockOrderDeathTest, AnInversionAborts) {
         MutexLock l1(&block);
         MutexLock l2(&space);
       },
-      "lock order violation: acquiring VaSpace::mu_ \\(rank 1, .*\\) while holding VaBlock::mu \\(rank 2");
+      "lock order violation: acquiring VaSpace::mu_ \\(rank 2, .*\\) while holding VaBlock::mu \\(rank 3");
   EXPECT_DEATH(
       {
         Mutex b1(LockRank::kVaBlock);

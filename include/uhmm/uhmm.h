@@ -191,6 +191,12 @@ uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device);
 /* Writes one location per 4 KiB page of [ptr, ptr+size) into out[0..out_len). */
 uhmm_status_t uhmm_query_residency(uhmm_runtime_t* rt, const void* ptr, size_t size, int32_t* out,
                                    size_t out_len);
+/* Read duplication: for each 4 KiB page of [ptr, ptr+size), the device that keeps a copy of a
+ * host-resident page (uhmm_query_residency says UHMM_LOCATION_HOST: the host copy is the data), or
+ * UHMM_LOCATION_NONE. The copy is current unless the CPU wrote the page since; the next push to that
+ * device copies only then. */
+uhmm_status_t uhmm_query_copies(uhmm_runtime_t* rt, const void* ptr, size_t size, int32_t* out,
+                                size_t out_len);
 uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out);
 
 /* Memory advice, after cudaMemAdvise (docs/SEMANTICS.md, "Memory advice"). Advice is kept per 4 KiB

@@ -138,6 +138,9 @@ class Runtime {
 
   // One location per 4 KiB page: device ordinal, kHost, kPoisoned or kUnmapped.
   virtual absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) = 0;
+  // Read duplication: per page, the device keeping a copy of a host-resident page, or kNoLocation
+  // (uhmm_query_copies).
+  virtual absl::StatusOr<std::vector<int32_t>> DeviceCopies(const void* ptr, size_t size) = 0;
 
   // Memory advice on [ptr, ptr+size) (uhmm_advise), and one attribute of the span read back
   // (uhmm_range_get_attribute): ptr 4 KiB aligned, size rounded up to 4 KiB, one allocation.

@@ -4,6 +4,7 @@
 #include <cxxabi.h>
 
 #include <cstring>
+#include <functional>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -276,20 +277,35 @@ uhmm_status_t uhmm_evict_device(uhmm_runtime_t* rt, int device) {
   return Guarded("uhmm_evict_device", [&] { return Report(rt->rt->EvictDevice(device)); });
 }
 
-uhmm_status_t uhmm_query_residency(uhmm_runtime_t* rt, const void* ptr, size_t size, int32_t* out,
-                                   size_t out_len) {
-  if (rt == nullptr) return NullRuntime("uhmm_query_residency");
-  if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_query_residency: out is NULL"));
-  return Guarded("uhmm_query_residency", [&] {
-    absl::StatusOr<std::vector<int32_t>> r = rt->rt->Residency(ptr, size);
+namespace {
+
+// uhmm_query_residency and uhmm_query_copies: one value per page into out[0..out_len).
+uhmm_status_t QueryPages(const char* what, uhmm_runtime_t* rt, int32_t* out, size_t out_len,
+                         const std::function<absl::StatusOr<std::vector<int32_t>>()>& query) {
+  if (rt == nullptr) return NullRuntime(what);
+  if (out == nullptr) return Report(absl::InvalidArgumentError(absl::StrCat(what, ": out is NULL")));
+  return Guarded(what, [&] {
+    absl::StatusOr<std::vector<int32_t>> r = query();
     if (!r.ok()) return Report(r.status());
     if (out_len < r->size()) {
       return Report(absl::InvalidArgumentError(
-          "uhmm_query_residency: out_len is smaller than the number of 4 KiB pages in the range"));
+          absl::StrCat(what, ": out_len is smaller than the number of 4 KiB pages in the range")));
     }
     std::memcpy(out, r->data(), r->size() * sizeof(int32_t));
     return UHMM_OK;
   });
+}
+
+}  // namespace
+
+uhmm_status_t uhmm_query_residency(uhmm_runtime_t* rt, const void* ptr, size_t size, int32_t* out,
+                                   size_t out_len) {
+  return QueryPages("uhmm_query_residency", rt, out, out_len, [&] { return rt->rt->Residency(ptr, size); });
+}
+
+uhmm_status_t uhmm_query_copies(uhmm_runtime_t* rt, const void* ptr, size_t size, int32_t* out,
+                                size_t out_len) {
+  return QueryPages("uhmm_query_copies", rt, out, out_len, [&] { return rt->rt->DeviceCopies(ptr, size); });
 }
 
 uhmm_status_t uhmm_advise(uhmm_runtime_t* rt, void* ptr, size_t size, uhmm_advice_t advice, int64_t arg) {

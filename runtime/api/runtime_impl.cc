@@ -386,11 +386,11 @@ absl::Status RuntimeImpl::EvictDevice(int device) {
   return evictor_->EvictDevice((*devices_)[device]);
 }
 
-absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, size_t size) {
-  constexpr const char* kWhat = "uhmm_query_residency";
-  absl::StatusOr<uintptr_t> end = CheckSpan(kWhat, ptr, size, /*round_size=*/false);
+absl::StatusOr<std::vector<int32_t>> RuntimeImpl::PerPage(const char* what, const void* ptr, size_t size,
+                                                          int32_t (*value)(const VaBlock&, size_t)) {
+  absl::StatusOr<uintptr_t> end = CheckSpan(what, ptr, size, /*round_size=*/false);
   if (!end.ok()) return end.status();
-  absl::StatusOr<RangeRef> looked_up = LookupSpan(kWhat, ptr, size, *end);
+  absl::StatusOr<RangeRef> looked_up = LookupSpan(what, ptr, size, *end);
   if (!looked_up.ok()) return looked_up.status();
   RangeRef range = std::move(*looked_up);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
@@ -401,20 +401,32 @@ absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, siz
     VaBlock& blk = range->block_of(a);
     const uintptr_t block_end = std::min(addr + size, (a & ~(kBlockSize - 1)) + kBlockSize);
     MutexLock lock(&blk.mu);
-    for (; a < block_end; a += kPageSize) {
-      const size_t i = ManagedRange::page_in_block(a);
-      if (blk.unmapped[i]) {
-        out.push_back(kUnmapped);
-      } else if (blk.poisoned[i]) {
-        out.push_back(kPoisoned);
-      } else if (blk.device[i]) {
-        out.push_back(blk.pages[i]->pgmap->device);
-      } else {
-        out.push_back(kHost);
-      }
-    }
+    for (; a < block_end; a += kPageSize) out.push_back(value(blk, ManagedRange::page_in_block(a)));
   }
   return out;
+}
+
+namespace {
+
+// PerPage's values; called with the block's lock held (PerPage takes it).
+int32_t PageLocation(const VaBlock& blk, size_t i) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (blk.unmapped[i]) return kUnmapped;
+  if (blk.poisoned[i]) return kPoisoned;
+  if (blk.device[i]) return static_cast<int32_t>(blk.pages[i]->pgmap->device);
+  return kHost;
+}
+int32_t PageCopy(const VaBlock& blk, size_t i) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  return blk.Duplicate(i) ? static_cast<int32_t>(blk.pages[i]->pgmap->device) : kNoLocation;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> RuntimeImpl::Residency(const void* ptr, size_t size) {
+  return PerPage("uhmm_query_residency", ptr, size, &PageLocation);
+}
+
+absl::StatusOr<std::vector<int32_t>> RuntimeImpl::DeviceCopies(const void* ptr, size_t size) {
+  return PerPage("uhmm_query_copies", ptr, size, &PageCopy);
 }
 
 absl::Status RuntimeImpl::CheckAdvice(Advice advice, int64_t arg) const {

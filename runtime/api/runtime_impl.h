@@ -45,6 +45,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::Status StartTrace(const std::string& path) override;
   absl::Status StopTrace() override;
   absl::StatusOr<std::vector<int32_t>> Residency(const void* ptr, size_t size) override;
+  absl::StatusOr<std::vector<int32_t>> DeviceCopies(const void* ptr, size_t size) override;
   absl::Status Advise(void* ptr, size_t size, Advice advice, int64_t arg = 0) override;
   absl::StatusOr<int64_t> GetRangeAttribute(const void* ptr, size_t size,
                                             RangeAttribute attribute) const override;
@@ -69,6 +70,9 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
  private:
   explicit RuntimeImpl(const Config& config);
   absl::Status Init();
+  // Residency and DeviceCopies: checks the span, then `value` of each page under its block's lock.
+  absl::StatusOr<std::vector<int32_t>> PerPage(const char* what, const void* ptr, size_t size,
+                                               int32_t (*value)(const VaBlock&, size_t));
   // Opens the write tracker when read duplication is wanted and the kernel can do it; otherwise
   // notes why not (never an error: uhmm then works as without it).
   absl::Status StartWriteTracking();
