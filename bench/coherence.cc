@@ -66,7 +66,8 @@ void DeviceRewrite(uhmm::Runtime& rt, uint8_t* p, size_t bytes, uint64_t value) 
 }
 
 // The per-step figures of a loop that started at `t0` with stats `a`; frees `mem`.
-void FinishSteps(uhmm::Runtime& rt, void* mem, const uhmm::Stats& a, Clock::time_point t0, int steps, Row* r) {
+void FinishSteps(uhmm::Runtime& rt, void* mem, const uhmm::Stats& a, Clock::time_point t0, int steps,
+                 Row* r) {
   r->ms = Ms(Clock::now() - t0) / steps;
   const uhmm::Stats b = rt.stats();
   r->copied_to_device_mib = CopiedMiB(a, b) / steps;
@@ -162,25 +163,30 @@ int main() {
   std::printf(
       "| coherence (host backend) | read duplication on | off | goal |\n"
       "|---|---|---|---|\n");
-  std::printf("| relaunch after the CPU only read 64 MiB: copied to the device | %.1f MiB | %.1f MiB | 0 with "
-              "duplication: %s |\n",
-              on.copied_to_device_mib, off.copied_to_device_mib, on.copied_to_device_mib == 0 ? "met" : "NOT met");
-  std::printf("| relaunch after the CPU only read 64 MiB: launch sync | %.2f ms | %.2f ms | - |\n", on.ms, off.ms);
-  std::printf("| simulator loop (16 MiB field, 16 CPU reads a step): copied to the device per step | %.2f MiB | "
-              "%.2f MiB | less with duplication: %s |\n",
-              lon.copied_to_device_mib, loff.copied_to_device_mib,
-              lon.copied_to_device_mib < loff.copied_to_device_mib ? "met" : "NOT met");
+  std::printf(
+      "| relaunch after the CPU only read 64 MiB: copied to the device | %.1f MiB | %.1f MiB | 0 with "
+      "duplication: %s |\n",
+      on.copied_to_device_mib, off.copied_to_device_mib, on.copied_to_device_mib == 0 ? "met" : "NOT met");
+  std::printf("| relaunch after the CPU only read 64 MiB: launch sync | %.2f ms | %.2f ms | - |\n", on.ms,
+              off.ms);
+  std::printf(
+      "| simulator loop (16 MiB field, 16 CPU reads a step): copied to the device per step | %.2f MiB | "
+      "%.2f MiB | less with duplication: %s |\n",
+      lon.copied_to_device_mib, loff.copied_to_device_mib,
+      lon.copied_to_device_mib < loff.copied_to_device_mib ? "met" : "NOT met");
   std::printf("| simulator loop: copied to the host per step | %.2f MiB | %.2f MiB | same |\n",
               lon.copied_to_host_mib, loff.copied_to_host_mib);
-  std::printf("| simulator loop: step time (sync + device rewrite + reads) | %.2f ms | %.2f ms | - |\n", lon.ms,
-              loff.ms);
-  std::printf("\n| READ_MOSTLY table (16 MiB, CPU and kernel read it every step), per step after the first | "
-              "advised | not advised | goal |\n|---|---|---|---|\n");
+  std::printf("| simulator loop: step time (sync + device rewrite + reads) | %.2f ms | %.2f ms | - |\n",
+              lon.ms, loff.ms);
+  std::printf(
+      "\n| READ_MOSTLY table (16 MiB, CPU and kernel read it every step), per step after the first | "
+      "advised | not advised | goal |\n|---|---|---|---|\n");
   std::printf("| copied to the device | %.2f MiB | %.2f MiB | 0 advised: %s |\n", rm.copied_to_device_mib,
               norm.copied_to_device_mib, rm.copied_to_device_mib == 0 ? "met" : "NOT met");
   std::printf("| copied to the host | %.2f MiB | %.2f MiB | 0 advised: %s |\n", rm.copied_to_host_mib,
               norm.copied_to_host_mib, rm.copied_to_host_mib == 0 ? "met" : "NOT met");
-  std::printf("| step time (launch sync + 16 device reads + CPU reads) | %.2f ms | %.2f ms | - |\n", rm.ms, norm.ms);
+  std::printf("| step time (launch sync + 16 device reads + CPU reads) | %.2f ms | %.2f ms | - |\n", rm.ms,
+              norm.ms);
   if (!on.ok || !off.ok || !lon.ok || !loff.ok || !rm.ok || !norm.ok) {
     std::printf("DATA CHECK FAILED\n");
     return 1;
