@@ -64,19 +64,17 @@ absl::Status LaunchCoherence::Sync(DeviceState& ds, void* queue) {
 
 absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
   // No range teardown here: this may be a launch callback on the application's thread. Ranges the
-  // application munmapped are reaped by a worker, and the references taken below are let go there
-  // (the last one to a freed range tears it down).
+  // application munmapped are reaped by a worker, and so is this snapshot let go (the last reference
+  // to a range freed meanwhile would destroy it); RangeRefs never hold the last one.
   mm_.workers->Post([va_space = mm_.va_space] { va_space->ReapZombies(); });
-  auto held = std::make_shared<std::vector<RangeRef>>();
   struct LetGo {
     Mm& mm;
-    std::shared_ptr<std::vector<RangeRef>> held;
     std::vector<std::shared_ptr<ManagedRange>> ranges;
     ~LetGo() {
       auto all = std::make_shared<std::vector<std::shared_ptr<ManagedRange>>>(std::move(ranges));
-      mm.workers->Post([held = std::move(held), all] {});  // no workers: let go here
+      mm.workers->Post([all] {});  // no workers: let go here
     }
-  } let_go{mm_, held, {}};
+  } let_go{mm_, {}};
   std::vector<std::shared_ptr<ManagedRange>>& ranges = let_go.ranges;
   ranges = mm_.va_space->All();
   size_t managed = 0;
@@ -97,8 +95,7 @@ absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
   const std::vector<uintptr_t> starts = mm_.va_space->TakeHostDirty();
   absl::Status status;
   for (size_t k = 0; k < starts.size(); ++k) {
-    held->push_back(mm_.va_space->Lookup(starts[k]));
-    const RangeRef& ref = held->back();
+    RangeRef ref = mm_.va_space->Lookup(starts[k]);
     // Freed since (a new range at that address lists itself).
     if (!ref || ref->start() != starts[k]) continue;
     if (!status.ok()) {

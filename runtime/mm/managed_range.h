@@ -151,8 +151,14 @@ class RangeRef {
   RangeRef(RangeRef&& o) noexcept : range_(std::move(o.range_)) {}
   RangeRef& operator=(RangeRef&&) = delete;
   RangeRef(const RangeRef&) = delete;
+  // Lets the reference go before leaving the range: whoever tears the range down holds another
+  // reference while it waits for the ones in flight, so the last one, and with it the range's
+  // destructor, is always the tearing-down thread's, never this one's (a launch callback, say).
   ~RangeRef() {
-    if (range_) range_->Exit();
+    if (!range_) return;
+    ManagedRange* const r = range_.get();
+    range_.reset();
+    r->Exit();
   }
   // Another reference to the same range (empty when it is being torn down).
   RangeRef Clone() const { return RangeRef(range_); }
