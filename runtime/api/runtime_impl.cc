@@ -231,6 +231,10 @@ absl::Status RuntimeImpl::Free(void* ptr) {
     munmap(ptr, (*range)->size());
     return absl::OkStatus();
   }
+  // The application's discards of this range that a service thread has read but not applied yet
+  // must be done before its addresses can be reused: applied later they would find, and zero, a
+  // new range allocated at the same address (madvise returns once its event is read, not applied).
+  mm_.faults->AwaitDiscards((*range)->start(), (*range)->end());
   (*range)->BeginTeardown();
   trace::TraceRange(/*alloc=*/false, (*range)->start(), (*range)->size());
   va_space_->Destroy(**range, /*unmap_user_view=*/true);
