@@ -78,16 +78,17 @@ enum class OpKind {
   kRemove,       // madvise(MADV_REMOVE)
   kFork,         // the child checks a sample of the thread's ranges
   kFailCopy,     // the next copy batch of a device fails (injected)
+  kAdvise,       // uhmm_advise on a sub-range: advice changes where data is, never what it is
   kCount,
 };
 constexpr size_t kOpKinds = static_cast<size_t>(OpKind::kCount);
 constexpr std::array<const char*, kOpKinds> kOpNames = {
     "alloc",        "free",          "cpu_write",   "cpu_check", "pipe_in",   "pipe_out",
     "migrate",      "prefetch",      "evict",       "sync",      "residency", "device_write",
-    "device_check", "madv_dontneed", "madv_remove", "fork",      "fail_copy"};
+    "device_check", "madv_dontneed", "madv_remove", "fork",      "fail_copy", "advise"};
 // Relative frequencies.
 constexpr std::array<int, kOpKinds> kDefaultWeights = {60, 25, 140, 140, 35, 35, 100, 60, 15,
-                                                       8,  40, 50,  35,  25, 25, 4,   3};
+                                                       8,  40, 50,  35,  25, 25, 4,   3,  20};
 
 // An operation is its kind and four random words; what they select (range, offsets, device) is
 // resolved against the thread's state when it runs, so that any sub-list is still a valid program.
@@ -369,6 +370,9 @@ struct Range {
   bool huge = false;
   std::vector<uint8_t> model;    // mapped bytes
   std::vector<uint8_t> unknown;  // per 4 KiB page: contents no longer checked
+  // Per 4 KiB page: advised READ_MOSTLY. Kernels promise not to write such pages (the device may
+  // keep a copy the CPU never sees again), so device-side accesses leave them alone.
+  std::vector<uint8_t> read_mostly;
   size_t unit() const { return huge ? kBlockSize : kPageSize; }
   size_t pages() const { return mapped / kPageSize; }
   size_t data_pages() const { return (size + kPageSize - 1) / kPageSize; }
@@ -682,6 +686,8 @@ class Worker {
         return Fork(op);
       case OpKind::kFailCopy:
         return FailCopy(op);
+      case OpKind::kAdvise:
+        return Advise(op);
       case OpKind::kCount:
         break;
     }
@@ -709,6 +715,7 @@ class Worker {
     r.mapped = (size + r.unit() - 1) / r.unit() * r.unit();
     r.model.assign(r.mapped, 0);
     r.unknown.assign(r.pages(), 0);
+    r.read_mostly.assign(r.pages(), 0);
     {
       std::lock_guard<std::mutex> lock(sh_.registry_mu);
       sh_.registry[reinterpret_cast<uintptr_t>(r.ptr)] = r.mapped;
@@ -1016,7 +1023,7 @@ class Worker {
     for (size_t i = 0; i < before->size(); ++i) {
       const size_t page_off = off + i * kPageSize;
       const int d = (*before)[i];
-      if (d < 0 || r.unknown[page_off / kPageSize]) continue;
+      if (d < 0 || r.unknown[page_off / kPageSize] || r.read_mostly[page_off / kPageSize]) continue;
       absl::StatusOr<uint64_t> addr = rt_.DeviceAddress(r.ptr + page_off);
       if (!addr.ok()) continue;  // left the device meanwhile (read-ahead)
       testing::DeviceAccess* access = testing::Access(rt_, d);
@@ -1236,6 +1243,56 @@ class Worker {
       }
     }
     return bad == 0 ? 0 : 1;
+  }
+
+  // Advice on a page-aligned span of an own range: the model does not change (advice moves data at
+  // most), except that device-side accesses stay off READ_MOSTLY pages.
+  bool Advise(const Op& op) {
+    Range& r = *PickRange(op.a);
+    const auto [off, len] = PickPages(r, op.b, op.c, /*data_only=*/false);
+    const int dev = static_cast<int>((op.d >> 8) % static_cast<uint64_t>(sh_.devices));
+    Advice advice = Advice::kSetReadMostly;
+    int64_t arg = 0;
+    switch (op.d % 8) {
+      case 0:
+        advice = Advice::kSetReadMostly;
+        break;
+      case 1:
+        advice = Advice::kUnsetReadMostly;
+        break;
+      case 2:
+        advice = Advice::kSetPreferredLocation;
+        arg = (op.d >> 16) % 2 ? kHost : dev;
+        break;
+      case 3:
+        advice = Advice::kUnsetPreferredLocation;
+        break;
+      case 4:
+        advice = Advice::kSetAccessedBy;
+        arg = dev;
+        break;
+      case 5:
+        advice = Advice::kUnsetAccessedBy;
+        arg = dev;
+        break;
+      case 6:
+        advice = Advice::kSetFaultGranule;
+        arg = int64_t{kPageSize} << ((op.d >> 16) % 10);  // 4 KiB .. 2 MiB
+        break;
+      default:
+        advice = Advice::kUnsetFaultGranule;
+        break;
+    }
+    Describe(absl::StrFormat("advise %s [%#x, +%#x) %d arg %d", RangeName(r), off, len,
+                             static_cast<int>(advice), arg));
+    const absl::Status s = rt_.Advise(r.ptr + off, len, advice, arg);
+    if (!s.ok()) return Fail(kExitContract, "Advise failed: " + s.ToString());
+    if (advice == Advice::kSetReadMostly || advice == Advice::kUnsetReadMostly) {
+      for (size_t p = off / kPageSize; p < (off + len) / kPageSize; ++p) {
+        r.read_mostly[p] = advice == Advice::kSetReadMostly;
+      }
+    }
+    return true;
   }
 
   bool FailCopy(const Op& op) {
