@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -345,9 +346,15 @@ TEST_F(ReliabilityTest, EvictDeviceWaitsForMigrationsInFlight) {
   }
   while (moves.load() < 2 * kMovers) std::this_thread::yield();
   const int moves_before = moves.load();
-  for (int i = 0; i < 200; ++i) {
+  // At least 200 evictions, and on until migrations got through between them: evicting read
+  // duplicates copies nothing, so back-to-back evictions can be quick enough to keep the device's
+  // gate closed for a while (a slow build has seen 200 of them finish before any move did).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (int i = 0; i < 200 || (moves.load() <= moves_before && std::chrono::steady_clock::now() < deadline);
+       ++i) {
     absl::Status s = rt_->EvictDevice(0);
     ASSERT_TRUE(s.ok()) << "call " << i << ": " << s;
+    if (i >= 200) std::this_thread::yield();
   }
   EXPECT_GT(moves.load(), moves_before) << "the evictions ran while nothing migrated";
   stop = true;
