@@ -110,11 +110,14 @@ absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
 absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32_t> blocks, DeviceState& ds) {
   std::sort(blocks.begin(), blocks.end());
   mm_.counters->launch_blocks_checked.fetch_add(blocks.size(), std::memory_order_relaxed);
-  // Unflag first: pages that come home from now on queue their block again.
+  // Unflag first: pages that come home from now on queue their block again. Advice that changes
+  // meanwhile queues its blocks again itself, so each block's stay-home mask is read once.
+  std::vector<PageMask> stay_homes(blocks.size());
   PageRuns runs;
-  for (uint32_t b : blocks) {
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    const uint32_t b = blocks[k];
     VaBlock& blk = range.block(b);
-    const PageMask stay_home = StayHome(range, b, ds.ordinal);
+    const PageMask& stay_home = stay_homes[k] = StayHome(range, b, ds.ordinal);
     bool work;
     {
       MutexLock lock(&blk.mu);
@@ -134,11 +137,10 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
     if (!status.ok()) break;
   }
   // What is still not settled (a failed push, pages a migration held) stays queued.
-  for (uint32_t b : blocks) {
-    VaBlock& blk = range.block(b);
-    const PageMask stay_home = StayHome(range, b, ds.ordinal);
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    VaBlock& blk = range.block(blocks[k]);
     MutexLock lock(&blk.mu);
-    if (HasHostWork(range, b, blk, stay_home)) range.MarkHostDirty(blk);
+    if (HasHostWork(range, blocks[k], blk, stay_homes[k])) range.MarkHostDirty(blk);
   }
   return status;
 }
