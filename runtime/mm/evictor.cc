@@ -40,9 +40,13 @@ ProtectFromEviction::~ProtectFromEviction() { t_protected = saved_; }
 std::pair<uintptr_t, uintptr_t> ProtectFromEviction::Current() { return t_protected; }
 
 bool Evictor::PrefersDevice(DeviceState& ds, size_t chunk) {
+  // One range lookup per range the chunk's pages belong to (they come in address order), not one
+  // per page.
+  std::optional<RangeRef> range;
   for (uintptr_t a : ds.pool->CommittedAddresses(chunk)) {
-    RangeRef range = mm_.va_space->Lookup(a);
-    if (range && range->advice().Any() && range->advice().At(a).preferred == ds.ordinal) return true;
+    if (!range || !*range || !(*range)->contains(a)) range.emplace(mm_.va_space->Lookup(a));
+    const RangeRef& r = *range;
+    if (r && r->advice().Any() && r->advice().At(a).preferred == ds.ordinal) return true;
   }
   return false;
 }
