@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -89,6 +90,17 @@ absl::StatusOr<PageRuns> WriteTracker::Written(uintptr_t start, uintptr_t end) c
     from = arg.walk_end;
   }
   return runs;
+}
+
+std::vector<bool> WriteTracker::WrittenPages(uintptr_t start, uintptr_t end) const {
+  absl::StatusOr<PageRuns> runs = Written(start, end);
+  if (!runs.ok()) return std::vector<bool>((end - start) / kPageSize, true);
+  std::vector<bool> written((end - start) / kPageSize, false);
+  for (auto [s, e] : *runs) {
+    for (uintptr_t a = std::max(s, start); a < std::min(e, end); a += kPageSize)
+      written[(a - start) / kPageSize] = true;
+  }
+  return written;
 }
 
 }  // namespace uhmm

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "runtime/mm/managed_range.h"
@@ -33,6 +34,9 @@ class WriteTracker {
   // Runs of [start, end) (page aligned) that read as written: written since they were mapped
   // write-protected, mapped writable, or never mapped. Changes nothing.
   absl::StatusOr<PageRuns> Written(uintptr_t start, uintptr_t end) const;
+  // The same, one entry per page of [start, end); every page counts as written when the kernel
+  // cannot say (the safe answer: a page taken as written is copied).
+  std::vector<bool> WrittenPages(uintptr_t start, uintptr_t end) const;
 
  private:
   WriteTracker(int fd, pid_t pid) : fd_(fd), pid_(pid) {}

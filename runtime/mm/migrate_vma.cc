@@ -92,17 +92,9 @@ std::vector<bool> ReadMostlyClean(ManagedRange& r, uintptr_t start, uintptr_t en
     if (a.read_mostly) read_mostly.emplace_back(s, e);
   });
   for (auto [s, e] : read_mostly) {
-    absl::StatusOr<PageRuns> written = r.mm().write_tracker->Written(s, e);
-    if (!written.ok()) continue;  // no answer: pushed as written
-    uintptr_t a = s;
-    auto mark_clean = [&](uintptr_t to) {
-      for (; a < to; a += kPageSize) clean[(a - start) / kPageSize] = true;
-    };
-    for (auto [ws, we] : *written) {
-      mark_clean(std::max(a, ws));
-      a = std::max(a, we);
-    }
-    mark_clean(e);
+    const std::vector<bool> written = r.mm().write_tracker->WrittenPages(s, e);
+    for (uintptr_t a = s; a < e; a += kPageSize)
+      clean[(a - start) / kPageSize] = !written[(a - s) / kPageSize];
   }
   return clean;
 }
@@ -153,8 +145,8 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
     keep_duplicate = ReadMostlyClean(r, m->start, m->end);
   }
   PageRuns zap;
-  PageRuns duplicates;  // held duplicates whose device copy this migration may reuse
-  size_t dropped = 0;   // duplicates on another device than the target
+  bool duplicates = false;  // held duplicates whose device copy this migration may reuse
+  size_t dropped = 0;       // duplicates on another device than the target
   const uint64_t wanted_ns = to_device ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
     blk.mu.AssertHeld();
@@ -179,7 +171,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
         if (m->pgmap_owner == nullptr || blk.pages[i]->pgmap->owner == m->pgmap_owner) {
           src.page = blk.pages[i];
           src.flags |= kMigratePfnDuplicate;
-          AppendPageRun(&duplicates, addr);
+          duplicates = true;
         } else {
           // A copy on another device: it goes, under the block lock (see Evictor::DropDuplicates).
           put_page(blk.DropDuplicate(i));
@@ -220,14 +212,12 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   // Duplicates the CPU wrote need a copy. Asked after the zap: a write before it reads as written
   // (zapping a written page leaves nothing, which reads as written), one after it waits for
   // finalize (fault/write_tracker.h). Without an answer, every duplicate counts as written.
-  for (auto [s, e] : duplicates) {
-    absl::StatusOr<PageRuns> written =
-        mm.write_tracker != nullptr ? mm.write_tracker->Written(s, e) : PageRuns{{s, e}};
-    if (!written.ok()) written = PageRuns{{s, e}};
-    for (auto [ws, we] : *written) {
-      for (uintptr_t a = std::max(ws, s); a < std::min(we, e); a += kPageSize) {
-        m->src[(a - m->start) / kPageSize].flags |= kMigratePfnDirty;
-      }
+  if (duplicates) {
+    const std::vector<bool> written = mm.write_tracker != nullptr
+                                          ? mm.write_tracker->WrittenPages(m->start, m->end)
+                                          : std::vector<bool>(m->src.size(), true);
+    for (size_t idx = 0; idx < m->src.size(); ++idx) {
+      if ((m->src[idx].flags & kMigratePfnDuplicate) && written[idx]) m->src[idx].flags |= kMigratePfnDirty;
     }
   }
   return absl::OkStatus();
