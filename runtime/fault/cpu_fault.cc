@@ -260,7 +260,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   // counted and traced here; Handle then takes it as a deferred message (not counted again).
   auto alone = [&](const uffd_msg& m, bool counted) {
     Handle(m.arg.pagefault.address, m.arg.pagefault.feat.ptid, FaultService::ReadSeq(m), received_ns, counted,
-           /*minor=*/true, (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
+           /*minor=*/true, FaultService::IsWrite(m));
   };
   const uintptr_t first = msgs[0].arg.pagefault.address & ~(kPageSize - 1);
   RangeRef range = mm_.va_space->Lookup(first);
@@ -305,8 +305,8 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
       m.fate = Fate::kDone;
       if (blk.busy[i]) {
         // As in Handle: the migration holding the page re-queues the message.
-        blk.deferred.push_back(FaultMsg(address, tid, seq, /*deferred=*/true, /*minor=*/true,
-                                        (msgs[k].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0));
+        blk.deferred.push_back(
+            FaultMsg(address, tid, seq, /*deferred=*/true, /*minor=*/true, FaultService::IsWrite(msgs[k])));
         m.trace->Defer();
         continue;
       }
@@ -348,7 +348,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   for (size_t r = 0; r < moving.size();) {
     Member& leader = *moving[r];
     uintptr_t start = leader.granule.first, end = leader.granule.second, asked = end - start;
-    bool writes = (leader.msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+    bool writes = FaultService::IsWrite(*leader.msg);
     size_t next = r + 1;
     for (; next < moving.size(); ++next) {
       const auto [s, e] = moving[next]->granule;
@@ -356,7 +356,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
       if (std::max(e, end) - start > 2 * (asked + more)) break;
       asked += more;
       end = std::max(e, end);
-      writes |= (moving[next]->msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+      writes |= FaultService::IsWrite(*moving[next]->msg);
     }
     VmFault vmf;
     vmf.vma = range.get();

@@ -275,7 +275,7 @@ void FaultService::DispatchBatch(uffd_msg* msgs, size_t n) {
     if (k == 1) {
       mm_.cpu_fault->Handle(group[0].arg.pagefault.address, group[0].arg.pagefault.feat.ptid,
                             ReadSeq(group[0]), trace::Tracer::NowIfEnabled(), /*deferred=*/false,
-                            /*minor=*/true, (group[0].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
+                            /*minor=*/true, IsWrite(group[0]));
     } else if (k > 1) {
       mm_.cpu_fault->HandleBlock(std::span<const uffd_msg>(group, k), trace::Tracer::NowIfEnabled());
     }
@@ -288,8 +288,7 @@ void FaultService::Dispatch(const uffd_msg& msg, uint64_t received_ns) {
       if (ParkIfDiscardPending(msg)) break;
       mm_.cpu_fault->Handle(msg.arg.pagefault.address, msg.arg.pagefault.feat.ptid, ReadSeq(msg), received_ns,
                             (msg.arg.pagefault.flags & kDeferredFault) != 0,
-                            (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0,
-                            (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
+                            (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0, IsWrite(msg));
       break;
     case UFFD_EVENT_REMOVE:
       mm_.events->OnRemove(msg.arg.remove.start, msg.arg.remove.end);

@@ -54,6 +54,10 @@ class FaultService {
   // header's reserved3 field (unused by the kernel on read). read_seq() is the last one handed out.
   uint32_t read_seq() const { return read_seq_.load(std::memory_order_acquire); }
   static uint32_t ReadSeq(const uffd_msg& msg) { return msg.reserved3; }
+  // The faulting access was a write (a read on a range that duplicates reads keeps device copies).
+  static bool IsWrite(const uffd_msg& msg) {
+    return (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+  }
   static void SetReadSeq(uffd_msg* msg, uint32_t seq) { msg->reserved3 = seq; }
   // Set in pagefault.flags (whose high bits the kernel leaves 0) on a message that waited for a
   // migration holding its page: the trace marks such faults.

@@ -65,12 +65,11 @@ class Uffd {
   }
   // Registers later ranges for write-protect too (only with has_async_wp()); set before Register.
   void set_write_protect(bool on) { write_protect_ = on && has_async_wp(); }
-  bool write_protect() const { return write_protect_; }
   Source source() const { return source_; }
 
   // MINOR and MISSING: every CPU mapping of a managed page is installed by uhmm (MISSING: the page
   // has no host copy yet, or an application discard freed it), so nothing reaches a page behind
-  // the runtime's back while it applies a discard. `track_writes` (with write_protect()): WP as
+  // the runtime's back while it applies a discard. `track_writes` (after set_write_protect(true)): WP as
   // well, in the asynchronous mode, so that pages mapped write-protected record CPU writes.
   absl::Status Register(uintptr_t addr, size_t len, bool track_writes = false);
   absl::Status Unregister(uintptr_t addr, size_t len);
