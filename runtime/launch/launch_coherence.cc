@@ -27,7 +27,7 @@ PageMask StayHome(ManagedRange& range, size_t b, int device) {
   if (!range.advice().Any()) return mask;
   const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
   range.advice().ForEachRun(start, end, [&](uintptr_t s, uintptr_t e, const PageAdvice& a) {
-    if (a.preferred != kHost || (device < 64 && (a.accessed_by >> device) & 1)) return;
+    if (a.preferred != kHost || (device < kMaxAdviceDevices && (a.accessed_by >> device) & 1)) return;
     for (uintptr_t p = s; p < e; p += kPageSize) mask.set(ManagedRange::page_in_block(p));
   });
   return mask;
@@ -64,23 +64,11 @@ absl::Status LaunchCoherence::Sync(DeviceState& ds, void* queue) {
 
 absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
   // No range teardown here: this may be a launch callback on the application's thread. Ranges the
-  // application munmapped are reaped by a worker, and so is this snapshot let go (the last reference
-  // to a range freed meanwhile would destroy it); RangeRefs never hold the last one.
+  // application munmapped are reaped by a worker; the size check holds no range, and RangeRefs
+  // never hold the last reference to one.
   mm_.workers->Post([va_space = mm_.va_space] { va_space->ReapZombies(); });
-  struct LetGo {
-    Mm& mm;
-    std::vector<std::shared_ptr<ManagedRange>> ranges;
-    ~LetGo() {
-      auto all = std::make_shared<std::vector<std::shared_ptr<ManagedRange>>>(std::move(ranges));
-      mm.workers->Post([all] {});  // no workers: let go here
-    }
-  } let_go{mm_, {}};
-  std::vector<std::shared_ptr<ManagedRange>>& ranges = let_go.ranges;
-  ranges = mm_.va_space->All();
-  size_t managed = 0;
   // With one pointer a partly used block still takes a whole chunk.
-  const bool whole_blocks = ds.device->placement() == Placement::kSameAddress;
-  for (auto& r : ranges) managed += whole_blocks ? r->num_blocks() * kBlockSize : r->size();
+  const size_t managed = mm_.va_space->ManagedBytes(ds.device->placement() == Placement::kSameAddress);
   // Every managed byte must fit at once: evicting one range for another would leave a kernel
   // that uses both reading unmapped device memory.
   const size_t pool_bytes = ds.pool->total_pages() * kPageSize;

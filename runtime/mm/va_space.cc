@@ -156,6 +156,13 @@ std::vector<std::shared_ptr<ManagedRange>> VaSpace::All() {
   return all;
 }
 
+size_t VaSpace::ManagedBytes(bool whole_blocks) const {
+  size_t bytes = 0;
+  ReaderMutexLock lock(&mu_);
+  for (const auto& [start, r] : ranges_) bytes += whole_blocks ? r->num_blocks() * kBlockSize : r->size();
+  return bytes;
+}
+
 size_t VaSpace::hugetlb_count() const {
   size_t n = 0;
   ReaderMutexLock lock(&mu_);

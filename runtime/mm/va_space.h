@@ -43,6 +43,9 @@ class VaSpace {
   RangeRef Lookup(uintptr_t addr);
   std::vector<std::shared_ptr<ManagedRange>> Overlapping(uintptr_t start, uintptr_t end);
   std::vector<std::shared_ptr<ManagedRange>> All();
+  // Bytes the live ranges manage (`whole_blocks`: counted in whole 2 MiB blocks), without taking
+  // a reference to any of them.
+  size_t ManagedBytes(bool whole_blocks) const;
   size_t hugetlb_count() const;
   // Traces every live range's allocation (a trace session that starts late).
   void TraceAll();
