@@ -123,6 +123,23 @@ TEST_F(DuplicationTest, AWriteFaultDoesNotKeepACopy) {
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 
+TEST_F(DuplicationTest, APushOfWrittenPagesThatFailsLeavesNoStaleCopy) {
+  // The push zaps the CPU mapping (which takes the pages' written marks) and then its copy fails:
+  // a later CPU read maps the pages write-protected again, and they must not pass for clean copies.
+  uint64_t* p = AllocFilled(kBytes, 7);
+  ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());
+  ReadEveryPage(p, kBytes);  // duplicates
+  for (size_t w = 0; w < kBytes / 8; ++w) p[w] = Pattern(8, w);
+  faults0_->FailNext(InjectSite::kCopyHostToDevice, 1);
+  EXPECT_FALSE(rt_->Migrate(p, kBytes, 0).ok()) << "the injected copy failure was not reported";
+  EXPECT_EQ(FirstMismatch(p, kBytes, 8), -1) << "the CPU's writes were lost on the host";
+  ReadEveryPage(p, kBytes);  // maps whatever is still a duplicate write-protected
+  ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());
+  EXPECT_EQ(DeviceMismatches(p, kBytes, 8), 0u) << "the device kept a stale copy of pages the CPU wrote";
+  EXPECT_EQ(FirstMismatch(p, kBytes, 8), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
 TEST_F(DuplicationTest, EvictionDropsCopiesWithoutCopying) {
   uint64_t* p = AllocFilled(kBytes, 7);
   ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());

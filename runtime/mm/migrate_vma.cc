@@ -305,6 +305,7 @@ void migrate_vma_finalize(MigrateVma* m) {
       m->trace_start_ns != 0 && m->cause == MigrateCause::kFault ? trace::CurrentFaultTrace() : nullptr;
   PageRuns woken;
   std::vector<uffd_msg> deferred;
+  size_t stale_dropped = 0;
   for (uintptr_t a = m->start; a < m->end;) {
     VaBlock& blk = r.block_of(a);
     const uintptr_t stop = std::min(m->end, NextBlockBoundary(a));
@@ -331,13 +332,24 @@ void migrate_vma_finalize(MigrateVma* m) {
     }
     woken.insert(woken.end(), runs.begin(), runs.end());
     for (; a < stop; a += kPageSize) {
-      if (!(m->src[(a - m->start) / kPageSize].flags & kMigratePfnValid)) continue;
-      if (Page* p = blk.EndMigration(ManagedRange::page_in_block(a))) release.push_back(p);
+      const MigratePfn& src = m->src[(a - m->start) / kPageSize];
+      if (!(src.flags & kMigratePfnValid)) continue;
+      const size_t i = ManagedRange::page_in_block(a);
+      if (Page* p = blk.EndMigration(i)) release.push_back(p);
+      // A push of a duplicate the CPU wrote that did not commit (a copy error, a lost race): its
+      // copy is stale (perhaps half written), and the zap took the page's written mark, so a later
+      // write-protected mapping would read as clean. The copy goes.
+      if (to_device && (src.flags & kMigratePfnDirty) && blk.State(i) == PageState::kHost &&
+          blk.Duplicate(i)) {
+        release.push_back(blk.DropDuplicate(i));
+        ++stale_dropped;
+      }
     }
     deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
     blk.deferred.clear();
   }
   for (Page* p : release) put_page(p);
+  if (stale_dropped > 0) mm.counters->duplicates_dropped.fetch_add(stale_dropped, std::memory_order_relaxed);
   if (ft != nullptr && !woken.empty()) {
     ft->rec.t[trace::kMapped] = trace::Tracer::Now();
     for (auto [s, e] : woken) {
