@@ -112,14 +112,25 @@ TEST_F(DuplicationTest, AWriteMadeBeforeAPushIsNeverLost) {
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 
-TEST_F(DuplicationTest, AWriteFaultDoesNotKeepACopy) {
+TEST_F(DuplicationTest, AWriteFaultKeepsCopiesAndTheNextPushCopiesOnlyTheWrittenPage) {
   uint64_t* p = AllocFilled(kBytes, 6);
   ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());
-  const uint64_t kept = counters().duplicates_kept.load();
+  const uint64_t kept = counters().duplicates_kept.load(), reused = counters().duplicates_reused.load();
   const size_t used = rt_->stats().device_pages_used;
-  p[0] = 1;  // a write: the page's granule comes home without a copy left behind
-  EXPECT_EQ(counters().duplicates_kept.load(), kept);
-  EXPECT_LT(rt_->stats().device_pages_used, used);
+  p[0] = 1;  // a write: its granule comes home, the device copies stay
+  const size_t home = CountAt(Residency(p, kBytes), kHost);
+  ASSERT_GE(home, 1u);
+  EXPECT_EQ(counters().duplicates_kept.load() - kept, home) << "the write fault's granule left no copies";
+  EXPECT_EQ(rt_->stats().device_pages_used, used) << "device pages were freed";
+  ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());
+  EXPECT_EQ(counters().duplicates_reused.load() - reused, home - 1) << "only the written page needs a copy";
+  absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(p);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  uint64_t first = 0;
+  ASSERT_TRUE(access0_->DeviceRead(*dev, &first, sizeof(first)).ok());
+  EXPECT_EQ(first, 1u) << "the CPU's write did not reach the device";
+  p[0] = Pattern(6, 0);
+  EXPECT_EQ(FirstMismatch(p, kBytes, 6), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 

@@ -223,7 +223,9 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
     vmf.start = granule.first;
     vmf.end = granule.second;
     vmf.page = dpage;
-    vmf.keep_device_copy = !write && range->duplicates_reads();
+    // The device copies stay (write tracking says, at the next push, which pages the CPU wrote): a
+    // write fault's granule is mostly pages the CPU does not write, which then go back uncopied.
+    vmf.keep_device_copy = range->duplicates_reads();
     // Read-ahead is decided as of now, before the fault-back wakes the thread: whatever that thread
     // does next (a prefetch to the device, say) is later and must win over it.
     const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
@@ -348,7 +350,6 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   for (size_t r = 0; r < moving.size();) {
     Member& leader = *moving[r];
     uintptr_t start = leader.granule.first, end = leader.granule.second, asked = end - start;
-    bool writes = FaultService::IsWrite(*leader.msg);
     size_t next = r + 1;
     for (; next < moving.size(); ++next) {
       const auto [s, e] = moving[next]->granule;
@@ -356,7 +357,6 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
       if (std::max(e, end) - start > 2 * (asked + more)) break;
       asked += more;
       end = std::max(e, end);
-      writes |= FaultService::IsWrite(*moving[next]->msg);
     }
     VmFault vmf;
     vmf.vma = range.get();
@@ -364,7 +364,7 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
     vmf.start = start;
     vmf.end = end;
     vmf.page = leader.dpage;
-    vmf.keep_device_copy = !writes && range->duplicates_reads();  // copies kept when only reads wait
+    vmf.keep_device_copy = range->duplicates_reads();  // as in Handle
     const uint64_t decided_ns = readahead_ok ? trace::Tracer::Now() : 0;
     leader.trace->MakeCurrent();  // the migration is traced as the leader's
     mm_.counters->fault_migrations.fetch_add(1, std::memory_order_relaxed);
