@@ -7,12 +7,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <mutex>
 #include <string>
 #include <thread>
 
 #include "runtime/api/counters.h"
 #include "runtime/api/runtime_impl.h"
+#include "runtime/process/workers.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {
@@ -203,6 +205,52 @@ TEST_F(LaunchTest, SyncLooksOnlyAtBlocksWhosePagesCameHome) {
   EXPECT_EQ(CountAt(Residency(p, kBytes), 0), kBytes / kPageSize) << "the written page was not pushed";
   EXPECT_EQ(Kernel(p, kBytes, 30, 31), 0u) << note_;
   EXPECT_EQ(FirstMismatch(p, kBytes, 31), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+// Launch pushes run on the caller and idle migration workers; with every worker busy the caller
+// pushes everything itself (no wait for a worker), and either way every block arrives.
+TEST_F(LaunchTest, SyncPushesEveryBlockWhetherWorkersHelpOrAreBusy) {
+  rt_.reset();
+  Config c = TestConfig();
+  c.migration_threads = 2;
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  constexpr size_t kBytes = 16 * kMiB;  // 8 blocks
+  uint64_t* p = AllocFilled(kBytes, 40);
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  const Mm& mm = static_cast<RuntimeImpl&>(*rt_).mm();
+  for (bool busy : {true, false}) {
+    SCOPED_TRACE(busy ? "workers busy" : "workers idle");
+    const uint64_t seed = busy ? 41 : 43;
+    for (size_t w = 0; w < kBytes / 8; w += kBlockSize / 8 / 4) p[w] = Pattern(seed, w);  // every block home
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    if (busy) {
+      for (int i = 0; i < c.migration_threads; ++i)
+        ASSERT_TRUE(mm.workers->Post([released] { released.wait(); }));
+    }
+    const Stats before = rt_->stats();
+    ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+    release.set_value();
+    EXPECT_GE(rt_->stats().launch_pages_to_device - before.launch_pages_to_device, 8u);
+    EXPECT_EQ(CountAt(Residency(p, kBytes), 0), kBytes / kPageSize) << "a block was left on the host";
+    // The kernel sees every CPU write: the pattern where the CPU wrote, the old one elsewhere.
+    size_t bad = 0;
+    absl::Status s = host_dev()->RunKernel([&] {
+      for (size_t w = 0; w < kBytes / 8; w += 512) {
+        absl::StatusOr<uint64_t> addr = rt_->DeviceAddress(p + w);
+        auto* d = addr.ok() ? static_cast<uint64_t*>(host_dev()->DevicePointer(*addr)) : nullptr;
+        const bool written = w % (kBlockSize / 8 / 4) == 0;
+        if (d == nullptr || *d != (written ? Pattern(seed, w) : Pattern(40, w))) ++bad;
+      }
+    });
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(bad, 0u) << "the device copy misses CPU writes";
+    for (size_t w = 0; w < kBytes / 8; w += kBlockSize / 8 / 4) p[w] = Pattern(40, w);  // back to one pattern
+    ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  }
+  EXPECT_EQ(FirstMismatch(p, kBytes, 40), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 

@@ -9,6 +9,7 @@
 #include "runtime/api/counters.h"
 #include "runtime/fault/fault_service.h"
 #include "runtime/mm/device_table.h"
+#include "runtime/mm/evictor.h"
 #include "runtime/mm/migrator.h"
 #include "runtime/mm/va_space.h"
 #include "runtime/policy/readahead_fence.h"
@@ -119,11 +120,18 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
       AppendPageRun(&runs, a);
     }
   }
-  absl::Status status;
+  // Blocks in parallel on the migration workers: one block's zap and commit overlap another's copy.
+  PageRuns pieces;
   for (auto [s, e] : runs) {
-    status = mm_.migrator->ToDevice(range, s, e, ds, MigrateCause::kLaunch);
-    if (!status.ok()) break;
+    for (uintptr_t a = s; a < e; a = std::min(e, NextBlockBoundary(a))) {
+      pieces.emplace_back(a, std::min(e, NextBlockBoundary(a)));
+    }
   }
+  const absl::Status status = mm_.migrator->ForEachPiece(pieces, ds.ordinal, [&](uintptr_t s, uintptr_t e) {
+    // Everything this sync pushes must stay: no piece's eviction may take another's pages.
+    ProtectFromEviction protect(range, *ds.device, range.start(), range.end());
+    return mm_.migrator->ToDevice(range, s, e, ds, MigrateCause::kLaunch);
+  });
   // What is still not settled (a failed push, pages a migration held) stays queued.
   for (size_t k = 0; k < blocks.size(); ++k) {
     VaBlock& blk = range.block(blocks[k]);

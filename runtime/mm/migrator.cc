@@ -112,29 +112,39 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
 
 absl::Status Migrator::Bulk(ManagedRange& range, uintptr_t start, uintptr_t end, int device) {
   DeviceTable& devices = *mm_.devices;
-  WorkerPool& workers = *mm_.workers;
-  // One job per 2 MiB block on the caller and the migration workers: one block's zap or PTE
-  // installation overlaps another's copy. To a device, every worker holds a block of the pool
-  // while it copies; small pools stay serial so that eviction always finds a victim.
-  const size_t blocks = (((end - 1) & ~(kBlockSize - 1)) - (start & ~(kBlockSize - 1))) / kBlockSize + 1;
-  const bool parallel = blocks > 1 && workers.threads() > 0 &&
-                        (device == kHost || devices[device].pool->total_pages() / kPagesPerBlock >=
-                                                8 * (size_t{1} + workers.threads()));
-  auto run = [&](uintptr_t s, uintptr_t e) {
+  // One piece per 2 MiB block: one block's zap or PTE installation overlaps another's copy.
+  PageRuns pieces;
+  for (uintptr_t a = start; a < end; a = std::min(end, NextBlockBoundary(a))) {
+    pieces.emplace_back(a, std::min(end, NextBlockBoundary(a)));
+  }
+  return ForEachPiece(pieces, device, [&](uintptr_t s, uintptr_t e) {
     // The whole request, on whichever thread runs a part.
     ProtectFromEviction protect(range, *devices[device == kHost ? 0 : device].device, start, end);
     return device == kHost ? ToHost(range, s, e, MigrateCause::kPrefetch)
                            : ToDevice(range, s, e, devices[device], MigrateCause::kPrefetch);
-  };
-  if (!parallel) return run(start, end);
-  Mutex mu{LockRank::kBulkStatus};
+  });
+}
+
+absl::Status Migrator::ForEachPiece(const PageRuns& pieces, int device,
+                                    absl::FunctionRef<absl::Status(uintptr_t, uintptr_t)> fn) {
+  WorkerPool& workers = *mm_.workers;
+  // To a device, every worker holds a block of the pool while it copies; small pools stay serial
+  // so that eviction always finds a victim.
+  const bool parallel = pieces.size() > 1 && workers.threads() > 0 &&
+                        (device == kHost || (*mm_.devices)[device].pool->total_pages() / kPagesPerBlock >=
+                                                8 * (size_t{1} + workers.threads()));
   absl::Status first;
-  workers.ParallelFor(blocks, [&](size_t i) {
-    const uintptr_t s = std::max(start, (start & ~(kBlockSize - 1)) + i * kBlockSize);
-    const uintptr_t e = std::min(end, (start & ~(kBlockSize - 1)) + (i + 1) * kBlockSize);
-    absl::Status st = run(s, e);
+  if (!parallel) {
+    for (auto [s, e] : pieces) {
+      if (absl::Status st = fn(s, e); !st.ok()) return st;
+    }
+    return first;
+  }
+  Mutex mu{LockRank::kBulkStatus};
+  workers.ParallelFor(pieces.size(), [&](size_t i) {
+    absl::Status st = fn(pieces[i].first, pieces[i].second);
     MutexLock lock(&mu);
-    if (first.ok()) first = st;
+    first.Update(st);
   });
   return first;
 }
