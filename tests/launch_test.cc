@@ -208,8 +208,9 @@ TEST_F(LaunchTest, SyncLooksOnlyAtBlocksWhosePagesCameHome) {
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 
-// Launch pushes run on the caller and idle migration workers; with every worker busy the caller
-// pushes everything itself (no wait for a worker), and either way every block arrives.
+// Launch pushes of whole blocks run on the caller and idle migration workers; with every worker
+// busy the caller pushes everything itself (no wait for a worker), and either way every CPU write
+// arrives.
 TEST_F(LaunchTest, SyncPushesEveryBlockWhetherWorkersHelpOrAreBusy) {
   rt_.reset();
   Config c = TestConfig();
@@ -217,13 +218,15 @@ TEST_F(LaunchTest, SyncPushesEveryBlockWhetherWorkersHelpOrAreBusy) {
   Start(c);
   UHMM_RETURN_IF_SKIPPED();
   constexpr size_t kBytes = 16 * kMiB;  // 8 blocks
+  constexpr size_t kPageWords = kPageSize / 8;
   uint64_t* p = AllocFilled(kBytes, 40);
   ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
   const Mm& mm = static_cast<RuntimeImpl&>(*rt_).mm();
   for (bool busy : {true, false}) {
     SCOPED_TRACE(busy ? "workers busy" : "workers idle");
     const uint64_t seed = busy ? 41 : 43;
-    for (size_t w = 0; w < kBytes / 8; w += kBlockSize / 8 / 4) p[w] = Pattern(seed, w);  // every block home
+    for (size_t w = 0; w < kBytes / 8; w += kPageWords)
+      p[w] = Pattern(seed, w);  // the first word of every page
     std::promise<void> release;
     std::shared_future<void> released = release.get_future().share();
     if (busy) {
@@ -233,21 +236,20 @@ TEST_F(LaunchTest, SyncPushesEveryBlockWhetherWorkersHelpOrAreBusy) {
     const Stats before = rt_->stats();
     ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
     release.set_value();
-    EXPECT_GE(rt_->stats().launch_pages_to_device - before.launch_pages_to_device, 8u);
+    EXPECT_GE(rt_->stats().launch_pages_to_device - before.launch_pages_to_device, kBytes / kPageSize);
     EXPECT_EQ(CountAt(Residency(p, kBytes), 0), kBytes / kPageSize) << "a block was left on the host";
-    // The kernel sees every CPU write: the pattern where the CPU wrote, the old one elsewhere.
+    // The kernel sees every CPU write, and the old data beside it.
     size_t bad = 0;
     absl::Status s = host_dev()->RunKernel([&] {
-      for (size_t w = 0; w < kBytes / 8; w += 512) {
+      for (size_t w = 0; w < kBytes / 8; w += kPageWords) {
         absl::StatusOr<uint64_t> addr = rt_->DeviceAddress(p + w);
         auto* d = addr.ok() ? static_cast<uint64_t*>(host_dev()->DevicePointer(*addr)) : nullptr;
-        const bool written = w % (kBlockSize / 8 / 4) == 0;
-        if (d == nullptr || *d != (written ? Pattern(seed, w) : Pattern(40, w))) ++bad;
+        if (d == nullptr || d[0] != Pattern(seed, w) || d[1] != Pattern(40, w + 1)) ++bad;
       }
     });
     ASSERT_TRUE(s.ok()) << s;
     EXPECT_EQ(bad, 0u) << "the device copy misses CPU writes";
-    for (size_t w = 0; w < kBytes / 8; w += kBlockSize / 8 / 4) p[w] = Pattern(40, w);  // back to one pattern
+    for (size_t w = 0; w < kBytes / 8; w += kPageWords) p[w] = Pattern(40, w);  // back to one pattern
     ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
   }
   EXPECT_EQ(FirstMismatch(p, kBytes, 40), -1);

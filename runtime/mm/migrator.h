@@ -44,8 +44,9 @@ class Migrator {
   // in parallel on the migration workers when the range spans several blocks.
   absl::Status Bulk(ManagedRange& range, uintptr_t start, uintptr_t end, int device);
   // Calls fn(s, e) for each of `pieces` (address runs of one range, none crossing a 2 MiB block),
-  // on the caller and idle migration workers when there are several and `device`'s pool (or RAM,
-  // kHost) leaves room for every worker to hold a block while it copies; else one after another.
+  // on the caller and idle migration workers when there are several, they average 256 KiB or more,
+  // and `device`'s pool (or RAM, kHost) leaves room for every worker to hold a block while it
+  // copies; else one after another.
   // Returns the first error (serially the pieces after it are not tried; in parallel they are).
   absl::Status ForEachPiece(const PageRuns& pieces, int device,
                             absl::FunctionRef<absl::Status(uintptr_t, uintptr_t)> fn);
