@@ -82,11 +82,16 @@ class CudaCopyEngine final : public CopyEngine {
     const bool to_device = dir == CopyDirection::kHostToDevice;
     CUstream stream = to_device ? h2d_ : d2h_;
     for (const CopyOp& op : ops) {
-      CUresult r = to_device ? d_->cuMemcpyHtoDAsync(op.device, op.host, op.bytes, stream)
-                             : d_->cuMemcpyDtoHAsync(op.host, op.device, op.bytes, stream);
+      const bool fill = op.host == nullptr;  // zeros (uhmm/backend.h)
+      CUresult r = fill        ? d_->cuMemsetD8Async(op.device, 0, op.bytes, stream)
+                   : to_device ? d_->cuMemcpyHtoDAsync(op.device, op.host, op.bytes, stream)
+                               : d_->cuMemcpyDtoHAsync(op.host, op.device, op.bytes, stream);
       if (r != CUDA_SUCCESS) {
         d_->cuStreamSynchronize(stream);  // what was queued before the failure is done with
-        return CudaStatus(*d_, r, to_device ? "cuMemcpyHtoDAsync" : "cuMemcpyDtoHAsync");
+        return CudaStatus(*d_, r,
+                          fill        ? "cuMemsetD8Async"
+                          : to_device ? "cuMemcpyHtoDAsync"
+                                      : "cuMemcpyDtoHAsync");
       }
     }
     CUevent event = nullptr;

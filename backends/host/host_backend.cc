@@ -120,6 +120,8 @@ class HostCopyEngine final : public CopyEngine {
             if (dev == nullptr) {
               status = absl::InternalError(absl::StrFormat(
                   "host device %d: copy to unmapped device address %#x", ordinal_, op.device + off));
+            } else if (op.host == nullptr) {
+              std::memset(dev, 0, n);  // a fill (uhmm/backend.h)
             } else if (to_device) {
               std::memcpy(dev, host, n);
             } else {

@@ -112,11 +112,18 @@ class ZeCopyEngine final : public CopyEngine {
       std::lock_guard<std::mutex> lock(lane.mu);
       for (const CopyOp& op : ops) {
         void* dev = reinterpret_cast<void*>(op.device);
-        s = ZeStatus(
-            to_device
-                ? l_->zeCommandListAppendMemoryCopy(lane.list, dev, op.host, op.bytes, nullptr, 0, nullptr)
-                : l_->zeCommandListAppendMemoryCopy(lane.list, op.host, dev, op.bytes, nullptr, 0, nullptr),
-            "zeCommandListAppendMemoryCopy");
+        if (op.host == nullptr) {  // zeros (uhmm/backend.h); a one-byte pattern every engine takes
+          static constexpr uint8_t kZero = 0;
+          s = ZeStatus(
+              l_->zeCommandListAppendMemoryFill(lane.list, dev, &kZero, 1, op.bytes, nullptr, 0, nullptr),
+              "zeCommandListAppendMemoryFill");
+        } else {
+          s = ZeStatus(
+              to_device
+                  ? l_->zeCommandListAppendMemoryCopy(lane.list, dev, op.host, op.bytes, nullptr, 0, nullptr)
+                  : l_->zeCommandListAppendMemoryCopy(lane.list, op.host, dev, op.bytes, nullptr, 0, nullptr),
+              "zeCommandListAppendMemoryCopy");
+        }
         if (!s.ok()) break;
       }
       // Also after a failed append: the copies queued before it must be done before we return.

@@ -36,6 +36,7 @@ namespace uhmm::level_zero {
   X(zeCommandListCreateImmediate)           \
   X(zeCommandListDestroy)                   \
   X(zeCommandListAppendMemoryCopy)          \
+  X(zeCommandListAppendMemoryFill)          \
   X(zeCommandListAppendBarrier)             \
   X(zeCommandQueueSynchronize)              \
   X(zeEventPoolCreate)                      \

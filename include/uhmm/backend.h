@@ -19,6 +19,8 @@ namespace uhmm {
 
 enum class CopyDirection { kHostToDevice, kDeviceToHost };
 
+// host == nullptr (host -> device only): fill [device, device + bytes) with zeros instead (a
+// managed page the CPU never wrote; CUDA cuMemsetD8Async, Level Zero a memory fill).
 struct CopyOp {
   void* host;       // runtime view of the managed page (pinned/DMA-able where the backend needs it)
   uint64_t device;  // Page::dma_addr
