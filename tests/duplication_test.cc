@@ -248,6 +248,57 @@ TEST_F(DuplicationTest, ConcurrentCpuWritersAndPushesLoseNothing) {
   for (uint64_t* p : bufs) ASSERT_TRUE(rt_->Free(p).ok());
 }
 
+// A new range's pages are zero: the first push gives the device zeros (a fill, not a copy) where
+// the CPU did not write, whether it read them or never touched them.
+TEST_F(DuplicationTest, PagesNeverWrittenGetDeviceZerosInsteadOfACopy) {
+  // Leave data in the pool's pages first, so that zeros on the device come from the fill.
+  uint64_t* old = AllocFilled(kBytes, 13);
+  ASSERT_TRUE(rt_->Migrate(old, kBytes, 0).ok());
+  ASSERT_TRUE(rt_->Free(old).ok());
+  absl::StatusOr<void*> mem = rt_->Allocate(kBytes);
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  auto* p = static_cast<uint64_t*>(*mem);
+  ReadEveryPage(p, kBytes / 2);  // the first half read, the second never touched
+  size_t written = 0;
+  for (size_t pg = 0; pg < kPages; pg += 8, ++written) p[pg * kPageSize / 8 + 3] = 1000 + pg;
+  const uint64_t filled = rt_->stats().zero_pages_filled;
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  EXPECT_EQ(rt_->stats().zero_pages_filled - filled, kPages - written)
+      << "pages the CPU never wrote were copied (or written ones were not)";
+  EXPECT_EQ(CountAt(Residency(p, kBytes), 0), kPages);
+  std::vector<uint64_t> buf(kPageSize / 8);
+  for (size_t pg = 0; pg < kPages; ++pg) {
+    absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(p + pg * kPageSize / 8);
+    ASSERT_TRUE(dev.ok()) << dev.status();
+    ASSERT_TRUE(access0_->DeviceRead(*dev, buf.data(), kPageSize).ok());
+    for (size_t i = 0; i < buf.size(); ++i) {
+      const uint64_t want = pg % 8 == 0 && i == 3 ? 1000 + pg : 0;
+      ASSERT_EQ(buf[i], want) << "page " << pg << " word " << i;
+    }
+  }
+  for (size_t pg = 0; pg < kPages; ++pg) {
+    ASSERT_EQ(p[pg * kPageSize / 8 + 3], pg % 8 == 0 ? 1000 + pg : 0u) << "page " << pg;
+  }
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(DuplicationTest, ANewPageWrittenBeforeAFailedPushIsPushedLater) {
+  // The failed push took the pages' written marks; they must not pass for zero pages afterwards.
+  absl::StatusOr<void*> mem = rt_->Allocate(kBytes);
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  auto* p = static_cast<uint64_t*>(*mem);
+  for (size_t w = 0; w < kBytes / 8; ++w) p[w] = Pattern(14, w);
+  faults0_->FailNext(InjectSite::kCopyHostToDevice, 1);
+  EXPECT_FALSE(rt_->Migrate(p, kBytes, 0).ok()) << "the injected copy failure was not reported";
+  ReadEveryPage(p, kBytes);  // maps the pages again
+  const uint64_t filled = rt_->stats().zero_pages_filled;
+  ASSERT_TRUE(rt_->Migrate(p, kBytes, 0).ok());
+  EXPECT_EQ(rt_->stats().zero_pages_filled, filled) << "written pages were pushed as zeros";
+  EXPECT_EQ(DeviceMismatches(p, kBytes, 14), 0u);
+  EXPECT_EQ(FirstMismatch(p, kBytes, 14), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
 TEST_F(DuplicationTest, CopiesQueryRefusesBadInputLikeResidency) {
   uint64_t* p = AllocFilled(kBytes, 12);
   EXPECT_EQ(rt_->DeviceCopies(nullptr, kPageSize).status().code(), absl::StatusCode::kInvalidArgument);

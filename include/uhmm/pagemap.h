@@ -89,6 +89,9 @@ enum MigratePfnFlags : uint32_t {
   // which dst reuses; without kMigratePfnDirty the copy is current and nothing is copied.
   kMigratePfnDuplicate = 1u << 3,
   kMigratePfnDirty = 1u << 4,  // src duplicate that the CPU wrote: copied like any host page
+  // src, to a device: the host page is zero (not written since the range was made), so its device
+  // page is filled with zeros (a CopyOp without a host side) instead of copied to.
+  kMigratePfnZero = 1u << 5,
 };
 
 // Why pages move (also the cause field of trace records). kPrefetch is an explicit migration the

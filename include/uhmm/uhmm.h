@@ -132,7 +132,10 @@ typedef struct uhmm_stats {
   uint64_t duplicate_pages_reused;  /* part of pages_to_device that went back to their device copy
                                        without a copy: the CPU had not written them */
   uint64_t duplicate_pages_dropped; /* device copies dropped without a copy by eviction, or by a move
-                                       to another device */
+                                       to another device, or because a push of the pages the CPU
+                                       wrote failed */
+  uint64_t zero_pages_filled;       /* part of pages_to_device given zeros on the device instead of a
+                                       copy: never written since their range was allocated */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;

@@ -18,6 +18,7 @@ struct Counters {
   // Read duplication: pages that came home keeping their device copy, and duplicates moved back to
   // their device without a copy (the CPU had not written them).
   std::atomic<uint64_t> duplicates_kept{0}, duplicates_reused{0}, duplicates_dropped{0};
+  std::atomic<uint64_t> zero_pages_filled{0};  // pushed as a device fill: never written (VaBlock zero)
   std::atomic<uint64_t> readahead_pages{0}, readahead_dropped{0}, grown_faults{0}, thrashing_blocks{0};
   // Resolving userfaultfd ioctls (fault/uffd.cc), one per call including retries; uffd_eexist: the
   // CONTINUEs that found their first page already mapped. fault_migrations: page_fault calls made

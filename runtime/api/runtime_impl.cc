@@ -561,6 +561,7 @@ Stats RuntimeImpl::stats() const {
   s.duplicate_pages_kept = counters_.duplicates_kept.load();
   s.duplicate_pages_reused = counters_.duplicates_reused.load();
   s.duplicate_pages_dropped = counters_.duplicates_dropped.load();
+  s.zero_pages_filled = counters_.zero_pages_filled.load();
   s.grown_faults = counters_.grown_faults.load();
   s.thrashing_blocks = counters_.thrashing_blocks.load();
   s.hugetlb_ranges = va_space_->hugetlb_count();

@@ -57,10 +57,11 @@ void PrintStats(const Runtime& rt) {
                  static_cast<unsigned long long>(c.readahead_dropped.load()));
     std::fprintf(stderr,
                  "  read duplication  %s; %llu pages came home keeping a device copy, %llu went back without "
-                 "a copy, %llu copies dropped by eviction\n",
+                 "a copy, %llu copies dropped; %llu never-written pages got device zeros instead of a copy\n",
                  impl->write_tracking().c_str(), static_cast<unsigned long long>(c.duplicates_kept.load()),
                  static_cast<unsigned long long>(c.duplicates_reused.load()),
-                 static_cast<unsigned long long>(c.duplicates_dropped.load()));
+                 static_cast<unsigned long long>(c.duplicates_dropped.load()),
+                 static_cast<unsigned long long>(c.zero_pages_filled.load()));
     std::fprintf(stderr, "  placement         %s\n", impl->placement().c_str());
   }
 }

@@ -193,8 +193,8 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
           trace.Duplicate();
         }
         const uintptr_t unit = page & ~(range->cpu_page() - 1);
-        // A duplicate stays write-protected: a CPU write must show in write tracking.
-        const bool protect = blk.Duplicate(i);
+        // A duplicate or zero page stays write-protected: a CPU write must show in write tracking.
+        const bool protect = blk.Duplicate(i) || blk.Zero(i);
         const bool mapped =
             minor ? mm_.faults->MapUnlessDiscarded(
                         unit, unit + range->cpu_page(),
@@ -424,7 +424,9 @@ bool CpuFault::ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint3
       continue;
     }
     if (!mm_.faults->MapUnlessDiscarded(s, e, [&] {
-          return mm_.uffd->Continue(s, e - s, /*wake=*/true, range.cpu_page(), /*drain_events=*/false);
+          // Write-protected where writes are tracked: a page the CPU only reads stays zero.
+          return mm_.uffd->Continue(s, e - s, /*wake=*/true, range.cpu_page(), /*drain_events=*/false,
+                                    /*write_protect=*/range.duplicates_reads());
         })) {
       return false;
     }

@@ -268,6 +268,20 @@ bool Uffd::DropWriteProtectMarkers(uintptr_t addr, size_t len) {
   return ioctl(fd_, UFFDIO_WRITEPROTECT, &wp) == 0;
 }
 
+absl::Status Uffd::WriteProtect(uintptr_t addr, size_t len) {
+  if (!write_protect_) return absl::FailedPreconditionError("uhmm: write-protect without write tracking");
+  for (;;) {
+    // (MODE_WP wakes nobody; the kernel refuses it combined with DONTWAKE.)
+    uffdio_writeprotect wp{.range = {.start = addr, .len = len}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+    if (ioctl(fd_, UFFDIO_WRITEPROTECT, &wp) == 0) return absl::OkStatus();
+    if (errno == EAGAIN) {  // the address space is changing (a non-fault event is pending)
+      OnEagain();
+      continue;
+    }
+    return Errno(absl::StrFormat("uhmm: UFFDIO_WRITEPROTECT of [%#x, +%#x)", addr, len), errno);
+  }
+}
+
 absl::Status Uffd::Poison(uintptr_t addr, size_t len) {
   bool unprotected = false;
   for (;;) {

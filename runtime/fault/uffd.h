@@ -92,6 +92,10 @@ class Uffd {
   // Resolves a missing fault at an address no range covers with a new zero page (`len`: 4 KiB, or
   // 2 MiB in a hugetlb mapping), and wakes the waiters.
   absl::Status ZeroFill(uintptr_t addr, size_t len);
+  // Write-protects [addr, addr+len) of a range registered with track_writes: mapped pages become
+  // write-protected and unmapped ones get a write-protect marker, so that every page reads as not
+  // written until the CPU writes it (fault/write_tracker.h). Nothing is woken.
+  absl::Status WriteProtect(uintptr_t addr, size_t len);
   // Installs a poison marker: this and later accesses of the page raise SIGBUS.
   absl::Status Poison(uintptr_t addr, size_t len);
 

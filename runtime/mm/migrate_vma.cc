@@ -50,11 +50,15 @@ void ForEachPageLocked(MigrateVma* m, Fn fn) {
   }
 }
 
-// Appends a page copy, merging it into the previous op when both sides are contiguous.
+// Appends a page copy (host nullptr: a fill with zeros), merging it into the previous op when both
+// sides are contiguous (fills: when the previous op is a fill ending at `device`).
 void AppendCopy(std::vector<CopyOp>* ops, void* host, uint64_t device) {
   if (!ops->empty()) {
     CopyOp& last = ops->back();
-    if (static_cast<uint8_t*>(last.host) + last.bytes == host && last.device + last.bytes == device) {
+    const bool host_follows =
+        host == nullptr ? last.host == nullptr
+                        : last.host != nullptr && static_cast<uint8_t*>(last.host) + last.bytes == host;
+    if (host_follows && last.device + last.bytes == device) {
       last.bytes += kPageSize;
       return;
     }
@@ -146,6 +150,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   }
   PageRuns zap;
   bool duplicates = false;  // held duplicates whose device copy this migration may reuse
+  bool zeros = false;       // held pages that are zero unless the CPU wrote them
   size_t dropped = 0;       // duplicates on another device than the target
   const uint64_t wanted_ns = to_device ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
@@ -178,6 +183,10 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
           ++dropped;
         }
       }
+      if (blk.Zero(i)) {
+        src.flags |= kMigratePfnZero;  // until the written answer below says otherwise
+        zeros = true;
+      }
       AppendPageRun(&zap, addr);
     } else {
       if (state != PageState::kDevice) return;
@@ -209,15 +218,17 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
           absl::StrFormat("migrate_vma_setup: madvise(DONTNEED) of [%#x, %#x): %s", s, e, strerror(err)));
     }
   }
-  // Duplicates the CPU wrote need a copy. Asked after the zap: a write before it reads as written
-  // (zapping a written page leaves nothing, which reads as written), one after it waits for
-  // finalize (fault/write_tracker.h). Without an answer, every duplicate counts as written.
-  if (duplicates) {
+  // Duplicates and zero pages the CPU wrote need a copy. Asked after the zap: a write before it
+  // reads as written (zapping a written page leaves nothing, which reads as written), one after it
+  // waits for finalize (fault/write_tracker.h). Without an answer, every page counts as written.
+  if (duplicates || zeros) {
     const std::vector<bool> written = mm.write_tracker != nullptr
                                           ? mm.write_tracker->WrittenPages(m->start, m->end)
                                           : std::vector<bool>(m->src.size(), true);
     for (size_t idx = 0; idx < m->src.size(); ++idx) {
-      if ((m->src[idx].flags & kMigratePfnDuplicate) && written[idx]) m->src[idx].flags |= kMigratePfnDirty;
+      if (!written[idx]) continue;
+      if (m->src[idx].flags & kMigratePfnDuplicate) m->src[idx].flags |= kMigratePfnDirty;
+      m->src[idx].flags &= ~kMigratePfnZero;
     }
   }
   return absl::OkStatus();
@@ -254,6 +265,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   std::vector<Page*> release;
   std::vector<bool> map(m->src.size(), false);  // committed to RAM: the CPU maps it
   size_t moved = 0, reused = 0;                 // reused: duplicates committed without a copy
+  size_t filled = 0;                            // zero pages committed with a fill
   int device = -1;
   const uint64_t now = to_device ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
@@ -275,6 +287,7 @@ void migrate_vma_finalize(MigrateVma* m) {
         device = dst.page->pgmap->device;
         ++moved;
         if ((src.flags & kMigratePfnDuplicate) && !(src.flags & kMigratePfnDirty)) ++reused;
+        if (src.flags & kMigratePfnZero) ++filled;
       } else if (dst.page != nullptr && !(dst.flags & kMigratePfnDuplicate)) {
         release.push_back(dst.page);  // (a duplicate's own page stays with it)
       }
@@ -291,6 +304,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   release.clear();
   mm.migrator->Count(to_device, m->cause, moved);
   if (reused > 0) mm.counters->duplicates_reused.fetch_add(reused, std::memory_order_relaxed);
+  if (filled > 0) mm.counters->zero_pages_filled.fetch_add(filled, std::memory_order_relaxed);
   if (!to_device && m->keep_device_copy && moved > 0) {
     mm.counters->duplicates_kept.fetch_add(moved, std::memory_order_relaxed);
   }
@@ -344,6 +358,8 @@ void migrate_vma_finalize(MigrateVma* m) {
         release.push_back(blk.DropDuplicate(i));
         ++stale_dropped;
       }
+      // The same for a zero page: only one that read as unwritten after the zap is still zero.
+      if (to_device && !(src.flags & kMigratePfnZero)) blk.ForgetZero(i);
     }
     deferred.insert(deferred.end(), blk.deferred.begin(), blk.deferred.end());
     blk.deferred.clear();
@@ -394,7 +410,8 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
       break;  // copy what was allocated; the rest stays on the host
     }
     m->dst[idx] = MigratePfn{*page, nullptr, kMigratePfnValid | kMigratePfnDevice};
-    AppendCopy(&ops, src.host, (*page)->dma_addr);
+    // A zero page gets zeros on the device without crossing the bus.
+    AppendCopy(&ops, (src.flags & kMigratePfnZero) ? nullptr : src.host, (*page)->dma_addr);
   }
   absl::Status s = CopyAndWait(engine, CopyDirection::kHostToDevice, ops, m);
   if (!s.ok()) return s;

@@ -24,11 +24,18 @@
 //                    changes, the device page stays) and the holder settles it when it lets go.
 //   discard pending  (only while busy) the application discarded the page; the holder's finalize
 //                    applies the discard before it lets go.
+//   zero             (only in kHost, not a duplicate) the shadow has been zero since the range was
+//                    made, unless write tracking says the CPU wrote the page: a push gives the
+//                    device page zeros instead of a copy. Set for every page of a range that tracks
+//                    writes when it is made; gone at the first commit either way, and when a push
+//                    that took the page (and so its written mark) did not commit it.
 //
 //   To a device:  kHost  --BeginMigration--> kHost+busy  --CommitToDevice--> kDevice+busy
 //                        --EndMigration--> kDevice
 //   To the host:  kDevice --BeginMigration--> kDevice+busy --CommitToHost--> kHost+busy
 //                        --EndMigration--> kHost   (CommitToHost(keep_copy): kHost+duplicate)
+//   Zero:         kHost --MarkZero--> kHost+zero (a new range); kHost+zero --CommitToDevice,
+//                 ForgetZero--> kHost / kDevice without it
 //   Duplicate:    kHost+duplicate --BeginMigration/CommitToDevice (same device page)--> kDevice;
 //                 kHost+duplicate --DropDuplicate--> kHost (returns the device page)
 //   Rolled back:  S+busy --EndMigration--> S   (not committed: the page stays where it was; so
@@ -130,6 +137,7 @@ struct VaBlock {
   PageBits unmapped ABSL_GUARDED_BY(mu);   // the application munmapped/mremapped it away
   PageBits discard ABSL_GUARDED_BY(mu);    // discard pending: applied by the holder's finalize
   PageBits duplicate ABSL_GUARDED_BY(mu);  // host page whose pages[i] keeps a device copy
+  PageBits zero ABSL_GUARDED_BY(mu);       // host page zero unless the CPU wrote it
   DevicePages pages ABSL_GUARDED_BY(mu);
   std::vector<uffd_msg> deferred ABSL_GUARDED_BY(mu);  // faults that hit busy pages
   // FaultService::read_seq() when pages of this block last moved to a device: fault messages read
@@ -158,6 +166,7 @@ struct VaBlock {
   bool Busy(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) { return busy.bits_[i]; }
   bool DiscardPending(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) { return discard.bits_[i]; }
   bool Duplicate(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) { return duplicate.bits_[i]; }
+  bool Zero(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) { return zero.bits_[i]; }
 
   // --- Transitions of a migration (migrate_vma_setup / finalize) ---
   // A migration takes page i (kHost to a device, kDevice to the host); nobody holds it.
@@ -175,14 +184,24 @@ struct VaBlock {
               (!duplicate.bits_[i] || pages.pages_[i] == page),
           "needs a held host page and a device page (a duplicate's own)");
     duplicate.bits_.reset(i);
+    zero.bits_.reset(i);
     device.bits_.set(i);
     pages.pages_[i] = page;
   }
+  // A new range's page, in a range whose CPU writes are tracked: its shadow is zero.
+  void MarkZero(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Check(i, "MarkZero", State(i) == PageState::kHost && !busy.bits_[i] && !duplicate.bits_[i],
+          "needs an unheld host page without a device copy");
+    zero.bits_.set(i);
+  }
+  // The page may not be zero any more: a push took it (and its written mark) without committing.
+  void ForgetZero(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { zero.bits_.reset(i); }
   // The holder's copy to the shadow succeeded: the shadow is the data again. Returns the device
   // page, for the caller to put_page once the lock is released; with `keep_copy` the page keeps it
   // as a duplicate instead (and nullptr is returned).
   Page* CommitToHost(size_t i, bool keep_copy = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Check(i, "CommitToHost", busy.bits_[i] && State(i) == PageState::kDevice, "needs a held device page");
+    zero.bits_.reset(i);  // (already clear: CommitToDevice cleared it)
     if (!keep_copy) return TakeDevicePage(i);
     device.bits_.reset(i);
     duplicate.bits_.set(i);

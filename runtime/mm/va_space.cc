@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
@@ -31,17 +32,28 @@ absl::StatusOr<void*> VaSpace::Create(size_t size, Backing backing) {
     range->DiscardUserView();
     return s;
   }
+  // A range that tracks CPU writes starts write-protected, so that a page the CPU never writes
+  // reads as unwritten and its first push gives the device zeros instead of a copy (VaBlock zero).
+  // (Were this to fail, the pages would read as written: copied, as without tracking.)
+  const bool track = range->duplicates_reads();
+  absl::Status mapped;
   if (range->populated()) {
     // The pages exist (pinned): map them all now instead of one minor fault per first touch. The
     // range is not published yet, so nothing races with this.
-    absl::Status s = mm_.uffd->Continue(range->start(), range->size(), /*wake=*/true, range->cpu_page());
-    if (!s.ok()) std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    mapped = mm_.uffd->Continue(range->start(), range->size(), /*wake=*/true, range->cpu_page(),
+                                /*drain_events=*/true, /*write_protect=*/track);
+  } else if (track) {
+    mapped = mm_.uffd->WriteProtect(range->start(), range->size());  // markers: nothing is mapped yet
   }
+  if (!mapped.ok()) std::fprintf(stderr, "%s\n", mapped.ToString().c_str());
   // Every page starts host-resident (zero): the first launch pushes the range.
   for (size_t b = 0; b < range->num_blocks(); ++b) {
     VaBlock& blk = range->block(b);
     MutexLock block_lock(&blk.mu);
     range->MarkHostDirty(blk);
+    if (!track || !mapped.ok()) continue;
+    const uintptr_t start = range->block_start(b), end = std::min(range->end(), start + kBlockSize);
+    for (uintptr_t a = start; a < end; a += kPageSize) blk.MarkZero(ManagedRange::page_in_block(a));
   }
   MutexLock lock(&mu_);
   ranges_[range->start()] = range;
