@@ -61,6 +61,17 @@ double CopiedMiB(const uhmm::Stats& a, const uhmm::Stats& b) {
   return static_cast<double>(moved - reused - filled) * kPage / (1 << 20);
 }
 
+// One launch sync: its time and what it copied.
+Row TimedSync(uhmm::Runtime& rt) {
+  Row r;
+  const uhmm::Stats a = rt.stats();
+  const auto t0 = Clock::now();
+  Check(rt.SyncForDevice(0, nullptr), "sync");
+  r.ms = Ms(Clock::now() - t0);
+  r.copied_to_device_mib = CopiedMiB(a, rt.stats());
+  return r;
+}
+
 // The device rewrites every page of [p, +bytes) (a kernel writing a field).
 void DeviceRewrite(uhmm::Runtime& rt, uint8_t* p, size_t bytes, uint64_t value) {
   uhmm::testing::DeviceAccess* dev = uhmm::testing::Access(rt, 0);
@@ -91,12 +102,7 @@ Row RelaunchAfterReads(bool duplication, size_t bytes) {
   Check(rt->SyncForDevice(0, nullptr), "sync");
   uint64_t sum = 0;
   for (size_t w = 0; w < bytes / 8; w += kPage / 8) sum += p[w];  // the CPU only reads
-  Row r;
-  const uhmm::Stats a = rt->stats();
-  const auto t0 = Clock::now();
-  Check(rt->SyncForDevice(0, nullptr), "sync");
-  r.ms = Ms(Clock::now() - t0);
-  r.copied_to_device_mib = CopiedMiB(a, rt->stats());
+  Row r = TimedSync(*rt);
   r.ok = sum != 0;
   for (size_t w = 0; w < bytes / 8; w += kPage / 8) r.ok &= p[w] == w;
   Check(rt->Free(*mem), "Free");
@@ -111,12 +117,7 @@ Row FirstLaunch(bool duplication, size_t bytes) {
   Check(mem.status(), "Allocate");
   auto* p = static_cast<volatile uint64_t*>(*mem);
   for (size_t w = 0; w < bytes / 8; w += 16 * kPage / 8) p[w] = w + 1;
-  Row r;
-  const uhmm::Stats a = rt->stats();
-  const auto t0 = Clock::now();
-  Check(rt->SyncForDevice(0, nullptr), "sync");
-  r.ms = Ms(Clock::now() - t0);
-  r.copied_to_device_mib = CopiedMiB(a, rt->stats());
+  Row r = TimedSync(*rt);
   r.ok = true;
   for (size_t w = 0; w < bytes / 8; w += kPage / 8) r.ok &= p[w] == (w % (16 * kPage / 8) ? 0 : w + 1);
   Check(rt->Free(*mem), "Free");
