@@ -2,9 +2,12 @@
 // brings a page home and keeps its device copy; the next push to that device copies only the pages
 // the CPU wrote; eviction, discards and other devices drop the copy; no write made before a push is
 // ever lost. Skipped, with the reason, where the kernel cannot track writes (before Linux 6.7).
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -296,6 +299,39 @@ TEST_F(DuplicationTest, ANewPageWrittenBeforeAFailedPushIsPushedLater) {
   EXPECT_EQ(rt_->stats().zero_pages_filled, filled) << "written pages were pushed as zeros";
   EXPECT_EQ(DeviceMismatches(p, kBytes, 14), 0u);
   EXPECT_EQ(FirstMismatch(p, kBytes, 14), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+// Pages of [p, p + bytes) that have a present CPU mapping (/proc/self/pagemap bit 63).
+size_t PresentPages(const void* p, size_t bytes) {
+  const int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  std::vector<uint64_t> entries(bytes / kPageSize);
+  const off_t at = static_cast<off_t>(reinterpret_cast<uintptr_t>(p) / kPageSize * 8);
+  const ssize_t n = pread(fd, entries.data(), entries.size() * 8, at);
+  close(fd);
+  size_t present = 0;
+  for (size_t k = 0; n > 0 && k < static_cast<size_t>(n) / 8; ++k) present += entries[k] >> 63;
+  return present;
+}
+
+// The kernel's reclaim unmaps a written page without leaving a write-protect marker: the page must
+// not pass for an unwritten zero page when the CPU maps it again (nor, the same way, for a clean
+// duplicate).
+TEST_F(DuplicationTest, AWrittenPageReclaimedAndMappedAgainIsStillPushedAsWritten) {
+  absl::StatusOr<void*> mem = rt_->Allocate(kBytes);
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  auto* p = static_cast<uint64_t*>(*mem);
+  for (size_t w = 0; w < kBytes / 8; ++w) p[w] = Pattern(15, w);
+  // MADV_PAGEOUT unmaps pages only this mapping maps (with no swap they stay in the page cache).
+  if (madvise(p, kBytes, MADV_PAGEOUT) != 0) GTEST_SKIP() << "MADV_PAGEOUT: " << strerror(errno);
+  if (PresentPages(p, kBytes) == kPages) GTEST_SKIP() << "MADV_PAGEOUT left every page mapped";
+  ReadEveryPage(p, kBytes);  // MINOR faults map them again
+  const uint64_t filled = rt_->stats().zero_pages_filled;
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  EXPECT_EQ(rt_->stats().zero_pages_filled, filled) << "written pages were pushed as zeros";
+  EXPECT_EQ(DeviceMismatches(p, kBytes, 15), 0u);
+  EXPECT_EQ(FirstMismatch(p, kBytes, 15), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 

@@ -17,6 +17,7 @@
 #include "runtime/api/counters.h"
 #include "runtime/fault/fault_service.h"
 #include "runtime/fault/uffd.h"
+#include "runtime/fault/write_tracker.h"
 #include "runtime/mm/migrator.h"
 #include "runtime/mm/va_space.h"
 #include "runtime/policy/policy.h"
@@ -193,7 +194,9 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
           trace.Duplicate();
         }
         const uintptr_t unit = page & ~(range->cpu_page() - 1);
-        // A duplicate or zero page stays write-protected: a CPU write must show in write tracking.
+        // A duplicate or zero page stays write-protected, so that a CPU write shows in write
+        // tracking; unless it was written before it lost its mapping.
+        ForgetWrittenMarks(*range, blk, unit, std::min(unit + range->cpu_page(), range->end()));
         const bool protect = blk.Duplicate(i) || blk.Zero(i);
         const bool mapped =
             minor ? mm_.faults->MapUnlessDiscarded(
@@ -399,12 +402,38 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   }
 }
 
+void CpuFault::ForgetWrittenMarks(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end) {
+  if (!range.duplicates_reads()) return;
+  bool flagged = false;
+  for (uintptr_t a = start; a < end && !flagged; a += kPageSize) {
+    const size_t i = ManagedRange::page_in_block(a);
+    flagged = !blk.Busy(i) && (blk.Zero(i) || blk.Duplicate(i));
+  }
+  if (!flagged) return;
+  // No answer counts as written: the flags go, and the pages are copied like any other.
+  const std::vector<bool> written = mm_.write_tracker != nullptr
+                                        ? mm_.write_tracker->WrittenPages(start, end)
+                                        : std::vector<bool>((end - start) / kPageSize, true);
+  size_t dropped = 0;
+  for (uintptr_t a = start; a < end; a += kPageSize) {
+    const size_t i = ManagedRange::page_in_block(a);
+    if (!written[(a - start) / kPageSize] || blk.Busy(i)) continue;
+    blk.ForgetZero(i);
+    if (blk.Duplicate(i)) {
+      put_page(blk.DropDuplicate(i));  // under the block lock, as Evictor::DropDuplicates does
+      ++dropped;
+    }
+  }
+  if (dropped > 0) mm_.counters->duplicates_dropped.fetch_add(dropped, std::memory_order_relaxed);
+}
+
 bool CpuFault::ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint32_t tid) {
   // The shadow has no page here: this is its first touch, or a discard freed it. Give the whole
   // block (its host-resident pages that no migration holds) zero pages and map them, so that a
   // first pass over a new range takes one fault per 2 MiB, as transparent hugepages would.
   const uintptr_t start = page & ~(kBlockSize - 1);
   const uintptr_t end = std::min(start + kBlockSize, range.end());
+  ForgetWrittenMarks(range, blk, start, end);  // everything below is mapped write-protected
   PageRuns runs;
   for (uintptr_t a = start; a < end; a += kPageSize) {
     const size_t i = ManagedRange::page_in_block(a);
