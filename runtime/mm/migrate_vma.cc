@@ -212,7 +212,12 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
     mm.zaps->End(s, e);
     // ENOMEM: part of the run was unmapped by the application (pages() drops those pages).
     if (rc != 0 && err != ENOMEM) {
-      for (MigratePfn& src : m->src) src.flags &= ~kMigratePfnMigrate;
+      // Nothing commits. Runs zapped so far lost their written marks unasked: count every page as
+      // written, so that finalize drops duplicates and zero flags it can no longer vouch for.
+      for (MigratePfn& src : m->src) {
+        src.flags &= ~(kMigratePfnMigrate | kMigratePfnZero);
+        if (src.flags & kMigratePfnDuplicate) src.flags |= kMigratePfnDirty;
+      }
       migrate_vma_finalize(m);
       return absl::InternalError(
           absl::StrFormat("migrate_vma_setup: madvise(DONTNEED) of [%#x, %#x): %s", s, e, strerror(err)));
