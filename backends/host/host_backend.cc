@@ -115,12 +115,12 @@ class HostCopyEngine final : public CopyEngine {
           // Page by page: with one pointer, consecutive device addresses may sit in different chunks.
           for (size_t off = 0; off < op.bytes; off += kPageSize) {
             auto* dev = static_cast<uint8_t*>(translate_(op.device + off));
-            auto* host = static_cast<uint8_t*>(op.host) + off;
+            auto* host = op.host != nullptr ? static_cast<uint8_t*>(op.host) + off : nullptr;
             const size_t n = std::min(kPageSize, op.bytes - off);
             if (dev == nullptr) {
               status = absl::InternalError(absl::StrFormat(
                   "host device %d: copy to unmapped device address %#x", ordinal_, op.device + off));
-            } else if (op.host == nullptr) {
+            } else if (host == nullptr) {
               std::memset(dev, 0, n);  // a fill (uhmm/backend.h)
             } else if (to_device) {
               std::memcpy(dev, host, n);

@@ -128,7 +128,8 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
     }
   }
   const absl::Status status = mm_.migrator->ForEachPiece(pieces, ds.ordinal, [&](uintptr_t s, uintptr_t e) {
-    // Everything this sync pushes must stay: no piece's eviction may take another's pages.
+    // No piece's eviction may take this range's pages that another piece pushed. (Ranges pushed
+    // earlier in this sync are not protected: the pool check above leaves eviction little to do.)
     ProtectFromEviction protect(range, *ds.device, range.start(), range.end());
     return mm_.migrator->ToDevice(range, s, e, ds, MigrateCause::kLaunch);
   });
