@@ -35,6 +35,9 @@ bool Measure(size_t bytes, int whole_rounds, Result* out) {
   uhmm::Config c = uhmm::Config::FromEnv();
   c.backend = "host";
   c.fault_granularity = 4096;
+  // 4 KiB pages at both sizes: with hugepages reserved, UHMM_HUGETLB=auto would give the 64 MiB range
+  // 2 MiB pages (a one-page write then moves a whole block) and not the 1 GiB one.
+  c.hugetlb = uhmm::HugetlbMode::kNever;
   c.device_pool_bytes = std::max(c.device_pool_bytes, bytes + (size_t{32} << 20));
   absl::StatusOr<std::unique_ptr<uhmm::Runtime>> rt = uhmm::Runtime::Create(c);
   if (!rt.ok()) {
