@@ -2,9 +2,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <thread>
 
+#include "runtime/api/runtime_impl.h"
+#include "runtime/mm/device_table.h"
+#include "runtime/mm/page_pool.h"
 #include "tests/test_util.h"
 
 namespace uhmm::testing {
@@ -175,6 +179,40 @@ TEST_F(MigrateTest, PageFreeFiresOncePerFreedPageAndRefcountsStayPositive) {
   for (uint64_t pfn = 0; pfn < bytes / kPageSize; ++pfn) ASSERT_EQ(faults0_->page_free_count(pfn), 2u);
   EXPECT_EQ(FirstMismatch(q, bytes, 51), -1);
   ASSERT_TRUE(rt_->Free(q).ok());
+}
+
+// With one pointer an address has exactly one device page. A thread that drops it from its block
+// (a discard, a poison, a finalize) frees it just after its block lock, so a migration of that
+// address may find it still in use for a moment: it must wait, not fail.
+TEST_F(MigrateTest, WithOnePointerAMigrationWaitsForItsAddressesDevicePageToBeFreed) {
+  if (!TestingHostBackend()) GTEST_SKIP() << "the host backend's one-pointer mode";
+  Config c = TestConfig();
+  c.host_same_address = true;
+  rt_.reset();
+  Start(c);
+  UHMM_RETURN_IF_SKIPPED();
+  const size_t bytes = 2 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 70);
+  ASSERT_TRUE(rt_->Migrate(p, kPageSize, 0).ok());  // binds a chunk to the block
+  uint64_t* page5 = p + 5 * kPageSize / 8;
+  // A straggler still holds page 5's device page (what a discard does between its block lock and
+  // its put_page), and lets go 100 ms later.
+  PagePool& pool = *(*static_cast<RuntimeImpl&>(*rt_).mm().devices)[0].pool;
+  absl::StatusOr<Page*> held = pool.TryAlloc(reinterpret_cast<uintptr_t>(page5));
+  ASSERT_TRUE(held.ok() && *held != nullptr) << held.status();
+  std::thread straggler([page = *held] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    put_page(page);
+  });
+  const absl::Status s = rt_->Migrate(page5, kPageSize, 0);
+  straggler.join();
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(CountAt(Residency(page5, kPageSize), 0), 1u);
+  size_t read = 0;
+  EXPECT_EQ(DeviceMismatches(p, 8 * kPageSize, 70, &read), 0u);  // pages 0 and 5 are on the device
+  EXPECT_EQ(read, 2u);
+  EXPECT_EQ(FirstMismatch(p, bytes, 70), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
 }
 
 TEST_F(MigrateTest, TwoDevicesMigrateThroughHost) {

@@ -58,8 +58,21 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
   bool preferred_allowed = false;
   bool held_elsewhere = false;  // a victim's pages were all held by another migration
   std::optional<std::chrono::steady_clock::time_point> give_up;
+  std::optional<std::chrono::steady_clock::time_point> slot_give_up;
   for (;;) {
-    absl::StatusOr<Page*> page = ds.pool->TryAlloc(addr);
+    bool slot_busy = false;
+    absl::StatusOr<Page*> page = ds.pool->TryAlloc(addr, &slot_busy);
+    if (!page.ok() && slot_busy) {
+      // With one pointer addr has one device page, and the thread that just dropped it from its
+      // block (a discard, poison or unmap, or a finalize) frees it once it lets go of the block
+      // lock: wait for that, a bounded time (a page that stays in use is a bug, reported).
+      const auto now = std::chrono::steady_clock::now();
+      if (!slot_give_up) slot_give_up = now + std::chrono::seconds(2);
+      if (now < *slot_give_up) {
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+        continue;
+      }
+    }
     if (!page.ok()) return page.status();
     if (*page != nullptr) return *page;
     std::optional<size_t> victim = ds.pool->PickVictim(exclude);

@@ -209,7 +209,7 @@ absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
   return &c;
 }
 
-absl::StatusOr<Page*> PagePool::TryAlloc(uintptr_t addr) {
+absl::StatusOr<Page*> PagePool::TryAlloc(uintptr_t addr, bool* slot_busy) {
   MutexLock lock(&mu_);
   Chunk* chosen = nullptr;
   Page* page = nullptr;
@@ -220,6 +220,7 @@ absl::StatusOr<Page*> PagePool::TryAlloc(uintptr_t addr) {
     chosen = *c;
     page = &chosen->pages[(addr % kBlockSize) / kPageSize];
     if (page->flags.load(std::memory_order_relaxed) & kPageAllocated) {
+      if (slot_busy != nullptr) *slot_busy = true;
       return absl::InternalError(absl::StrFormat(
           "device page for %#x (pfn %u) is still in use by an earlier migration", addr, page->pfn));
     }

@@ -63,8 +63,10 @@ class PagePool {
 
   // A free page at refcount 2 (the caller's reference) for managed address `addr`, or nullptr when
   // the pool must evict first (every page in use and the cap reached; with kSameAddress: no chunk
-  // bound to addr's block and none free to bind). Errors come from the device.
-  absl::StatusOr<Page*> TryAlloc(uintptr_t addr);
+  // bound to addr's block and none free to bind). Errors come from the device, and (kSameAddress)
+  // from addr's page being still in use, with *slot_busy set: whoever dropped it from its block
+  // (a discard, poison or unmap, a migration's finalize) puts it right after its block lock.
+  absl::StatusOr<Page*> TryAlloc(uintptr_t addr, bool* slot_busy = nullptr);
   // Puts a page whose refcount dropped to 1 back on its chunk's free list.
   void Release(Page* page);
 
