@@ -9,7 +9,7 @@ pkgs=(
   libhwloc-dev                                   # topology-aware placement (performance issue)
   libze-dev libze1                               # Level Zero loader and headers
   llvm-spirv-14                                  # SPIR-V kernel of the Level Zero sample (with clang)
-  python3                                        # generates the emulated Level Zero driver's tables
+  python3                                        # generates the emulated Level Zero driver's tables and the CUDA interposer's forwarders
   googletest libgtest-dev                        # tests
   clang libclang-rt-14-dev                       # the tsan preset
   clang-format-14                                # tools/format.sh (CI checks the formatting)
