@@ -8,6 +8,11 @@ prefix="$build/install-test/prefix"
 rm -rf "$build/install-test"
 cmake --install "$build" --prefix "$prefix" >/dev/null
 test -f "$prefix/include/uhmm/testing.h" || { echo "uhmm/testing.h is not installed" >&2; exit 1; }
+# The interposing driver library goes to a private folder, never the library directory itself.
+if [[ -f "$build/lib/uhmm-cuda/libcuda.so.1" ]]; then
+  ls "$prefix"/lib*/uhmm-cuda/libcuda.so.1 >/dev/null 2>&1 || { echo "uhmm-cuda/libcuda.so.1 is not installed" >&2; exit 1; }
+  if ls "$prefix"/lib*/libcuda.so* >/dev/null 2>&1; then echo "a libcuda.so is installed in the library directory" >&2; exit 1; fi
+fi
 cmake -S "$src/tests/install" -B "$build/install-test/consumer" -G Ninja \
   -DCMAKE_PREFIX_PATH="$prefix" -DUHMM_SAMPLES_DIR="$src/samples" >/dev/null
 cmake --build "$build/install-test/consumer" >/dev/null
