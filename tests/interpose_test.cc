@@ -2,6 +2,8 @@
 // driver": this program links the interposer the way a CUDA program links the driver, and ctest runs
 // it with UHMM_REAL_LIBCUDA naming the fake driver (InterposeTest) or the interposer itself
 // (InterposeRefusalTest); each suite skips in the other run.
+#include "backends/cuda/interpose/interpose.h"
+
 #include <cuda.h>
 #include <dlfcn.h>
 
@@ -9,7 +11,6 @@
 #include <string>
 #include <string_view>
 
-#include "backends/cuda/interpose/interpose.h"
 #include "gtest/gtest.h"
 
 #undef cuGetProcAddress  // the test calls both forms by their own names
@@ -37,7 +38,8 @@ using GetProcV2 = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverPro
 class InterposeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (RealEnv() != UHMM_FAKE_CUDA_DRIVER) GTEST_SKIP() << "run with UHMM_REAL_LIBCUDA=" << UHMM_FAKE_CUDA_DRIVER;
+    if (RealEnv() != UHMM_FAKE_CUDA_DRIVER)
+      GTEST_SKIP() << "run with UHMM_REAL_LIBCUDA=" << UHMM_FAKE_CUDA_DRIVER;
     fake_ = dlopen(UHMM_FAKE_CUDA_DRIVER, RTLD_NOW | RTLD_NOLOAD);
     ASSERT_NE(fake_, nullptr) << "the interposer did not load the fake driver: " << uhmm_interpose_status();
     fake_get_ = reinterpret_cast<GetProcV2>(dlsym(fake_, "cuGetProcAddress_v2"));
@@ -88,10 +90,10 @@ TEST_F(InterposeTest, EveryNameOfTheHeaderIsExported) {
       if (++missing > 10) break;
     }
   }
-  for (const char* name : {"cuGetProcAddress", "cuGetProcAddress_v2", "cuMemAllocManaged", "cuMemFree_v2",
-                           "cuMemPrefetchAsync_v2", "cuMemAdvise_v2", "cuStreamAttachMemAsync",
-                           "cuStreamAttachMemAsync_ptsz", "cuLaunchKernel", "cuLaunchKernelEx",
-                           "cuGraphLaunch", "cuGetExportTable", "cuMemcpyHtoD_v2_ptds"}) {
+  for (const char* name :
+       {"cuGetProcAddress", "cuGetProcAddress_v2", "cuMemAllocManaged", "cuMemFree_v2",
+        "cuMemPrefetchAsync_v2", "cuMemAdvise_v2", "cuStreamAttachMemAsync", "cuStreamAttachMemAsync_ptsz",
+        "cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch", "cuGetExportTable", "cuMemcpyHtoD_v2_ptds"}) {
     EXPECT_NE(dlsym(self, name), nullptr) << name;
   }
   EXPECT_GT(sizeof(kForwarders) / sizeof(kForwarders[0]), 600u) << "fewer names than cuda.h declares";
@@ -102,12 +104,14 @@ TEST_F(InterposeTest, GetProcAddressAnswersWithTheDriversEntryPoints) {
   for (const char* symbol : {"cuInit", "cuDeviceGetCount", "cuMemcpyHtoDAsync", "cuMemsetD8Async"}) {
     void* fn = nullptr;
     CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    ASSERT_EQ(cuGetProcAddress_v2(symbol, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found), CUDA_SUCCESS)
+    ASSERT_EQ(cuGetProcAddress_v2(symbol, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found),
+              CUDA_SUCCESS)
         << symbol;
     EXPECT_EQ(found, CU_GET_PROC_ADDRESS_SUCCESS);
     EXPECT_EQ(fn, FakeEntry(symbol)) << symbol;
     void* v1 = nullptr;
-    ASSERT_EQ(cuGetProcAddress(symbol, &v1, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT), CUDA_SUCCESS) << symbol;
+    ASSERT_EQ(cuGetProcAddress(symbol, &v1, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT), CUDA_SUCCESS)
+        << symbol;
     EXPECT_EQ(v1, fn) << symbol;
   }
   // A name the driver does not know: its answer, passed on.

@@ -87,7 +87,9 @@ std::string FromLoaderCache() {
   return "";
 }
 
-bool SameFile(const struct stat& a, const struct stat& b) { return a.st_dev == b.st_dev && a.st_ino == b.st_ino; }
+bool SameFile(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
 
 // Loads `path` as the real driver, or says why not in *why.
 bool TryLoad(const std::string& path, const struct stat* self, std::string* why) {
@@ -139,7 +141,8 @@ void FindRealDriver() {
     candidates.push_back(env);
   } else {
     if (std::string cached = FromLoaderCache(); !cached.empty()) candidates.push_back(cached);
-    for (const char* dir : {"/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"})
+    for (const char* dir :
+         {"/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"})
       candidates.push_back(std::string(dir) + "/libcuda.so.1");
   }
   std::string tried;
@@ -151,7 +154,8 @@ void FindRealDriver() {
     }
     tried += (tried.empty() ? "" : "; ") + why;
   }
-  r.status = "uhmm interposer: no NVIDIA driver found (" + tried + "); every call returns CUDA_ERROR_NO_DEVICE";
+  r.status =
+      "uhmm interposer: no NVIDIA driver found (" + tried + "); every call returns CUDA_ERROR_NO_DEVICE";
 }
 
 // Fills every trampoline slot: the real driver's symbol; else, for the form this cuda.h resolves
@@ -199,8 +203,8 @@ CUresult GetProc(const char* symbol, void** pfn, int version, cuuint64_t flags,
 
 extern "C" {
 
-__attribute__((visibility("default"))) CUresult cuGetProcAddress_v2(const char* symbol, void** pfn, int version,
-                                                                    cuuint64_t flags,
+__attribute__((visibility("default"))) CUresult cuGetProcAddress_v2(const char* symbol, void** pfn,
+                                                                    int version, cuuint64_t flags,
                                                                     CUdriverProcAddressQueryResult* status) {
   return GetProc(symbol, pfn, version, flags, status);
 }
@@ -216,7 +220,9 @@ __attribute__((visibility("default"))) const char* uhmm_interpose_driver(void) {
   return r.handle != nullptr ? r.path.c_str() : nullptr;
 }
 
-__attribute__((visibility("default"))) const char* uhmm_interpose_status(void) { return real().status.c_str(); }
+__attribute__((visibility("default"))) const char* uhmm_interpose_status(void) {
+  return real().status.c_str();
+}
 
 }  // extern "C"
 
