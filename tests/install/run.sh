@@ -12,6 +12,10 @@ test -f "$prefix/include/uhmm/testing.h" || { echo "uhmm/testing.h is not instal
 if [[ -f "$build/lib/uhmm-cuda/libcuda.so.1" ]]; then
   ls "$prefix"/lib*/uhmm-cuda/libcuda.so.1 >/dev/null 2>&1 || { echo "uhmm-cuda/libcuda.so.1 is not installed" >&2; exit 1; }
   if ls "$prefix"/lib*/libcuda.so* >/dev/null 2>&1; then echo "a libcuda.so is installed in the library directory" >&2; exit 1; fi
+  # The installed uhmm-run finds the library and its checker from where it is installed.
+  out=$(UHMM_REAL_LIBCUDA=/nonexistent/libcuda.so.1 "$prefix/bin/uhmm-run" --check 2>&1) && rc=0 || rc=$?
+  [[ $rc -eq 1 ]] && grep -q "no NVIDIA driver found" <<<"$out" || { echo "installed uhmm-run --check: $out" >&2; exit 1; }
+  echo "uhmm-run (installed) --check: $out" | head -1
 fi
 cmake -S "$src/tests/install" -B "$build/install-test/consumer" -G Ninja \
   -DCMAKE_PREFIX_PATH="$prefix" -DUHMM_SAMPLES_DIR="$src/samples" >/dev/null
