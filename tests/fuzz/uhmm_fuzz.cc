@@ -79,16 +79,17 @@ enum class OpKind {
   kFork,         // the child checks a sample of the thread's ranges
   kFailCopy,     // the next copy batch of a device fails (injected)
   kAdvise,       // uhmm_advise on a sub-range: advice changes where data is, never what it is
+  kPageout,      // madvise(MADV_PAGEOUT): the kernel's reclaim unmaps pages; their data stays
   kCount,
 };
 constexpr size_t kOpKinds = static_cast<size_t>(OpKind::kCount);
 constexpr std::array<const char*, kOpKinds> kOpNames = {
-    "alloc",        "free",          "cpu_write",   "cpu_check", "pipe_in",   "pipe_out",
-    "migrate",      "prefetch",      "evict",       "sync",      "residency", "device_write",
-    "device_check", "madv_dontneed", "madv_remove", "fork",      "fail_copy", "advise"};
+    "alloc",       "free",  "cpu_write", "cpu_check", "pipe_in",      "pipe_out",     "migrate",
+    "prefetch",    "evict", "sync",      "residency", "device_write", "device_check", "madv_dontneed",
+    "madv_remove", "fork",  "fail_copy", "advise",    "madv_pageout"};
 // Relative frequencies.
-constexpr std::array<int, kOpKinds> kDefaultWeights = {60, 25, 140, 140, 35, 35, 100, 60, 15,
-                                                       8,  40, 50,  35,  25, 25, 4,   3,  20};
+constexpr std::array<int, kOpKinds> kDefaultWeights = {60, 25, 140, 140, 35, 35, 100, 60, 15, 8,
+                                                       40, 50, 35,  25,  25, 4,  3,   20, 20};
 
 // An operation is its kind and four random words; what they select (range, offsets, device) is
 // resolved against the thread's state when it runs, so that any sub-list is still a valid program.
@@ -688,6 +689,8 @@ class Worker {
         return FailCopy(op);
       case OpKind::kAdvise:
         return Advise(op);
+      case OpKind::kPageout:
+        return Pageout(op);
       case OpKind::kCount:
         break;
     }
@@ -1120,6 +1123,20 @@ class Worker {
     }
     std::fill(r.model.begin() + static_cast<std::ptrdiff_t>(zero_lo),
               r.model.begin() + static_cast<std::ptrdiff_t>(zero_hi), 0);
+    return true;
+  }
+
+  // MADV_PAGEOUT: reclaim unmaps the pages (with no swap, shmem pages stay in the page cache) and
+  // may leave no write-protect marker behind, so write tracking must not take them for unwritten
+  // afterwards. Nothing changes in the data. EINVAL: hugetlb ranges, or a kernel without it.
+  bool Pageout(const Op& op) {
+    Range& r = *PickRange(op.a);
+    const auto [off, len] = PickPages(r, op.b, op.c, false);
+    Describe(absl::StrFormat("madvise %s [%#x, +%#x) MADV_PAGEOUT (data unchanged)", RangeName(r), off, len));
+    if (madvise(r.ptr + off, len, MADV_PAGEOUT) != 0 && errno != EINVAL) {
+      return Fail(kExitContract, absl::StrFormat("madvise(%s [%#x, +%#x), MADV_PAGEOUT): %s", RangeName(r),
+                                                 off, len, strerror(errno)));
+    }
     return true;
   }
 
