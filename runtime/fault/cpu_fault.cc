@@ -411,9 +411,7 @@ void CpuFault::ForgetWrittenMarks(ManagedRange& range, VaBlock& blk, uintptr_t s
   }
   if (!flagged) return;
   // No answer counts as written: the flags go, and the pages are copied like any other.
-  const std::vector<bool> written = mm_.write_tracker != nullptr
-                                        ? mm_.write_tracker->WrittenPages(start, end)
-                                        : std::vector<bool>((end - start) / kPageSize, true);
+  const std::vector<bool> written = WrittenPages(mm_.write_tracker, start, end);
   size_t dropped = 0;
   for (uintptr_t a = start; a < end; a += kPageSize) {
     const size_t i = ManagedRange::page_in_block(a);

@@ -92,6 +92,11 @@ absl::StatusOr<PageRuns> WriteTracker::Written(uintptr_t start, uintptr_t end) c
   return runs;
 }
 
+std::vector<bool> WrittenPages(const WriteTracker* tracker, uintptr_t start, uintptr_t end) {
+  return tracker != nullptr ? tracker->WrittenPages(start, end)
+                            : std::vector<bool>((end - start) / kPageSize, true);
+}
+
 std::vector<bool> WriteTracker::WrittenPages(uintptr_t start, uintptr_t end) const {
   absl::StatusOr<PageRuns> runs = Written(start, end);
   if (!runs.ok()) return std::vector<bool>((end - start) / kPageSize, true);

@@ -44,6 +44,9 @@ class WriteTracker {
   pid_t pid_;  // the process whose page tables fd_ reads (a forked child must not use it)
 };
 
+// `tracker`'s WrittenPages, or, without a tracker (writes not tracked), every page written.
+std::vector<bool> WrittenPages(const WriteTracker* tracker, uintptr_t start, uintptr_t end);
+
 }  // namespace uhmm
 
 #endif  // UHMM_RUNTIME_FAULT_WRITE_TRACKER_H_

@@ -227,9 +227,7 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   // reads as written (zapping a written page leaves nothing, which reads as written), one after it
   // waits for finalize (fault/write_tracker.h). Without an answer, every page counts as written.
   if (duplicates || zeros) {
-    const std::vector<bool> written = mm.write_tracker != nullptr
-                                          ? mm.write_tracker->WrittenPages(m->start, m->end)
-                                          : std::vector<bool>(m->src.size(), true);
+    const std::vector<bool> written = WrittenPages(mm.write_tracker, m->start, m->end);
     for (size_t idx = 0; idx < m->src.size(); ++idx) {
       if (!written[idx]) continue;
       if (m->src[idx].flags & kMigratePfnDuplicate) m->src[idx].flags |= kMigratePfnDirty;
