@@ -122,11 +122,7 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
   }
   // Blocks in parallel on the migration workers: one block's zap and commit overlap another's copy.
   PageRuns pieces;
-  for (auto [s, e] : runs) {
-    for (uintptr_t a = s; a < e; a = std::min(e, NextBlockBoundary(a))) {
-      pieces.emplace_back(a, std::min(e, NextBlockBoundary(a)));
-    }
-  }
+  for (auto [s, e] : runs) AppendBlockPieces(&pieces, s, e);
   const absl::Status status = mm_.migrator->ForEachPiece(pieces, ds.ordinal, [&](uintptr_t s, uintptr_t e) {
     // No piece's eviction may take this range's pages that another piece pushed. (Ranges pushed
     // earlier in this sync are not protected: the pool check above leaves eviction little to do.)

@@ -4,6 +4,7 @@
 #ifndef UHMM_RUNTIME_MM_MANAGED_RANGE_H_
 #define UHMM_RUNTIME_MM_MANAGED_RANGE_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -29,6 +30,14 @@ inline void AppendPageRun(PageRuns* runs, uintptr_t addr) {
     runs->back().second += kPageSize;
   } else {
     runs->emplace_back(addr, addr + kPageSize);
+  }
+}
+
+// Appends [start, end) to `pieces` cut at 2 MiB block boundaries, one piece per block it touches
+// (the unit the migration drivers run in parallel).
+inline void AppendBlockPieces(PageRuns* pieces, uintptr_t start, uintptr_t end) {
+  for (uintptr_t a = start; a < end; a = std::min(end, NextBlockBoundary(a))) {
+    pieces->emplace_back(a, std::min(end, NextBlockBoundary(a)));
   }
 }
 

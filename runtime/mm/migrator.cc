@@ -119,9 +119,7 @@ absl::Status Migrator::Bulk(ManagedRange& range, uintptr_t start, uintptr_t end,
   DeviceTable& devices = *mm_.devices;
   // One piece per 2 MiB block: one block's zap or PTE installation overlaps another's copy.
   PageRuns pieces;
-  for (uintptr_t a = start; a < end; a = std::min(end, NextBlockBoundary(a))) {
-    pieces.emplace_back(a, std::min(end, NextBlockBoundary(a)));
-  }
+  AppendBlockPieces(&pieces, start, end);
   return ForEachPiece(pieces, device, [&](uintptr_t s, uintptr_t e) {
     // The whole request, on whichever thread runs a part.
     ProtectFromEviction protect(range, *devices[device == kHost ? 0 : device].device, start, end);
@@ -143,14 +141,14 @@ absl::Status Migrator::ForEachPiece(const PageRuns& pieces, int device,
                         workers.threads() > 0 &&
                         (device == kHost || (*mm_.devices)[device].pool->total_pages() / kPagesPerBlock >=
                                                 8 * (size_t{1} + workers.threads()));
-  absl::Status first;
   if (!parallel) {
     for (auto [s, e] : pieces) {
       if (absl::Status st = fn(s, e); !st.ok()) return st;
     }
-    return first;
+    return absl::OkStatus();
   }
   Mutex mu{LockRank::kBulkStatus};
+  absl::Status first;
   workers.ParallelFor(pieces.size(), [&](size_t i) {
     absl::Status st = fn(pieces[i].first, pieces[i].second);
     MutexLock lock(&mu);
