@@ -51,6 +51,21 @@ bool Evictor::PrefersDevice(DeviceState& ds, size_t chunk) {
   return false;
 }
 
+namespace {
+
+// A bounded wait for what another thread is about to release: false once 2 s have passed since the
+// first call with `deadline`; otherwise sleeps `pause` and returns true (look again).
+bool WaitMore(std::optional<std::chrono::steady_clock::time_point>* deadline,
+              std::chrono::microseconds pause) {
+  const auto now = std::chrono::steady_clock::now();
+  if (!*deadline) *deadline = now + std::chrono::seconds(2);
+  if (now >= **deadline) return false;
+  std::this_thread::sleep_for(pause);
+  return true;
+}
+
+}  // namespace
+
 absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) {
   absl::flat_hash_set<size_t> exclude;
   // PREFERRED_LOCATION this device: such chunks are evicted last, once no other victim is left.
@@ -66,12 +81,7 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
       // With one pointer addr has one device page, and the thread that just dropped it from its
       // block (a discard, poison or unmap, or a finalize) frees it once it lets go of the block
       // lock: wait for that, a bounded time (a page that stays in use is a bug, reported).
-      const auto now = std::chrono::steady_clock::now();
-      if (!slot_give_up) slot_give_up = now + std::chrono::seconds(2);
-      if (now < *slot_give_up) {
-        std::this_thread::sleep_for(std::chrono::microseconds(20));
-        continue;
-      }
+      if (WaitMore(&slot_give_up, std::chrono::microseconds(20))) continue;
     }
     if (!page.ok()) return page.status();
     if (*page != nullptr) return *page;
@@ -91,10 +101,7 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
       // Another migration holds those pages: a fault or a read-ahead bringing them home, which
       // frees them when it ends. Wait for it, a bounded time (two requests can each hold what the
       // other needs), then look at every chunk again.
-      const auto now = std::chrono::steady_clock::now();
-      if (!give_up) give_up = now + std::chrono::seconds(2);
-      if (now < *give_up) {
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      if (WaitMore(&give_up, std::chrono::microseconds(100))) {
         exclude.clear();
         held_elsewhere = false;
         preferred_allowed = false;
