@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 
+#include "backends/cuda/interpose/forwarders.h"
 #include "gtest/gtest.h"
 
 #undef cuGetProcAddress  // the test calls both forms by their own names
@@ -18,15 +19,9 @@ extern "C" CUresult cuGetProcAddress(const char* symbol, void** pfn, int version
 
 namespace {
 
-struct Forwarder {
-  const char* name;
-  const char* base;
-  unsigned flags;
-};
-constexpr unsigned kCurrent = 1, kPtds = 2;
-constexpr Forwarder kForwarders[] = {
-#include UHMM_CUDA_FORWARDERS_INC
-};
+using uhmm::interpose::Forwarder;
+using uhmm::interpose::kForwarderCount;
+using uhmm::interpose::kForwarders;
 
 std::string_view RealEnv() {
   const char* e = std::getenv("UHMM_REAL_LIBCUDA");
@@ -96,7 +91,7 @@ TEST_F(InterposeTest, EveryNameOfTheHeaderIsExported) {
         "cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch", "cuGetExportTable", "cuMemcpyHtoD_v2_ptds"}) {
     EXPECT_NE(dlsym(self, name), nullptr) << name;
   }
-  EXPECT_GT(sizeof(kForwarders) / sizeof(kForwarders[0]), 600u) << "fewer names than cuda.h declares";
+  EXPECT_GT(kForwarderCount, 600u) << "fewer names than cuda.h declares";
   dlclose(self);
 }
 

@@ -14,30 +14,19 @@
 #include <string>
 #include <vector>
 
+#include "backends/cuda/interpose/forwarders.h"
+
 // cuda.h maps cuGetProcAddress to its _v2 form; this library defines both under their own names.
 #undef cuGetProcAddress
 
-namespace {
-
-enum SlotFlags : unsigned {
-  kCurrent = 1u << 0,  // the form this cuda.h resolves its base name to
-  kPtds = 1u << 1,     // a per-thread default stream form (_ptds, _ptsz)
-};
-struct SlotName {
-  const char* name;  // the exported symbol
-  const char* base;  // the name cuGetProcAddress knows it by
-  unsigned flags;
-};
-constexpr SlotName kSlotNames[] = {
-#include "forwarders.inc"
-};
-constexpr size_t kSlots = sizeof(kSlotNames) / sizeof(kSlotNames[0]);
-
-}  // namespace
+using uhmm::interpose::kCurrent;
+using uhmm::interpose::kForwarderCount;
+using uhmm::interpose::kForwarders;
+using uhmm::interpose::kPtds;
 
 // What the generated trampolines jump through (forwarders.S).
-extern "C" __attribute__((visibility("hidden"))) void* uhmm_fwd_slots[kSlots];
-void* uhmm_fwd_slots[kSlots];
+extern "C" __attribute__((visibility("hidden"))) void* uhmm_fwd_slots[kForwarderCount];
+void* uhmm_fwd_slots[kForwarderCount];
 
 namespace {
 
@@ -164,15 +153,15 @@ void FindRealDriver() {
 __attribute__((constructor(101))) void Init() {
   FindRealDriver();
   Real& r = real();
-  for (size_t i = 0; i < kSlots; ++i) {
+  for (size_t i = 0; i < kForwarderCount; ++i) {
     void* fn = nullptr;
     if (r.handle == nullptr) {
       fn = reinterpret_cast<void*>(&uhmm_interpose_no_driver);
-    } else if ((fn = dlsym(r.handle, kSlotNames[i].name)) == nullptr && (kSlotNames[i].flags & kCurrent)) {
+    } else if ((fn = dlsym(r.handle, kForwarders[i].name)) == nullptr && (kForwarders[i].flags & kCurrent)) {
       CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-      const cuuint64_t flags = (kSlotNames[i].flags & kPtds) ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
-                                                             : CU_GET_PROC_ADDRESS_DEFAULT;
-      if (r.get_proc_v2(kSlotNames[i].base, &fn, CUDA_VERSION, flags, &found) != CUDA_SUCCESS) fn = nullptr;
+      const cuuint64_t flags = (kForwarders[i].flags & kPtds) ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
+                                                              : CU_GET_PROC_ADDRESS_DEFAULT;
+      if (r.get_proc_v2(kForwarders[i].base, &fn, CUDA_VERSION, flags, &found) != CUDA_SUCCESS) fn = nullptr;
     }
     uhmm_fwd_slots[i] = fn != nullptr ? fn : reinterpret_cast<void*>(&uhmm_interpose_not_found);
   }
