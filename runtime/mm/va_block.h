@@ -12,7 +12,7 @@
 //   kPoisoned  the data was lost to a device error; CPU accesses raise SIGBUS
 //   kUnmapped  the application munmapped/mremapped the address away (terminal: the address is
 //              never managed again; a range whose pages are all unmapped becomes a zombie)
-// and carries three orthogonal flags:
+// and carries four orthogonal flags:
 //   duplicate        (only in kHost) pages[i] still holds a copy of the data on a device: read
 //                    duplication. The shadow is the data; the device copy is current unless the CPU
 //                    wrote the page since (write tracking tells, fault/write_tracker.h), so a
