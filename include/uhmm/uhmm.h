@@ -237,6 +237,11 @@ typedef enum uhmm_range_attribute {
 uhmm_status_t uhmm_range_get_attribute(uhmm_runtime_t* rt, const void* ptr, size_t size,
                                        uhmm_range_attribute_t attribute, int64_t* out);
 
+/* The allocation that holds `ptr` (any address inside it): its start in *base and the size it was
+ * allocated with in *size (either out pointer may be NULL). UHMM_ERROR_NOT_FOUND when no live
+ * allocation of this runtime holds it. */
+uhmm_status_t uhmm_find_allocation(uhmm_runtime_t* rt, const void* ptr, void** base, size_t* size);
+
 int uhmm_device_count(const uhmm_runtime_t* rt);
 uhmm_status_t uhmm_get_native_handles(uhmm_runtime_t* rt, int device, uhmm_native_handles_t* out);
 const char* uhmm_backend_name(const uhmm_runtime_t* rt);

@@ -155,6 +155,14 @@ class Runtime {
   // Device address of the device page that backs `ptr` (NOT_FOUND when the page is on the host).
   // Lets code that launches device work find the data; with the host backend it is a host pointer.
   virtual absl::StatusOr<uint64_t> DeviceAddress(const void* ptr) const = 0;
+
+  // The allocation that holds `ptr` (any address inside it): its start and the size it was
+  // allocated with (uhmm_find_allocation). NOT_FOUND when no live allocation holds it.
+  struct Allocation {
+    void* start;
+    size_t size;
+  };
+  virtual absl::StatusOr<Allocation> FindAllocation(const void* ptr) const = 0;
 };
 
 // Owns a managed allocation of `count` T's. Move-only; frees on destruction.

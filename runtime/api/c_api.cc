@@ -337,6 +337,17 @@ uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out) {
   });
 }
 
+uhmm_status_t uhmm_find_allocation(uhmm_runtime_t* rt, const void* ptr, void** base, size_t* size) {
+  if (rt == nullptr) return NullRuntime("uhmm_find_allocation");
+  return Guarded("uhmm_find_allocation", [&] {
+    absl::StatusOr<uhmm::Runtime::Allocation> a = rt->rt->FindAllocation(ptr);
+    if (!a.ok()) return Report(a.status());
+    if (base != nullptr) *base = a->start;
+    if (size != nullptr) *size = a->size;
+    return UHMM_OK;
+  });
+}
+
 int uhmm_device_count(const uhmm_runtime_t* rt) { return rt ? rt->rt->device_count() : 0; }
 
 const char* uhmm_backend_name(const uhmm_runtime_t* rt) { return rt ? rt->rt->backend_name().data() : ""; }

@@ -539,6 +539,15 @@ absl::StatusOr<uint64_t> RuntimeImpl::DeviceAddress(const void* ptr) const {
   return blk.pages[i]->dma_addr + addr % kPageSize;
 }
 
+absl::StatusOr<Runtime::Allocation> RuntimeImpl::FindAllocation(const void* ptr) const {
+  RangeRef range = va_space_->Lookup(reinterpret_cast<uintptr_t>(ptr));
+  if (!range) {
+    return absl::NotFoundError(absl::StrFormat(
+        "uhmm_find_allocation: %p is not managed by this runtime (not from uhmm_alloc, or freed)", ptr));
+  }
+  return Allocation{reinterpret_cast<void*>(range->start()), range->requested_size()};
+}
+
 Stats RuntimeImpl::stats() const {
   Stats s{};
   s.cpu_faults = counters_.cpu_faults.load();
