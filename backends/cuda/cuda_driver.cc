@@ -22,6 +22,25 @@ absl::StatusOr<const Driver*> Load(const std::string& path) {
         "the NVIDIA driver library %s could not be loaded (%s): no NVIDIA driver on this machine", d->path,
         err ? err : "unknown error"));
   }
+  // Under uhmm-run, "libcuda.so.1" is uhmm's interposer (backends/cuda/interpose): the backend's own
+  // calls must reach the real driver it forwards to, not come back through the interposer.
+  using InterposedDriver = const char* (*)();
+  if (auto real = reinterpret_cast<InterposedDriver>(dlsym(d->handle, "uhmm_interpose_driver"))) {
+    const char* real_path = real();
+    if (real_path == nullptr) {
+      using InterposeStatus = const char* (*)();
+      auto status = reinterpret_cast<InterposeStatus>(dlsym(d->handle, "uhmm_interpose_status"));
+      return absl::UnavailableError(absl::StrFormat("%s is uhmm's interposer, which found no driver: %s",
+                                                    d->path, status ? status() : "no reason given"));
+    }
+    d->path = real_path;
+    d->handle = dlopen(real_path, RTLD_NOW | RTLD_LOCAL);
+    if (d->handle == nullptr) {
+      const char* err = dlerror();
+      return absl::UnavailableError(absl::StrFormat("the NVIDIA driver library %s could not be loaded (%s)",
+                                                    real_path, err ? err : "unknown error"));
+    }
+  }
   using GetProc = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
   auto get_proc = reinterpret_cast<GetProc>(dlsym(d->handle, "cuGetProcAddress_v2"));
   if (get_proc == nullptr) {
