@@ -10,7 +10,13 @@
 //  - asynchronous copies require the host side to be pinned (cuMemHostRegister, cuMemAllocHost):
 //    uhmm must never DMA into pageable memory. (The real driver accepts pageable memory, slowly.);
 //  - every stream is a worker thread running its operations in order; events mark positions.
-// Everything else (kernels, CUPTI, peer access, ...) is absent.
+//  - for the interposer's tests (tests/interpose_uvm_test.cc): unified addressing for cuMemcpy and
+//    the synchronous copies and sets (an address inside a reservation is device memory, anything
+//    else host memory), cuMemcpy2D, cuMemAlloc/cuMemFree, a few pointer attributes, and "kernels":
+//    host functions made into a CUfunction by uhmm_fake_cuda_kernel() that cuLaunchKernel runs on
+//    the stream, reaching device memory through uhmm_fake_cuda_device_view() (nullptr where no
+//    device memory is mapped: a GPU would fault there).
+// Everything else (modules, CUPTI, peer access, ...) is absent.
 #include <cuda.h>
 #include <sys/mman.h>
 
@@ -441,6 +447,172 @@ CUresult EventSynchronize(CUevent e) {
   return CUDA_SUCCESS;
 }
 
+// Unified addressing: where [addr, addr+bytes) lives. Device memory must be mapped and accessible
+// chunk by chunk (a span may cross chunks); host memory is the address itself.
+struct Resolved {
+  bool ok = true;
+  bool device = false;
+};
+Resolved Classify(CUdeviceptr addr, size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(S().mu);
+    if (!InReservation(addr, 1)) return {};
+  }
+  for (size_t off = 0; off < bytes;) {
+    const size_t n = std::min<size_t>(bytes - off, kChunk - (addr + off) % kChunk);
+    if (DevicePtr(addr + off, n) == nullptr) return {false, true};
+    off += n;
+  }
+  return {true, true};
+}
+// Copies bytes between resolved spans (device spans chunk by chunk).
+void CopyResolved(CUdeviceptr dst, bool dst_dev, CUdeviceptr src, bool src_dev, size_t bytes) {
+  std::lock_guard<std::mutex> vram(S().vram_mu);
+  for (size_t off = 0; off < bytes;) {
+    size_t n = bytes - off;
+    if (dst_dev) n = std::min<size_t>(n, kChunk - (dst + off) % kChunk);
+    if (src_dev) n = std::min<size_t>(n, kChunk - (src + off) % kChunk);
+    uint8_t* d = dst_dev ? DevicePtr(dst + off, n) : reinterpret_cast<uint8_t*>(dst + off);
+    const uint8_t* s = src_dev ? DevicePtr(src + off, n) : reinterpret_cast<const uint8_t*>(src + off);
+    if (d != nullptr && s != nullptr) std::memmove(d, s, n);
+    off += n;
+  }
+}
+// Runs `fn` on `stream`, or now (after all queued work, as the legacy stream does) for stream 0.
+CUresult RunOn(CUstream stream, std::function<void()> fn) {
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  if (stream == nullptr) {
+    CtxSynchronize();
+    fn();
+    return CUDA_SUCCESS;
+  }
+  reinterpret_cast<Stream*>(stream)->Enqueue(std::move(fn));
+  return CUDA_SUCCESS;
+}
+CUresult Memcpy(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream) {
+  const Resolved d = Classify(dst, bytes), s = Classify(src, bytes);
+  if (!d.ok || !s.ok) return CUDA_ERROR_INVALID_VALUE;  // unmapped device memory: a GPU faults
+  return RunOn(stream, [=] { CopyResolved(dst, d.device, src, s.device, bytes); });
+}
+CUresult MemcpySync(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+  return Memcpy(dst, src, bytes, nullptr);
+}
+CUresult MemcpyHtoD(CUdeviceptr dst, const void* src, size_t bytes) {
+  return Memcpy(dst, reinterpret_cast<CUdeviceptr>(src), bytes, nullptr);
+}
+CUresult MemcpyDtoH(void* dst, CUdeviceptr src, size_t bytes) {
+  return Memcpy(reinterpret_cast<CUdeviceptr>(dst), src, bytes, nullptr);
+}
+CUresult MemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream s) {
+  return Memcpy(dst, src, bytes, s);
+}
+CUresult Memcpy2D(const CUDA_MEMCPY2D* c) {
+  if (c == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  auto base = [](CUmemorytype t, const void* host, CUdeviceptr dev) {
+    return t == CU_MEMORYTYPE_HOST ? reinterpret_cast<CUdeviceptr>(host) : dev;
+  };
+  if (c->srcMemoryType == CU_MEMORYTYPE_ARRAY || c->dstMemoryType == CU_MEMORYTYPE_ARRAY)
+    return CUDA_ERROR_NOT_SUPPORTED;
+  const CUdeviceptr src =
+      base(c->srcMemoryType, c->srcHost, c->srcDevice) + c->srcY * c->srcPitch + c->srcXInBytes;
+  const CUdeviceptr dst =
+      base(c->dstMemoryType, c->dstHost, c->dstDevice) + c->dstY * c->dstPitch + c->dstXInBytes;
+  for (size_t row = 0; row < c->Height; ++row) {
+    if (CUresult r = Memcpy(dst + row * c->dstPitch, src + row * c->srcPitch, c->WidthInBytes, nullptr);
+        r != CUDA_SUCCESS)
+      return r;
+  }
+  return CUDA_SUCCESS;
+}
+template <typename T>
+CUresult Memset(CUdeviceptr dst, T value, size_t n, CUstream stream) {
+  const Resolved d = Classify(dst, n * sizeof(T));
+  if (!d.ok) return CUDA_ERROR_INVALID_VALUE;
+  return RunOn(stream, [=] {
+    for (size_t i = 0; i < n; ++i)
+      CopyResolved(dst + i * sizeof(T), d.device, reinterpret_cast<CUdeviceptr>(&value), false, sizeof(T));
+  });
+}
+CUresult MemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return Memset(d, v, n, nullptr); }
+CUresult MemsetD32(CUdeviceptr d, unsigned int v, size_t n) { return Memset(d, v, n, nullptr); }
+CUresult MemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream s) { return Memset(d, v, n, s); }
+
+// cuMemAlloc: device memory outside uhmm (a "foreign" pointer for the interposer's tests).
+std::map<uintptr_t, std::vector<CUmemGenericAllocationHandle>>& Allocs() {
+  static auto* a = new std::map<uintptr_t, std::vector<CUmemGenericAllocationHandle>>();
+  return *a;
+}
+CUresult MemAlloc(CUdeviceptr* out, size_t bytes) {
+  if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  const size_t size = (bytes + kChunk - 1) / kChunk * kChunk;
+  if (CUresult r = MemAddressReserve(out, size, 0, 0, 0); r != CUDA_SUCCESS) return r;
+  std::vector<CUmemGenericAllocationHandle> chunks;
+  CUmemAccessDesc access{};
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  for (size_t off = 0; off < size; off += kChunk) {
+    CUmemGenericAllocationHandle h;
+    if (MemCreate(&h, kChunk, nullptr, 0) != CUDA_SUCCESS) return CUDA_ERROR_OUT_OF_MEMORY;
+    MemMap(*out + off, kChunk, 0, h, 0);
+    MemSetAccess(*out + off, kChunk, &access, 1);
+    chunks.push_back(h);
+  }
+  std::lock_guard<std::mutex> lock(S().mu);
+  Allocs()[*out] = std::move(chunks);
+  return CUDA_SUCCESS;
+}
+CUresult MemFree(CUdeviceptr p) {
+  std::vector<CUmemGenericAllocationHandle> chunks;
+  {
+    std::lock_guard<std::mutex> lock(S().mu);
+    auto it = Allocs().find(p);
+    if (it == Allocs().end()) return CUDA_ERROR_INVALID_VALUE;
+    chunks = std::move(it->second);
+    Allocs().erase(it);
+  }
+  CtxSynchronize();
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    MemUnmap(p + i * kChunk, kChunk);
+    MemRelease(chunks[i]);
+  }
+  return MemAddressFree(p, chunks.size() * kChunk);
+}
+CUresult PointerGetAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p) {
+  bool found = false;
+  {
+    std::lock_guard<std::mutex> lock(S().mu);
+    auto it = Allocs().upper_bound(p);
+    found = it != Allocs().begin() && p < std::prev(it)->first + std::prev(it)->second.size() * kChunk;
+  }
+  if (!found) return CUDA_ERROR_INVALID_VALUE;
+  switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+      *static_cast<int*>(data) = 0;
+      return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+      *static_cast<unsigned int*>(data) = CU_MEMORYTYPE_DEVICE;
+      return CUDA_SUCCESS;
+    default:
+      return CUDA_ERROR_NOT_SUPPORTED;
+  }
+}
+
+// No managed memory here: the driver's answer for a pointer that is not managed.
+CUresult MemPrefetchAsync(CUdeviceptr, size_t, CUmemLocation, unsigned int, CUstream) {
+  return CUDA_ERROR_INVALID_VALUE;
+}
+CUresult MemAdvise(CUdeviceptr, size_t, CUmem_advise, CUmemLocation) { return CUDA_ERROR_INVALID_VALUE; }
+
+// Kernels: a CUfunction is a host function taking the launch's parameter array.
+struct Kernel {
+  void (*fn)(void** params);
+};
+CUresult LaunchKernel(CUfunction f, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
+                      unsigned int, unsigned int, CUstream stream, void** params, void**) {
+  if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  auto* k = reinterpret_cast<Kernel*>(f);
+  return RunOn(stream, [k, params] { k->fn(params); });
+}
+
 struct Entry {
   const char* name;
   void* fn;
@@ -486,6 +658,22 @@ const Entry kEntries[] = {
     UHMM_FAKE(cuEventRecord, EventRecord),
     UHMM_FAKE(cuEventQuery, EventQuery),
     UHMM_FAKE(cuEventSynchronize, EventSynchronize),
+    UHMM_FAKE(cuMemcpy, MemcpySync),
+    UHMM_FAKE(cuMemcpyAsync, Memcpy),
+    UHMM_FAKE(cuMemcpyHtoD, MemcpyHtoD),
+    UHMM_FAKE(cuMemcpyDtoH, MemcpyDtoH),
+    UHMM_FAKE(cuMemcpyDtoD, MemcpySync),
+    UHMM_FAKE(cuMemcpyDtoDAsync, MemcpyDtoDAsync),
+    UHMM_FAKE(cuMemcpy2D, Memcpy2D),
+    UHMM_FAKE(cuMemsetD8, MemsetD8),
+    UHMM_FAKE(cuMemsetD32, MemsetD32),
+    UHMM_FAKE(cuMemsetD32Async, MemsetD32Async),
+    UHMM_FAKE(cuMemAlloc, MemAlloc),
+    UHMM_FAKE(cuMemFree, MemFree),
+    UHMM_FAKE(cuPointerGetAttribute, PointerGetAttribute),
+    UHMM_FAKE(cuLaunchKernel, LaunchKernel),
+    UHMM_FAKE(cuMemPrefetchAsync, MemPrefetchAsync),
+    UHMM_FAKE(cuMemAdvise, MemAdvise),
 };
 
 }  // namespace
@@ -502,4 +690,14 @@ extern "C" __attribute__((visibility("default"))) CUresult cuGetProcAddress_v2(
   *fn = nullptr;
   if (status) *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
   return CUDA_ERROR_NOT_FOUND;
+}
+
+// For the interposer's tests: a "kernel" from a host function, and device memory as a kernel sees it.
+extern "C" __attribute__((visibility("default"))) CUfunction uhmm_fake_cuda_kernel(
+    void (*fn)(void** params)) {
+  return reinterpret_cast<CUfunction>(new Kernel{fn});
+}
+extern "C" __attribute__((visibility("default"))) void* uhmm_fake_cuda_device_view(CUdeviceptr addr,
+                                                                                   size_t bytes) {
+  return DevicePtr(addr, bytes);
 }

@@ -15,9 +15,11 @@
 #include <vector>
 
 #include "backends/cuda/interpose/forwarders.h"
+#include "backends/cuda/interpose/real_driver.h"
 
 // cuda.h maps cuGetProcAddress to its _v2 form; this library defines both under their own names.
 #undef cuGetProcAddress
+extern "C" CUresult cuGetProcAddress(const char* symbol, void** pfn, int version, cuuint64_t flags);
 
 using uhmm::interpose::kCurrent;
 using uhmm::interpose::kForwarderCount;
@@ -26,7 +28,9 @@ using uhmm::interpose::kPtds;
 
 // What the generated trampolines jump through (forwarders.S).
 extern "C" __attribute__((visibility("hidden"))) void* uhmm_fwd_slots[kForwarderCount];
+extern "C" __attribute__((visibility("hidden"))) char uhmm_fwd_text_begin[], uhmm_fwd_text_end[];
 void* uhmm_fwd_slots[kForwarderCount];
+extern "C" __attribute__((visibility("hidden"))) char uhmm_fwd_text_begin[], uhmm_fwd_text_end[];
 
 namespace {
 
@@ -167,15 +171,20 @@ __attribute__((constructor(101))) void Init() {
   }
 }
 
-// This library's own implementation of `symbol` for a caller built against `version`, if it has
-// one (nullptr: the real driver's is the answer).
-void* Replacement(const char* symbol, int version);
+// What cuGetProcAddress hands out for the real driver's `fn`: this library's replacement of the
+// exported name whose slot holds `fn`, else `fn`. A pointer no slot holds (an entry point newer
+// than this cuda.h) is returned as it is. fn == nullptr (the driver has none): the replacement of
+// this cuda.h's form, or nullptr.
+void* Replacement(const char* symbol, int version, void* fn, cuuint64_t flags);
 
 CUresult GetProc(const char* symbol, void** pfn, int version, cuuint64_t flags,
                  CUdriverProcAddressQueryResult* status) {
   if (pfn == nullptr || symbol == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  if (void* own = Replacement(symbol, version)) {
-    *pfn = own;
+  // cuGetProcAddress itself: a caller that looks it up must keep coming back here. CUDA 12 and
+  // later serve the _v2 form (with the status argument) under the plain name.
+  if (std::strcmp(symbol, "cuGetProcAddress") == 0) {
+    *pfn = version >= 12000 ? reinterpret_cast<void*>(&cuGetProcAddress_v2)
+                            : reinterpret_cast<void*>(&cuGetProcAddress);
     if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SUCCESS;
     return CUDA_SUCCESS;
   }
@@ -185,7 +194,17 @@ CUresult GetProc(const char* symbol, void** pfn, int version, cuuint64_t flags,
     if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
     return CUDA_ERROR_NO_DEVICE;
   }
-  return r.get_proc_v2(symbol, pfn, version, flags, status);
+  const CUresult res = r.get_proc_v2(symbol, pfn, version, flags, status);
+  if (res == CUDA_SUCCESS && *pfn != nullptr) {
+    *pfn = Replacement(symbol, version, *pfn, flags);
+  } else if (void* own = Replacement(symbol, version, nullptr, flags)) {
+    // The driver lacks it (a driver older than this cuda.h, or the test's fake), and this library
+    // implements it: its own stands.
+    *pfn = own;
+    if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+    return CUDA_SUCCESS;
+  }
+  return res;
 }
 
 }  // namespace
@@ -217,14 +236,54 @@ __attribute__((visibility("default"))) const char* uhmm_interpose_status(void) {
 
 namespace {
 
-void* Replacement(const char* symbol, int version) {
-  // cuGetProcAddress itself: a caller that looks it up must keep coming back here. CUDA 12 and
-  // later serve the _v2 form (with the status argument) under the plain name.
-  if (std::strcmp(symbol, "cuGetProcAddress") == 0) {
-    return version >= 12000 ? reinterpret_cast<void*>(&cuGetProcAddress_v2)
-                            : reinterpret_cast<void*>(&cuGetProcAddress);
+void* Replacement(const char* symbol, int, void* fn, cuuint64_t flags) {
+  // This library as a loaded object: dlsym on it finds its own definitions first.
+  static void* const self = [] {
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(&uhmm_interpose_driver), &info) == 0 || info.dli_fname == nullptr)
+      return static_cast<void*>(nullptr);
+    return dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+  }();
+  if (self == nullptr) return fn;
+  // The exported name the driver's answer is (the version's form: cuMemAdvise or cuMemAdvise_v2).
+  // A driver may give one function for several names (the fake gives one per base name): prefer
+  // the name of the form asked for, per-thread stream or not.
+  const bool ptds = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+  const char* name = nullptr;
+  for (size_t i = 0; i < kForwarderCount; ++i) {
+    if (std::strcmp(kForwarders[i].base, symbol) != 0) continue;
+    // fn == nullptr: the driver has none; this cuda.h's form of the name, if replaced.
+    if (fn == nullptr ? (kForwarders[i].flags & kCurrent) == 0 : uhmm_fwd_slots[i] != fn) continue;
+    const bool match = ((kForwarders[i].flags & kPtds) != 0) == ptds;
+    if (name == nullptr || match) name = kForwarders[i].name;
+    if (match) break;
   }
-  return nullptr;
+  if (name == nullptr) return fn;
+  void* own = dlsym(self, name);
+  // A trampoline only jumps to `fn`: hand out `fn` itself.
+  const bool trampoline =
+      static_cast<char*>(own) >= uhmm_fwd_text_begin && static_cast<char*>(own) < uhmm_fwd_text_end;
+  return own == nullptr || trampoline ? fn : own;
 }
 
 }  // namespace
+
+namespace uhmm::interpose {
+
+void* RealEntry(const char* name) {
+  // kForwarders is sorted by name (gen_forwarders.py).
+  size_t lo = 0, hi = kForwarderCount;
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    const int c = std::strcmp(kForwarders[mid].name, name);
+    if (c == 0) return uhmm_fwd_slots[mid];
+    if (c < 0) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return reinterpret_cast<void*>(&uhmm_interpose_not_found);
+}
+
+}  // namespace uhmm::interpose
