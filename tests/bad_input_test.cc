@@ -311,6 +311,30 @@ TEST(CApiTest, ErrorsComeBackAsCodesWithMessages) {
   uhmm_destroy(rt);
 }
 
+TEST(CApiTest, FindAllocationNamesTheAllocationThatHoldsAnAddress) {
+  uhmm_runtime_t* rt = CreateHostC();
+  ASSERT_NE(rt, nullptr);
+  void* p = nullptr;
+  const size_t bytes = 5 * kPageSize + 7;
+  ASSERT_EQ(uhmm_alloc(rt, bytes, &p), UHMM_OK);
+  for (size_t off : {size_t{0}, size_t{1}, 3 * kPageSize, bytes - 1}) {
+    void* base = nullptr;
+    size_t size = 0;
+    ASSERT_EQ(uhmm_find_allocation(rt, static_cast<char*>(p) + off, &base, &size), UHMM_OK) << off;
+    EXPECT_EQ(base, p) << off;
+    EXPECT_EQ(size, bytes) << "the size it was allocated with";
+  }
+  EXPECT_EQ(uhmm_find_allocation(rt, p, nullptr, nullptr), UHMM_OK) << "either out pointer may be NULL";
+  int on_stack = 0;
+  EXPECT_EQ(uhmm_find_allocation(rt, &on_stack, nullptr, nullptr), UHMM_ERROR_NOT_FOUND);
+  EXPECT_NE(std::string(uhmm_last_error()).find("not managed"), std::string::npos) << uhmm_last_error();
+  EXPECT_EQ(uhmm_find_allocation(rt, nullptr, nullptr, nullptr), UHMM_ERROR_NOT_FOUND);
+  EXPECT_EQ(uhmm_find_allocation(nullptr, p, nullptr, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  ASSERT_EQ(uhmm_free(rt, p), UHMM_OK);
+  EXPECT_EQ(uhmm_find_allocation(rt, p, nullptr, nullptr), UHMM_ERROR_NOT_FOUND) << "freed";
+  uhmm_destroy(rt);
+}
+
 TEST(CApiTest, QueueOrderedPrefetchAndLaunchSync) {
   uhmm_runtime_t* rt = CreateHostC();
   ASSERT_NE(rt, nullptr);
