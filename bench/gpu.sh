@@ -46,14 +46,16 @@
 #   suite: bad_input_test                               20       -
 #   sample: stencil                                     20       -
 #   sample: oversubscribe                               30       -
+#   sample: uvm_unmodified (CUDA's managed memory)      20       -
+#   sample: uvm_unmodified under uhmm-run               30       -
 #   sample: fault_latency                               20      20 (256 MiB)
 #   fault floor: uhmm_fault_latency --backend cuda      20      20
 #   uhmm-prof: the demo recorded and reported           20       -
 #   bench: uhmm_bench                                  130      35 (3 rows, 256 MiB)
-#   deadline (sum of the budgets)                      450     165
+#   deadline (sum of the budgets)                      500     165
 # A killed step gets 5 s between SIGTERM and SIGKILL, and the script stops waiting for it 8 s
 # after its budget even when it cannot be killed (a process stuck in the driver): the worst case is
-# the deadline + 8 s, 7.7 min (full) and 2.9 min (quick).
+# the deadline + 8 s, 8.5 min (full) and 2.9 min (quick).
 #
 # Exit status: 0 every check passed (SKIPs only where the emulated driver cannot run a step);
 # 1 a check failed, timed out or was left out for lack of time; 2 usage, or the tree is not built;
@@ -101,7 +103,8 @@ build() {
   # libstdc++ and the NVIDIA driver.
   local bin
   for bin in "$B"/tests/*_test "$B"/samples/uhmm_demo "$B"/samples/cuda/uhmm_cuda_* "$B"/bench/uhmm_bench \
-             "$B"/bench/uhmm_fault_latency "$B"/tools/uhmm_prof/uhmm-prof "$B"/runtime/libuhmm.so; do
+             "$B"/bench/uhmm_fault_latency "$B"/tools/uhmm_prof/uhmm-prof "$B"/runtime/libuhmm.so \
+             "$B"/lib/uhmm-cuda/libcuda.so.1; do
     [[ -e "$bin" ]] || continue
     ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libabsl|libgtest|libgmock|libhwloc|libudev' || true
   done | sort -u | xargs -r -I{} cp -L {} "$B/lib/" || return 1
@@ -580,7 +583,7 @@ run() {
       [[ -n "$cupti" ]] && export UHMM_CUPTI_LIBRARY="$cupti"
     fi
   fi
-  if (( quick )); then deadline=165; else deadline=450; fi
+  if (( quick )); then deadline=165; else deadline=500; fi
   deadline=$(( deadline * pct / 100 ))
   echo "bench/gpu.sh: run $run_kind; tree $B; deadline $deadline s; summary $summary"
 
@@ -616,6 +619,16 @@ run() {
     else
       step "sample: stencil" 20 sample -- "$B/samples/cuda/uhmm_cuda_stencil"
       step "sample: oversubscribe" 30 sample -- "$B/samples/cuda/uhmm_cuda_oversubscribe"
+    fi
+    # One program written only for CUDA Unified Memory, on the driver's managed memory and on uhmm's
+    # (uhmm-run): both must PASS; their times side by side.
+    if (( emulated )); then
+      skip_step "sample: uvm_unmodified (CUDA's managed memory)" 20 "$no_gpu"
+      skip_step "sample: uvm_unmodified under uhmm-run" 30 "$no_gpu"
+    else
+      step "sample: uvm_unmodified (CUDA's managed memory)" 20 sample -- "$B/samples/cuda/uhmm_cuda_uvm_unmodified"
+      step "sample: uvm_unmodified under uhmm-run" 30 sample -- "$B/bin/uhmm-run" --stats -- \
+        "$B/samples/cuda/uhmm_cuda_uvm_unmodified"
     fi
   fi
   if (( emulated )); then
