@@ -701,7 +701,10 @@ extern "C" __attribute__((visibility("default"))) CUresult cuGetProcAddress_v2(
 // For the interposer's tests: a "kernel" from a host function, and device memory as a kernel sees it.
 extern "C" __attribute__((visibility("default"))) CUfunction uhmm_fake_cuda_kernel(
     void (*fn)(void** params)) {
-  return reinterpret_cast<CUfunction>(new Kernel{fn});
+  static std::mutex mu;
+  static auto* kernels = new std::map<void (*)(void**), Kernel>();  // process lifetime, like modules
+  std::lock_guard<std::mutex> lock(mu);
+  return reinterpret_cast<CUfunction>(&kernels->try_emplace(fn, Kernel{fn}).first->second);
 }
 extern "C" __attribute__((visibility("default"))) void* uhmm_fake_cuda_device_view(CUdeviceptr addr,
                                                                                    size_t bytes) {

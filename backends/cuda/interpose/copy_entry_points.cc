@@ -87,6 +87,7 @@ CUDA_MEMCPY2D ArrayRow(CUarray array, size_t offset, CUdeviceptr linear, size_t 
   if (to_array) {
     c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
     c.srcDevice = linear;
+    c.srcPitch = bytes;  // one row: the driver checks pitch >= width
     c.dstMemoryType = CU_MEMORYTYPE_ARRAY;
     c.dstArray = array;
     c.dstXInBytes = offset;
@@ -96,6 +97,7 @@ CUDA_MEMCPY2D ArrayRow(CUarray array, size_t offset, CUdeviceptr linear, size_t 
     c.srcXInBytes = offset;
     c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
     c.dstDevice = linear;
+    c.dstPitch = bytes;
   }
   c.WidthInBytes = bytes;
   c.Height = 1;

@@ -258,6 +258,18 @@ void* Replacement(const char* symbol, int, void* fn, cuuint64_t flags) {
     if (name == nullptr || match) name = kForwarders[i].name;
     if (match) break;
   }
+  if (name == nullptr && fn != nullptr) {
+    // A driver may answer with a function other than its export of that name (an alias): the
+    // symbol its address has, if that is one of the names of `symbol`.
+    Dl_info info;
+    if (dladdr(fn, &info) != 0 && info.dli_sname != nullptr && info.dli_saddr == fn) {
+      for (size_t i = 0; i < kForwarderCount && name == nullptr; ++i) {
+        if (std::strcmp(kForwarders[i].name, info.dli_sname) == 0 &&
+            std::strcmp(kForwarders[i].base, symbol) == 0)
+          name = kForwarders[i].name;
+      }
+    }
+  }
   if (name == nullptr) return fn;
   void* own = dlsym(self, name);
   // A trampoline only jumps to `fn`: hand out `fn` itself.

@@ -167,9 +167,6 @@ bool ManagedPointerAttribute(const ManagedMemory::Use& mm, const uhmm::Runtime::
     case CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE:
       *static_cast<int*>(data) = 0;
       return true;
-    case CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES:
-      *static_cast<uint64_t*>(data) = 0;
-      return true;
     case CU_POINTER_ATTRIBUTE_ACCESS_FLAGS:
       *static_cast<unsigned int*>(data) = CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE;
       return true;
@@ -291,22 +288,32 @@ UHMM_EXPORT CUresult cuStreamAttachMemAsync_ptsz(CUstream s, CUdeviceptr p, size
   return AttachMem(s, p, length, flags, UHMM_REAL(cuStreamAttachMemAsync_ptsz));
 }
 
+namespace {
+
+// One pointer attribute of `ptr`, inside the managed allocation `a`: uhmm's answer, or the driver's
+// for attributes uhmm does not know.
+CUresult PointerAttribute(const ManagedMemory::Use& mm, const uhmm::Runtime::Allocation& a, void* data,
+                          CUpointer_attribute attribute, CUdeviceptr ptr) {
+  // One pointer: the same address on both sides.
+  if (attribute == CU_POINTER_ATTRIBUTE_DEVICE_POINTER) {
+    *static_cast<CUdeviceptr*>(data) = ptr;
+    return CUDA_SUCCESS;
+  }
+  if (attribute == CU_POINTER_ATTRIBUTE_HOST_POINTER) {
+    *static_cast<void**>(data) = reinterpret_cast<void*>(ptr);
+    return CUDA_SUCCESS;
+  }
+  if (ManagedPointerAttribute(mm, a, attribute, data)) return CUDA_SUCCESS;
+  return UHMM_REAL(cuPointerGetAttribute)(data, attribute, ptr);
+}
+
+}  // namespace
+
 UHMM_EXPORT CUresult cuPointerGetAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr ptr) {
   if (data == nullptr) return CUDA_ERROR_INVALID_VALUE;
   if (ManagedMemory::Use mm = ManagedMemory::Get()) {
-    if (std::optional<uhmm::Runtime::Allocation> a = mm->Find(ptr)) {
-      if (attribute == CU_POINTER_ATTRIBUTE_DEVICE_POINTER ||
-          attribute == CU_POINTER_ATTRIBUTE_HOST_POINTER) {
-        // One pointer: the same address on both sides.
-        if (attribute == CU_POINTER_ATTRIBUTE_DEVICE_POINTER) {
-          *static_cast<CUdeviceptr*>(data) = ptr;
-        } else {
-          *static_cast<void**>(data) = reinterpret_cast<void*>(ptr);
-        }
-        return CUDA_SUCCESS;
-      }
-      if (ManagedPointerAttribute(mm, *a, attribute, data)) return CUDA_SUCCESS;
-    }
+    if (std::optional<uhmm::Runtime::Allocation> a = mm->Find(ptr))
+      return PointerAttribute(mm, *a, data, attribute, ptr);
   }
   return UHMM_REAL(cuPointerGetAttribute)(data, attribute, ptr);
 }
@@ -320,7 +327,7 @@ UHMM_EXPORT CUresult cuPointerGetAttributes(unsigned int n, CUpointer_attribute*
   if (attributes == nullptr || data == nullptr) return CUDA_ERROR_INVALID_VALUE;
   for (unsigned int i = 0; i < n; ++i) {
     if (data[i] == nullptr) continue;
-    if (CUresult r = cuPointerGetAttribute(data[i], attributes[i], ptr); r != CUDA_SUCCESS) return r;
+    if (CUresult r = PointerAttribute(mm, *a, data[i], attributes[i], ptr); r != CUDA_SUCCESS) return r;
   }
   return CUDA_SUCCESS;
 }

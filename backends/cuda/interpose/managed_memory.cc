@@ -2,6 +2,7 @@
 #define __CUDA_API_VERSION_INTERNAL 1  // every exported form declared (real_driver.h)
 #include "backends/cuda/interpose/managed_memory.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -117,8 +118,10 @@ CUresult ManagedMemory::ToDevice(const char* call, CUdeviceptr addr, size_t byte
   std::optional<Runtime::Allocation> last = Find(addr + bytes - 1);
   if (!first && !last) return CUDA_SUCCESS;
   WaitForPrefetchesHome();
-  for (const std::optional<Runtime::Allocation>& a : {first, last}) {
-    if (!a || (&a == &last && first && first->start == last->start)) continue;
+  // The allocations of the span's first and last bytes (the same one, almost always).
+  const bool one = first && last && first->start == last->start;
+  for (const Runtime::Allocation* a : {first ? &*first : nullptr, last && !one ? &*last : nullptr}) {
+    if (a == nullptr) continue;
     const uintptr_t start = reinterpret_cast<uintptr_t>(a->start);
     const uintptr_t lo = std::max<uintptr_t>(addr & ~(kPage - 1), start);
     const uintptr_t hi = std::min<uintptr_t>(PageUp(addr + bytes), start + PageUp(a->size));
@@ -142,6 +145,15 @@ CUresult ManagedMemory::BeforeLaunch(const char* call, CUstream stream) {
 
 CUresult ManagedMemory::PrefetchHome(const char* call, uintptr_t start, size_t bytes, CUstream stream,
                                      bool per_thread) {
+  // A stream being captured into a graph runs nothing now: a worker waiting for it would move the
+  // data at the wrong time, and its wait could break the capture.
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+  const CUresult q = per_thread ? UHMM_REAL(cuStreamIsCapturing_ptsz)(stream, &capture)
+                                : UHMM_REAL(cuStreamIsCapturing)(stream, &capture);
+  if (q == CUDA_SUCCESS && capture != CU_STREAM_CAPTURE_STATUS_NONE) {
+    std::fprintf(stderr, "uhmm-run: %s: a prefetch to the CPU cannot be captured into a graph\n", call);
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+  }
   CUevent ev = nullptr;
   if (CUresult r = UHMM_REAL(cuEventCreate)(&ev, CU_EVENT_DISABLE_TIMING); r != CUDA_SUCCESS) return r;
   const CUresult r =
@@ -200,8 +212,14 @@ int ManagedMemory::LastPrefetch(uintptr_t allocation) const {
 
 CUresult ManagedMemory::Free(uintptr_t start) {
   WaitForPrefetchesHome();
-  // Like cuMemFree: work already queued on the GPU may still use the memory.
-  if (CUresult r = UHMM_REAL(cuCtxSynchronize)(); r != CUDA_SUCCESS) return r;
+  // Like cuMemFree: work already queued on the GPU may still use the memory. The calling thread
+  // may have no context current (cuMemFree does not need one): the runtime's, for the wait.
+  CUcontext current = nullptr;
+  UHMM_REAL(cuCtxGetCurrent)(&current);
+  if (current == nullptr) UHMM_REAL(cuCtxSetCurrent)(context_);
+  const CUresult synced = UHMM_REAL(cuCtxSynchronize)();
+  if (current == nullptr) UHMM_REAL(cuCtxSetCurrent)(nullptr);
+  if (synced != CUDA_SUCCESS) return synced;
   {
     std::lock_guard<std::mutex> lock(prefetch_mu_);
     last_prefetch_.erase(start);
