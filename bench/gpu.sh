@@ -48,14 +48,16 @@
 #   sample: oversubscribe                               30       -
 #   sample: uvm_unmodified (CUDA's managed memory)      20       -
 #   sample: uvm_unmodified under uhmm-run               30       -
+#   python: torch_uhmm (PyTorch on uhmm)                30       -
+#   python: cupy_uhmm (CuPy on uhmm)                    30       -
 #   sample: fault_latency                               20      20 (256 MiB)
 #   fault floor: uhmm_fault_latency --backend cuda      20      20
 #   uhmm-prof: the demo recorded and reported           20       -
 #   bench: uhmm_bench                                  130      35 (3 rows, 256 MiB)
-#   deadline (sum of the budgets)                      500     165
+#   deadline (sum of the budgets)                      560     165
 # A killed step gets 5 s between SIGTERM and SIGKILL, and the script stops waiting for it 8 s
 # after its budget even when it cannot be killed (a process stuck in the driver): the worst case is
-# the deadline + 8 s, 8.5 min (full) and 2.9 min (quick).
+# the deadline + 8 s, 9.5 min (full) and 2.9 min (quick).
 #
 # Exit status: 0 every check passed (SKIPs only where the emulated driver cannot run a step);
 # 1 a check failed, timed out or was left out for lack of time; 2 usage, or the tree is not built;
@@ -583,7 +585,7 @@ run() {
       [[ -n "$cupti" ]] && export UHMM_CUPTI_LIBRARY="$cupti"
     fi
   fi
-  if (( quick )); then deadline=165; else deadline=500; fi
+  if (( quick )); then deadline=165; else deadline=560; fi
   deadline=$(( deadline * pct / 100 ))
   echo "bench/gpu.sh: run $run_kind; tree $B; deadline $deadline s; summary $summary"
 
@@ -630,6 +632,17 @@ run() {
       step "sample: uvm_unmodified under uhmm-run" 30 sample -- "$B/bin/uhmm-run" --stats -- \
         "$B/samples/cuda/uhmm_cuda_uvm_unmodified"
     fi
+    # PyTorch and CuPy on uhmm memory (the framework allocator library), where python3 has them.
+    local fw="UHMM_FRAMEWORK_ALLOC=$PWD/$B/lib/libuhmm_framework_alloc.so" py
+    for py in torch cupy; do
+      if (( emulated )); then
+        skip_step "python: ${py}_uhmm" 30 "$no_gpu"
+      elif ! python3 -c "import $py" >/dev/null 2>&1; then
+        skip_step "python: ${py}_uhmm" 30 "python3 has no $py module here"
+      else
+        step "python: ${py}_uhmm" 30 sample -- env "$fw" python3 "samples/python/${py}_uhmm.py"
+      fi
+    done
   fi
   if (( emulated )); then
     skip_step "sample: fault_latency" 20 "$no_gpu; the CUDA-backend fault path runs in the fault floor step"
