@@ -44,6 +44,7 @@ class ScopedContext {
 
  private:
   const Driver& d_;
+  BackendCall backend_call_;  // the driver calls in this scope are uhmm's (cupti_launch.h)
   CUcontext prev_ = nullptr;
   bool switched_ = false;
   absl::Status status_;

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "backends/cuda/copy_spans.h"
 
 #ifndef UHMM_CUPTI_DIRS
 #define UHMM_CUPTI_DIRS ""
@@ -128,13 +129,19 @@ CUstream LaunchStream(CUpti_CallbackId cbid, const void* params) {
 }
 
 thread_local bool t_in_listener = false;
+thread_local int t_backend_calls = 0;
 
 void CUPTIAPI OnCallback(void* userdata, CUpti_CallbackDomain domain, CUpti_CallbackId cbid,
                          const void* data) {
   const auto* info = static_cast<const CUpti_CallbackData*>(data);
   if (domain != CUPTI_CB_DOMAIN_DRIVER_API || info->callbackSite != CUPTI_API_ENTER) return;
-  static_cast<LaunchInterceptor*>(userdata)->OnLaunch(info->context,
-                                                      LaunchStream(cbid, info->functionParams));
+  auto* li = static_cast<LaunchInterceptor*>(userdata);
+  CopySpan spans[2];
+  if (const int n = CopySpans(cbid, info->functionParams, spans); n > 0) {
+    li->OnCopy(info->context, spans, n);
+  } else {
+    li->OnLaunch(info->context, LaunchStream(cbid, info->functionParams));
+  }
 }
 
 }  // namespace
@@ -156,7 +163,9 @@ absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
                             : ""));
   }
   li->subscriber_ = sub;
-  for (CUpti_CallbackId cbid : kLaunchCallbacks) {
+  std::vector<CUpti_CallbackId> cbids(std::begin(kLaunchCallbacks), std::end(kLaunchCallbacks));
+  cbids.insert(cbids.end(), kCopyCallbacks, kCopyCallbacks + kCopyCallbackCount);
+  for (CUpti_CallbackId cbid : cbids) {
     r = c.enable_callback(1, sub, CUPTI_CB_DOMAIN_DRIVER_API, cbid);
     if (r != CUPTI_SUCCESS) {
       Retire(std::move(li));  // subscribed: must not be freed
@@ -180,6 +189,24 @@ void LaunchInterceptor::Retire(std::unique_ptr<LaunchInterceptor> li) {
   if (li == nullptr) return;
   li->Shutdown();
   (void)li.release();  // see the header
+}
+
+bool InsideBackendCall() { return t_backend_calls > 0; }
+BackendCall::BackendCall() { ++t_backend_calls; }
+BackendCall::~BackendCall() { --t_backend_calls; }
+
+void LaunchInterceptor::OnCopy(CUcontext context, const CopySpan* spans, int n) {
+  // uhmm's own copies (fault-backs, pushes) run inside the backend, never through the listener.
+  if (t_in_listener || InsideBackendCall() || context != context_) return;
+  in_flight_.fetch_add(1, std::memory_order_acq_rel);
+  if (LaunchListener* l = listener_.load(std::memory_order_acquire)) {
+    t_in_listener = true;
+    for (int i = 0; i < n; ++i) {
+      if (spans[i].bytes != 0) l->BeforeCopy(ordinal_, spans[i].start, spans[i].bytes);
+    }
+    t_in_listener = false;
+  }
+  in_flight_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 void LaunchInterceptor::OnLaunch(CUcontext context, CUstream stream) {

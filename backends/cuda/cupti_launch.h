@@ -1,5 +1,6 @@
 // Transparent launches: a CUPTI subscriber on the driver's kernel-launch entry points calls the
-// runtime's LaunchListener on API_ENTER, on the launching thread, before the launch is queued.
+// runtime's LaunchListener on API_ENTER, on the launching thread, before the launch is queued; on
+// its copy and set entry points (copy_spans.h), LaunchListener::BeforeCopy with what they touch.
 // libcupti is loaded at run time (Config::cupti_library / UHMM_CUPTI_LIBRARY, else
 // libcupti.so.<major> from the loader path and the toolkit folders).
 #ifndef UHMM_BACKENDS_CUDA_CUPTI_LAUNCH_H_
@@ -12,11 +13,23 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "backends/cuda/copy_spans.h"
 #include "uhmm/backend.h"
 
 namespace uhmm::cuda {
 
 struct Cupti;  // the loaded libcupti (cupti_launch.cc)
+
+// True on a thread inside the CUDA backend's own driver calls (BackendCall): their copies are
+// uhmm's, not the program's.
+bool InsideBackendCall();
+class BackendCall {
+ public:
+  BackendCall();
+  ~BackendCall();
+  BackendCall(const BackendCall&) = delete;
+  BackendCall& operator=(const BackendCall&) = delete;
+};
 
 class LaunchInterceptor {
  public:
@@ -34,6 +47,8 @@ class LaunchInterceptor {
 
   // From the CUPTI callback, at API_ENTER of a launch in `context` to `stream`.
   void OnLaunch(CUcontext context, CUstream stream);
+  // At API_ENTER of a copy or set in `context` that touches `spans` (copy_spans.h).
+  void OnCopy(CUcontext context, const CopySpan* spans, int n);
 
  private:
   LaunchInterceptor(CUcontext context, int ordinal, LaunchListener* listener)

@@ -53,6 +53,13 @@ class LaunchListener {
  public:
   virtual ~LaunchListener() = default;
   virtual void BeforeLaunch(int device, void* queue) = 0;
+  // Before a driver copy or set touches [addr, addr+bytes) through `device` (any address: the
+  // runtime ignores what it does not manage), so that managed bytes there are device-resident.
+  virtual void BeforeCopy(int device, uint64_t addr, size_t bytes) {
+    (void)device;
+    (void)addr;
+    (void)bytes;
+  }
 };
 
 class Device {

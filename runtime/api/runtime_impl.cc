@@ -350,6 +350,24 @@ void RuntimeImpl::BeforeLaunch(int device, void* queue) {
   launch_->BeforeLaunch((*devices_)[device], queue);
 }
 
+void RuntimeImpl::BeforeCopy(int device, uint64_t addr, size_t bytes) {
+  if (bytes == 0 || fork_->forked_child() || !devices_->valid(device)) return;
+  // The allocations of the span's first and last bytes (one, almost always): the part in each.
+  RangeRef first = va_space_->Lookup(addr);
+  RangeRef last = va_space_->Lookup(addr + bytes - 1);
+  const bool one = first && last && first.get() == last.get();
+  for (const RangeRef* r : {&first, one ? nullptr : &last}) {
+    if (r == nullptr || !*r) continue;
+    const uintptr_t lo = std::max<uintptr_t>(addr & ~(kPageSize - 1), (*r)->start());
+    const uintptr_t hi = std::min<uintptr_t>((addr + bytes + kPageSize - 1) & ~(kPageSize - 1), (*r)->end());
+    if (absl::Status s = Migrate(reinterpret_cast<void*>(lo), hi - lo, device); !s.ok()) {
+      // The copy goes ahead regardless (a CUPTI callback cannot refuse it): say why it may be wrong.
+      absl::FPrintF(stderr, "uhmm: a CUDA copy on managed memory [%#x, %#x) may see stale data: %s\n", lo, hi,
+                    s.message());
+    }
+  }
+}
+
 testing::DeviceAccess* RuntimeImpl::FencedAccess(int device, testing::DeviceAccess* inner) {
   // A device-side access is a kernel without a launch: read-ahead decided before it must not pull
   // its pages away meanwhile.

@@ -57,6 +57,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
 
   // LaunchListener: transparent mode, called by the backend before each intercepted launch.
   void BeforeLaunch(int device, void* queue) override;
+  void BeforeCopy(int device, uint64_t addr, size_t bytes) override;
 
   // What placement did (UHMM_STATS, tests).
   const std::string& placement() const;
