@@ -427,6 +427,32 @@ TEST_F(InterposeUvmTest, GetProcAddressHandsOutTheReplacements) {
   }
 }
 
+TEST_F(InterposeUvmTest, GetProcAddressHandsOutTheFormTheCallersVersionMeans) {
+  // The fake driver serves CUDA 8's cuMemAdvise/cuMemPrefetchAsync to callers older than 12.2 from
+  // functions it exports under no name: the interposer must still hand out its replacement of that
+  // form (cuMemAdvise, with a device), not the new one and not the driver's.
+  const size_t bytes = 1 << 20;
+  const CUdeviceptr p = Managed(bytes);
+  void* fn = nullptr;
+  CUdriverProcAddressQueryResult found;
+  ASSERT_EQ(cuGetProcAddress_v2("cuMemAdvise", &fn, 12000, 0, &found), CUDA_SUCCESS);
+  EXPECT_EQ(fn, dlsym(self_, "cuMemAdvise"));
+  using V1 = CUresult (*)(CUdeviceptr, size_t, CUmem_advise, CUdevice);
+  ASSERT_EQ(reinterpret_cast<V1>(fn)(p, bytes, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, CU_DEVICE_CPU),
+            CUDA_SUCCESS);
+  int v = 0;
+  ASSERT_EQ(cuMemRangeGetAttribute(&v, sizeof(v), CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION, p, bytes),
+            CUDA_SUCCESS);
+  EXPECT_EQ(v, CU_DEVICE_CPU);
+  ASSERT_EQ(cuGetProcAddress_v2("cuMemAdvise", &fn, 12020, 0, &found), CUDA_SUCCESS);
+  EXPECT_EQ(fn, dlsym(self_, "cuMemAdvise_v2"));
+  ASSERT_EQ(cuGetProcAddress_v2("cuMemPrefetchAsync", &fn, 11080,
+                                CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &found),
+            CUDA_SUCCESS);
+  EXPECT_EQ(fn, dlsym(self_, "cuMemPrefetchAsync_ptsz"));
+  ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+}
+
 TEST_F(InterposeUvmTest, ManyThreadsAllocateUseAndFreeAtOnce) {
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};

@@ -601,6 +601,10 @@ CUresult MemPrefetchAsync(CUdeviceptr, size_t, CUmemLocation, unsigned int, CUst
   return CUDA_ERROR_INVALID_VALUE;
 }
 CUresult MemAdvise(CUdeviceptr, size_t, CUmem_advise, CUmemLocation) { return CUDA_ERROR_INVALID_VALUE; }
+// The CUDA 8 forms (a device, not a location), served for versions before 12.2 and exported under
+// no name: the interposer must map them by version (cudaTypedefs.h).
+CUresult MemPrefetchAsyncV1(CUdeviceptr, size_t, CUdevice, CUstream) { return CUDA_ERROR_INVALID_VALUE; }
+CUresult MemAdviseV1(CUdeviceptr, size_t, CUmem_advise, CUdevice) { return CUDA_ERROR_INVALID_VALUE; }
 
 // Kernels: a CUfunction is a host function taking the launch's parameter array.
 struct Kernel {
@@ -685,7 +689,14 @@ const Entry kEntries[] = {
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) CUresult cuGetProcAddress_v2(
-    const char* symbol, void** fn, int, cuuint64_t, CUdriverProcAddressQueryResult* status) {
+    const char* symbol, void** fn, int version, cuuint64_t, CUdriverProcAddressQueryResult* status) {
+  if (version < 12020 &&
+      (std::strcmp(symbol, "cuMemPrefetchAsync") == 0 || std::strcmp(symbol, "cuMemAdvise") == 0)) {
+    *fn = std::strcmp(symbol, "cuMemAdvise") == 0 ? reinterpret_cast<void*>(&MemAdviseV1)
+                                                  : reinterpret_cast<void*>(&MemPrefetchAsyncV1);
+    if (status) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+    return CUDA_SUCCESS;
+  }
   for (const Entry& e : kEntries) {
     if (std::strcmp(e.name, symbol) == 0) {
       *fn = e.fn;

@@ -17,6 +17,7 @@ struct Forwarder {
   const char* name;  // the exported symbol
   const char* base;  // the name cuGetProcAddress knows it by
   unsigned flags;    // ForwarderFlags
+  int version;       // the CUDA version that introduced this form (cudaTypedefs.h); 0: unknown
 };
 
 inline constexpr Forwarder kForwarders[] = {

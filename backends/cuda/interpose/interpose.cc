@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backends/cuda/interpose/forwarders.h"
@@ -21,6 +23,7 @@
 #undef cuGetProcAddress
 extern "C" CUresult cuGetProcAddress(const char* symbol, void** pfn, int version, cuuint64_t flags);
 
+using uhmm::interpose::Forwarder;
 using uhmm::interpose::kCurrent;
 using uhmm::interpose::kForwarderCount;
 using uhmm::interpose::kForwarders;
@@ -161,18 +164,22 @@ __attribute__((constructor(101))) void Init() {
     void* fn = nullptr;
     if (r.handle == nullptr) {
       fn = reinterpret_cast<void*>(&uhmm_interpose_no_driver);
-    } else if ((fn = dlsym(r.handle, kForwarders[i].name)) == nullptr && (kForwarders[i].flags & kCurrent)) {
+    } else if ((fn = dlsym(r.handle, kForwarders[i].name)) == nullptr &&
+               (kForwarders[i].version != 0 || (kForwarders[i].flags & kCurrent))) {
+      // The form introduced at its version is what the driver serves for that version.
       CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
       const cuuint64_t flags = (kForwarders[i].flags & kPtds) ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
                                                               : CU_GET_PROC_ADDRESS_DEFAULT;
-      if (r.get_proc_v2(kForwarders[i].base, &fn, CUDA_VERSION, flags, &found) != CUDA_SUCCESS) fn = nullptr;
+      const int version = kForwarders[i].version != 0 ? kForwarders[i].version : CUDA_VERSION;
+      if (r.get_proc_v2(kForwarders[i].base, &fn, version, flags, &found) != CUDA_SUCCESS) fn = nullptr;
     }
     uhmm_fwd_slots[i] = fn != nullptr ? fn : reinterpret_cast<void*>(&uhmm_interpose_not_found);
   }
 }
 
 // What cuGetProcAddress hands out for the real driver's `fn`: this library's replacement of the
-// exported name whose slot holds `fn`, else `fn`. A pointer no slot holds (an entry point newer
+// exported name whose slot holds `fn` (or whose symbol `fn` is, or, failing both, the form of
+// `symbol` that `version` means), else `fn`. A pointer no slot holds (an entry point newer
 // than this cuda.h) is returned as it is. fn == nullptr (the driver has none): the replacement of
 // this cuda.h's form, or nullptr.
 void* Replacement(const char* symbol, int version, void* fn, cuuint64_t flags);
@@ -236,7 +243,7 @@ __attribute__((visibility("default"))) const char* uhmm_interpose_status(void) {
 
 namespace {
 
-void* Replacement(const char* symbol, int, void* fn, cuuint64_t flags) {
+void* Replacement(const char* symbol, int version, void* fn, cuuint64_t flags) {
   // This library as a loaded object: dlsym on it finds its own definitions first.
   static void* const self = [] {
     Dl_info info;
@@ -249,14 +256,22 @@ void* Replacement(const char* symbol, int, void* fn, cuuint64_t flags) {
   // A driver may give one function for several names (the fake gives one per base name): prefer
   // the name of the form asked for, per-thread stream or not.
   const bool ptds = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+  // Of several candidates, the per-thread form asked for, then the newest form `version` allows.
   const char* name = nullptr;
+  std::tuple<bool, bool, int> best{false, false, INT_MIN};
   for (size_t i = 0; i < kForwarderCount; ++i) {
-    if (std::strcmp(kForwarders[i].base, symbol) != 0) continue;
+    const Forwarder& f = kForwarders[i];
+    if (std::strcmp(f.base, symbol) != 0) continue;
     // fn == nullptr: the driver has none; this cuda.h's form of the name, if replaced.
-    if (fn == nullptr ? (kForwarders[i].flags & kCurrent) == 0 : uhmm_fwd_slots[i] != fn) continue;
-    const bool match = ((kForwarders[i].flags & kPtds) != 0) == ptds;
-    if (name == nullptr || match) name = kForwarders[i].name;
-    if (match) break;
+    if (fn == nullptr ? (f.flags & kCurrent) == 0 : uhmm_fwd_slots[i] != fn) continue;
+    const int introduced = f.version != 0 ? f.version : CUDA_VERSION;
+    const bool allowed = introduced <= version;
+    const std::tuple<bool, bool, int> key{((f.flags & kPtds) != 0) == ptds, allowed,
+                                          allowed ? introduced : -introduced};
+    if (name == nullptr || key > best) {
+      best = key;
+      name = f.name;
+    }
   }
   if (name == nullptr && fn != nullptr) {
     // A driver may answer with a function other than its export of that name (an alias): the
@@ -267,6 +282,19 @@ void* Replacement(const char* symbol, int, void* fn, cuuint64_t flags) {
         if (std::strcmp(kForwarders[i].name, info.dli_sname) == 0 &&
             std::strcmp(kForwarders[i].base, symbol) == 0)
           name = kForwarders[i].name;
+      }
+    }
+  }
+  if (name == nullptr && fn != nullptr) {
+    // Neither: the form introduced last at or before `version` (cudaTypedefs.h) is the one the
+    // driver serves for it.
+    int best = 0;
+    for (size_t i = 0; i < kForwarderCount; ++i) {
+      const Forwarder& f = kForwarders[i];
+      if (std::strcmp(f.base, symbol) != 0 || ((f.flags & kPtds) != 0) != ptds) continue;
+      if (f.version != 0 && f.version <= version && f.version > best) {
+        best = f.version;
+        name = f.name;
       }
     }
   }
