@@ -58,42 +58,60 @@ CopySpan PitchedSpan(CUmemorytype type, const void* host, CUdeviceptr device, si
   case CUPTI_DRIVER_TRACE_CBID_##name: \
     return Spans2D(static_cast<const name##_params*>(params)->pCopy, out);
 
-#define UHMM_LINEAR_FORMS(X)                                                                                \
-  X(cuMemcpy, dst, src, ByteCount)                                                                          \
-  X(cuMemcpyAsync, dst, src, ByteCount)                                                                     \
-  X(cuMemcpy_ptds, dst, src, ByteCount)                                                                     \
-  X(cuMemcpyAsync_ptsz, dst, src, ByteCount) X(cuMemcpyHtoD_v2, dstDevice, srcHost, ByteCount)              \
-      X(cuMemcpyHtoD_v2_ptds, dstDevice, srcHost, ByteCount)                                                \
-          X(cuMemcpyHtoDAsync_v2, dstDevice, srcHost, ByteCount)                                            \
-              X(cuMemcpyHtoDAsync_v2_ptsz, dstDevice, srcHost, ByteCount)                                   \
-                  X(cuMemcpyDtoH_v2, dstHost, srcDevice, ByteCount)                                         \
-                      X(cuMemcpyDtoH_v2_ptds, dstHost, srcDevice, ByteCount)                                \
-                          X(cuMemcpyDtoHAsync_v2, dstHost, srcDevice, ByteCount)                            \
-                              X(cuMemcpyDtoHAsync_v2_ptsz, dstHost, srcDevice, ByteCount)                   \
-                                  X(cuMemcpyDtoD_v2, dstDevice, srcDevice, ByteCount)                       \
-                                      X(cuMemcpyDtoD_v2_ptds, dstDevice, srcDevice, ByteCount)              \
-                                          X(cuMemcpyDtoDAsync_v2, dstDevice, srcDevice, ByteCount)          \
-                                              X(cuMemcpyDtoDAsync_v2_ptsz, dstDevice, srcDevice, ByteCount) \
-                                                  X(cuMemcpyPeer, dstDevice, srcDevice, ByteCount)          \
-                                                      X(cuMemcpyPeerAsync, dstDevice, srcDevice, ByteCount)
-#define UHMM_SET_FORMS(X)                                                                               \
-  X(cuMemsetD8_v2, 1)                                                                                   \
-  X(cuMemsetD8_v2_ptds, 1)                                                                              \
-  X(cuMemsetD8Async, 1)                                                                                 \
-  X(cuMemsetD8Async_ptsz, 1) X(cuMemsetD16_v2, 2) X(cuMemsetD16_v2_ptds, 2) X(cuMemsetD16Async, 2)      \
-      X(cuMemsetD16Async_ptsz, 2) X(cuMemsetD32_v2, 4) X(cuMemsetD32_v2_ptds, 4) X(cuMemsetD32Async, 4) \
-          X(cuMemsetD32Async_ptsz, 4)
-#define UHMM_SET2D_FORMS(X)                                                                                \
-  X(cuMemsetD2D8_v2, 1)                                                                                    \
-  X(cuMemsetD2D8_v2_ptds, 1)                                                                               \
-  X(cuMemsetD2D8Async, 1)                                                                                  \
-  X(cuMemsetD2D8Async_ptsz, 1) X(cuMemsetD2D16_v2, 2) X(cuMemsetD2D16_v2_ptds, 2) X(cuMemsetD2D16Async, 2) \
-      X(cuMemsetD2D16Async_ptsz, 2) X(cuMemsetD2D32_v2, 4) X(cuMemsetD2D32_v2_ptds, 4)                     \
-          X(cuMemsetD2D32Async, 4) X(cuMemsetD2D32Async_ptsz, 4)
-#define UHMM_COPY2D_FORMS(X) \
-  X(cuMemcpy2D_v2)           \
-  X(cuMemcpy2D_v2_ptds)      \
-  X(cuMemcpy2DUnaligned_v2) X(cuMemcpy2DUnaligned_v2_ptds) X(cuMemcpy2DAsync_v2) X(cuMemcpy2DAsync_v2_ptsz)
+// clang-format off: one entry point per line
+#define UHMM_LINEAR_FORMS(X)                                    \
+  X(cuMemcpy, dst, src, ByteCount)                              \
+  X(cuMemcpyAsync, dst, src, ByteCount)                         \
+  X(cuMemcpy_ptds, dst, src, ByteCount)                         \
+  X(cuMemcpyAsync_ptsz, dst, src, ByteCount)                    \
+  X(cuMemcpyHtoD_v2, dstDevice, srcHost, ByteCount)             \
+  X(cuMemcpyHtoD_v2_ptds, dstDevice, srcHost, ByteCount)        \
+  X(cuMemcpyHtoDAsync_v2, dstDevice, srcHost, ByteCount)        \
+  X(cuMemcpyHtoDAsync_v2_ptsz, dstDevice, srcHost, ByteCount)   \
+  X(cuMemcpyDtoH_v2, dstHost, srcDevice, ByteCount)             \
+  X(cuMemcpyDtoH_v2_ptds, dstHost, srcDevice, ByteCount)        \
+  X(cuMemcpyDtoHAsync_v2, dstHost, srcDevice, ByteCount)        \
+  X(cuMemcpyDtoHAsync_v2_ptsz, dstHost, srcDevice, ByteCount)   \
+  X(cuMemcpyDtoD_v2, dstDevice, srcDevice, ByteCount)           \
+  X(cuMemcpyDtoD_v2_ptds, dstDevice, srcDevice, ByteCount)      \
+  X(cuMemcpyDtoDAsync_v2, dstDevice, srcDevice, ByteCount)      \
+  X(cuMemcpyDtoDAsync_v2_ptsz, dstDevice, srcDevice, ByteCount) \
+  X(cuMemcpyPeer, dstDevice, srcDevice, ByteCount)              \
+  X(cuMemcpyPeerAsync, dstDevice, srcDevice, ByteCount)
+#define UHMM_SET_FORMS(X)     \
+  X(cuMemsetD8_v2, 1)         \
+  X(cuMemsetD8_v2_ptds, 1)    \
+  X(cuMemsetD8Async, 1)       \
+  X(cuMemsetD8Async_ptsz, 1)  \
+  X(cuMemsetD16_v2, 2)        \
+  X(cuMemsetD16_v2_ptds, 2)   \
+  X(cuMemsetD16Async, 2)      \
+  X(cuMemsetD16Async_ptsz, 2) \
+  X(cuMemsetD32_v2, 4)        \
+  X(cuMemsetD32_v2_ptds, 4)   \
+  X(cuMemsetD32Async, 4)      \
+  X(cuMemsetD32Async_ptsz, 4)
+#define UHMM_SET2D_FORMS(X)     \
+  X(cuMemsetD2D8_v2, 1)         \
+  X(cuMemsetD2D8_v2_ptds, 1)    \
+  X(cuMemsetD2D8Async, 1)       \
+  X(cuMemsetD2D8Async_ptsz, 1)  \
+  X(cuMemsetD2D16_v2, 2)        \
+  X(cuMemsetD2D16_v2_ptds, 2)   \
+  X(cuMemsetD2D16Async, 2)      \
+  X(cuMemsetD2D16Async_ptsz, 2) \
+  X(cuMemsetD2D32_v2, 4)        \
+  X(cuMemsetD2D32_v2_ptds, 4)   \
+  X(cuMemsetD2D32Async, 4)      \
+  X(cuMemsetD2D32Async_ptsz, 4)
+#define UHMM_COPY2D_FORMS(X)     \
+  X(cuMemcpy2D_v2)               \
+  X(cuMemcpy2D_v2_ptds)          \
+  X(cuMemcpy2DUnaligned_v2)      \
+  X(cuMemcpy2DUnaligned_v2_ptds) \
+  X(cuMemcpy2DAsync_v2)          \
+  X(cuMemcpy2DAsync_v2_ptsz)
+// clang-format on
 
 int CopySpans(CUpti_CallbackId cbid, const void* params, CopySpan out[2]) {
   out[0] = out[1] = {};
