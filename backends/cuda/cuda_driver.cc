@@ -50,15 +50,21 @@ absl::StatusOr<const Driver*> Load(const std::string& path) {
         d->path));
   }
   std::string missing;
-#define UHMM_RESOLVE(name)                                                                         \
-  {                                                                                                \
-    void* fn = nullptr;                                                                            \
-    CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;                   \
-    if (get_proc(#name, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS || \
-        fn == nullptr) {                                                                           \
-      missing += missing.empty() ? #name : ", " #name;                                             \
-    }                                                                                              \
-    d->name = reinterpret_cast<decltype(d->name)>(fn);                                             \
+  // cuGetProcAddress answers a version with the newest form introduced at or before it, and the
+  // newest is not always the one cuda.h declares under the plain name: at 13000,
+  // "cuCtxSynchronize" is CUDA 13's cuCtxSynchronize_v2(CUcontext), not the argument-less call
+  // this code makes. Every function in UHMM_CUDA_DRIVER_FUNCTIONS has the form cuda.h declares as
+  // its newest at 12000 (cudaTypedefs.h), so that is the version asked for.
+  constexpr int kDeclaredForms = 12000;
+#define UHMM_RESOLVE(name)                                                                           \
+  {                                                                                                  \
+    void* fn = nullptr;                                                                              \
+    CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;                     \
+    if (get_proc(#name, &fn, kDeclaredForms, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS || \
+        fn == nullptr) {                                                                             \
+      missing += missing.empty() ? #name : ", " #name;                                               \
+    }                                                                                                \
+    d->name = reinterpret_cast<decltype(d->name)>(fn);                                               \
   }
   UHMM_CUDA_DRIVER_FUNCTIONS(UHMM_RESOLVE)
 #undef UHMM_RESOLVE

@@ -604,6 +604,13 @@ CUresult MemAdvise(CUdeviceptr, size_t, CUmem_advise, CUmemLocation) { return CU
 // The CUDA 8 forms (a device, not a location), served for versions before 12.2 and exported under
 // no name: the interposer must map them by version (cudaTypedefs.h).
 CUresult MemPrefetchAsyncV1(CUdeviceptr, size_t, CUdevice, CUstream) { return CUDA_ERROR_INVALID_VALUE; }
+// CUDA 13's cuCtxSynchronize takes the context (PFN_cuCtxSynchronize_v13000), and a driver serves
+// it to callers asking at 13000, as NVIDIA's does: a caller that asks at its toolkit's version but
+// calls cuda.h's argument-less form passes garbage.
+CUresult CtxSynchronizeV13000(CUcontext ctx) {
+  if (ctx != kPrimary) return CUDA_ERROR_INVALID_CONTEXT;
+  return CtxSynchronize();
+}
 CUresult MemAdviseV1(CUdeviceptr, size_t, CUmem_advise, CUdevice) { return CUDA_ERROR_INVALID_VALUE; }
 
 // Kernels: a CUfunction is a host function taking the launch's parameter array.
@@ -690,6 +697,11 @@ const Entry kEntries[] = {
 
 extern "C" __attribute__((visibility("default"))) CUresult cuGetProcAddress_v2(
     const char* symbol, void** fn, int version, cuuint64_t, CUdriverProcAddressQueryResult* status) {
+  if (version >= 13000 && std::strcmp(symbol, "cuCtxSynchronize") == 0) {
+    *fn = reinterpret_cast<void*>(&CtxSynchronizeV13000);
+    if (status) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+    return CUDA_SUCCESS;
+  }
   if (version < 12020 &&
       (std::strcmp(symbol, "cuMemPrefetchAsync") == 0 || std::strcmp(symbol, "cuMemAdvise") == 0)) {
     *fn = std::strcmp(symbol, "cuMemAdvise") == 0 ? reinterpret_cast<void*>(&MemAdviseV1)
