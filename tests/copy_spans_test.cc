@@ -75,7 +75,7 @@ TEST(CopySpansTest, TwoDimensionalCopiesSpanTheirRowsAndSkipArrays) {
 TEST(CopySpansTest, EveryEnabledCallbackIsACopyAndLaunchesAreNot) {
   std::vector<unsigned char> zeros(4096, 0);
   CopySpan s[2];
-  EXPECT_EQ(cuda::kCopyCallbackCount, 48u);  // 18 linear copies, 24 sets, 6 2D copies
+  EXPECT_EQ(cuda::kCopyCallbackCount, 50u);  // 20 linear copies, 24 sets, 6 2D copies
   for (size_t i = 0; i < cuda::kCopyCallbackCount; ++i) {
     const bool pitched_copy =
         cuda::kCopyCallbacks[i] == CUPTI_DRIVER_TRACE_CBID_cuMemcpy2D_v2 ||

@@ -54,6 +54,7 @@ class FrameworkAllocatorTest : public ::testing::Test {
     ASSERT_EQ(reinterpret_cast<decltype(&cuCtxSetCurrent)>(entry("cuCtxSetCurrent"))(ctx), CUDA_SUCCESS);
     ASSERT_EQ(reinterpret_cast<decltype(&cuStreamCreate)>(entry("cuStreamCreate"))(&stream_, 0),
               CUDA_SUCCESS);
+    ASSERT_EQ(reinterpret_cast<decltype(&cuStreamCreate)>(entry("cuStreamCreate"))(&side_, 0), CUDA_SUCCESS);
     launch_ = reinterpret_cast<decltype(&cuLaunchKernel)>(entry("cuLaunchKernel"));
     void* fake = dlopen(UHMM_FAKE_CUDA_DRIVER, RTLD_NOW | RTLD_NOLOAD);
     ASSERT_NE(fake, nullptr);
@@ -62,6 +63,7 @@ class FrameworkAllocatorTest : public ::testing::Test {
 
   void* driver_ = nullptr;
   CUstream stream_ = nullptr;
+  CUstream side_ = nullptr;
   decltype(&cuLaunchKernel) launch_ = nullptr;
   CUfunction (*kernel_)(void (*)(void**)) = nullptr;
 };
@@ -77,30 +79,43 @@ TEST_F(FrameworkAllocatorTest, AllocationsAreUhmmMemoryTheCpuCanUse) {
   uhmm_fw_free(p, 3 << 20, 0, stream_);
 }
 
-TEST_F(FrameworkAllocatorTest, FreeWaitsForTheWorkQueuedOnItsStream) {
-  void* p = uhmm_fw_malloc(1 << 20, 0, stream_);
-  ASSERT_NE(p, nullptr) << uhmm_fw_status();
-  g_done = 0;
-  ASSERT_EQ(launch_(kernel_(&SlowKernel), 1, 1, 1, 1, 1, 1, 0, stream_, nullptr, nullptr), CUDA_SUCCESS);
-  uhmm_fw_free(p, 1 << 20, 0, stream_);
-  EXPECT_EQ(g_done.load(), 1) << "freed while a kernel queued before the free could still use it";
+TEST_F(FrameworkAllocatorTest, FreeWaitsForTheWorkQueuedOnEveryStream) {
+  // PyTorch passes the stream the tensor was allocated on; the tensor may be in use on another.
+  for (CUstream busy : {stream_, side_}) {
+    void* p = uhmm_fw_malloc(1 << 20, 0, stream_);
+    ASSERT_NE(p, nullptr) << uhmm_fw_status();
+    g_done = 0;
+    ASSERT_EQ(launch_(kernel_(&SlowKernel), 1, 1, 1, 1, 1, 1, 0, busy, nullptr, nullptr), CUDA_SUCCESS);
+    uhmm_fw_free(p, 1 << 20, 0, stream_);
+    EXPECT_EQ(g_done.load(), 1) << "freed while a kernel queued before the free could still use it"
+                                << (busy == side_ ? " (on another stream)" : "");
+  }
 }
 
 TEST_F(FrameworkAllocatorTest, BadRequestsFailWithAReason) {
-  EXPECT_EQ(uhmm_fw_malloc(0, 0, stream_), nullptr);
-  EXPECT_NE(std::string(uhmm_fw_status()).find("refused"), std::string::npos) << uhmm_fw_status();
+  EXPECT_EQ(uhmm_fw_malloc(0, 0, stream_), nullptr) << "an empty tensor needs no memory";
+  EXPECT_EQ(uhmm_torch_malloc(0, 0, stream_), nullptr) << "and is no failure";
   EXPECT_EQ(uhmm_fw_malloc(-5, 0, stream_), nullptr);
-  if (!UnderUhmmRun()) {
-    void* p = uhmm_fw_malloc(4096, 0, stream_);  // the runtime exists now, on GPU 0
-    ASSERT_NE(p, nullptr);
-    EXPECT_EQ(uhmm_fw_malloc(4096, 1, stream_), nullptr);
-    EXPECT_NE(std::string(uhmm_fw_status()).find("one per process"), std::string::npos) << uhmm_fw_status();
-    uhmm_fw_free(p, 4096, 0, stream_);
-  }
+  EXPECT_NE(std::string(uhmm_fw_status()).find("refused"), std::string::npos) << uhmm_fw_status();
+  void* p = uhmm_fw_malloc(4096, 0, stream_);  // the runtime exists now, on GPU 0
+  ASSERT_NE(p, nullptr) << uhmm_fw_status();
+  EXPECT_EQ(uhmm_fw_malloc(4096, 1, stream_), nullptr);
+  EXPECT_NE(std::string(uhmm_fw_status()).find("one GPU per process"), std::string::npos) << uhmm_fw_status();
+  uhmm_fw_free(p, 4096, 0, stream_);
   int on_stack = 0;
   uhmm_fw_free(&on_stack, sizeof(on_stack), 0, stream_);  // reported, nothing else happens
   uhmm_fw_free(nullptr, 0, 0, stream_);
   EXPECT_EQ(on_stack, 0);
+}
+
+TEST_F(FrameworkAllocatorTest, PyTorchsEntryPointStopsOnAFailureItCouldNotReport) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        void* p = uhmm_torch_malloc(4096, 0, stream_);
+        if (p != nullptr) uhmm_torch_malloc(4096, 1, stream_);  // another GPU: a failure
+      },
+      "cannot report a failed allocation");
 }
 
 }  // namespace

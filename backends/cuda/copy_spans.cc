@@ -77,7 +77,9 @@ CopySpan PitchedSpan(CUmemorytype type, const void* host, CUdeviceptr device, si
   X(cuMemcpyDtoDAsync_v2, dstDevice, srcDevice, ByteCount)      \
   X(cuMemcpyDtoDAsync_v2_ptsz, dstDevice, srcDevice, ByteCount) \
   X(cuMemcpyPeer, dstDevice, srcDevice, ByteCount)              \
-  X(cuMemcpyPeerAsync, dstDevice, srcDevice, ByteCount)
+  X(cuMemcpyPeer_ptds, dstDevice, srcDevice, ByteCount)         \
+  X(cuMemcpyPeerAsync, dstDevice, srcDevice, ByteCount)         \
+  X(cuMemcpyPeerAsync_ptsz, dstDevice, srcDevice, ByteCount)
 #define UHMM_SET_FORMS(X)     \
   X(cuMemsetD8_v2, 1)         \
   X(cuMemsetD8_v2_ptds, 1)    \

@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <string>
@@ -136,12 +137,14 @@ void CUPTIAPI OnCallback(void* userdata, CUpti_CallbackDomain domain, CUpti_Call
   const auto* info = static_cast<const CUpti_CallbackData*>(data);
   if (domain != CUPTI_CB_DOMAIN_DRIVER_API || info->callbackSite != CUPTI_API_ENTER) return;
   auto* li = static_cast<LaunchInterceptor*>(userdata);
-  CopySpan spans[2];
-  if (const int n = CopySpans(cbid, info->functionParams, spans); n > 0) {
-    li->OnCopy(info->context, spans, n);
-  } else {
+  const bool launch =
+      std::find(std::begin(kLaunchCallbacks), std::end(kLaunchCallbacks), cbid) != std::end(kLaunchCallbacks);
+  if (launch) {
     li->OnLaunch(info->context, LaunchStream(cbid, info->functionParams));
+    return;
   }
+  CopySpan spans[2];
+  if (const int n = CopySpans(cbid, info->functionParams, spans); n > 0) li->OnCopy(info->context, spans, n);
 }
 
 }  // namespace

@@ -24,11 +24,15 @@ class _Block:
         self.ptr, self.size, self.device = ptr, size, device
 
     def __del__(self):
-        _lib.uhmm_fw_free(self.ptr, self.size, self.device, cupy.cuda.get_current_stream().ptr)
+        if _lib is None or cupy is None:  # interpreter shutdown: the process frees everything
+            return
+        _lib.uhmm_fw_free(self.ptr, self.size, self.device, None)
 
 
 def uhmm_malloc(size):
     device = cupy.cuda.Device().id
+    if size == 0:  # cupy.empty(0): no memory, and no failure
+        return cupy.cuda.memory.MemoryPointer(cupy.cuda.memory.UnownedMemory(0, 0, None, device), 0)
     ptr = _lib.uhmm_fw_malloc(size, device, cupy.cuda.get_current_stream().ptr)
     if not ptr:
         raise cupy.cuda.memory.OutOfMemoryError(size, 0, 0)

@@ -21,7 +21,7 @@ def main():
         return 77
     lib_path = uhmm_allocator.library_path()
     # Before the first CUDA allocation of the process.
-    allocator = torch.cuda.memory.CUDAPluggableAllocator(lib_path, "uhmm_fw_malloc", "uhmm_fw_free")
+    allocator = torch.cuda.memory.CUDAPluggableAllocator(lib_path, "uhmm_torch_malloc", "uhmm_fw_free")
     torch.cuda.memory.change_current_allocator(allocator)
     lib = uhmm_allocator.load()
 

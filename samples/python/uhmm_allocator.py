@@ -26,6 +26,8 @@ def load():
     lib = ctypes.CDLL(library_path())
     lib.uhmm_fw_malloc.restype = ctypes.c_void_p
     lib.uhmm_fw_malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+    lib.uhmm_torch_malloc.restype = ctypes.c_void_p
+    lib.uhmm_torch_malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
     lib.uhmm_fw_free.restype = None
     lib.uhmm_fw_free.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
     lib.uhmm_fw_status.restype = ctypes.c_char_p

@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,19 +17,25 @@ namespace {
 
 using AllocManaged = CUresult (*)(CUdeviceptr*, size_t, unsigned int);
 using Free = CUresult (*)(CUdeviceptr);
-using StreamSynchronize = CUresult (*)(CUstream);
+using PointerAttribute = CUresult (*)(void*, CUpointer_attribute, CUdeviceptr);
+using CtxSynchronize = CUresult (*)();
+using CtxGetCurrent = CUresult (*)(CUcontext*);
+using CtxSetCurrent = CUresult (*)(CUcontext);
 
 struct Allocator {
-  std::mutex mu;
+  std::mutex mu;  // guards everything below; never held across a wait for the GPU
   bool ready = false;
   std::string status = "uhmm: no allocation yet";
+  int device = -1;
   // Under uhmm-run: the interposer's entry points.
   AllocManaged interposed_alloc = nullptr;
   Free interposed_free = nullptr;
-  // Otherwise: this library's runtime.
+  // Otherwise: this library's runtime, and what a free needs from the driver.
   std::unique_ptr<uhmm::Runtime> rt;
-  int device = -1;
-  StreamSynchronize stream_sync = nullptr;
+  CUcontext context = nullptr;
+  CtxSynchronize ctx_sync = nullptr;
+  CtxGetCurrent ctx_get = nullptr;
+  CtxSetCurrent ctx_set = nullptr;
 };
 Allocator& A() {
   static auto* a = new Allocator();  // process lifetime: frameworks free during exit
@@ -42,12 +49,23 @@ void* LoadedDriver() {
   return c.cuda_driver.empty() ? nullptr : dlopen(c.cuda_driver.c_str(), RTLD_NOW | RTLD_NOLOAD);
 }
 
+// `name` from the loaded driver, in the form cuda.h declares (asked at 12000: see cuda_driver.cc).
+void* DriverEntry(void* driver, const char* name) {
+  using GetProc = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
+  auto get = reinterpret_cast<GetProc>(dlsym(driver, "cuGetProcAddress_v2"));
+  void* fn = nullptr;
+  CUdriverProcAddressQueryResult found;
+  if (get == nullptr || get(name, &fn, 12000, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS)
+    return nullptr;
+  return fn;
+}
+
 // Makes the allocator serve `device`; false with a.status set when it cannot.
 bool Ready(Allocator& a, int device) {
   if (a.ready) {
-    if (a.rt == nullptr || device == a.device) return true;
+    if (device == a.device) return true;
     a.status = absl::StrFormat(
-        "uhmm: GPU %d asked for, but this process's uhmm runtime serves GPU %d (one per process)", device,
+        "uhmm: GPU %d asked for, but this process's uhmm runtime serves GPU %d (one GPU per process)", device,
         a.device);
     return false;
   }
@@ -56,11 +74,35 @@ bool Ready(Allocator& a, int device) {
   if (loaded != nullptr && dlsym(loaded, "uhmm_interpose_driver") != nullptr) {
     a.interposed_alloc = reinterpret_cast<AllocManaged>(dlsym(loaded, "cuMemAllocManaged"));
     a.interposed_free = reinterpret_cast<Free>(dlsym(loaded, "cuMemFree_v2"));
-    if (a.interposed_alloc != nullptr && a.interposed_free != nullptr) {
-      a.ready = true;
-      a.status = "uhmm-run (the interposer's runtime)";
-      return true;
+    auto attribute = reinterpret_cast<PointerAttribute>(dlsym(loaded, "cuPointerGetAttribute"));
+    if (a.interposed_alloc == nullptr || a.interposed_free == nullptr || attribute == nullptr) {
+      a.status = "uhmm: the interposer under uhmm-run lacks its managed-memory entry points";
+      return false;
     }
+    // Which GPU its runtime serves: ask it of a first allocation.
+    CUdeviceptr probe = 0;
+    int ordinal = -1;
+    if (CUresult r = a.interposed_alloc(&probe, 4096, CU_MEM_ATTACH_GLOBAL); r != CUDA_SUCCESS) {
+      a.status = absl::StrFormat("uhmm: cuMemAllocManaged under uhmm-run failed (CUresult %d)", r);
+      return false;
+    }
+    attribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, probe);
+    a.interposed_free(probe);
+    a.device = ordinal;
+    a.ready = true;
+    a.status = absl::StrFormat("uhmm-run (the interposer's runtime on GPU %d)", ordinal);
+    return Ready(a, device);
+  }
+  void* driver = LoadedDriver();
+  if (driver != nullptr) {
+    a.ctx_sync = reinterpret_cast<CtxSynchronize>(DriverEntry(driver, "cuCtxSynchronize"));
+    a.ctx_get = reinterpret_cast<CtxGetCurrent>(DriverEntry(driver, "cuCtxGetCurrent"));
+    a.ctx_set = reinterpret_cast<CtxSetCurrent>(DriverEntry(driver, "cuCtxSetCurrent"));
+  }
+  if (a.ctx_sync == nullptr || a.ctx_get == nullptr || a.ctx_set == nullptr) {
+    a.status =
+        "uhmm: the loaded CUDA driver does not give cuCtxSynchronize: frees could not wait for the GPU";
+    return false;
   }
   uhmm::Config c = uhmm::Config::FromEnv();
   c.backend = "cuda";
@@ -70,20 +112,8 @@ bool Ready(Allocator& a, int device) {
     a.status = absl::StrFormat("uhmm: could not start: %s", rt.status().message());
     return false;
   }
-  if (void* driver = LoadedDriver()) {
-    using GetProc = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
-    void* fn = nullptr;
-    CUdriverProcAddressQueryResult found;
-    if (auto get = reinterpret_cast<GetProc>(dlsym(driver, "cuGetProcAddress_v2"));
-        get != nullptr &&
-        get("cuStreamSynchronize", &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found) == CUDA_SUCCESS) {
-      a.stream_sync = reinterpret_cast<StreamSynchronize>(fn);
-    }
-  }
-  if (a.stream_sync == nullptr) {
-    a.status = "uhmm: no cuStreamSynchronize in the loaded driver: frees could not wait for their stream";
-    return false;
-  }
+  absl::StatusOr<uhmm_native_handles_t> handles = (*rt)->NativeHandles(0);
+  a.context = handles.ok() ? static_cast<CUcontext>(handles->context) : nullptr;
   a.rt = std::move(*rt);
   a.device = device;
   a.ready = true;
@@ -91,15 +121,11 @@ bool Ready(Allocator& a, int device) {
   return true;
 }
 
-}  // namespace
-
-extern "C" {
-
-__attribute__((visibility("default"))) void* uhmm_fw_malloc(ssize_t size, int device, void* stream) {
-  (void)stream;  // uhmm memory is usable from every stream at once
+void* Allocate(ssize_t size, int device) {
+  if (size == 0) return nullptr;  // an empty tensor: nothing to allocate, nothing wrong
   Allocator& a = A();
   std::lock_guard<std::mutex> lock(a.mu);
-  if (size <= 0) {
+  if (size < 0) {
     a.status = absl::StrFormat("uhmm: allocation of %d bytes refused", size);
   } else if (Ready(a, device)) {
     if (a.interposed_alloc != nullptr) {
@@ -118,28 +144,71 @@ __attribute__((visibility("default"))) void* uhmm_fw_malloc(ssize_t size, int de
   return nullptr;
 }
 
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) void* uhmm_fw_malloc(ssize_t size, int device, void* stream) {
+  (void)stream;  // uhmm memory is usable from every stream at once
+  return Allocate(size, device);
+}
+
+__attribute__((visibility("default"))) void* uhmm_torch_malloc(ssize_t size, int device, void* stream) {
+  (void)stream;
+  void* p = Allocate(size, device);
+  if (p == nullptr && size != 0) {
+    std::fprintf(stderr,
+                 "uhmm: PyTorch's pluggable allocator cannot report a failed allocation (it would use a "
+                 "NULL tensor): stopping\n");
+    std::abort();
+  }
+  return p;
+}
+
 __attribute__((visibility("default"))) void uhmm_fw_free(void* ptr, ssize_t size, int device, void* stream) {
   (void)size;
   (void)device;
+  (void)stream;  // the tensor may be in use on other streams too: the whole GPU is waited for
   if (ptr == nullptr) return;
   Allocator& a = A();
-  std::lock_guard<std::mutex> lock(a.mu);
-  if (a.interposed_free != nullptr) {
+  Free interposed_free;
+  uhmm::Runtime* rt;
+  CUcontext context;
+  CtxSynchronize ctx_sync;
+  CtxGetCurrent ctx_get;
+  CtxSetCurrent ctx_set;
+  {
+    std::lock_guard<std::mutex> lock(a.mu);
+    interposed_free = a.interposed_free;
+    rt = a.rt.get();
+    context = a.context;
+    ctx_sync = a.ctx_sync;
+    ctx_get = a.ctx_get;
+    ctx_set = a.ctx_set;
+  }
+  if (interposed_free != nullptr) {
     // The interposer's cuMemFree waits for the GPU's queued work itself.
-    if (CUresult r = a.interposed_free(reinterpret_cast<CUdeviceptr>(ptr)); r != CUDA_SUCCESS)
+    if (CUresult r = interposed_free(reinterpret_cast<CUdeviceptr>(ptr)); r != CUDA_SUCCESS)
       std::fprintf(stderr, "uhmm: cuMemFree(%p) under uhmm-run failed (CUresult %d)\n", ptr, r);
     return;
   }
-  if (a.rt == nullptr) {
+  if (rt == nullptr) {
     std::fprintf(stderr, "uhmm: free of %p, which this allocator did not return (no allocation yet)\n", ptr);
     return;
   }
-  // Kernels queued on the stream may still use the memory: the framework frees in stream order.
-  if (a.stream_sync != nullptr) {
-    if (CUresult r = a.stream_sync(static_cast<CUstream>(stream)); r != CUDA_SUCCESS)
-      std::fprintf(stderr, "uhmm: cuStreamSynchronize before freeing %p failed (CUresult %d)\n", ptr, r);
+  CUcontext current = nullptr;
+  ctx_get(&current);
+  if (current != context) ctx_set(context);
+  const CUresult synced = ctx_sync();
+  if (current != context) ctx_set(current);
+  if (synced != CUDA_SUCCESS) {
+    std::fprintf(stderr,
+                 "uhmm: waiting for the GPU before freeing %p failed (CUresult %d, a graph capture?): the "
+                 "memory is kept, not freed under work that may still use it\n",
+                 ptr, synced);
+    return;
   }
-  if (absl::Status s = a.rt->Free(ptr); !s.ok())
+  if (absl::Status s = rt->Free(ptr); !s.ok())
     std::fprintf(stderr, "uhmm: %s\n", std::string(s.message()).c_str());
 }
 

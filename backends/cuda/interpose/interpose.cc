@@ -266,6 +266,8 @@ void* Replacement(const char* symbol, int version, void* fn, cuuint64_t flags) {
     if (fn == nullptr ? (f.flags & kCurrent) == 0 : uhmm_fwd_slots[i] != fn) continue;
     const int introduced = f.version != 0 ? f.version : CUDA_VERSION;
     const bool allowed = introduced <= version;
+    // Never a form newer than the caller, nor the other stream form, on this library's word alone.
+    if (fn == nullptr && (!allowed || ((f.flags & kPtds) != 0) != ptds)) continue;
     const std::tuple<bool, bool, int> key{((f.flags & kPtds) != 0) == ptds, allowed,
                                           allowed ? introduced : -introduced};
     if (name == nullptr || key > best) {

@@ -88,11 +88,17 @@ CUresult Prefetch(const char* call, CUdeviceptr addr, size_t count, CUmemLocatio
   std::optional<int> where = RuntimeLocation(mm, loc, &bad);
   if (bad) return CUDA_ERROR_INVALID_DEVICE;
   if (!where) return CUDA_SUCCESS;
-  mm->NotePrefetch(span->allocation, *where == uhmm::kHost ? CU_DEVICE_CPU : mm->device());
-  if (*where == uhmm::kHost) return mm->PrefetchHome(call, span->start, span->bytes, stream, per_thread);
-  mm->WaitForPrefetchesHome();
-  return uhmm::interpose::ToCuResult(
-      call, mm->rt().PrefetchOnQueue(reinterpret_cast<void*>(span->start), span->bytes, 0, stream));
+  CUresult r;
+  if (*where == uhmm::kHost) {
+    r = mm->PrefetchHome(call, span->start, span->bytes, stream, per_thread);
+  } else {
+    mm->WaitForPrefetchesHome();
+    r = uhmm::interpose::ToCuResult(
+        call, mm->rt().PrefetchOnQueue(reinterpret_cast<void*>(span->start), span->bytes, 0, stream));
+  }
+  if (r == CUDA_SUCCESS)
+    mm->NotePrefetch(span->allocation, *where == uhmm::kHost ? CU_DEVICE_CPU : mm->device());
+  return r;
 }
 
 CUresult Advise(CUdeviceptr addr, size_t count, CUmem_advise advice, CUmemLocation loc,

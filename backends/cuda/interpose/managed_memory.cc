@@ -154,6 +154,9 @@ CUresult ManagedMemory::PrefetchHome(const char* call, uintptr_t start, size_t b
     std::fprintf(stderr, "uhmm-run: %s: a prefetch to the CPU cannot be captured into a graph\n", call);
     return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   }
+  // A stream that cannot even be asked (the legacy stream during a global capture, say) cannot take
+  // an event either. NOT_FOUND: the driver lacks the query (tests/fake_cuda).
+  if (q != CUDA_SUCCESS && q != CUDA_ERROR_NOT_FOUND) return q;
   CUevent ev = nullptr;
   if (CUresult r = UHMM_REAL(cuEventCreate)(&ev, CU_EVENT_DISABLE_TIMING); r != CUDA_SUCCESS) return r;
   const CUresult r =
@@ -213,12 +216,13 @@ int ManagedMemory::LastPrefetch(uintptr_t allocation) const {
 CUresult ManagedMemory::Free(uintptr_t start) {
   WaitForPrefetchesHome();
   // Like cuMemFree: work already queued on the GPU may still use the memory. The calling thread
-  // may have no context current (cuMemFree does not need one): the runtime's, for the wait.
+  // may have no context current, or another GPU's (cuMemFree does not care): the runtime's, for
+  // the wait.
   CUcontext current = nullptr;
   UHMM_REAL(cuCtxGetCurrent)(&current);
-  if (current == nullptr) UHMM_REAL(cuCtxSetCurrent)(context_);
+  if (current != context_) UHMM_REAL(cuCtxSetCurrent)(context_);
   const CUresult synced = UHMM_REAL(cuCtxSynchronize)();
-  if (current == nullptr) UHMM_REAL(cuCtxSetCurrent)(nullptr);
+  if (current != context_) UHMM_REAL(cuCtxSetCurrent)(current);
   if (synced != CUDA_SUCCESS) return synced;
   {
     std::lock_guard<std::mutex> lock(prefetch_mu_);
