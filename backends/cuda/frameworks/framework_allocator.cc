@@ -25,7 +25,8 @@ using CtxSetCurrent = CUresult (*)(CUcontext);
 struct Allocator {
   std::mutex mu;  // guards everything below; never held across a wait for the GPU
   bool ready = false;
-  std::string status = "uhmm: no allocation yet";
+  std::string mode = "uhmm: no allocation yet";  // how allocations are served
+  std::string last_error;                        // the last failure, if any
   int device = -1;
   // Under uhmm-run: the interposer's entry points.
   AllocManaged interposed_alloc = nullptr;
@@ -60,11 +61,11 @@ void* DriverEntry(void* driver, const char* name) {
   return fn;
 }
 
-// Makes the allocator serve `device`; false with a.status set when it cannot.
+// Makes the allocator serve `device`; false with a.last_error set when it cannot.
 bool Ready(Allocator& a, int device) {
   if (a.ready) {
     if (device == a.device) return true;
-    a.status = absl::StrFormat(
+    a.last_error = absl::StrFormat(
         "uhmm: GPU %d asked for, but this process's uhmm runtime serves GPU %d (one GPU per process)", device,
         a.device);
     return false;
@@ -76,21 +77,21 @@ bool Ready(Allocator& a, int device) {
     a.interposed_free = reinterpret_cast<Free>(dlsym(loaded, "cuMemFree_v2"));
     auto attribute = reinterpret_cast<PointerAttribute>(dlsym(loaded, "cuPointerGetAttribute"));
     if (a.interposed_alloc == nullptr || a.interposed_free == nullptr || attribute == nullptr) {
-      a.status = "uhmm: the interposer under uhmm-run lacks its managed-memory entry points";
+      a.last_error = "uhmm: the interposer under uhmm-run lacks its managed-memory entry points";
       return false;
     }
     // Which GPU its runtime serves: ask it of a first allocation.
     CUdeviceptr probe = 0;
     int ordinal = -1;
     if (CUresult r = a.interposed_alloc(&probe, 4096, CU_MEM_ATTACH_GLOBAL); r != CUDA_SUCCESS) {
-      a.status = absl::StrFormat("uhmm: cuMemAllocManaged under uhmm-run failed (CUresult %d)", r);
+      a.last_error = absl::StrFormat("uhmm: cuMemAllocManaged under uhmm-run failed (CUresult %d)", r);
       return false;
     }
     attribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, probe);
     a.interposed_free(probe);
     a.device = ordinal;
     a.ready = true;
-    a.status = absl::StrFormat("uhmm-run (the interposer's runtime on GPU %d)", ordinal);
+    a.mode = absl::StrFormat("uhmm-run (the interposer's runtime on GPU %d)", ordinal);
     return Ready(a, device);
   }
   void* driver = LoadedDriver();
@@ -100,7 +101,7 @@ bool Ready(Allocator& a, int device) {
     a.ctx_set = reinterpret_cast<CtxSetCurrent>(DriverEntry(driver, "cuCtxSetCurrent"));
   }
   if (a.ctx_sync == nullptr || a.ctx_get == nullptr || a.ctx_set == nullptr) {
-    a.status =
+    a.last_error =
         "uhmm: the loaded CUDA driver does not give cuCtxSynchronize: frees could not wait for the GPU";
     return false;
   }
@@ -109,7 +110,7 @@ bool Ready(Allocator& a, int device) {
   c.cuda_device = device;
   absl::StatusOr<std::unique_ptr<uhmm::Runtime>> rt = uhmm::Runtime::Create(c);
   if (!rt.ok()) {
-    a.status = absl::StrFormat("uhmm: could not start: %s", rt.status().message());
+    a.last_error = absl::StrFormat("uhmm: could not start: %s", rt.status().message());
     return false;
   }
   absl::StatusOr<uhmm_native_handles_t> handles = (*rt)->NativeHandles(0);
@@ -117,7 +118,7 @@ bool Ready(Allocator& a, int device) {
   a.rt = std::move(*rt);
   a.device = device;
   a.ready = true;
-  a.status = absl::StrFormat("uhmm (own runtime on GPU %d)", device);
+  a.mode = absl::StrFormat("uhmm (own runtime on GPU %d)", device);
   return true;
 }
 
@@ -126,21 +127,21 @@ void* Allocate(ssize_t size, int device) {
   Allocator& a = A();
   std::lock_guard<std::mutex> lock(a.mu);
   if (size < 0) {
-    a.status = absl::StrFormat("uhmm: allocation of %d bytes refused", size);
+    a.last_error = absl::StrFormat("uhmm: allocation of %d bytes refused", size);
   } else if (Ready(a, device)) {
     if (a.interposed_alloc != nullptr) {
       CUdeviceptr p = 0;
       const CUresult r = a.interposed_alloc(&p, static_cast<size_t>(size), CU_MEM_ATTACH_GLOBAL);
       if (r == CUDA_SUCCESS) return reinterpret_cast<void*>(p);
-      a.status =
+      a.last_error =
           absl::StrFormat("uhmm: cuMemAllocManaged(%d bytes) under uhmm-run failed (CUresult %d)", size, r);
     } else {
       absl::StatusOr<void*> p = a.rt->Allocate(static_cast<size_t>(size));
       if (p.ok()) return *p;
-      a.status = absl::StrFormat("uhmm: %s", p.status().message());
+      a.last_error = absl::StrFormat("uhmm: %s", p.status().message());
     }
   }
-  std::fprintf(stderr, "%s\n", a.status.c_str());
+  std::fprintf(stderr, "%s\n", a.last_error.c_str());
   return nullptr;
 }
 
@@ -216,7 +217,7 @@ __attribute__((visibility("default"))) const char* uhmm_fw_status(void) {
   Allocator& a = A();
   std::lock_guard<std::mutex> lock(a.mu);
   static thread_local std::string copy;
-  copy = a.status;
+  copy = a.last_error.empty() ? a.mode : a.mode + "; last failure: " + a.last_error;
   return copy.c_str();
 }
 

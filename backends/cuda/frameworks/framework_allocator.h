@@ -29,8 +29,9 @@ void* uhmm_torch_malloc(ssize_t size, int device, void* stream);
 // captured into a graph, a device error), the memory is kept rather than freed under work that may
 // still use it, and stderr says so. Pointers this library did not return are reported and left.
 void uhmm_fw_free(void* ptr, ssize_t size, int device, void* stream);
-// How the library serves allocations: "uhmm-run (the interposer's runtime on GPU n)", "uhmm (own
-// runtime on GPU n)", or why it cannot (the last failure). Never NULL.
+// How the library serves allocations ("uhmm-run (the interposer's runtime on GPU n)", "uhmm (own
+// runtime on GPU n)", "uhmm: no allocation yet"), then "; last failure: " and the reason of the
+// last failed call, if any. Never NULL.
 const char* uhmm_fw_status(void);
 
 #ifdef __cplusplus
