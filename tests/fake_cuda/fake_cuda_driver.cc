@@ -2,9 +2,13 @@
 // NVIDIA's libcuda.so.1. It is not a GPU: it gives the backend's own code (driver loading, VMM
 // reservation and mapping, pinned host views, streams, events, errors) something to run against on
 // machines without one. What it emulates, and how faithfully:
-//  - one device whose "VRAM" is host memory that the managed pointer never maps: device addresses
-//    are resolved through the cuMemMap table, so a copy to an unmapped device address fails with
-//    CUDA_ERROR_INVALID_VALUE as on a GPU;
+//  - UHMM_FAKE_CUDA_DEVICES devices (default 1, at most 8), each with its own primary context and
+//    1 GiB of "VRAM" that is host memory the managed pointer never maps: device addresses are
+//    resolved through one process-wide cuMemMap table, as a GPU's are, so a copy to an unmapped
+//    device address fails with CUDA_ERROR_INVALID_VALUE as on a GPU, and a block mapped by one
+//    device cannot be mapped again by another;
+//  - peer access between every pair of devices, or none with UHMM_FAKE_CUDA_PEER=none
+//    (cuDeviceCanAccessPeer; cuMemSetAccess refuses a device without access to the chunk's owner);
 //  - cuMemAddressReserve leaves a PROT_NONE host mapping, as the real driver does;
 //  - registered host memory is MADV_DONTFORK (not inherited by fork children);
 //  - asynchronous copies require the host side to be pinned (cuMemHostRegister, cuMemAllocHost):
@@ -24,6 +28,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -101,14 +106,42 @@ struct State {
   std::set<uintptr_t> accessible;            // blocks with cuMemSetAccess done
   std::map<uintptr_t, size_t> registered;    // host start -> bytes
   std::set<Stream*> streams;
-  size_t chunks = 0;
+  std::map<Stream*, int> stream_device;                      // the device of the stream's context
+  std::map<CUmemGenericAllocationHandle, int> chunk_device;  // the device a chunk was created on
+  size_t chunks[8] = {};                                     // per device
 };
 State& S() {
   static auto* s = new State();
   return *s;
 }
 thread_local CUcontext t_ctx = nullptr;
-CUcontext const kPrimary = reinterpret_cast<CUcontext>(0x1000);
+
+// Devices and their primary contexts (0x1000, 0x1100, ...).
+constexpr int kMaxDevices = 8;
+int Devices() {
+  static const int n = [] {
+    const char* e = std::getenv("UHMM_FAKE_CUDA_DEVICES");
+    const int v = e != nullptr ? std::atoi(e) : 1;
+    return std::clamp(v, 1, kMaxDevices);
+  }();
+  return n;
+}
+bool PeerAccess() {
+  static const bool on = [] {
+    const char* e = std::getenv("UHMM_FAKE_CUDA_PEER");
+    return e == nullptr || std::strcmp(e, "none") != 0;
+  }();
+  return on;
+}
+CUcontext PrimaryOf(int device) { return reinterpret_cast<CUcontext>(uintptr_t{0x1000} + 0x100 * device); }
+// The device whose primary context `ctx` is; -1 for anything else.
+int DeviceOf(CUcontext ctx) {
+  const auto v = reinterpret_cast<uintptr_t>(ctx);
+  if (v < 0x1000 || (v - 0x1000) % 0x100 != 0) return -1;
+  const auto d = static_cast<int>((v - 0x1000) / 0x100);
+  return d < Devices() ? d : -1;
+}
+bool ValidDevice(CUdevice d) { return d >= 0 && d < Devices(); }
 
 // Resolves [addr, addr+bytes) of device memory (within one block); nullptr when not mapped.
 uint8_t* DevicePtr(CUdeviceptr addr, size_t bytes) {
@@ -174,12 +207,17 @@ CUresult GetErrorString(CUresult r, const char** s) {
   return rc;
 }
 CUresult DeviceGetCount(int* n) {
-  *n = 1;
+  *n = Devices();
   return Ready();
 }
 CUresult DeviceGet(CUdevice* d, int ordinal) {
-  if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-  *d = 0;
+  if (!ValidDevice(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
+  *d = ordinal;
+  return Ready();
+}
+CUresult DeviceCanAccessPeer(int* can, CUdevice dev, CUdevice peer) {
+  if (can == nullptr || !ValidDevice(dev) || !ValidDevice(peer)) return CUDA_ERROR_INVALID_DEVICE;
+  *can = dev != peer && PeerAccess() ? 1 : 0;
   return Ready();
 }
 CUresult DeviceGetName(char* name, int len, CUdevice) {
@@ -190,8 +228,9 @@ CUresult DeviceGetAttribute(int* v, CUdevice_attribute attr, CUdevice) {
   *v = attr == CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED ? 1 : 0;
   return Ready();
 }
-CUresult PrimaryCtxRetain(CUcontext* ctx, CUdevice) {
-  *ctx = kPrimary;
+CUresult PrimaryCtxRetain(CUcontext* ctx, CUdevice dev) {
+  if (!ValidDevice(dev)) return CUDA_ERROR_INVALID_DEVICE;
+  *ctx = PrimaryOf(dev);
   return Ready();
 }
 CUresult PrimaryCtxRelease(CUdevice) { return CUDA_SUCCESS; }
@@ -203,17 +242,20 @@ CUresult CtxGetCurrent(CUcontext* ctx) {
   *ctx = t_ctx;
   return CUDA_SUCCESS;
 }
-CUresult NeedCtx() { return t_ctx == kPrimary ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
+CUresult NeedCtx() { return DeviceOf(t_ctx) >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
 CUresult CtxGetDevice(CUdevice* d) {
-  *d = 0;
+  *d = std::max(DeviceOf(t_ctx), 0);
   return NeedCtx();
 }
+// Waits for the work queued so far on the streams of the current context.
 CUresult CtxSynchronize() {
   if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  const int device = DeviceOf(t_ctx);
   std::vector<std::pair<Stream*, uint64_t>> marks;
   {
     std::lock_guard<std::mutex> lock(S().mu);
     for (Stream* s : S().streams) {
+      if (S().stream_device[s] != device) continue;
       std::lock_guard<std::mutex> slock(s->mu);
       marks.emplace_back(s, s->queued);
     }
@@ -222,10 +264,11 @@ CUresult CtxSynchronize() {
   return CUDA_SUCCESS;
 }
 CUresult MemGetInfo(size_t* free_bytes, size_t* total) {
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
   std::lock_guard<std::mutex> lock(S().mu);
   *total = kVram;
-  *free_bytes = kVram - S().chunks * kChunk;
-  return NeedCtx();
+  *free_bytes = kVram - S().chunks[DeviceOf(t_ctx)] * kChunk;
+  return CUDA_SUCCESS;
 }
 CUresult MemGetAllocationGranularity(size_t* g, const CUmemAllocationProp*,
                                      CUmemAllocationGranularity_flags) {
@@ -260,16 +303,19 @@ CUresult MemAddressFree(CUdeviceptr ptr, size_t size) {
   munmap(reinterpret_cast<void*>(ptr), size);
   return CUDA_SUCCESS;
 }
-CUresult MemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAllocationProp*,
+CUresult MemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAllocationProp* prop,
                    unsigned long long) {
   if (size != kChunk) return CUDA_ERROR_INVALID_VALUE;  // uhmm only creates 2 MiB chunks
+  const int device = prop != nullptr ? prop->location.id : 0;
+  if (!ValidDevice(device)) return CUDA_ERROR_INVALID_DEVICE;
   std::lock_guard<std::mutex> lock(S().mu);
-  if ((S().chunks + 1) * kChunk > kVram) return CUDA_ERROR_OUT_OF_MEMORY;
+  if ((S().chunks[device] + 1) * kChunk > kVram) return CUDA_ERROR_OUT_OF_MEMORY;
   void* p = mmap(nullptr, kChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
   std::memset(p, 0xA5, 64);  // VRAM is not zeroed
-  ++S().chunks;
+  ++S().chunks[device];
   *h = reinterpret_cast<uintptr_t>(p);
+  S().chunk_device[*h] = device;
   return CUDA_SUCCESS;
 }
 CUresult MemRelease(CUmemGenericAllocationHandle h) {
@@ -277,8 +323,11 @@ CUresult MemRelease(CUmemGenericAllocationHandle h) {
   for (auto& [block, mem] : S().mapped) {
     if (reinterpret_cast<uintptr_t>(mem) == h) return CUDA_ERROR_INVALID_VALUE;  // still mapped
   }
+  auto it = S().chunk_device.find(h);
+  if (it == S().chunk_device.end()) return CUDA_ERROR_INVALID_VALUE;
   munmap(reinterpret_cast<void*>(h), kChunk);
-  --S().chunks;
+  --S().chunks[it->second];
+  S().chunk_device.erase(it);
   return CUDA_SUCCESS;
 }
 bool InReservation(uintptr_t addr, size_t size) {
@@ -303,11 +352,20 @@ CUresult MemUnmap(CUdeviceptr ptr, size_t size) {
 }
 CUresult MemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc, size_t count) {
   std::lock_guard<std::mutex> lock(S().mu);
-  if (count != 1 || desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE) return CUDA_ERROR_INVALID_VALUE;
+  if (count == 0 || desc == nullptr) return CUDA_ERROR_INVALID_VALUE;
   for (uintptr_t b = ptr; b < ptr + size; b += kChunk) {
-    if (!S().mapped.count(b)) return CUDA_ERROR_INVALID_VALUE;
-    S().accessible.insert(b);
+    auto m = S().mapped.find(b);
+    if (m == S().mapped.end()) return CUDA_ERROR_INVALID_VALUE;
+    const int owner = S().chunk_device[reinterpret_cast<uintptr_t>(m->second)];
+    for (size_t i = 0; i < count; ++i) {
+      if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE ||
+          desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || !ValidDevice(desc[i].location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+      // Another device reaches the chunk over peer access only.
+      if (desc[i].location.id != owner && !PeerAccess()) return CUDA_ERROR_INVALID_DEVICE;
+    }
   }
+  for (uintptr_t b = ptr; b < ptr + size; b += kChunk) S().accessible.insert(b);
   return CUDA_SUCCESS;
 }
 CUresult MemHostRegister(void* p, size_t bytes, unsigned int) {
@@ -397,6 +455,7 @@ CUresult StreamCreate(CUstream* out, unsigned int) {
   auto* s = new Stream();
   std::lock_guard<std::mutex> lock(S().mu);
   S().streams.insert(s);
+  S().stream_device[s] = DeviceOf(t_ctx);
   *out = reinterpret_cast<CUstream>(s);
   return CUDA_SUCCESS;
 }
@@ -405,6 +464,7 @@ CUresult StreamDestroy(CUstream stream) {
   {
     std::lock_guard<std::mutex> lock(S().mu);
     if (!S().streams.erase(s)) return CUDA_ERROR_INVALID_HANDLE;
+    S().stream_device.erase(s);
   }
   delete s;
   return CUDA_SUCCESS;
@@ -547,11 +607,17 @@ CUresult MemAlloc(CUdeviceptr* out, size_t bytes) {
   const size_t size = (bytes + kChunk - 1) / kChunk * kChunk;
   if (CUresult r = MemAddressReserve(out, size, 0, 0, 0); r != CUDA_SUCCESS) return r;
   std::vector<CUmemGenericAllocationHandle> chunks;
+  // On the current context's device, as cuMemAlloc allocates.
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = std::max(DeviceOf(t_ctx), 0);
   CUmemAccessDesc access{};
+  access.location = prop.location;
   access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   for (size_t off = 0; off < size; off += kChunk) {
     CUmemGenericAllocationHandle h;
-    if (MemCreate(&h, kChunk, nullptr, 0) != CUDA_SUCCESS) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (MemCreate(&h, kChunk, &prop, 0) != CUDA_SUCCESS) return CUDA_ERROR_OUT_OF_MEMORY;
     MemMap(*out + off, kChunk, 0, h, 0);
     MemSetAccess(*out + off, kChunk, &access, 1);
     chunks.push_back(h);
@@ -608,8 +674,12 @@ CUresult MemPrefetchAsyncV1(CUdeviceptr, size_t, CUdevice, CUstream) { return CU
 // it to callers asking at 13000, as NVIDIA's does: a caller that asks at its toolkit's version but
 // calls cuda.h's argument-less form passes garbage.
 CUresult CtxSynchronizeV13000(CUcontext ctx) {
-  if (ctx != kPrimary) return CUDA_ERROR_INVALID_CONTEXT;
-  return CtxSynchronize();
+  if (DeviceOf(ctx) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+  const CUcontext saved = t_ctx;
+  t_ctx = ctx;
+  const CUresult r = CtxSynchronize();
+  t_ctx = saved;
+  return r;
 }
 CUresult MemAdviseV1(CUdeviceptr, size_t, CUmem_advise, CUdevice) { return CUDA_ERROR_INVALID_VALUE; }
 
@@ -643,6 +713,7 @@ const Entry kEntries[] = {
     UHMM_FAKE(cuGetErrorString, GetErrorString),
     UHMM_FAKE(cuDeviceGetCount, DeviceGetCount),
     UHMM_FAKE(cuDeviceGet, DeviceGet),
+    UHMM_FAKE(cuDeviceCanAccessPeer, DeviceCanAccessPeer),
     UHMM_FAKE(cuDeviceGetName, DeviceGetName),
     UHMM_FAKE(cuDeviceGetAttribute, DeviceGetAttribute),
     UHMM_FAKE(cuDevicePrimaryCtxRetain, PrimaryCtxRetain),
