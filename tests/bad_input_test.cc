@@ -335,6 +335,38 @@ TEST(CApiTest, FindAllocationNamesTheAllocationThatHoldsAnAddress) {
   uhmm_destroy(rt);
 }
 
+TEST(CApiTest, DeviceStatsSayWhichDeviceHoldsWhat) {
+  uhmm_config_t cfg;
+  uhmm_config_init(&cfg);
+  cfg.backend = "host";
+  cfg.host_devices = 2;
+  uhmm_runtime_t* rt = nullptr;
+  ASSERT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  void* p = nullptr;
+  ASSERT_EQ(uhmm_alloc(rt, 16 * kPageSize, &p), UHMM_OK);
+  std::memset(p, 1, 16 * kPageSize);
+  ASSERT_EQ(uhmm_migrate(rt, p, 16 * kPageSize, 1), UHMM_OK);
+  uhmm_device_stats_t d0, d1;
+  ASSERT_EQ(uhmm_get_device_stats(rt, 0, &d0), UHMM_OK);
+  ASSERT_EQ(uhmm_get_device_stats(rt, 1, &d1), UHMM_OK);
+  EXPECT_EQ(d0.pool_pages_used, 0u);
+  EXPECT_EQ(d1.pool_pages_used, 16u);
+  EXPECT_GT(d1.pool_pages_total, 0u);
+  EXPECT_NE(d1.name[0], '\0');
+  uhmm_stats_t all;
+  ASSERT_EQ(uhmm_get_stats(rt, &all), UHMM_OK);
+  EXPECT_EQ(all.device_pages_used, d0.pool_pages_used + d1.pool_pages_used) << "the totals are their sum";
+  EXPECT_EQ(all.device_pages_total, d0.pool_pages_total + d1.pool_pages_total);
+  EXPECT_EQ(uhmm_get_device_stats(rt, 2, &d0), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(uhmm_last_error()).find("device 2 does not exist"), std::string::npos)
+      << uhmm_last_error();
+  EXPECT_EQ(uhmm_get_device_stats(rt, -1, &d0), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(uhmm_get_device_stats(rt, 0, nullptr), UHMM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(uhmm_get_device_stats(nullptr, 0, &d0), UHMM_ERROR_INVALID_ARGUMENT);
+  ASSERT_EQ(uhmm_free(rt, p), UHMM_OK);
+  uhmm_destroy(rt);
+}
+
 TEST(CApiTest, QueueOrderedPrefetchAndLaunchSync) {
   uhmm_runtime_t* rt = CreateHostC();
   ASSERT_NE(rt, nullptr);

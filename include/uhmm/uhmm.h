@@ -237,6 +237,15 @@ typedef enum uhmm_range_attribute {
 uhmm_status_t uhmm_range_get_attribute(uhmm_runtime_t* rt, const void* ptr, size_t size,
                                        uhmm_range_attribute_t attribute, int64_t* out);
 
+/* One device's part of the counters (uhmm_stats_t sums the pools over every device). */
+typedef struct uhmm_device_stats {
+  uint64_t pool_pages_total; /* the device's pool capacity, in 4 KiB pages */
+  uint64_t pool_pages_used;  /* pages of it backing managed data */
+  char name[64];             /* the device, as its backend names it (truncated) */
+} uhmm_device_stats_t;
+/* Fills *out for `device` (0 <= device < uhmm_device_count). */
+uhmm_status_t uhmm_get_device_stats(uhmm_runtime_t* rt, int device, uhmm_device_stats_t* out);
+
 /* The allocation that holds `ptr` (any address inside it): its start in *base and the size it was
  * allocated with in *size (either out pointer may be NULL). UHMM_ERROR_NOT_FOUND when no live
  * allocation of this runtime holds it. */

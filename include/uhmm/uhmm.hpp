@@ -162,6 +162,14 @@ class Runtime {
     void* start;
     size_t size;
   };
+  // One device's part of stats() (uhmm_get_device_stats): INVALID_ARGUMENT for a device that does
+  // not exist.
+  struct DeviceStats {
+    uint64_t pool_pages_total = 0;
+    uint64_t pool_pages_used = 0;
+    std::string name;
+  };
+  virtual absl::StatusOr<DeviceStats> device_stats(int device) const = 0;
   virtual absl::StatusOr<Allocation> FindAllocation(const void* ptr) const = 0;
 };
 

@@ -3,6 +3,7 @@
 // plain integers before they are converted.
 #include <cxxabi.h>
 
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <new>
@@ -333,6 +334,20 @@ uhmm_status_t uhmm_get_stats(uhmm_runtime_t* rt, uhmm_stats_t* out) {
   if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_get_stats: out is NULL"));
   return Guarded("uhmm_get_stats", [&] {
     *out = rt->rt->stats();
+    return UHMM_OK;
+  });
+}
+
+uhmm_status_t uhmm_get_device_stats(uhmm_runtime_t* rt, int device, uhmm_device_stats_t* out) {
+  if (rt == nullptr) return NullRuntime("uhmm_get_device_stats");
+  if (out == nullptr) return Report(absl::InvalidArgumentError("uhmm_get_device_stats: out is NULL"));
+  return Guarded("uhmm_get_device_stats", [&] {
+    absl::StatusOr<uhmm::Runtime::DeviceStats> s = rt->rt->device_stats(device);
+    if (!s.ok()) return Report(s.status());
+    *out = {};
+    out->pool_pages_total = s->pool_pages_total;
+    out->pool_pages_used = s->pool_pages_used;
+    std::snprintf(out->name, sizeof(out->name), "%s", s->name.c_str());
     return UHMM_OK;
   });
 }

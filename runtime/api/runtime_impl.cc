@@ -566,6 +566,18 @@ absl::StatusOr<Runtime::Allocation> RuntimeImpl::FindAllocation(const void* ptr)
   return Allocation{reinterpret_cast<void*>(range->start()), range->requested_size()};
 }
 
+absl::StatusOr<Runtime::DeviceStats> RuntimeImpl::device_stats(int device) const {
+  if (absl::Status s = CheckDevice("uhmm_get_device_stats", device); !s.ok()) return s;
+  const DeviceState& ds = (*devices_)[device];
+  DeviceStats out;
+  if (ds.pool) {
+    out.pool_pages_total = ds.pool->total_pages();
+    out.pool_pages_used = ds.pool->used_pages();
+  }
+  out.name = ds.device->name();
+  return out;
+}
+
 Stats RuntimeImpl::stats() const {
   Stats s{};
   s.cpu_faults = counters_.cpu_faults.load();

@@ -54,6 +54,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   std::string_view backend_name() const override { return backend_->name(); }
   absl::StatusOr<uint64_t> DeviceAddress(const void* ptr) const override;
   absl::StatusOr<Allocation> FindAllocation(const void* ptr) const override;
+  absl::StatusOr<DeviceStats> device_stats(int device) const override;
 
   // LaunchListener: transparent mode, called by the backend before each intercepted launch.
   void BeforeLaunch(int device, void* queue) override;

@@ -34,6 +34,15 @@ void PrintStats(const Runtime& rt) {
       static_cast<unsigned long long>(s.device_pages_used),
       static_cast<unsigned long long>(s.device_pages_total),
       s.device_pages_total ? 100.0 * s.device_pages_used / s.device_pages_total : 0.0);
+  if (rt.device_count() > 1) {
+    for (int d = 0; d < rt.device_count(); ++d) {
+      absl::StatusOr<Runtime::DeviceStats> ds = rt.device_stats(d);
+      if (!ds.ok()) continue;
+      std::fprintf(stderr, "    device %d        %llu of %llu pages in use (%s)\n", d,
+                   static_cast<unsigned long long>(ds->pool_pages_used),
+                   static_cast<unsigned long long>(ds->pool_pages_total), ds->name.c_str());
+    }
+  }
   std::fprintf(
       stderr,
       "  policy            %llu pages read ahead, %llu faults grown, %llu blocks thrashing, "
