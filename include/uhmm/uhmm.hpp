@@ -125,6 +125,10 @@ class Runtime {
   virtual absl::Status Migrate(void* ptr, size_t size, int device) = 0;
   // Returns every page of `device` to the host.
   virtual absl::Status EvictDevice(int device) = 0;
+  // Migrate for a span that need not be managed or page aligned, such as a driver copy's: the part
+  // of [addr, addr+bytes) that the allocations of its first and last bytes hold (whole pages) goes
+  // to `device` or kHost; other bytes are left alone. Returns the first failure.
+  virtual absl::Status MigrateManagedPart(const void* addr, size_t bytes, int device) = 0;
   // Queue-ordered prefetch and explicit launch coherence; see uhmm_prefetch_on_queue and
   // uhmm_sync_for_device in uhmm.h.
   virtual absl::Status PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) = 0;

@@ -350,8 +350,9 @@ void RuntimeImpl::BeforeLaunch(int device, void* queue) {
   launch_->BeforeLaunch((*devices_)[device], queue);
 }
 
-void RuntimeImpl::BeforeCopy(int device, uint64_t addr, size_t bytes) {
-  if (bytes == 0 || fork_->forked_child() || !devices_->valid(device)) return;
+absl::Status RuntimeImpl::MigrateManagedPart(const void* ptr, size_t bytes, int device) {
+  if (bytes == 0) return absl::OkStatus();
+  const auto addr = reinterpret_cast<uintptr_t>(ptr);
   // The allocations of the span's first and last bytes (one, almost always): the part in each.
   RangeRef first = va_space_->Lookup(addr);
   RangeRef last = va_space_->Lookup(addr + bytes - 1);
@@ -360,11 +361,17 @@ void RuntimeImpl::BeforeCopy(int device, uint64_t addr, size_t bytes) {
     if (r == nullptr || !*r) continue;
     const uintptr_t lo = std::max<uintptr_t>(addr & ~(kPageSize - 1), (*r)->start());
     const uintptr_t hi = std::min<uintptr_t>((addr + bytes + kPageSize - 1) & ~(kPageSize - 1), (*r)->end());
-    if (absl::Status s = Migrate(reinterpret_cast<void*>(lo), hi - lo, device); !s.ok()) {
-      // The copy goes ahead regardless (a CUPTI callback cannot refuse it): say why it may be wrong.
-      absl::FPrintF(stderr, "uhmm: a CUDA copy on managed memory [%#x, %#x) may see stale data: %s\n", lo, hi,
-                    s.message());
-    }
+    if (absl::Status s = Migrate(reinterpret_cast<void*>(lo), hi - lo, device); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void RuntimeImpl::BeforeCopy(int device, uint64_t addr, size_t bytes) {
+  if (fork_->forked_child() || !devices_->valid(device)) return;
+  if (absl::Status s = MigrateManagedPart(reinterpret_cast<const void*>(addr), bytes, device); !s.ok()) {
+    // The copy goes ahead regardless (a CUPTI callback cannot refuse it): say why it may be wrong.
+    absl::FPrintF(stderr, "uhmm: a CUDA copy on managed memory [%#x, +%#x) may see stale data: %s\n", addr,
+                  bytes, s.message());
   }
 }
 

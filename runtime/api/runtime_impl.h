@@ -38,6 +38,7 @@ class RuntimeImpl final : public Runtime, public LaunchListener {
   absl::Status Free(void* ptr) override;
   absl::Status Migrate(void* ptr, size_t size, int device) override;
   absl::Status EvictDevice(int device) override;
+  absl::Status MigrateManagedPart(const void* addr, size_t bytes, int device) override;
   absl::Status PrefetchOnQueue(void* ptr, size_t size, int device, void* queue) override;
   absl::Status SyncForDevice(int device, void* queue) override;
   bool transparent_launch_enabled() const override { return transparent_; }

@@ -2,7 +2,6 @@
 #define __CUDA_API_VERSION_INTERNAL 1  // every exported form declared (real_driver.h)
 #include "backends/cuda/interpose/managed_memory.h"
 
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -12,9 +11,6 @@
 
 namespace uhmm::interpose {
 namespace {
-
-constexpr uintptr_t kPage = kPageSize;
-uintptr_t PageUp(uintptr_t a) { return (a + kPage - 1) & ~(kPage - 1); }
 
 std::shared_mutex g_mu;             // exclusive: making or tearing down the runtime
 ManagedMemory* g_memory = nullptr;  // guarded by g_mu
@@ -117,19 +113,8 @@ CUresult ManagedMemory::ToDevice(const char* call, CUdeviceptr addr, size_t byte
   std::optional<Runtime::Allocation> first = Find(addr);
   std::optional<Runtime::Allocation> last = Find(addr + bytes - 1);
   if (!first && !last) return CUDA_SUCCESS;
-  WaitForPrefetchesHome();
-  // The allocations of the span's first and last bytes (the same one, almost always).
-  const bool one = first && last && first->start == last->start;
-  for (const Runtime::Allocation* a : {first ? &*first : nullptr, last && !one ? &*last : nullptr}) {
-    if (a == nullptr) continue;
-    const uintptr_t start = reinterpret_cast<uintptr_t>(a->start);
-    const uintptr_t lo = std::max<uintptr_t>(addr & ~(kPage - 1), start);
-    const uintptr_t hi = std::min<uintptr_t>(PageUp(addr + bytes), start + PageUp(a->size));
-    if (absl::Status s = rt_->Migrate(reinterpret_cast<void*>(lo), hi - lo, 0); !s.ok()) {
-      return ToCuResult(call, s);
-    }
-  }
-  return CUDA_SUCCESS;
+  WaitForPrefetchesHome();  // only for managed spans: a copy of other memory never waits for them
+  return ToCuResult(call, rt_->MigrateManagedPart(reinterpret_cast<const void*>(addr), bytes, 0));
 }
 
 CUresult ManagedMemory::AllocationToDevice(const char* call, CUdeviceptr addr) {
