@@ -19,20 +19,6 @@ int Spans2D(const Copy2D* c, CopySpan out[2]) {
 
 }  // namespace
 
-CopySpan PitchedSpan(CUmemorytype type, const void* host, CUdeviceptr device, size_t x, size_t y, size_t z,
-                     size_t pitch, size_t height, size_t width, size_t rows, size_t depth) {
-  if (width == 0 || rows == 0 || depth == 0) return {};
-  CUdeviceptr base;
-  if (type == CU_MEMORYTYPE_HOST) {
-    base = Addr(host);
-  } else if (type == CU_MEMORYTYPE_DEVICE || type == CU_MEMORYTYPE_UNIFIED) {
-    base = device;
-  } else {
-    return {};  // an array
-  }
-  return {base + (z * height + y) * pitch + x, ((depth - 1) * height + (rows - 1)) * pitch + width};
-}
-
 // Each entry point: its callback id, parameter struct and how to read the spans from it.
 #define UHMM_LINEAR(name, dst, src, n)                         \
   case CUPTI_DRIVER_TRACE_CBID_##name: {                       \

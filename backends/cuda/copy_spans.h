@@ -1,7 +1,7 @@
 // The device-visible bytes a CUDA copy or set touches, from its arguments: what must be resident
 // before the driver runs it when those bytes are uhmm memory. Used by the CUPTI subscription
 // (programs that link libuhmm); the interposer (backends/cuda/interpose) rewrites the calls it
-// replaces instead.
+// replaces instead, with the same pitched spans (pitched_span.h).
 #ifndef UHMM_BACKENDS_CUDA_COPY_SPANS_H_
 #define UHMM_BACKENDS_CUDA_COPY_SPANS_H_
 
@@ -10,17 +10,9 @@
 
 #include <cstddef>
 
+#include "backends/cuda/pitched_span.h"
+
 namespace uhmm::cuda {
-
-struct CopySpan {
-  CUdeviceptr start = 0;
-  size_t bytes = 0;  // 0: nothing (an array side, an empty copy)
-};
-
-// One side of a pitched (2D/3D) copy, from the fields CUDA_MEMCPY2D/3D/3D_PEER share: from its
-// first byte to its last. Arrays have no span.
-CopySpan PitchedSpan(CUmemorytype type, const void* host, CUdeviceptr device, size_t x, size_t y, size_t z,
-                     size_t pitch, size_t height, size_t width, size_t rows, size_t depth);
 
 // The spans of a driver copy or set entry point (a CUPTI driver-API callback id and its parameter
 // struct): the destination and the source (out[0], out[1]). Returns how many it filled: 0 for entry

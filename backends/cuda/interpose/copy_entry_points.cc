@@ -12,6 +12,7 @@
 
 #include "backends/cuda/interpose/managed_memory.h"
 #include "backends/cuda/interpose/real_driver.h"
+#include "backends/cuda/pitched_span.h"
 
 #define UHMM_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -37,19 +38,11 @@ template <typename Side>
 CUresult PrepareSide(const char* call, const ManagedMemory::Use& mm, CUmemorytype* type, Side host,
                      CUdeviceptr* device, size_t x, size_t y, size_t z, size_t pitch, size_t height,
                      size_t width, size_t rows, size_t depth) {
-  if (width == 0 || rows == 0 || depth == 0) return CUDA_SUCCESS;
-  CUdeviceptr base;
-  if (*type == CU_MEMORYTYPE_HOST) {
-    base = Addr(host);
-  } else if (*type == CU_MEMORYTYPE_DEVICE || *type == CU_MEMORYTYPE_UNIFIED) {
-    base = *device;
-  } else {
-    return CUDA_SUCCESS;  // an array
-  }
-  if (!IsManaged(mm, base)) return CUDA_SUCCESS;
-  const size_t first = (z * height + y) * pitch + x;
-  const size_t span = ((depth - 1) * height + (rows - 1)) * pitch + width;
-  if (CUresult r = mm->ToDevice(call, base + first, span); r != CUDA_SUCCESS) return r;
+  const uhmm::cuda::CopySpan span =
+      uhmm::cuda::PitchedSpan(*type, host, *device, x, y, z, pitch, height, width, rows, depth);
+  const CUdeviceptr base = uhmm::cuda::PitchedBase(*type, host, *device);
+  if (span.bytes == 0 || !IsManaged(mm, base)) return CUDA_SUCCESS;  // an array, empty, or not uhmm's
+  if (CUresult r = mm->ToDevice(call, span.start, span.bytes); r != CUDA_SUCCESS) return r;
   if (*type == CU_MEMORYTYPE_HOST) {
     *type = CU_MEMORYTYPE_DEVICE;
     *device = base;
