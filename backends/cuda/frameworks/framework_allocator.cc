@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "backends/cuda/cuda_driver.h"
 #include "uhmm/uhmm.hpp"
 
 namespace {
@@ -18,9 +19,6 @@ namespace {
 using AllocManaged = CUresult (*)(CUdeviceptr*, size_t, unsigned int);
 using Free = CUresult (*)(CUdeviceptr);
 using PointerAttribute = CUresult (*)(void*, CUpointer_attribute, CUdeviceptr);
-using CtxSynchronize = CUresult (*)();
-using CtxGetCurrent = CUresult (*)(CUcontext*);
-using CtxSetCurrent = CUresult (*)(CUcontext);
 
 struct Allocator {
   std::mutex mu;  // guards everything below; never held across a wait for the GPU
@@ -34,31 +32,11 @@ struct Allocator {
   // Otherwise: this library's runtime, and what a free needs from the driver.
   std::unique_ptr<uhmm::Runtime> rt;
   CUcontext context = nullptr;
-  CtxSynchronize ctx_sync = nullptr;
-  CtxGetCurrent ctx_get = nullptr;
-  CtxSetCurrent ctx_set = nullptr;
+  const uhmm::cuda::Driver* driver = nullptr;  // the one the runtime loaded (cuda_driver.h)
 };
 Allocator& A() {
   static auto* a = new Allocator();  // process lifetime: frameworks free during exit
   return *a;
-}
-
-// The driver the program (or uhmm) has loaded: libcuda.so.1, or UHMM_CUDA_DRIVER's.
-void* LoadedDriver() {
-  if (void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD)) return h;
-  const uhmm::Config c = uhmm::Config::FromEnv();
-  return c.cuda_driver.empty() ? nullptr : dlopen(c.cuda_driver.c_str(), RTLD_NOW | RTLD_NOLOAD);
-}
-
-// `name` from the loaded driver, in the form cuda.h declares (asked at 12000: see cuda_driver.cc).
-void* DriverEntry(void* driver, const char* name) {
-  using GetProc = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
-  auto get = reinterpret_cast<GetProc>(dlsym(driver, "cuGetProcAddress_v2"));
-  void* fn = nullptr;
-  CUdriverProcAddressQueryResult found;
-  if (get == nullptr || get(name, &fn, 12000, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS)
-    return nullptr;
-  return fn;
 }
 
 // Makes the allocator serve `device`; false with a.last_error set when it cannot.
@@ -94,17 +72,6 @@ bool Ready(Allocator& a, int device) {
     a.mode = absl::StrFormat("uhmm-run (the interposer's runtime on GPU %d)", ordinal);
     return Ready(a, device);
   }
-  void* driver = LoadedDriver();
-  if (driver != nullptr) {
-    a.ctx_sync = reinterpret_cast<CtxSynchronize>(DriverEntry(driver, "cuCtxSynchronize"));
-    a.ctx_get = reinterpret_cast<CtxGetCurrent>(DriverEntry(driver, "cuCtxGetCurrent"));
-    a.ctx_set = reinterpret_cast<CtxSetCurrent>(DriverEntry(driver, "cuCtxSetCurrent"));
-  }
-  if (a.ctx_sync == nullptr || a.ctx_get == nullptr || a.ctx_set == nullptr) {
-    a.last_error =
-        "uhmm: the loaded CUDA driver does not give cuCtxSynchronize: frees could not wait for the GPU";
-    return false;
-  }
   uhmm::Config c = uhmm::Config::FromEnv();
   c.backend = "cuda";
   c.cuda_device = device;
@@ -113,6 +80,14 @@ bool Ready(Allocator& a, int device) {
     a.last_error = absl::StrFormat("uhmm: could not start: %s", rt.status().message());
     return false;
   }
+  // The driver the backend loaded (loaded once per process, so this only looks it up): what a free
+  // needs to wait for the GPU.
+  absl::StatusOr<const uhmm::cuda::Driver*> driver = uhmm::cuda::LoadDriver(c.cuda_driver);
+  if (!driver.ok()) {
+    a.last_error = absl::StrFormat("uhmm: %s", driver.status().message());
+    return false;
+  }
+  a.driver = *driver;
   absl::StatusOr<uhmm_native_handles_t> handles = (*rt)->NativeHandles(0);
   a.context = handles.ok() ? static_cast<CUcontext>(handles->context) : nullptr;
   a.rt = std::move(*rt);
@@ -175,17 +150,13 @@ __attribute__((visibility("default"))) void uhmm_fw_free(void* ptr, ssize_t size
   Free interposed_free;
   uhmm::Runtime* rt;
   CUcontext context;
-  CtxSynchronize ctx_sync;
-  CtxGetCurrent ctx_get;
-  CtxSetCurrent ctx_set;
+  const uhmm::cuda::Driver* driver;
   {
     std::lock_guard<std::mutex> lock(a.mu);
     interposed_free = a.interposed_free;
     rt = a.rt.get();
     context = a.context;
-    ctx_sync = a.ctx_sync;
-    ctx_get = a.ctx_get;
-    ctx_set = a.ctx_set;
+    driver = a.driver;
   }
   if (interposed_free != nullptr) {
     // The interposer's cuMemFree waits for the GPU's queued work itself.
@@ -198,10 +169,10 @@ __attribute__((visibility("default"))) void uhmm_fw_free(void* ptr, ssize_t size
     return;
   }
   CUcontext current = nullptr;
-  ctx_get(&current);
-  if (current != context) ctx_set(context);
-  const CUresult synced = ctx_sync();
-  if (current != context) ctx_set(current);
+  driver->cuCtxGetCurrent(&current);
+  if (current != context) driver->cuCtxSetCurrent(context);
+  const CUresult synced = driver->cuCtxSynchronize();
+  if (current != context) driver->cuCtxSetCurrent(current);
   if (synced != CUDA_SUCCESS) {
     std::fprintf(stderr,
                  "uhmm: waiting for the GPU before freeing %p failed (CUresult %d, a graph capture?): the "
