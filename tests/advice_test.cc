@@ -621,12 +621,8 @@ TEST(AdviceDevicesTest, AccessedBySeveralDevices) {
 std::string LastError() { return uhmm_last_error(); }
 
 TEST(AdviceCApiTest, EachAdviceReadsBackAndBadInputIsRefused) {
-  uhmm_config_t cfg;
-  uhmm_config_init(&cfg);
-  cfg.backend = "host";
-  cfg.host_devices = 2;
-  uhmm_runtime_t* rt = nullptr;
-  ASSERT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  uhmm_runtime_t* rt = CreateHostC(2);
+  ASSERT_NE(rt, nullptr);
   void* p = nullptr;
   const size_t n = 64 * kPageSize;
   ASSERT_EQ(uhmm_alloc(rt, n, &p), UHMM_OK);

@@ -269,15 +269,6 @@ TEST(ConfigTest, RenamedPolicyVariablesKeepTheirOldNamesAsAliases) {
 }
 
 // The C API: the same checks come back as status codes with a per-thread message.
-// A C runtime on the host backend (nullptr and a test failure if it cannot be created).
-uhmm_runtime_t* CreateHostC() {
-  uhmm_config_t cfg;
-  uhmm_config_init(&cfg);
-  cfg.backend = "host";
-  uhmm_runtime_t* rt = nullptr;
-  EXPECT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
-  return rt;
-}
 
 TEST(CApiTest, ErrorsComeBackAsCodesWithMessages) {
   uhmm_runtime_t* rt = CreateHostC();
@@ -336,12 +327,8 @@ TEST(CApiTest, FindAllocationNamesTheAllocationThatHoldsAnAddress) {
 }
 
 TEST(CApiTest, DeviceStatsSayWhichDeviceHoldsWhat) {
-  uhmm_config_t cfg;
-  uhmm_config_init(&cfg);
-  cfg.backend = "host";
-  cfg.host_devices = 2;
-  uhmm_runtime_t* rt = nullptr;
-  ASSERT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  uhmm_runtime_t* rt = CreateHostC(2);
+  ASSERT_NE(rt, nullptr);
   void* p = nullptr;
   ASSERT_EQ(uhmm_alloc(rt, 16 * kPageSize, &p), UHMM_OK);
   std::memset(p, 1, 16 * kPageSize);

@@ -91,6 +91,18 @@ inline Config PerFaultConfig() {
 
 inline bool TestingHostBackend() { return TestConfig().backend == "host"; }
 
+// A C API runtime on the host backend with `devices` emulated devices (nullptr and a test failure,
+// with uhmm_last_error(), if it cannot be created).
+inline uhmm_runtime_t* CreateHostC(int devices = 1) {
+  uhmm_config_t cfg;
+  uhmm_config_init(&cfg);
+  cfg.backend = "host";
+  cfg.host_devices = devices;
+  uhmm_runtime_t* rt = nullptr;
+  EXPECT_EQ(uhmm_create(&cfg, &rt), UHMM_OK) << uhmm_last_error();
+  return rt;
+}
+
 // The emulated configurations exist to run everywhere: an unavailable backend there is a failure,
 // never a skip.
 inline bool TestingEmulatedBackend() {
