@@ -12,6 +12,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
@@ -152,6 +153,18 @@ class HostCopyEngine final : public CopyEngine {
   std::thread thread_;  // last: starts after everything above is constructed
 };
 
+// One pointer, emulated: which device's chunk each 2 MiB block is mapped to. Process-wide per
+// backend, as a GPU driver's virtual address mappings are (cuMemMap): two devices cannot both map
+// a block, so the runtime has to unmap one device's chunk before another maps the block.
+struct BlockMappings {
+  struct Mapping {
+    int device;
+    uint8_t* chunk;
+  };
+  std::shared_mutex mu;
+  std::unordered_map<uintptr_t, Mapping> by_block;
+};
+
 class HostDevice;
 std::mutex g_live_mu;
 std::map<int, HostDevice*>& Live() {
@@ -161,10 +174,12 @@ std::map<int, HostDevice*>& Live() {
 
 class HostDevice final : public Device, public HostDeviceControls {
  public:
-  HostDevice(int ordinal, bool same_address, std::atomic<LaunchListener*>* listener)
+  HostDevice(int ordinal, bool same_address, std::atomic<LaunchListener*>* listener,
+             std::shared_ptr<BlockMappings> mappings)
       : ordinal_(ordinal),
         same_address_(same_address),
         listener_(listener),
+        mappings_(std::move(mappings)),
         engine_(ordinal, [this](uint64_t addr) { return DevicePointer(addr); }) {
     pagemap_.type = MemoryType::kDevicePrivate;
     pagemap_.ops = &CopyBackPagemap::kOps;
@@ -191,17 +206,20 @@ class HostDevice final : public Device, public HostDeviceControls {
 
   // One pointer, emulated: the device's page tables map a chunk at each block it backs.
   absl::Status MapChunk(uint64_t chunk, uintptr_t block) override {
-    std::unique_lock lock(map_mu_);
-    if (!mapped_.emplace(block, reinterpret_cast<uint8_t*>(chunk)).second) {
-      return absl::InternalError(
-          absl::StrFormat("host device %d: block %#x is already mapped", ordinal_, block));
+    std::unique_lock lock(mappings_->mu);
+    auto [it, added] = mappings_->by_block.try_emplace(
+        block, BlockMappings::Mapping{ordinal_, reinterpret_cast<uint8_t*>(chunk)});
+    if (!added) {
+      return absl::InternalError(absl::StrFormat("host device %d: block %#x is already mapped by device %d",
+                                                 ordinal_, block, it->second.device));
     }
     return absl::OkStatus();
   }
   void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
     (void)SynchronizeQueue(nullptr);  // queued device work may still use the block
-    std::unique_lock lock(map_mu_);
-    mapped_.erase(block);
+    std::unique_lock lock(mappings_->mu);
+    auto it = mappings_->by_block.find(block);
+    if (it != mappings_->by_block.end() && it->second.device == ordinal_) mappings_->by_block.erase(it);
   }
   absl::Status SynchronizeQueue(void*) override {
     return engine_.Wait(engine_.SubmitKernel([] {}));
@@ -226,9 +244,11 @@ class HostDevice final : public Device, public HostDeviceControls {
   }
   void* DevicePointer(uint64_t addr) override {
     if (!same_address_) return reinterpret_cast<void*>(addr);
-    std::shared_lock lock(map_mu_);
-    auto it = mapped_.find(addr & ~(kBlockSize - 1));
-    return it == mapped_.end() ? nullptr : it->second + addr % kBlockSize;
+    std::shared_lock lock(mappings_->mu);
+    auto it = mappings_->by_block.find(addr & ~(kBlockSize - 1));
+    // Only this device's own mappings: the emulation has no peer access.
+    if (it == mappings_->by_block.end() || it->second.device != ordinal_) return nullptr;
+    return it->second.chunk + addr % kBlockSize;
   }
   // testing::DeviceAccess.
   absl::Status DeviceWrite(uint64_t device_addr, const void* src, size_t bytes) override {
@@ -264,8 +284,7 @@ class HostDevice final : public Device, public HostDeviceControls {
   const int ordinal_;
   const bool same_address_;
   std::atomic<LaunchListener*>* const listener_;
-  std::shared_mutex map_mu_;
-  std::unordered_map<uintptr_t, uint8_t*> mapped_;  // block -> chunk memory (same-address mode)
+  const std::shared_ptr<BlockMappings> mappings_;  // the backend's (same-address mode)
   Pagemap pagemap_;
   HostCopyEngine engine_;
 };
@@ -279,7 +298,7 @@ class HostBackend final : public Backend {
     if (ordinal < 0 || ordinal >= devices_) {
       return absl::InvalidArgumentError(absl::StrFormat("host backend: no device %d", ordinal));
     }
-    return std::unique_ptr<Device>(new HostDevice(ordinal, same_address_, &listener_));
+    return std::unique_ptr<Device>(new HostDevice(ordinal, same_address_, &listener_, mappings_));
   }
 
   // Like cuMemAddressReserve: a 2 MiB aligned PROT_NONE reservation the runtime maps over.
@@ -301,6 +320,7 @@ class HostBackend final : public Backend {
   const int devices_;
   const bool same_address_;
   std::atomic<LaunchListener*> listener_{nullptr};
+  const std::shared_ptr<BlockMappings> mappings_ = std::make_shared<BlockMappings>();
 };
 
 }  // namespace

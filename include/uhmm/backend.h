@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -105,6 +106,11 @@ class Device {
   // when it has none (the host backend) or it is unknown.
   virtual std::string pci_bus_id() const { return ""; }
 };
+
+// A device list knob (UHMM_CUDA_DEVICES): "" gives {}, "all" gives {kAllDevices}, "0,2" gives
+// {0, 2}. INVALID_ARGUMENT, naming `what`, for anything else (negative or repeated ordinals too).
+inline constexpr int kAllDevices = -1;
+absl::StatusOr<std::vector<int>> ParseDeviceList(std::string_view list, std::string_view what);
 
 // The default pool of a GPU with `bytes` of memory (free, or total where the API reports no free
 // size): three quarters, in whole 2 MiB chunks, leaving room for the application's own allocations.

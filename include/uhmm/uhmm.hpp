@@ -95,7 +95,10 @@ struct Config {
   bool read_duplication = true;
   bool placement = true;  // UHMM_PLACEMENT=auto|none (hwloc)
   // Backend choices (no uhmm_config_t field: the C API takes them from the environment).
-  int cuda_device = 0;        // UHMM_CUDA_DEVICE: which CUDA GPU (one per runtime)
+  int cuda_device = 0;  // UHMM_CUDA_DEVICE: which CUDA GPU, when cuda_devices is empty
+  // UHMM_CUDA_DEVICES: several CUDA GPUs in one runtime, "all" or CUDA ordinals such as "0,2"; the
+  // runtime numbers them 0, 1, ... in that order. Empty: the one GPU cuda_device names.
+  std::string cuda_devices;
   std::string cuda_driver;    // UHMM_CUDA_DRIVER: driver library; empty = "libcuda.so.1"
   std::string cupti_library;  // UHMM_CUPTI_LIBRARY: libcupti path; empty = search (docs/CONFIG.md)
   int ze_device = 0;          // UHMM_ZE_DEVICE: which Level Zero GPU, over all drivers

@@ -1,14 +1,35 @@
 // Config defaults, UHMM_* environment variables and validation.
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "uhmm/backend.h"
 #include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
 
 namespace uhmm {
+
+absl::StatusOr<std::vector<int>> ParseDeviceList(std::string_view list, std::string_view what) {
+  std::vector<int> out;
+  if (list.empty()) return out;
+  if (absl::AsciiStrToLower(std::string(list)) == "all") return std::vector<int>{kAllDevices};
+  for (absl::string_view item : absl::StrSplit(absl::string_view(list.data(), list.size()), ',')) {
+    int v = -1;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(item), &v) || v < 0 ||
+        std::find(out.begin(), out.end(), v) != out.end()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "uhmm: %s is \"%s\"; use all, or device ordinals separated by commas, each once (0,2)", what,
+          list));
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
 namespace {
 
 // Parses "123", "64K", "16M", "2G" (binary units).
@@ -107,6 +128,7 @@ Config Config::FromEnv() {
   integer("UHMM_FAULT_SPIN_US", &c.fault_spin_us);
   integer("UHMM_CUDA_DEVICE", &c.cuda_device);
   integer("UHMM_ZE_DEVICE", &c.ze_device);
+  if (const char* v = std::getenv("UHMM_CUDA_DEVICES"); v && *v) c.cuda_devices = v;
   if (const char* v = std::getenv("UHMM_CUDA_DRIVER"); v && *v) c.cuda_driver = v;
   if (const char* v = std::getenv("UHMM_CUPTI_LIBRARY"); v && *v) c.cupti_library = v;
   if (const char* v = std::getenv("UHMM_ZE_LOADER"); v && *v) c.ze_loader = v;
@@ -219,6 +241,11 @@ absl::Status Config::Validate() const {
   if (cuda_device < 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "uhmm: cuda_device (UHMM_CUDA_DEVICE) is %d; use a CUDA device ordinal, 0 or more", cuda_device));
+  }
+  if (absl::StatusOr<std::vector<int>> list =
+          ParseDeviceList(cuda_devices, "cuda_devices (UHMM_CUDA_DEVICES)");
+      !list.ok()) {
+    return list.status();
   }
   if (ze_device < 0) {
     return absl::InvalidArgumentError(absl::StrFormat(

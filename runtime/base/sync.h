@@ -39,6 +39,7 @@ enum class LockRank : uint8_t {
   kFaultDiscard,    // FaultService::discard_mu_: pending application discards, parked faults
   kFaultQueue,      // FaultService::q_mu_: deferred/requeued fault messages
   kPagePool,        // PagePool::mu_: one device's chunks
+  kBlockOwners,     // BlockOwners::mu_: which device maps each block (under a pool's lock)
   kMigrationGate,   // MigrationGate::mu_: fork's and each device's gate
   kRangeLife,       // ManagedRange::life_mu_: operations in flight on a range
   kReadAhead,       // ReadAhead::mu_: one range's read-ahead window
@@ -74,6 +75,8 @@ inline const char* LockRankName(LockRank rank) {
       return "FaultService::q_mu_";
     case LockRank::kPagePool:
       return "PagePool::mu_";
+    case LockRank::kBlockOwners:
+      return "BlockOwners::mu_";
     case LockRank::kMigrationGate:
       return "MigrationGate::mu_";
     case LockRank::kRangeLife:

@@ -37,6 +37,7 @@ absl::StatusOr<std::unique_ptr<Backend>> SelectBackend(const Config& config) {
 absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend, const Config& config,
                                                                Evictor* evictor) {
   auto table = std::make_unique<DeviceTable>();
+  if (backend.device_count() > 1) table->owners_ = std::make_unique<BlockOwners>();
   for (int i = 0; i < backend.device_count(); ++i) {
     auto ds = std::make_unique<DeviceState>();
     ds->ordinal = i;
@@ -64,7 +65,8 @@ absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend,
             config.device_pool_fraction, i, *free_bytes));
       }
     }
-    ds->pool = std::make_unique<PagePool>(ds->device.get(), &pgmap, pool_bytes / kBlockSize);
+    ds->pool =
+        std::make_unique<PagePool>(ds->device.get(), &pgmap, pool_bytes / kBlockSize, table->owners_.get());
     table->devices_.push_back(std::move(ds));
   }
   return table;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/mm/block_owners.h"
 #include "runtime/mm/migration_gate.h"
 #include "runtime/mm/page_pool.h"
 #include "uhmm/backend.h"
@@ -47,8 +48,11 @@ class DeviceTable {
   auto end() const { return devices_.end(); }
   // In a forked child: the devices belong to the parent; leak them rather than touch them.
   void AbandonAfterFork();
+  // Which device maps each block, when several devices share managed addresses (else nullptr).
+  BlockOwners* block_owners() { return owners_.get(); }
 
  private:
+  std::unique_ptr<BlockOwners> owners_;  // before devices_: their pools use it until they go
   std::vector<std::unique_ptr<DeviceState>> devices_;
 };
 

@@ -74,14 +74,28 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
   bool held_elsewhere = false;  // a victim's pages were all held by another migration
   std::optional<std::chrono::steady_clock::time_point> give_up;
   std::optional<std::chrono::steady_clock::time_point> slot_give_up;
+  std::optional<std::chrono::steady_clock::time_point> holder_give_up;
   for (;;) {
     bool slot_busy = false;
-    absl::StatusOr<Page*> page = ds.pool->TryAlloc(addr, &slot_busy);
+    int holder = -1;
+    absl::StatusOr<Page*> page = ds.pool->TryAlloc(addr, &slot_busy, &holder);
     if (!page.ok() && slot_busy) {
       // With one pointer addr has one device page, and the thread that just dropped it from its
       // block (a discard, poison or unmap, or a finalize) frees it once it lets go of the block
       // lock: wait for that, a bounded time (a page that stays in use is a bug, reported).
       if (WaitMore(&slot_give_up, std::chrono::microseconds(20))) continue;
+    }
+    if (!page.ok() && holder >= 0 && mm_.devices->valid(holder)) {
+      // Another device maps addr's block (BlockOwners). Its pages there went home before this
+      // migration began (Migrator::ToDevice), so its chunk is idle: it gives the block up. Pages a
+      // migration to that device placed there since hold it until they leave: wait, a bounded time.
+      const uintptr_t block = addr & ~(kBlockSize - 1);
+      if ((*mm_.devices)[holder].pool->UnbindIdle(block)) continue;
+      if (WaitMore(&holder_give_up, std::chrono::microseconds(50))) continue;
+      return absl::UnavailableError(
+          absl::StrFormat("device %d cannot map block %#x: device %d still has pages there (two devices keep "
+                          "pulling the same 2 MiB block)",
+                          ds.ordinal, block, holder));
     }
     if (!page.ok()) return page.status();
     if (*page != nullptr) return *page;

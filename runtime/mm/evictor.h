@@ -44,14 +44,14 @@ class Evictor {
   absl::StatusOr<Page*> AllocDevicePage(DeviceState& ds, uintptr_t addr);
   // uhmm_evict_device: empties the device (its gate closed meanwhile) and releases its chunks.
   absl::Status EvictDevice(DeviceState& ds);
+  // Drops the device copies of `owner`'s duplicates in [start, end) of `range` (read duplication):
+  // the host holds the data. Returns how many pages that freed.
+  size_t DropDuplicates(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner);
 
  private:
   // Migrates chunk `chunk`'s pages (outside the protected request) back to RAM; *freed counts them.
   // *held (optional): the chunk had pages outside the request and none moved (another migration
   // holds them).
-  // Drops the device copies of `owner`'s duplicates in [start, end) of `range` (read duplication):
-  // the host holds the data. Returns how many pages that freed.
-  size_t DropDuplicates(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner);
   // Whether chunk `chunk` of `ds` backs a page whose advised PREFERRED_LOCATION is that device.
   bool PrefersDevice(DeviceState& ds, size_t chunk);
   absl::Status EvictChunk(DeviceState& ds, size_t chunk, size_t* freed, bool* held = nullptr);

@@ -90,23 +90,30 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
   ProtectFromEviction protect(range, *ds.device, start, end);
   Device* dev = ds.device.get();
   // Pages on other devices come home first; device-to-device goes through RAM. A device that
-  // shares managed addresses maps whole blocks, so the other devices give up whole blocks.
+  // shares managed addresses maps whole blocks, so the other devices give up whole blocks: their
+  // pages and read-duplicated copies there leave, and the block they map becomes this device's
+  // when it allocates there (BlockOwners, Evictor::AllocDevicePage).
+  const bool whole_blocks = dev->placement() == Placement::kSameAddress;
   uintptr_t home_start = start, home_end = end;
-  if (dev->placement() == Placement::kSameAddress) {
+  if (whole_blocks) {
     home_start = start & ~(kBlockSize - 1);
     home_end = std::min(range.end(), NextBlockBoundary(end - 1));
   }
-  for (auto& other : *mm_.devices) {
-    if (other.get() == &ds) continue;
-    Device* odev = other->device.get();
-    absl::StatusOr<size_t> moved =
-        RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner, cause,
-                     [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
-    if (!moved.ok()) return moved.status();
+  absl::StatusOr<size_t> moved = 0;
+  // Another device pulling the same block between this request's steps takes it back; a few tries.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    for (auto& other : *mm_.devices) {
+      if (other.get() == &ds) continue;
+      Device* odev = other->device.get();
+      moved = RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
+                           cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
+      if (!moved.ok()) return moved.status();
+      if (whole_blocks) mm_.evictor->DropDuplicates(range, home_start, home_end, odev->pagemap().owner);
+    }
+    moved = RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner, cause,
+                         [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
+    if (moved.ok() || !absl::IsUnavailable(moved.status()) || mm_.devices->count() < 2) break;
   }
-  absl::StatusOr<size_t> moved =
-      RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner, cause,
-                   [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
   if (!moved.ok()) {
     return absl::Status(moved.status().code(),
                         absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end, ds.ordinal,

@@ -102,11 +102,12 @@ void PagePool::Apply(Chunk& chunk, ChunkEvent event) {
 #endif
 }
 
-PagePool::PagePool(Device* device, Pagemap* pgmap, size_t max_chunks)
+PagePool::PagePool(Device* device, Pagemap* pgmap, size_t max_chunks, BlockOwners* owners)
     : device_(device),
       pgmap_(pgmap),
       max_chunks_(max_chunks),
-      same_address_(device->placement() == Placement::kSameAddress) {}
+      same_address_(device->placement() == Placement::kSameAddress),
+      owners_(same_address_ ? owners : nullptr) {}
 
 PagePool::~PagePool() {
   MutexLock lock(&mu_);
@@ -115,6 +116,7 @@ PagePool::~PagePool() {
     // Whatever its state: pages still in use are leaked by their holders, not by the pool.
     if (chunk->bound != 0) {
       device_->UnmapChunk(chunk->device_base, chunk->bound);
+      if (owners_ != nullptr) owners_->Release(chunk->bound, pgmap_->device);
       bound_.erase(chunk->bound);
       chunk->bound = 0;
     }
@@ -169,13 +171,38 @@ absl::StatusOr<PagePool::Chunk*> PagePool::NewChunk() {
 void PagePool::Unbind(Chunk& chunk) {
   if (chunk.bound == 0) return;
   device_->UnmapChunk(chunk.device_base, chunk.bound);
+  if (owners_ != nullptr) owners_->Release(chunk.bound, pgmap_->device);
   bound_.erase(chunk.bound);
   chunk.bound = 0;
   Apply(chunk, ChunkEvent::kUnbind);
 }
 
-absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
+absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block, int* block_holder) {
   if (auto it = bound_.find(block); it != bound_.end()) return it->second;
+  int holder = -1;
+  if (owners_ != nullptr && !owners_->TryClaim(block, pgmap_->device, &holder)) {
+    if (block_holder != nullptr) *block_holder = holder;
+    return absl::UnavailableError(absl::StrFormat("block %#x is mapped by device %d", block, holder));
+  }
+  absl::StatusOr<Chunk*> chunk = BindableChunk();
+  if (chunk.ok() && *chunk != nullptr) {
+    Chunk& c = **chunk;
+    if (absl::Status s = device_->MapChunk(c.device_base, block); !s.ok()) {
+      chunk = absl::Status(s.code(),
+                           absl::StrFormat("mapping device memory at block %#x: %s", block, s.message()));
+    } else {
+      c.bound = block;
+      bound_[block] = &c;
+      Apply(c, ChunkEvent::kBind);
+      for (size_t i = 0; i < kPagesPerChunk; ++i) c.pages[i].dma_addr = block + i * kPageSize;
+      return &c;
+    }
+  }
+  if (owners_ != nullptr) owners_->Release(block, pgmap_->device);  // not bound after all
+  return chunk;
+}
+
+absl::StatusOr<PagePool::Chunk*> PagePool::BindableChunk() {
   // A chunk to bind, cheapest first: an idle unbound one, a new one while under the cap, else the
   // least recently used idle bound one (unbound from its block first).
   absl::StatusOr<Chunk*> chunk = nullptr;
@@ -197,24 +224,15 @@ absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block) {
     if (*chunk == nullptr) return nullptr;  // every chunk holds pages: evict one
     Unbind(**chunk);
   }
-  Chunk& c = **chunk;
-  if (absl::Status s = device_->MapChunk(c.device_base, block); !s.ok()) {
-    return absl::Status(s.code(),
-                        absl::StrFormat("mapping device memory at block %#x: %s", block, s.message()));
-  }
-  c.bound = block;
-  bound_[block] = &c;
-  Apply(c, ChunkEvent::kBind);
-  for (size_t i = 0; i < kPagesPerChunk; ++i) c.pages[i].dma_addr = block + i * kPageSize;
-  return &c;
+  return chunk;
 }
 
-absl::StatusOr<Page*> PagePool::TryAlloc(uintptr_t addr, bool* slot_busy) {
+absl::StatusOr<Page*> PagePool::TryAlloc(uintptr_t addr, bool* slot_busy, int* block_holder) {
   MutexLock lock(&mu_);
   Chunk* chosen = nullptr;
   Page* page = nullptr;
   if (same_address_) {
-    absl::StatusOr<Chunk*> c = ChunkForBlock(addr & ~(kBlockSize - 1));
+    absl::StatusOr<Chunk*> c = ChunkForBlock(addr & ~(kBlockSize - 1), block_holder);
     if (!c.ok()) return c.status();
     if (*c == nullptr) return nullptr;
     chosen = *c;
@@ -319,6 +337,15 @@ void PagePool::UnbindRange(uintptr_t start, uintptr_t end) {
     }
     Unbind(*chunk);
   }
+}
+
+bool PagePool::UnbindIdle(uintptr_t block) {
+  MutexLock lock(&mu_);
+  auto it = bound_.find(block);
+  if (it == bound_.end()) return true;
+  if (it->second->state != ChunkState::kBound) return false;  // pages in use there
+  Unbind(*it->second);
+  return true;
 }
 
 size_t PagePool::chunk_count() {

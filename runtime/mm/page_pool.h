@@ -14,6 +14,10 @@
 //   kEmpty --FirstPageOut--> kInUse --LastPageBack--> kEmpty      (kAnywhere)
 //   kBound --FirstPageOut--> kInUse --LastPageBack--> kBound      (kSameAddress)
 //   any    --Teardown--> kFree                                    (the pool's destructor)
+// SEVERAL DEVICES (kSameAddress): a block maps one device's chunk at a time (BlockOwners). A pool
+// claims the block before it binds a chunk there and lets go when it unbinds it; when another
+// device holds the block, TryAlloc says which, and that device's pool gives it up once its chunk
+// there is idle (UnbindIdle).
 // LOCKING: mu_ (rank kPagePool) guards the chunks; Page refcounts and flags are atomics.
 #ifndef UHMM_RUNTIME_MM_PAGE_POOL_H_
 #define UHMM_RUNTIME_MM_PAGE_POOL_H_
@@ -29,6 +33,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "runtime/base/sync.h"
+#include "runtime/mm/block_owners.h"
 #include "uhmm/backend.h"
 #include "uhmm/pagemap.h"
 
@@ -55,8 +60,10 @@ ChunkState ChunkTransition(size_t slot, ChunkState from, ChunkEvent event, bool 
 
 class PagePool {
  public:
-  // `max_chunks` caps the device memory the pool may take (pool size / 2 MiB).
-  PagePool(Device* device, Pagemap* pgmap, size_t max_chunks);
+  // `max_chunks` caps the device memory the pool may take (pool size / 2 MiB). `owners` (kSameAddress
+  // with several devices, else nullptr) is shared by every device's pool; pgmap->device names this
+  // device there.
+  PagePool(Device* device, Pagemap* pgmap, size_t max_chunks, BlockOwners* owners = nullptr);
   ~PagePool();  // returns every chunk to the device
   PagePool(const PagePool&) = delete;
   PagePool& operator=(const PagePool&) = delete;
@@ -66,7 +73,8 @@ class PagePool {
   // bound to addr's block and none free to bind). Errors come from the device, and (kSameAddress)
   // from addr's page being still in use, with *slot_busy set: whoever dropped it from its block
   // (a discard, poison or unmap, a migration's finalize) puts it right after its block lock.
-  absl::StatusOr<Page*> TryAlloc(uintptr_t addr, bool* slot_busy = nullptr);
+  // With several devices, UNAVAILABLE with *block_holder set when another device maps addr's block.
+  absl::StatusOr<Page*> TryAlloc(uintptr_t addr, bool* slot_busy = nullptr, int* block_holder = nullptr);
   // Puts a page whose refcount dropped to 1 back on its chunk's free list.
   void Release(Page* page);
 
@@ -79,6 +87,9 @@ class PagePool {
   // kSameAddress: unbinds the chunks bound to blocks in [start, end), which must hold no page in use
   // (the range is being destroyed and its pages were released).
   void UnbindRange(uintptr_t start, uintptr_t end);
+  // kSameAddress: gives up `block` (unmaps this device's chunk there) if no page of it is in use.
+  // True when this device no longer maps the block.
+  bool UnbindIdle(uintptr_t block);
 
   size_t total_pages() const { return max_chunks_ * kPagesPerChunk; }
   size_t used_pages() const { return used_.load(std::memory_order_relaxed); }
@@ -98,7 +109,10 @@ class PagePool {
 
   // A new chunk in a free slot, or nullptr at the cap.
   absl::StatusOr<Chunk*> NewChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<Chunk*> ChunkForBlock(uintptr_t block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Chunk*> ChunkForBlock(uintptr_t block, int* block_holder) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An idle chunk to bind to a block: unbound, new, or the least recently used bound one (unbound
+  // here); nullptr when every chunk holds pages.
+  absl::StatusOr<Chunk*> BindableChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unbind(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves `chunk` to its state after `event` (ChunkTransition), checking it in debug builds.
   void Apply(Chunk& chunk, ChunkEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -107,6 +121,7 @@ class PagePool {
   Pagemap* const pgmap_;
   const size_t max_chunks_;
   const bool same_address_;
+  BlockOwners* const owners_;  // nullptr: this device is the only one that maps blocks
   std::atomic<size_t> used_{0};
   Mutex mu_{LockRank::kPagePool};
   std::vector<std::unique_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);  // every slot, kFree ones too

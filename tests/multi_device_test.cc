@@ -1,0 +1,211 @@
+// Several devices in one runtime: blocks move between devices through RAM, a block maps one
+// device at a time where devices share managed addresses, and a device error or a free during such
+// a move loses nothing. Run with two devices on every backend configuration that has them (the
+// emulated CUDA driver is given two with UHMM_FAKE_CUDA_DEVICES, with and without peer access).
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/test_util.h"
+
+namespace uhmm::testing {
+namespace {
+
+class MultiDeviceTest : public ::testing::Test, public Harness {
+ public:
+  void SetUp() override {
+    Start(TwoDeviceConfig());
+    UHMM_RETURN_IF_SKIPPED();
+    if (rt_->device_count() < 2)
+      GTEST_SKIP() << "the " << TestConfig().backend << " backend has one device here";
+    access1_ = Access(*rt_, 1);
+    faults1_ = Faults(*rt_, 1);
+    ASSERT_NE(access1_, nullptr);
+  }
+  void TearDown() override { rt_.reset(); }
+
+  static Config TwoDeviceConfig(size_t pool_bytes = 64 * kMiB) {
+    Config c = TestConfig();
+    c.host_devices = 2;
+    c.cuda_devices = "all";
+    c.device_pool_bytes = pool_bytes;
+    return c;
+  }
+
+  // Device-side write of `seed`'s pattern to every page of [p, p+bytes) through `access`.
+  void WriteOn(DeviceAccess* access, uint64_t* p, size_t bytes, uint64_t seed) {
+    std::vector<uint64_t> buf(kPageSize / 8);
+    for (size_t off = 0; off < bytes; off += kPageSize) {
+      absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
+      ASSERT_TRUE(dev.ok()) << dev.status();
+      for (size_t i = 0; i < buf.size(); ++i) buf[i] = Pattern(seed, off / 8 + i);
+      ASSERT_TRUE(access->DeviceWrite(*dev, buf.data(), kPageSize).ok());
+    }
+  }
+  // Pages of [p, p+bytes) whose device copy, read through `access`, is not `seed`'s pattern.
+  size_t MismatchesOn(DeviceAccess* access, const uint64_t* p, size_t bytes, uint64_t seed) {
+    size_t bad = 0;
+    std::vector<uint64_t> buf(kPageSize / 8);
+    for (size_t off = 0; off < bytes; off += kPageSize) {
+      absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(reinterpret_cast<const uint8_t*>(p) + off);
+      EXPECT_TRUE(dev.ok()) << dev.status();
+      if (!dev.ok() || !access->DeviceRead(*dev, buf.data(), kPageSize).ok()) {
+        ++bad;
+        continue;
+      }
+      for (size_t i = 0; i < buf.size(); ++i) {
+        if (buf[i] != Pattern(seed, off / 8 + i)) {
+          ++bad;
+          break;
+        }
+      }
+    }
+    return bad;
+  }
+
+  DeviceAccess* access1_ = nullptr;
+  FaultInjector* faults1_ = nullptr;
+};
+
+TEST_F(MultiDeviceTest, BlocksMoveBetweenDevicesAndBackWithTheirData) {
+  const size_t bytes = 4 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 1);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  WriteOn(access0_, p, bytes, 2);
+  for (int round = 0; round < 3; ++round) {
+    const int to = round % 2 == 0 ? 1 : 0;
+    DeviceAccess* on = to == 1 ? access1_ : access0_;
+    absl::Status s = rt_->Migrate(p, bytes, to);
+    ASSERT_TRUE(s.ok()) << "round " << round << ": " << s;
+    EXPECT_EQ(CountAt(Residency(p, bytes), to), bytes / kPageSize) << "round " << round;
+    EXPECT_EQ(MismatchesOn(on, p, bytes, 2 + round), 0u) << "round " << round;
+    WriteOn(on, p, bytes, 3 + round);
+  }
+  EXPECT_EQ(FirstMismatch(p, bytes, 5), -1);  // the CPU reads the last device's writes
+  ASSERT_TRUE(rt_->Free(p).ok());
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+TEST_F(MultiDeviceTest, HalvesOfOneBlockOnTwoDevicesKeepEveryByte) {
+  // With one pointer a block maps one device: the second half's move takes the block from device 0,
+  // whose half comes home first. Without it, each device keeps its half.
+  const size_t bytes = 2 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 10);
+  uint64_t* half = p + bytes / 2 / 8;
+  ASSERT_TRUE(rt_->Migrate(p, bytes / 2, 0).ok());
+  WriteOn(access0_, p, bytes / 2, 10);  // the same data, written device-side
+  ASSERT_TRUE(rt_->Migrate(half, bytes / 2, 1).ok());
+  const std::vector<int32_t> res = Residency(p, bytes);
+  EXPECT_EQ(CountAt(res, 1), bytes / 2 / kPageSize);
+  EXPECT_EQ(CountAt(res, 0) + CountAt(res, kHost), bytes / 2 / kPageSize);
+  EXPECT_EQ(FirstMismatch(p, bytes, 10), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MultiDeviceTest, TwoDevicesPullingTheSameBlocksLoseNothing) {
+  const size_t bytes = 4 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 20);
+  std::atomic<int> other_errors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> pullers;
+  for (int d = 0; d < 2; ++d) {
+    pullers.emplace_back([&, d] {
+      for (int i = 0; i < 40 && !stop.load(); ++i) {
+        const size_t off = (static_cast<size_t>(i) * 3 + d) % 8 * (bytes / 8);
+        absl::Status s = rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, bytes / 8, d);
+        // Two devices pulling one block at the same moment may give up after a bounded wait
+        // (UNAVAILABLE, naming both devices); nothing else is allowed.
+        if (!s.ok() && !(absl::IsUnavailable(s) && s.message().find("device") != std::string::npos)) {
+          ADD_FAILURE() << s;
+          ++other_errors;
+          stop.store(true);
+        }
+      }
+    });
+  }
+  // The CPU reads meanwhile: each read brings its page home from whichever device has it.
+  for (int i = 0; i < 200 && !stop.load(); ++i) {
+    const size_t w = (static_cast<size_t>(i) * 4099) % (bytes / 8);
+    ASSERT_EQ(p[w], Pattern(20, w)) << "word " << w;
+  }
+  for (auto& t : pullers) t.join();
+  EXPECT_EQ(other_errors.load(), 0);
+  EXPECT_EQ(FirstMismatch(p, bytes, 20), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+TEST_F(MultiDeviceTest, EvictionOnOneDeviceWhileTheOtherMigrates) {
+  // Device 0's pool holds 8 MiB: cycling 16 MiB through it evicts, while device 1 takes and gives
+  // back blocks of the same ranges.
+  Start(TwoDeviceConfig(8 * kMiB));
+  UHMM_RETURN_IF_SKIPPED();
+  access1_ = Access(*rt_, 1);
+  const size_t bytes = 16 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 30);
+  std::thread mover1([&] {
+    for (int i = 0; i < 24; ++i) {
+      const size_t off = static_cast<size_t>(i * 5 % 8) * 2 * kMiB;
+      absl::Status s = rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, 2 * kMiB, 1);
+      if (!s.ok() && !absl::IsUnavailable(s)) ADD_FAILURE() << s;
+    }
+  });
+  for (int i = 0; i < 24; ++i) {
+    const size_t off = static_cast<size_t>(i % 8) * 2 * kMiB;
+    absl::Status s = rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, 2 * kMiB, 0);
+    if (!s.ok() && !absl::IsUnavailable(s)) ADD_FAILURE() << s;
+  }
+  mover1.join();
+  EXPECT_GT(rt_->stats().evicted_pages, 0u);
+  EXPECT_EQ(FirstMismatch(p, bytes, 30), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+TEST_F(MultiDeviceTest, DeviceErrorMidMoveLosesNothingOnTheSource) {
+  const size_t bytes = 2 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 40);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+  WriteOn(access0_, p, bytes, 41);
+  // Device 0 fails the copy out: the move to device 1 reports it and the data stays on device 0.
+  faults0_->FailNext(InjectSite::kCopyDeviceToHost, 1);
+  absl::Status s = rt_->Migrate(p, bytes, 1);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
+  EXPECT_EQ(MismatchesOn(access0_, p, bytes, 41), 0u);
+  // Device 1 fails the copy in: the data is home, where the failed step left it, and whole.
+  ASSERT_NE(faults1_, nullptr);
+  faults1_->FailNext(InjectSite::kCopyHostToDevice, 1);
+  s = rt_->Migrate(p, bytes, 1);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), 1), 0u);
+  EXPECT_EQ(FirstMismatch(p, bytes, 41), -1);
+  ASSERT_TRUE(rt_->Migrate(p, bytes, 1).ok());  // the next try succeeds
+  EXPECT_EQ(MismatchesOn(access1_, p, bytes, 41), 0u);
+  ASSERT_TRUE(rt_->Free(p).ok());
+  EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+}
+
+TEST_F(MultiDeviceTest, FreeWhileADeviceToDeviceMoveIsInFlight) {
+  for (int round = 0; round < 10; ++round) {
+    const size_t bytes = 4 * kMiB;
+    uint64_t* p = AllocFilled(bytes, 50);
+    ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+    std::thread mover([&] {
+      absl::Status s = rt_->Migrate(p, bytes, 1);
+      // The free may come first: the range is gone (NOT_FOUND) or going (FAILED_PRECONDITION).
+      if (!s.ok() && !absl::IsNotFound(s) && !absl::IsFailedPrecondition(s) && !absl::IsAborted(s)) {
+        ADD_FAILURE() << s;
+      }
+    });
+    if (round % 2) std::this_thread::yield();
+    ASSERT_TRUE(rt_->Free(p).ok());
+    mover.join();
+  }
+  EXPECT_TRUE(Eventually([&] { return rt_->stats().device_pages_used == 0; }));
+}
+
+}  // namespace
+}  // namespace uhmm::testing
