@@ -86,7 +86,27 @@ TEST(CudaBackendTest, TheDeviceAndDriverComeFromTheConfig) {
   // The named backend refuses it: a configuration mistake, reported as such with the reason.
   absl::Status s = Runtime::Create(c).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_NE(s.message().find("cuda_device (UHMM_CUDA_DEVICE) is 1"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("cuda_device (UHMM_CUDA_DEVICE) names CUDA device 1"), std::string::npos) << s;
+  // The same for a list of GPUs: a device it does not have, and a list that does not parse.
+  c.cuda_device = 0;
+  c.cuda_devices = "0,1";
+  s = Runtime::Create(c).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("cuda_devices (UHMM_CUDA_DEVICES) names CUDA device 1"), std::string::npos) << s;
+  for (const char* bad : {"0,0", "-1", "one", "0,", "1;2"}) {
+    c.cuda_devices = bad;
+    s = Runtime::Create(c).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad << ": " << s;
+    EXPECT_NE(s.message().find("use all, or device ordinals"), std::string::npos) << bad << ": " << s;
+  }
+  // "all" and a list of what there is work, with one GPU as with several.
+  for (const char* good : {"all", "ALL", "0", " 0 "}) {
+    c.cuda_devices = good;
+    absl::StatusOr<std::unique_ptr<Runtime>> ok = Runtime::Create(c);
+    ASSERT_TRUE(ok.ok()) << good << ": " << ok.status();
+    EXPECT_EQ((*ok)->device_count(), 1) << good;
+  }
+  c.cuda_devices.clear();
   // The C API has no field for them: uhmm_create takes them from the environment.
   setenv("UHMM_CUDA_DRIVER", UHMM_FAKE_CUDA_DRIVER, 1);
   uhmm_config_t cfg;

@@ -13,6 +13,9 @@
 namespace uhmm::testing {
 namespace {
 
+// The emulated CUDA driver reads this at its first call: two GPUs (a real machine keeps its own).
+const bool kTwoEmulatedGpus = setenv("UHMM_FAKE_CUDA_DEVICES", "2", /*overwrite=*/0) == 0;
+
 class MultiDeviceTest : public ::testing::Test, public Harness {
  public:
   void SetUp() override {

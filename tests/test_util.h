@@ -39,7 +39,8 @@ namespace uhmm::testing {
 inline constexpr size_t kMiB = size_t{1} << 20;
 
 // The configuration under test: $UHMM_TEST_BACKEND (set by ctest) is host, host-same-address,
-// cuda-emulated, cuda, level-zero-emulated or level-zero; without it, $UHMM_BACKEND (default host) and
+// cuda-emulated, cuda-emulated-nopeer (multi-device suites), cuda, level-zero-emulated or
+// level-zero; without it, $UHMM_BACKEND (default host) and
 // $UHMM_HOST_SAME_ADDRESS.
 inline Config TestConfig() {
   Config c;
@@ -48,8 +49,10 @@ inline Config TestConfig() {
   if (which == "host-same-address") {
     c.backend = "host";
     c.host_same_address = true;
-  } else if (which == "cuda-emulated") {
+  } else if (which == "cuda-emulated" || which == "cuda-emulated-nopeer") {
     c.backend = "cuda";
+    // The emulated driver reads this at its first call: its devices cannot reach each other's memory.
+    if (which == "cuda-emulated-nopeer") setenv("UHMM_FAKE_CUDA_PEER", "none", 1);
     c.transparent_launch = false;  // CUPTI needs NVIDIA's driver, not the emulated one
 #ifdef UHMM_FAKE_CUDA_DRIVER
     c.cuda_driver = UHMM_FAKE_CUDA_DRIVER;
@@ -108,7 +111,7 @@ inline uhmm_runtime_t* CreateHostC(int devices = 1) {
 inline bool TestingEmulatedBackend() {
   const char* b = std::getenv("UHMM_TEST_BACKEND");
   const std::string_view which = b ? b : "";
-  return which.ends_with("-emulated");
+  return which.ends_with("-emulated") || which.ends_with("-emulated-nopeer");
 }
 
 // Skips the calling test when the backend under test has no usable device here. Tests that need

@@ -142,10 +142,25 @@ class CudaCopyEngine final : public CopyEngine {
   std::vector<CUevent> free_events_;
 };
 
+// One GPU the backend serves: its CUDA device, CUDA ordinal, primary context and name.
+struct Gpu {
+  CUdevice dev = 0;
+  int cuda_ordinal = 0;
+  CUcontext ctx = nullptr;
+  std::string name;
+};
+
 class CudaDevice final : public Device, public testing::DeviceAccess {
  public:
-  CudaDevice(const Driver* d, CUdevice dev, CUcontext ctx, int ordinal, std::string name)
-      : d_(d), dev_(dev), ctx_(ctx), name_(std::move(name)), engine_(d, ctx) {
+  // `peers`: the other GPUs whose kernels may reach this one's memory (cuDeviceCanAccessPeer); each
+  // block this device maps is mapped for them too.
+  CudaDevice(const Driver* d, const Gpu& gpu, int ordinal, std::vector<Gpu> peers)
+      : d_(d),
+        dev_(gpu.dev),
+        ctx_(gpu.ctx),
+        name_(absl::StrFormat("CUDA device %d: %s", gpu.cuda_ordinal, gpu.name)),
+        peers_(std::move(peers)),
+        engine_(d, gpu.ctx) {
     pagemap_.type = MemoryType::kDevicePrivate;
     pagemap_.ops = &kOps;
     pagemap_.owner = this;
@@ -214,11 +229,14 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
   absl::Status MapChunk(uint64_t chunk, uintptr_t block) override {
     ScopedContext scope(*d_, ctx_);
     UHMM_CU(d_->cuMemMap(block, kBlockSize, 0, chunk, 0), "cuMemMap");
-    CUmemAccessDesc access = {};
-    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    access.location.id = dev_;
-    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    if (CUresult r = d_->cuMemSetAccess(block, kBlockSize, &access, 1); r != CUDA_SUCCESS) {
+    // This GPU, and the peers that may read the block where it lies: one pointer on every GPU.
+    std::vector<CUmemAccessDesc> access(1 + peers_.size());
+    for (size_t i = 0; i < access.size(); ++i) {
+      access[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      access[i].location.id = i == 0 ? dev_ : peers_[i - 1].dev;
+      access[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    }
+    if (CUresult r = d_->cuMemSetAccess(block, kBlockSize, access.data(), access.size()); r != CUDA_SUCCESS) {
       d_->cuMemUnmap(block, kBlockSize);
       return CudaStatus(*d_, r, "cuMemSetAccess");
     }
@@ -233,9 +251,10 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
     return host_view_intact;
   }
   void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
+    // A kernel still running may use the block, here or on a peer: unmapping under it would fault
+    // its context.
+    LogError(SynchronizeWithPeers("cuCtxSynchronize before cuMemUnmap"));
     ScopedContext scope(*d_, ctx_);
-    // A kernel still running may use the block: unmapping under it would fault the context.
-    LogError(CudaStatus(*d_, d_->cuCtxSynchronize(), "cuCtxSynchronize before cuMemUnmap"));
     LogError(CudaStatus(*d_, d_->cuMemUnmap(block, kBlockSize), "cuMemUnmap"));
   }
   absl::Status SynchronizeQueue(void* queue) override {
@@ -253,9 +272,8 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
   absl::Status MigrateToRam(MigrateVma* m) override {
     NvtxRange range(NvtxRange::MigrationName(false, m->cause));
     if (m->cause == MigrateCause::kEviction) {
-      // Kernels queued earlier may still read or write the evicted pages.
-      ScopedContext scope(*d_, ctx_);
-      UHMM_CU(d_->cuCtxSynchronize(), "cuCtxSynchronize before eviction");
+      // Kernels queued earlier, here or on a peer, may still read or write the evicted pages.
+      if (absl::Status s = SynchronizeWithPeers("cuCtxSynchronize before eviction"); !s.ok()) return s;
     }
     return Device::MigrateToRam(m);
   }
@@ -276,6 +294,16 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
   }
 
  private:
+  // Waits for the work queued on this GPU and on its peers (which may use its blocks).
+  absl::Status SynchronizeWithPeers(const char* what) {
+    for (size_t i = 0; i <= peers_.size(); ++i) {
+      ScopedContext scope(*d_, i == 0 ? ctx_ : peers_[i - 1].ctx);
+      if (!scope.status().ok()) return scope.status();
+      UHMM_CU(d_->cuCtxSynchronize(), what);
+    }
+    return absl::OkStatus();
+  }
+
   // Device-side accesses, through a pinned staging buffer on their own stream.
   absl::Status DeviceCopy(uint64_t device_addr, void* host, size_t bytes, bool write) {
     std::lock_guard<std::mutex> lock(test_mu_);
@@ -308,6 +336,7 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
   const CUdevice dev_;
   const CUcontext ctx_;
   const std::string name_;
+  const std::vector<Gpu> peers_;
   CudaCopyEngine engine_;
   Pagemap pagemap_;
   CUstream test_stream_ = nullptr;
@@ -318,73 +347,118 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const Driver* d, CUdevice dev, int cuda_ordinal, CUcontext ctx, std::string name,
+  // `gpus` are retained primary contexts, released here; `peer[i][j]`: kernels on gpus[i] reach
+  // gpus[j]'s memory.
+  CudaBackend(const Driver* d, std::vector<Gpu> gpus, std::vector<std::vector<bool>> peer,
               std::string cupti_library)
-      : d_(d),
-        dev_(dev),
-        cuda_ordinal_(cuda_ordinal),
-        ctx_(ctx),
-        name_(std::move(name)),
-        cupti_library_(std::move(cupti_library)) {}
+      : d_(d), gpus_(std::move(gpus)), peer_(std::move(peer)), cupti_library_(std::move(cupti_library)) {}
   ~CudaBackend() override {
     LaunchInterceptor::Retire(std::move(interceptor_));
-    d_->cuDevicePrimaryCtxRelease(dev_);
+    for (const Gpu& g : gpus_) d_->cuDevicePrimaryCtxRelease(g.dev);
   }
 
   std::string_view name() const override { return "cuda"; }
-  int device_count() const override { return 1; }
+  int device_count() const override { return static_cast<int>(gpus_.size()); }
   absl::StatusOr<std::unique_ptr<Device>> OpenDevice(int ordinal) override {
-    if (ordinal != 0) {
+    if (ordinal < 0 || ordinal >= device_count()) {
       return absl::InvalidArgumentError(absl::StrFormat("CUDA backend: no device %d", ordinal));
     }
-    auto dev = std::make_unique<CudaDevice>(d_, dev_, ctx_, ordinal,
-                                            absl::StrFormat("CUDA device %d: %s", cuda_ordinal_, name_));
+    std::vector<Gpu> peers;
+    for (int j = 0; j < device_count(); ++j) {
+      if (PeerAccess(j, ordinal)) peers.push_back(gpus_[j]);
+    }
+    auto dev = std::make_unique<CudaDevice>(d_, gpus_[ordinal], ordinal, std::move(peers));
     if (absl::Status s = dev->Init(); !s.ok()) return s;
     return std::unique_ptr<Device>(std::move(dev));
   }
+  bool PeerAccess(int device, int owner) const override {
+    return device != owner && device >= 0 && owner >= 0 && device < device_count() &&
+           owner < device_count() && peer_[device][owner];
+  }
 
+  // Virtual addresses are process-wide: any GPU's context reserves them for all.
   absl::StatusOr<uintptr_t> ReserveAddressRange(size_t bytes) override {
-    ScopedContext scope(*d_, ctx_);
+    ScopedContext scope(*d_, ctx());
     CUdeviceptr ptr = 0;
     UHMM_CU(d_->cuMemAddressReserve(&ptr, bytes, kBlockSize, 0, 0), "cuMemAddressReserve");
     return static_cast<uintptr_t>(ptr);
   }
   void ReleaseAddressRange(uintptr_t start, size_t bytes) override {
-    ScopedContext scope(*d_, ctx_);
+    ScopedContext scope(*d_, ctx());
     if (absl::Status s = CudaStatus(*d_, d_->cuMemAddressFree(start, bytes), "cuMemAddressFree"); !s.ok()) {
       std::fprintf(stderr, "uhmm: CUDA backend: %s\n", std::string(s.message()).c_str());
     }
   }
   bool pins_host_views() const override { return true; }
+  // PORTABLE: pinned for every context, so each GPU's copy engines reach it.
   absl::Status RegisterHostView(void* view, size_t bytes) override {
-    ScopedContext scope(*d_, ctx_);
+    ScopedContext scope(*d_, ctx());
     UHMM_CU(d_->cuMemHostRegister(view, bytes, CU_MEMHOSTREGISTER_PORTABLE),
             "cuMemHostRegister(runtime view)");
     return absl::OkStatus();
   }
   void UnregisterHostView(void* view, size_t /*bytes*/) override {
-    ScopedContext scope(*d_, ctx_);
+    ScopedContext scope(*d_, ctx());
     d_->cuMemHostUnregister(view);
   }
   absl::Status SetLaunchListener(LaunchListener* listener) override {
     LaunchInterceptor::Retire(std::move(interceptor_));
     if (listener == nullptr) return absl::OkStatus();
+    std::vector<CUcontext> contexts;
+    for (const Gpu& g : gpus_) contexts.push_back(g.ctx);
     absl::StatusOr<std::unique_ptr<LaunchInterceptor>> li =
-        LaunchInterceptor::Create(ctx_, 0, listener, cupti_library_);
+        LaunchInterceptor::Create(std::move(contexts), listener, cupti_library_);
     if (!li.ok()) return li.status();
     interceptor_ = std::move(*li);
     return absl::OkStatus();
   }
 
  private:
+  CUcontext ctx() const { return gpus_[0].ctx; }
+
   const Driver* const d_;
-  const CUdevice dev_;
-  const int cuda_ordinal_;
-  const CUcontext ctx_;
-  const std::string name_;
+  const std::vector<Gpu> gpus_;
+  const std::vector<std::vector<bool>> peer_;
   const std::string cupti_library_;  // Config::cupti_library
   std::unique_ptr<LaunchInterceptor> interceptor_;
 };
+
+// Checks CUDA device `ordinal` for what one pointer needs and retains its primary context.
+absl::StatusOr<Gpu> OpenGpu(const Driver& d, int ordinal) {
+  Gpu g;
+  g.cuda_ordinal = ordinal;
+  if (absl::Status s = CudaStatus(d, d.cuDeviceGet(&g.dev, ordinal), "cuDeviceGet"); !s.ok()) return s;
+  int vmm = 0;
+  d.cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, g.dev);
+  if (!vmm) {
+    return absl::UnavailableError(absl::StrFormat(
+        "CUDA device %d does not support virtual memory management (cuMemMap), which one pointer needs",
+        ordinal));
+  }
+  char name[256] = {};
+  d.cuDeviceGetName(name, sizeof(name), g.dev);
+  g.name = name;
+  CUmemAllocationProp prop = {};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = g.dev;
+  size_t granularity = 0;
+  if (absl::Status s = CudaStatus(
+          d, d.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+          "cuMemGetAllocationGranularity");
+      !s.ok()) {
+    return s;
+  }
+  if (granularity == 0 || kBlockSize % granularity != 0) {
+    return absl::UnavailableError(absl::StrFormat(
+        "CUDA device %d maps VRAM in %u-byte units; uhmm needs a divisor of 2 MiB", ordinal, granularity));
+  }
+  if (absl::Status s = CudaStatus(d, d.cuDevicePrimaryCtxRetain(&g.ctx, g.dev), "cuDevicePrimaryCtxRetain");
+      !s.ok()) {
+    return s;
+  }
+  return g;
+}
 
 #undef UHMM_CU
 
@@ -399,47 +473,45 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& config)
     return absl::UnavailableError(s.message());
   }
   if (count == 0) return absl::UnavailableError("the NVIDIA driver reports no CUDA device");
-  // One GPU per runtime: the device mappings of one pointer are process-wide, so two GPUs cannot
-  // both map a block. Config::cuda_device (UHMM_CUDA_DEVICE) picks which.
-  const int ordinal = config.cuda_device;
-  if (ordinal < 0 || ordinal >= count) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm: cuda_device (UHMM_CUDA_DEVICE) is %d, which is not a CUDA device ordinal (this "
-        "machine has %d: 0..%d)",
-        ordinal, count, count - 1));
+  // Config::cuda_devices (UHMM_CUDA_DEVICES) lists the GPUs, else Config::cuda_device
+  // (UHMM_CUDA_DEVICE) names one.
+  absl::StatusOr<std::vector<int>> listed =
+      ParseDeviceList(config.cuda_devices, "cuda_devices (UHMM_CUDA_DEVICES)");
+  if (!listed.ok()) return listed.status();
+  std::vector<int> ordinals = *listed;
+  const bool from_list = !ordinals.empty();
+  if (!from_list) ordinals = {config.cuda_device};
+  if (ordinals == std::vector<int>{kAllDevices}) {
+    ordinals.clear();
+    for (int i = 0; i < count; ++i) ordinals.push_back(i);
   }
-  CUdevice dev = 0;
-  if (absl::Status s = CudaStatus(d, d.cuDeviceGet(&dev, ordinal), "cuDeviceGet"); !s.ok()) return s;
-  int vmm = 0;
-  d.cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
-  if (!vmm) {
-    return absl::UnavailableError(absl::StrFormat(
-        "CUDA device %d does not support virtual memory management (cuMemMap), which one pointer needs",
-        ordinal));
+  for (int ordinal : ordinals) {
+    if (ordinal < 0 || ordinal >= count) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "uhmm: %s names CUDA device %d, which is not a CUDA device ordinal (this machine has %d: 0..%d)",
+          from_list ? "cuda_devices (UHMM_CUDA_DEVICES)" : "cuda_device (UHMM_CUDA_DEVICE)", ordinal, count,
+          count - 1));
+    }
   }
-  char name[256] = {};
-  d.cuDeviceGetName(name, sizeof(name), dev);
-  CUmemAllocationProp prop = {};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = dev;
-  size_t granularity = 0;
-  if (absl::Status s = CudaStatus(
-          d, d.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
-          "cuMemGetAllocationGranularity");
-      !s.ok()) {
-    return s;
+  std::vector<Gpu> gpus;
+  for (int ordinal : ordinals) {
+    absl::StatusOr<Gpu> g = OpenGpu(d, ordinal);
+    if (!g.ok()) {
+      for (const Gpu& opened : gpus) d.cuDevicePrimaryCtxRelease(opened.dev);
+      return g.status();
+    }
+    gpus.push_back(std::move(*g));
   }
-  if (granularity == 0 || kBlockSize % granularity != 0) {
-    return absl::UnavailableError(absl::StrFormat(
-        "CUDA device %d maps VRAM in %u-byte units; uhmm needs a divisor of 2 MiB", ordinal, granularity));
+  std::vector<std::vector<bool>> peer(gpus.size(), std::vector<bool>(gpus.size(), false));
+  for (size_t i = 0; i < gpus.size(); ++i) {
+    for (size_t j = 0; j < gpus.size(); ++j) {
+      int can = 0;
+      if (i != j && d.cuDeviceCanAccessPeer(&can, gpus[i].dev, gpus[j].dev) == CUDA_SUCCESS)
+        peer[i][j] = can != 0;
+    }
   }
-  CUcontext ctx = nullptr;
-  if (absl::Status s = CudaStatus(d, d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
-      !s.ok()) {
-    return s;
-  }
-  return std::unique_ptr<Backend>(new CudaBackend(&d, dev, ordinal, ctx, name, config.cupti_library));
+  return std::unique_ptr<Backend>(
+      new CudaBackend(&d, std::move(gpus), std::move(peer), config.cupti_library));
 }
 
 }  // namespace uhmm::cuda

@@ -23,6 +23,7 @@ namespace uhmm::cuda {
   X(cuDeviceGet)                      \
   X(cuDeviceGetName)                  \
   X(cuDeviceGetAttribute)             \
+  X(cuDeviceCanAccessPeer)            \
   X(cuDevicePrimaryCtxRetain)         \
   X(cuDevicePrimaryCtxRelease)        \
   X(cuCtxSetCurrent)                  \

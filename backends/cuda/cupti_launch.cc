@@ -150,11 +150,11 @@ void CUPTIAPI OnCallback(void* userdata, CUpti_CallbackDomain domain, CUpti_Call
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LaunchInterceptor>> LaunchInterceptor::Create(
-    CUcontext context, int ordinal, LaunchListener* listener, const std::string& cupti_library) {
+    std::vector<CUcontext> contexts, LaunchListener* listener, const std::string& cupti_library) {
   absl::StatusOr<const Cupti*> cupti = LoadCupti(cupti_library);
   if (!cupti.ok()) return cupti.status();
   const Cupti& c = **cupti;
-  std::unique_ptr<LaunchInterceptor> li(new LaunchInterceptor(context, ordinal, listener));
+  std::unique_ptr<LaunchInterceptor> li(new LaunchInterceptor(std::move(contexts), listener));
   li->cupti_ = &c;
   CUpti_SubscriberHandle sub = nullptr;
   CUptiResult r = c.subscribe(&sub, &OnCallback, li.get());
@@ -198,14 +198,23 @@ bool InsideBackendCall() { return t_backend_calls > 0; }
 BackendCall::BackendCall() { ++t_backend_calls; }
 BackendCall::~BackendCall() { --t_backend_calls; }
 
+int LaunchInterceptor::OrdinalOf(CUcontext context) const {
+  for (size_t i = 0; i < contexts_.size(); ++i) {
+    if (contexts_[i] == context) return static_cast<int>(i);
+  }
+  return -1;
+}
+
 void LaunchInterceptor::OnCopy(CUcontext context, const CopySpan* spans, int n) {
   // uhmm's own copies (fault-backs, pushes) run inside the backend, never through the listener.
-  if (t_in_listener || InsideBackendCall() || context != context_) return;
+  if (t_in_listener || InsideBackendCall()) return;
+  const int ordinal = OrdinalOf(context);
+  if (ordinal < 0) return;
   in_flight_.fetch_add(1, std::memory_order_acq_rel);
   if (LaunchListener* l = listener_.load(std::memory_order_acquire)) {
     t_in_listener = true;
     for (int i = 0; i < n; ++i) {
-      if (spans[i].bytes != 0) l->BeforeCopy(ordinal_, spans[i].start, spans[i].bytes);
+      if (spans[i].bytes != 0) l->BeforeCopy(ordinal, spans[i].start, spans[i].bytes);
     }
     t_in_listener = false;
   }
@@ -214,11 +223,12 @@ void LaunchInterceptor::OnCopy(CUcontext context, const CopySpan* spans, int n) 
 
 void LaunchInterceptor::OnLaunch(CUcontext context, CUstream stream) {
   // Our own driver calls from inside the listener never launch kernels, but stay safe.
-  if (t_in_listener || context != context_) return;
+  const int ordinal = t_in_listener ? -1 : OrdinalOf(context);
+  if (ordinal < 0) return;
   in_flight_.fetch_add(1, std::memory_order_acq_rel);
   if (LaunchListener* l = listener_.load(std::memory_order_acquire)) {
     t_in_listener = true;
-    l->BeforeLaunch(ordinal_, stream);
+    l->BeforeLaunch(ordinal, stream);
     t_in_listener = false;
   }
   in_flight_.fetch_sub(1, std::memory_order_acq_rel);

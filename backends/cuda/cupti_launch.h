@@ -11,6 +11,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "backends/cuda/copy_spans.h"
@@ -33,9 +34,10 @@ class BackendCall {
 
 class LaunchInterceptor {
  public:
-  // Calls listener->BeforeLaunch(ordinal, stream) for launches in `context`. `cupti_library` is
+  // Calls listener->BeforeLaunch(ordinal, stream) for launches in contexts[ordinal] (one CUPTI
+  // subscriber serves every device: CUPTI allows one per process). `cupti_library` is
   // Config::cupti_library: a path to try first, or empty.
-  static absl::StatusOr<std::unique_ptr<LaunchInterceptor>> Create(CUcontext context, int ordinal,
+  static absl::StatusOr<std::unique_ptr<LaunchInterceptor>> Create(std::vector<CUcontext> contexts,
                                                                    LaunchListener* listener,
                                                                    const std::string& cupti_library);
   // Unsubscribes and waits for callbacks in flight. CUPTI may still be entering a callback as this
@@ -51,11 +53,12 @@ class LaunchInterceptor {
   void OnCopy(CUcontext context, const CopySpan* spans, int n);
 
  private:
-  LaunchInterceptor(CUcontext context, int ordinal, LaunchListener* listener)
-      : context_(context), ordinal_(ordinal), listener_(listener) {}
+  LaunchInterceptor(std::vector<CUcontext> contexts, LaunchListener* listener)
+      : contexts_(std::move(contexts)), listener_(listener) {}
+  // The runtime ordinal of `context`, or -1 for a context uhmm does not serve.
+  int OrdinalOf(CUcontext context) const;
 
-  const CUcontext context_;
-  const int ordinal_;
+  const std::vector<CUcontext> contexts_;
   std::atomic<LaunchListener*> listener_;
   std::atomic<int> in_flight_{0};
   const Cupti* cupti_ = nullptr;  // the library subscribed through

@@ -141,6 +141,10 @@ class Backend {
   virtual bool pins_host_views() const { return false; }
   virtual absl::Status RegisterHostView(void* /*view*/, size_t /*bytes*/) { return absl::OkStatus(); }
   virtual void UnregisterHostView(void* /*view*/, size_t /*bytes*/) {}
+  // Several devices sharing managed addresses: whether kernels on device `device` reach what device
+  // `owner` maps at a block (peer access; the owner's MapChunk grants it). Without it, a block
+  // `owner` holds must move before `device` may use it.
+  virtual bool PeerAccess(int /*device*/, int /*owner*/) const { return false; }
   // Transparent mode: call `listener` before every kernel launch until it is replaced (nullptr
   // stops). UNIMPLEMENTED when the backend cannot intercept launches.
   virtual absl::Status SetLaunchListener(LaunchListener* /*listener*/) {

@@ -9,6 +9,8 @@
 //    device cannot be mapped again by another;
 //  - peer access between every pair of devices, or none with UHMM_FAKE_CUDA_PEER=none
 //    (cuDeviceCanAccessPeer; cuMemSetAccess refuses a device without access to the chunk's owner);
+//    a device reaches a mapped block only once cuMemSetAccess named it: work on a stream (copies,
+//    kernels) accesses memory as the stream's device, other calls as the current context's;
 //  - cuMemAddressReserve leaves a PROT_NONE host mapping, as the real driver does;
 //  - registered host memory is MADV_DONTFORK (not inherited by fork children);
 //  - asynchronous copies require the host side to be pinned (cuMemHostRegister, cuMemAllocHost):
@@ -20,7 +22,7 @@
 //    host functions made into a CUfunction by uhmm_fake_cuda_kernel() that cuLaunchKernel runs on
 //    the stream, reaching device memory through uhmm_fake_cuda_device_view() (nullptr where no
 //    device memory is mapped: a GPU would fault there).
-// Everything else (modules, CUPTI, peer access, ...) is absent.
+// Everything else (modules, CUPTI, peer copies, ...) is absent.
 #include <cuda.h>
 #include <sys/mman.h>
 
@@ -44,7 +46,12 @@ namespace {
 constexpr size_t kChunk = size_t{2} << 20;
 constexpr size_t kVram = size_t{1} << 30;
 
+// The device whose memory access the calling thread makes: a stream's device while its work runs
+// (copies, kernels), else the current context's (-1: none, which reaches any mapped block).
+thread_local int t_stream_device = -1;
+
 struct Stream {
+  const int device;  // of the context it was created in
   std::mutex mu;
   std::condition_variable cv, done_cv;
   std::deque<std::function<void()>> work;
@@ -52,8 +59,9 @@ struct Stream {
   bool stop = false;
   std::thread thread;
 
-  Stream() {
+  explicit Stream(int dev) : device(dev) {
     thread = std::thread([this] {
+      t_stream_device = device;
       std::unique_lock<std::mutex> lock(mu);
       for (;;) {
         cv.wait(lock, [&] { return stop || !work.empty(); });
@@ -103,7 +111,7 @@ struct State {
   bool initialized = false;
   std::map<uintptr_t, size_t> reservations;  // start -> bytes
   std::map<uintptr_t, uint8_t*> mapped;      // 2 MiB block -> chunk memory
-  std::set<uintptr_t> accessible;            // blocks with cuMemSetAccess done
+  std::map<uintptr_t, uint32_t> access;      // block -> devices cuMemSetAccess gave it to (bits)
   std::map<uintptr_t, size_t> registered;    // host start -> bytes
   std::set<Stream*> streams;
   std::map<Stream*, int> stream_device;                      // the device of the stream's context
@@ -143,13 +151,18 @@ int DeviceOf(CUcontext ctx) {
 }
 bool ValidDevice(CUdevice d) { return d >= 0 && d < Devices(); }
 
-// Resolves [addr, addr+bytes) of device memory (within one block); nullptr when not mapped.
+// Resolves [addr, addr+bytes) of device memory (within one block) as the accessing device sees it
+// (t_stream_device, else the current context's device); nullptr when not mapped or not accessible
+// to that device.
 uint8_t* DevicePtr(CUdeviceptr addr, size_t bytes) {
+  const int device = t_stream_device >= 0 ? t_stream_device : DeviceOf(t_ctx);
   std::lock_guard<std::mutex> lock(S().mu);
   const uintptr_t block = addr & ~(kChunk - 1);
   if ((addr + bytes - 1) / kChunk != addr / kChunk) return nullptr;
   auto it = S().mapped.find(block);
-  if (it == S().mapped.end() || !S().accessible.count(block)) return nullptr;
+  auto acc = S().access.find(block);
+  if (it == S().mapped.end() || acc == S().access.end()) return nullptr;
+  if (device >= 0 && !(acc->second & (1u << device))) return nullptr;
   return it->second + (addr - block);
 }
 
@@ -347,7 +360,7 @@ CUresult MemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocat
 CUresult MemUnmap(CUdeviceptr ptr, size_t size) {
   std::lock_guard<std::mutex> lock(S().mu);
   if (size != kChunk || !S().mapped.erase(ptr)) return CUDA_ERROR_INVALID_VALUE;
-  S().accessible.erase(ptr);
+  S().access.erase(ptr);
   return CUDA_SUCCESS;
 }
 CUresult MemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc, size_t count) {
@@ -365,7 +378,9 @@ CUresult MemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc,
       if (desc[i].location.id != owner && !PeerAccess()) return CUDA_ERROR_INVALID_DEVICE;
     }
   }
-  for (uintptr_t b = ptr; b < ptr + size; b += kChunk) S().accessible.insert(b);
+  for (uintptr_t b = ptr; b < ptr + size; b += kChunk) {
+    for (size_t i = 0; i < count; ++i) S().access[b] |= 1u << desc[i].location.id;
+  }
   return CUDA_SUCCESS;
 }
 CUresult MemHostRegister(void* p, size_t bytes, unsigned int) {
@@ -452,7 +467,7 @@ CUresult MemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream stre
 }
 CUresult StreamCreate(CUstream* out, unsigned int) {
   if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
-  auto* s = new Stream();
+  auto* s = new Stream(DeviceOf(t_ctx));
   std::lock_guard<std::mutex> lock(S().mu);
   S().streams.insert(s);
   S().stream_device[s] = DeviceOf(t_ctx);
