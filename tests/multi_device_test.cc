@@ -210,5 +210,63 @@ TEST_F(MultiDeviceTest, FreeWhileADeviceToDeviceMoveIsInFlight) {
   EXPECT_TRUE(Eventually([&] { return rt_->stats().device_pages_used == 0; }));
 }
 
+TEST_F(MultiDeviceTest, SyncForEachDeviceLeavesDataWhereThatDeviceReachesIt) {
+  // Before a kernel on device d, every managed page is on d or on a device whose memory d reaches
+  // (peer access): a sync for one device must not use up the other's work list.
+  const size_t bytes = 4 * kMiB + 8 * kPageSize;
+  uint64_t* p = AllocFilled(bytes, 60);
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
+  ASSERT_TRUE(rt_->SyncForDevice(1, nullptr).ok());
+  const std::vector<int32_t> res = Residency(p, bytes);
+  // Without peer access everything moved to device 1; with it, it may stay on device 0.
+  EXPECT_EQ(CountAt(res, 0) + CountAt(res, 1), bytes / kPageSize);
+  EXPECT_EQ(MismatchesOn(access1_, p, bytes, 60), 0u);
+  WriteOn(access1_, p, bytes, 61);  // a kernel on device 1 writes
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  EXPECT_EQ(MismatchesOn(access0_, p, bytes, 61), 0u);
+  // The CPU writes one page: both devices have it to push again.
+  p[5] = Pattern(62, 5);
+  ASSERT_TRUE(rt_->SyncForDevice(1, nullptr).ok());
+  ASSERT_TRUE(rt_->SyncForDevice(0, nullptr).ok());
+  std::vector<uint64_t> page(kPageSize / 8);
+  absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(p);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  ASSERT_TRUE(access0_->DeviceRead(*dev, page.data(), kPageSize).ok());
+  EXPECT_EQ(page[5], Pattern(62, 5));
+  EXPECT_EQ(page[6], Pattern(61, 6));
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
+TEST_F(MultiDeviceTest, KernelsTakingTurnsOnTwoDevicesSeeEachOthersWrites) {
+  UHMM_SKIP_UNLESS_HOST_BACKEND();  // emulated launches (host::HostDeviceControls::RunKernel)
+  ASSERT_TRUE(rt_->transparent_launch_enabled());
+  const size_t bytes = 2 * kMiB + 4 * kPageSize;
+  uint64_t* p = AllocFilled(bytes, 70);
+  for (int turn = 0; turn < 6; ++turn) {
+    host::HostDeviceControls* dev = host::LiveDevice(turn % 2);
+    ASSERT_NE(dev, nullptr);
+    size_t bad = 0;
+    // The launch listener runs first (transparent launch): each kernel checks the last one's words
+    // and writes its own, through its own device's mappings.
+    ASSERT_TRUE(dev->RunKernel([&] {
+                     for (size_t off = 0; off < bytes; off += kPageSize) {
+                       absl::StatusOr<uint64_t> a = rt_->DeviceAddress(reinterpret_cast<uint8_t*>(p) + off);
+                       auto* w = a.ok() ? static_cast<uint64_t*>(dev->DevicePointer(*a)) : nullptr;
+                       if (w == nullptr) {
+                         ++bad;
+                         continue;
+                       }
+                       bad += w[0] != Pattern(70 + turn, off / 8);
+                       for (size_t i = 0; i < kPageSize / 8; ++i) w[i] = Pattern(71 + turn, off / 8 + i);
+                     }
+                   })
+                    .ok());
+    EXPECT_EQ(bad, 0u) << "turn " << turn << " on device " << turn % 2;
+  }
+  EXPECT_EQ(FirstMismatch(p, bytes, 76), -1);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
 }  // namespace
 }  // namespace uhmm::testing

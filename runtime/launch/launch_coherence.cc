@@ -34,13 +34,25 @@ PageMask StayHome(ManagedRange& range, size_t b, int device) {
   return mask;
 }
 
-// Whether `blk` holds pages a device push still has to settle: host-resident (not on a device,
-// unmapped, poisoned or to stay home), or held by a migration in flight.
-bool HasHostWork(ManagedRange& range, size_t b, VaBlock& blk, const PageMask& stay_home)
+// Pages of `blk` on devices whose memory kernels on `ds` reach (itself, its peers).
+PageMask Reachable(const DeviceTable& devices, const DeviceState& ds, VaBlock& blk)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
+  if (devices.count() == 1) return blk.device.mask();
+  PageMask mask;
+  for (size_t i = 0; i < kPagesPerBlock; ++i) {
+    if (blk.device[i] && devices.Reaches(ds.ordinal, blk.pages[i]->pgmap->device)) mask.set(i);
+  }
+  return mask;
+}
+
+// Whether `blk` holds pages a push to `ds` still has to settle: host-resident (not on a device,
+// unmapped, poisoned or to stay home), on a device `ds` does not reach, or held by a migration in
+// flight.
+bool HasHostWork(ManagedRange& range, size_t b, VaBlock& blk, const PageMask& stay_home,
+                 const DeviceTable& devices, const DeviceState& ds) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
   const uintptr_t start = range.block_start(b);
   const size_t n = (std::min(range.end(), start + kBlockSize) - start) / kPageSize;
-  const PageMask settled = blk.device | blk.unmapped | blk.poisoned | stay_home;
+  const PageMask settled = Reachable(devices, ds, blk) | blk.unmapped | blk.poisoned | stay_home;
   return blk.busy.any() || settled.count() < n;
 }
 
@@ -54,9 +66,9 @@ absl::Status LaunchCoherence::Sync(DeviceState& ds, void* queue) {
   mm_.faults->AwaitDiscards(0, UINTPTR_MAX);
   // Nothing came home and no other sync is pushing what did: nothing to do. (A sync sets pushing_
   // before it takes the list, so a list seen empty after the take is seen with pushing_ set.)
-  if (!mm_.va_space->has_host_dirty() && !pushing_.load()) return absl::OkStatus();
+  if (!mm_.va_space->has_host_dirty(ds.ordinal) && !pushing_.load()) return absl::OkStatus();
   MutexLock lock(&sync_mu_);  // after any sync that is pushing
-  if (!mm_.va_space->has_host_dirty()) return absl::OkStatus();
+  if (!mm_.va_space->has_host_dirty(ds.ordinal)) return absl::OkStatus();
   pushing_.store(true);
   absl::Status status = PushAll(ds);
   pushing_.store(false);
@@ -71,9 +83,10 @@ absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
   // With one pointer a partly used block still takes a whole chunk.
   const size_t managed = mm_.va_space->ManagedBytes(ds.device->placement() == Placement::kSameAddress);
   // Every managed byte must fit at once: evicting one range for another would leave a kernel
-  // that uses both reading unmapped device memory.
+  // that uses both reading unmapped device memory. (With several devices the others hold part of
+  // it; a push that does not fit fails in eviction instead.)
   const size_t pool_bytes = ds.pool->total_pages() * kPageSize;
-  if (managed > pool_bytes) {
+  if (managed > pool_bytes && mm_.devices->count() == 1) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "uhmm_sync_for_device: %u bytes are managed but device %d's pool holds %u; make only what "
         "each kernel uses resident with uhmm_prefetch_on_queue (and UHMM_TRANSPARENT_LAUNCH=0), or "
@@ -81,17 +94,17 @@ absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
         managed, ds.ordinal, pool_bytes));
   }
   mm_.counters->launch_syncs.fetch_add(1, std::memory_order_relaxed);
-  const std::vector<uintptr_t> starts = mm_.va_space->TakeHostDirty();
+  const std::vector<uintptr_t> starts = mm_.va_space->TakeHostDirty(ds.ordinal);
   absl::Status status;
   for (size_t k = 0; k < starts.size(); ++k) {
     RangeRef ref = mm_.va_space->Lookup(starts[k]);
     // Freed since (a new range at that address lists itself).
     if (!ref || ref->start() != starts[k]) continue;
     if (!status.ok()) {
-      mm_.va_space->NoteHostDirty(starts[k]);  // its blocks are still queued: list it again
+      mm_.va_space->NoteHostDirty(starts[k], ds.ordinal);  // its blocks are still queued: list it again
       continue;
     }
-    status = PushBlocks(*ref, ref->TakeHostDirty(), ds);
+    status = PushBlocks(*ref, ref->TakeHostDirty(ds.ordinal), ds);
   }
   return status;
 }
@@ -102,6 +115,8 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
   // Unflag first: pages that come home from now on queue their block again. Advice that changes
   // meanwhile queues its blocks again itself, so each block's stay-home mask is read once.
   std::vector<PageMask> stay_homes(blocks.size());
+  const uint64_t bit = uint64_t{1} << ds.ordinal;
+  const DeviceTable& devices = *mm_.devices;
   PageRuns runs;
   for (size_t k = 0; k < blocks.size(); ++k) {
     const uint32_t b = blocks[k];
@@ -110,8 +125,8 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
     bool work;
     {
       MutexLock lock(&blk.mu);
-      blk.host_dirty = false;
-      work = HasHostWork(range, b, blk, stay_home);
+      blk.launch_work &= ~bit;
+      work = HasHostWork(range, b, blk, stay_home, devices, ds);
     }
     if (!work) continue;
     const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
@@ -133,7 +148,7 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
   for (size_t k = 0; k < blocks.size(); ++k) {
     VaBlock& blk = range.block(blocks[k]);
     MutexLock lock(&blk.mu);
-    if (HasHostWork(range, blocks[k], blk, stay_homes[k])) range.MarkHostDirty(blk);
+    if (HasHostWork(range, blocks[k], blk, stay_homes[k], devices, ds)) range.MarkLaunchWork(blk, bit);
   }
   return status;
 }

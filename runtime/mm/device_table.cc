@@ -36,6 +36,11 @@ absl::StatusOr<std::unique_ptr<Backend>> SelectBackend(const Config& config) {
 
 absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend, const Config& config,
                                                                Evictor* evictor) {
+  // Runtime ordinals fit a 64-bit device mask (advice, launch work).
+  if (backend.device_count() > 64) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "uhmm: backend %s has %d devices; uhmm serves at most 64", backend.name(), backend.device_count()));
+  }
   auto table = std::make_unique<DeviceTable>();
   if (backend.device_count() > 1) table->owners_ = std::make_unique<BlockOwners>();
   for (int i = 0; i < backend.device_count(); ++i) {
@@ -68,6 +73,15 @@ absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend,
     ds->pool =
         std::make_unique<PagePool>(ds->device.get(), &pgmap, pool_bytes / kBlockSize, table->owners_.get());
     table->devices_.push_back(std::move(ds));
+  }
+  for (int k = 0; k < table->count(); ++k) {
+    for (int j = 0; j < table->count(); ++j) {
+      if (j == k || backend.PeerAccess(k, j)) {
+        (*table)[k].reaches |= uint64_t{1} << j;
+      } else {
+        (*table)[j].unreached_by |= uint64_t{1} << k;
+      }
+    }
   }
   return table;
 }

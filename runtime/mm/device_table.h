@@ -26,6 +26,10 @@ struct DeviceState {
   Evictor* evictor = nullptr;
   // Migrations to this device; uhmm_evict_device closes it while it empties the device.
   MigrationGate gate;
+  // Several devices (bit d: device d): those whose blocks this device's kernels reach (itself and
+  // its peers, Backend::PeerAccess), and those whose kernels cannot reach this device's blocks.
+  uint64_t reaches = 0;
+  uint64_t unreached_by = 0;
 };
 
 // The backend Config::backend names, else the first registered one that opens with a device.
@@ -48,6 +52,8 @@ class DeviceTable {
   auto end() const { return devices_.end(); }
   // In a forked child: the devices belong to the parent; leak them rather than touch them.
   void AbandonAfterFork();
+  // Whether kernels on device `device` reach pages device `owner` holds.
+  bool Reaches(int device, int owner) const { return (devices_[device]->reaches >> owner) & 1; }
   // Which device maps each block, when several devices share managed addresses (else nullptr).
   BlockOwners* block_owners() { return owners_.get(); }
 

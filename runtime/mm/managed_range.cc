@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "runtime/mm/device_table.h"
 #include "runtime/mm/mm.h"
 #include "runtime/mm/va_space.h"
 #include "runtime/process/numa_placement.h"
@@ -238,21 +239,31 @@ void ManagedRange::BeginTeardown() {
 
 bool ManagedRange::duplicates_reads() const { return mm_.write_tracker != nullptr && !hugetlb_; }
 
-void ManagedRange::MarkHostDirty(VaBlock& blk) {
-  if (blk.host_dirty) return;
-  blk.host_dirty = true;
-  bool first;
+void ManagedRange::MarkLaunchWork(VaBlock& blk, uint64_t devices) {
+  const int count = mm_.devices->count();
+  if (count < 64) devices &= (uint64_t{1} << count) - 1;
+  const uint64_t added = devices & ~blk.launch_work;
+  if (added == 0) return;
+  blk.launch_work |= added;
+  uint64_t first = 0;  // devices for which this range's list was empty
   {
     MutexLock lock(&dirty_mu_);
-    first = dirty_.empty();
-    dirty_.push_back(static_cast<uint32_t>(&blk - blocks_.get()));
+    if (dirty_.empty()) dirty_.resize(count);
+    for (int d = 0; d < count; ++d) {
+      if (!((added >> d) & 1)) continue;
+      if (dirty_[d].empty()) first |= uint64_t{1} << d;
+      dirty_[d].push_back(static_cast<uint32_t>(&blk - blocks_.get()));
+    }
   }
-  if (first) mm_.va_space->NoteHostDirty(start_);
+  for (int d = 0; d < count; ++d) {
+    if ((first >> d) & 1) mm_.va_space->NoteHostDirty(start_, d);
+  }
 }
 
-std::vector<uint32_t> ManagedRange::TakeHostDirty() {
+std::vector<uint32_t> ManagedRange::TakeHostDirty(int device) {
   MutexLock lock(&dirty_mu_);
-  return std::exchange(dirty_, {});
+  if (device < 0 || static_cast<size_t>(device) >= dirty_.size()) return {};
+  return std::exchange(dirty_[device], {});
 }
 
 }  // namespace uhmm

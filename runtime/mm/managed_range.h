@@ -107,12 +107,17 @@ class ManagedRange {
   // Runs of [start, end) that the application has not unmapped (takes the block locks).
   PageRuns MappedRuns(uintptr_t start, uintptr_t end);
 
-  // Launch coherence: blocks whose pages became host-resident (allocation, a migration to RAM, a
-  // discard) since a launch sync last pushed them. Called under the block's lock at the moment
-  // pages become host-resident, so no sync can miss them; the first block queued puts the range on
-  // VaSpace's list. TakeHostDirty empties the list (the blocks stay flagged until the sync looks).
-  void MarkHostDirty(VaBlock& blk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
-  std::vector<uint32_t> TakeHostDirty();
+  // Launch coherence, one list per device: blocks whose pages became host-resident (allocation, a
+  // migration to RAM, a discard), or moved to a device that device cannot reach (peer access), since
+  // a launch sync for it last pushed them. Called under the block's lock at the moment pages move,
+  // so no sync can miss them; the first block queued for a device puts the range on VaSpace's list
+  // for it. TakeHostDirty empties a device's list (the blocks stay flagged until the sync looks).
+  void MarkHostDirty(VaBlock& blk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
+    MarkLaunchWork(blk, ~uint64_t{0});
+  }
+  // Queues `blk` for the devices in `devices` (bit d: device d).
+  void MarkLaunchWork(VaBlock& blk, uint64_t devices) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
+  std::vector<uint32_t> TakeHostDirty(int device);
 
   // Lifetime: operations Enter() before touching the range and Exit() after. BeginTeardown() makes
   // new Enter() calls fail and waits for the ones in flight.
@@ -142,7 +147,7 @@ class ManagedRange {
   std::unique_ptr<VaBlock[]> blocks_;
 
   Mutex dirty_mu_{LockRank::kRangeDirty};
-  std::vector<uint32_t> dirty_ ABSL_GUARDED_BY(dirty_mu_);  // block indices
+  std::vector<std::vector<uint32_t>> dirty_ ABSL_GUARDED_BY(dirty_mu_);  // per device: block indices
 
   Mutex life_mu_{LockRank::kRangeLife};
   CondVar life_cv_;

@@ -288,6 +288,10 @@ void migrate_vma_finalize(MigrateVma* m) {
         blk.CommitToDevice(i, dst.page);
         dst.page->managed_addr.store(addr, std::memory_order_release);
         device = dst.page->pgmap->device;
+        // Devices whose kernels cannot reach this one's memory must move the page before they use it.
+        if (const uint64_t unreached = (*mm.devices)[device].unreached_by; unreached != 0) {
+          r.MarkLaunchWork(blk, unreached);
+        }
         ++moved;
         if ((src.flags & kMigratePfnDuplicate) && !(src.flags & kMigratePfnDirty)) ++reused;
         if (src.flags & kMigratePfnZero) ++filled;

@@ -152,9 +152,10 @@ struct VaBlock {
   // When a migration to a device last started here (even if the pages were there already): read-
   // ahead decided before that leaves the block alone (MigrateVma::skip_if_moved_after_ns).
   uint64_t device_wanted_ns ABSL_GUARDED_BY(mu) = 0;
-  // Launch coherence: queued in its range's host-dirty list (ManagedRange::MarkHostDirty), because
-  // pages here became host-resident since a launch sync last pushed the block.
-  bool host_dirty ABSL_GUARDED_BY(mu) = false;
+  // Launch coherence: the devices (bit d: device d) in whose host-dirty list of its range the block
+  // is queued (ManagedRange::MarkLaunchWork), because pages here became host-resident, or moved to a
+  // device that device cannot reach, since a launch sync for it last pushed the block.
+  uint64_t launch_work ABSL_GUARDED_BY(mu) = 0;
 
   // --- Queries ---
   PageState State(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(mu) {

@@ -234,17 +234,22 @@ void VaSpace::ForgetInForkChild() {
   ranges_.clear();
 }
 
-void VaSpace::NoteHostDirty(uintptr_t range_start) {
+VaSpace::VaSpace(Mm& mm)
+    : mm_(mm), dirty_(mm.devices->count()), dirty_count_(new std::atomic<size_t>[mm.devices->count()]) {
+  for (int d = 0; d < mm.devices->count(); ++d) dirty_count_[d].store(0);
+}
+
+void VaSpace::NoteHostDirty(uintptr_t range_start, int device) {
   MutexLock lock(&dirty_mu_);
-  dirty_.push_back(range_start);
-  dirty_count_.store(dirty_.size());
+  dirty_[device].push_back(range_start);
+  dirty_count_[device].store(dirty_[device].size());
   dirty_generation_.fetch_add(1, std::memory_order_acq_rel);
 }
 
-std::vector<uintptr_t> VaSpace::TakeHostDirty() {
+std::vector<uintptr_t> VaSpace::TakeHostDirty(int device) {
   MutexLock lock(&dirty_mu_);
-  dirty_count_.store(0);
-  return std::exchange(dirty_, {});
+  dirty_count_[device].store(0);
+  return std::exchange(dirty_[device], {});
 }
 
 }  // namespace uhmm

@@ -24,7 +24,7 @@ namespace uhmm {
 
 class VaSpace {
  public:
-  explicit VaSpace(Mm& mm) : mm_(mm) {}
+  explicit VaSpace(Mm& mm);
 
   // A new range of `size` bytes, registered with userfaultfd and published (uhmm_alloc). Picks
   // hugetlb backing by `backing` and Config::hugetlb.
@@ -57,11 +57,11 @@ class VaSpace {
   // range left with no page becomes a zombie (ReapZombies).
   void ForgetAddresses(uintptr_t start, uintptr_t end);
 
-  // Launch coherence's work list: the starts of ranges with host-dirty blocks
-  // (ManagedRange::MarkHostDirty). A launch with nothing on it has nothing to push.
-  void NoteHostDirty(uintptr_t range_start);
-  std::vector<uintptr_t> TakeHostDirty();
-  bool has_host_dirty() const { return dirty_count_.load() != 0; }
+  // Launch coherence's work list for each device: the starts of ranges with blocks queued for it
+  // (ManagedRange::MarkLaunchWork). A launch with nothing on its device's list has nothing to push.
+  void NoteHostDirty(uintptr_t range_start, int device);
+  std::vector<uintptr_t> TakeHostDirty(int device);
+  bool has_host_dirty(int device) const { return dirty_count_[device].load() != 0; }
   // Counts NoteHostDirty calls: launch coherence reports a failure once per value.
   uint64_t host_dirty_generation() const { return dirty_generation_.load(std::memory_order_acquire); }
 
@@ -82,8 +82,9 @@ class VaSpace {
   // Ranges the application munmapped entirely; torn down on the next API call.
   std::vector<std::shared_ptr<ManagedRange>> zombies_ ABSL_GUARDED_BY(mu_);
   mutable Mutex dirty_mu_{LockRank::kSpaceDirty};
-  std::vector<uintptr_t> dirty_ ABSL_GUARDED_BY(dirty_mu_);
-  std::atomic<size_t> dirty_count_{0};  // dirty_.size(), read without the lock (every launch does)
+  std::vector<std::vector<uintptr_t>> dirty_ ABSL_GUARDED_BY(dirty_mu_);  // per device
+  // dirty_[d].size(), read without the lock (every launch does).
+  std::unique_ptr<std::atomic<size_t>[]> dirty_count_;
   std::atomic<uint64_t> dirty_generation_{0};
 };
 
