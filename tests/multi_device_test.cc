@@ -268,5 +268,31 @@ TEST_F(MultiDeviceTest, KernelsTakingTurnsOnTwoDevicesSeeEachOthersWrites) {
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 
+TEST_F(MultiDeviceTest, PeerAccessIsReportedPerDevice) {
+  absl::StatusOr<Runtime::DeviceStats> d0 = rt_->device_stats(0), d1 = rt_->device_stats(1);
+  ASSERT_TRUE(d0.ok() && d1.ok());
+  // Symmetric on every backend here; never a device's own bit.
+  EXPECT_EQ(d0->peer_access & 1, 0u);
+  EXPECT_EQ(d1->peer_access & 2, 0u);
+  EXPECT_EQ(d0->peer_access == 2, d1->peer_access == 1);
+  const char* which = std::getenv("UHMM_TEST_BACKEND");
+  if (which != nullptr && std::string_view(which) == "cuda-emulated") EXPECT_EQ(d0->peer_access, 2u);
+  if (which != nullptr && std::string_view(which) == "cuda-emulated-nopeer") EXPECT_EQ(d0->peer_access, 0u);
+}
+
+TEST_F(MultiDeviceTest, PreferredLocationOnAReachableDeviceKeepsALaunchsPagesThere) {
+  const size_t bytes = 4 * kMiB;
+  uint64_t* p = AllocFilled(bytes, 80);
+  ASSERT_TRUE(rt_->Advise(p, bytes, Advice::kSetPreferredLocation, 0).ok());
+  ASSERT_TRUE(rt_->Advise(p, bytes, Advice::kSetAccessedBy, 1).ok());
+  // A launch on device 1: with peer access the pages go where they prefer to be and device 1 reads
+  // them there; without it they must come to device 1.
+  ASSERT_TRUE(rt_->SyncForDevice(1, nullptr).ok());
+  const bool peer = rt_->device_stats(1)->peer_access & 1;
+  EXPECT_EQ(CountAt(Residency(p, bytes), peer ? 0 : 1), bytes / kPageSize) << (peer ? "peer" : "no peer");
+  EXPECT_EQ(MismatchesOn(access1_, p, bytes, 80), 0u);
+  ASSERT_TRUE(rt_->Free(p).ok());
+}
+
 }  // namespace
 }  // namespace uhmm::testing

@@ -325,6 +325,7 @@ class FaultInjectingBackend final : public Backend {
     return inner_->RegisterHostView(view, bytes);
   }
   void UnregisterHostView(void* view, size_t bytes) override { inner_->UnregisterHostView(view, bytes); }
+  bool PeerAccess(int device, int owner) const override { return inner_->PeerAccess(device, owner); }
   absl::Status SetLaunchListener(LaunchListener* listener) override {
     return inner_->SetLaunchListener(listener);
   }

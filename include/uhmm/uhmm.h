@@ -242,6 +242,9 @@ typedef struct uhmm_device_stats {
   uint64_t pool_pages_total; /* the device's pool capacity, in 4 KiB pages */
   uint64_t pool_pages_used;  /* pages of it backing managed data */
   char name[64];             /* the device, as its backend names it (truncated) */
+  /* The other devices whose pages this device's kernels reach where they lie (peer access; bit d:
+   * device d). A launch here leaves such pages in place and moves pages on other devices. */
+  uint64_t peer_access;
 } uhmm_device_stats_t;
 /* Fills *out for `device` (0 <= device < uhmm_device_count). */
 uhmm_status_t uhmm_get_device_stats(uhmm_runtime_t* rt, int device, uhmm_device_stats_t* out);

@@ -174,6 +174,9 @@ class Runtime {
   struct DeviceStats {
     uint64_t pool_pages_total = 0;
     uint64_t pool_pages_used = 0;
+    // The other devices whose pages this device's kernels reach where they lie (peer access; bit d:
+    // device d). A launch here leaves such pages in place and moves pages on other devices.
+    uint64_t peer_access = 0;
     std::string name;
   };
   virtual absl::StatusOr<DeviceStats> device_stats(int device) const = 0;

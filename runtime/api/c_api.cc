@@ -347,6 +347,7 @@ uhmm_status_t uhmm_get_device_stats(uhmm_runtime_t* rt, int device, uhmm_device_
     *out = {};
     out->pool_pages_total = s->pool_pages_total;
     out->pool_pages_used = s->pool_pages_used;
+    out->peer_access = s->peer_access;
     std::snprintf(out->name, sizeof(out->name), "%s", s->name.c_str());
     return UHMM_OK;
   });

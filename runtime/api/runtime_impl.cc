@@ -582,6 +582,7 @@ absl::StatusOr<Runtime::DeviceStats> RuntimeImpl::device_stats(int device) const
     out.pool_pages_used = ds.pool->used_pages();
   }
   out.name = ds.device->name();
+  out.peer_access = ds.reaches & ~(uint64_t{1} << device);
   return out;
 }
 

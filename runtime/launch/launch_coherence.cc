@@ -34,6 +34,25 @@ PageMask StayHome(ManagedRange& range, size_t b, int device) {
   return mask;
 }
 
+// Where a push for a launch on `ds` puts block `b`'s pages: `ds`, unless every page with advice
+// there names as PREFERRED_LOCATION one device that `ds` reaches (peer access): then that device,
+// and kernels on `ds` read it remotely (UVM maps such pages from where they prefer to be). One
+// device for the whole block: with one pointer a block maps one device.
+int BlockTarget(ManagedRange& range, size_t b, const DeviceTable& devices, const DeviceState& ds) {
+  const int k = ds.ordinal;
+  if (devices.count() == 1 || !range.advice().Any()) return k;
+  const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
+  int target = -1;
+  bool mixed = false;
+  range.advice().ForEachRun(start, end, [&](uintptr_t, uintptr_t, const PageAdvice& a) {
+    const int t =
+        a.preferred >= 0 && devices.valid(a.preferred) && devices.Reaches(k, a.preferred) ? a.preferred : k;
+    mixed |= target >= 0 && t != target;
+    target = t;
+  });
+  return mixed || target < 0 ? k : target;
+}
+
 // Pages of `blk` on devices whose memory kernels on `ds` reach (itself, its peers).
 PageMask Reachable(const DeviceTable& devices, const DeviceState& ds, VaBlock& blk)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
@@ -116,8 +135,8 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
   // meanwhile queues its blocks again itself, so each block's stay-home mask is read once.
   std::vector<PageMask> stay_homes(blocks.size());
   const uint64_t bit = uint64_t{1} << ds.ordinal;
-  const DeviceTable& devices = *mm_.devices;
-  PageRuns runs;
+  DeviceTable& devices = *mm_.devices;
+  std::vector<PageRuns> runs(devices.count());  // by the device they go to (BlockTarget)
   for (size_t k = 0; k < blocks.size(); ++k) {
     const uint32_t b = blocks[k];
     VaBlock& blk = range.block(b);
@@ -130,20 +149,25 @@ absl::Status LaunchCoherence::PushBlocks(ManagedRange& range, std::vector<uint32
     }
     if (!work) continue;
     const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
+    PageRuns& to = runs[BlockTarget(range, b, devices, ds)];
     for (uintptr_t a = start; a < end; a += kPageSize) {
       if (stay_home.test(ManagedRange::page_in_block(a))) continue;
-      AppendPageRun(&runs, a);
+      AppendPageRun(&to, a);
     }
   }
-  // Blocks in parallel on the migration workers: one block's zap and commit overlap another's copy.
-  PageRuns pieces;
-  for (auto [s, e] : runs) AppendBlockPieces(&pieces, s, e);
-  const absl::Status status = mm_.migrator->ForEachPiece(pieces, ds.ordinal, [&](uintptr_t s, uintptr_t e) {
-    // No piece's eviction may take this range's pages that another piece pushed. (Ranges pushed
-    // earlier in this sync are not protected: the pool check above leaves eviction little to do.)
-    ProtectFromEviction protect(range, *ds.device, range.start(), range.end());
-    return mm_.migrator->ToDevice(range, s, e, ds, MigrateCause::kLaunch);
-  });
+  absl::Status status;
+  for (int target = 0; target < devices.count() && status.ok(); ++target) {
+    DeviceState& to = devices[target];
+    // Blocks in parallel on the migration workers: one block's zap and commit overlap another's copy.
+    PageRuns pieces;
+    for (auto [s, e] : runs[target]) AppendBlockPieces(&pieces, s, e);
+    status = mm_.migrator->ForEachPiece(pieces, target, [&](uintptr_t s, uintptr_t e) {
+      // No piece's eviction may take this range's pages that another piece pushed. (Ranges pushed
+      // earlier in this sync are not protected: the pool check above leaves eviction little to do.)
+      ProtectFromEviction protect(range, *to.device, range.start(), range.end());
+      return mm_.migrator->ToDevice(range, s, e, to, MigrateCause::kLaunch);
+    });
+  }
   // What is still not settled (a failed push, pages a migration held) stays queued.
   for (size_t k = 0; k < blocks.size(); ++k) {
     VaBlock& blk = range.block(blocks[k]);
