@@ -204,6 +204,32 @@ TEST(TestingApiTest, WithoutFaultInjectionNoDecoratorButDeviceAccessStays) {
   }
 }
 
+TEST(TestingApiTest, DeviceAccessToASpanAcrossBlocksNotStartingOnAPage) {
+  Config c = TestConfig();
+  CREATE_OR_SKIP(rt, c);
+  absl::StatusOr<void*> p = rt.Allocate(2 * kBlockSize);
+  ASSERT_TRUE(p.ok()) << p.status();
+  auto* w = static_cast<uint64_t*>(*p);
+  for (size_t i = 0; i < 2 * kBlockSize / 8; ++i) w[i] = kWord ^ i;
+  ASSERT_TRUE(rt.Migrate(*p, 2 * kBlockSize, 0).ok());
+  // 8 bytes before the second block, through a page and a half of it: each block is its own
+  // chunk of device memory, so the access must follow the device pages, not one run of bytes.
+  const size_t first = kBlockSize / 8 - 1, words = kPageSize / 8 + kPageSize / 16 + 1;
+  absl::StatusOr<uint64_t> dev = rt.DeviceAddress(w + first);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  absl::StatusOr<uint64_t> dev_next = rt.DeviceAddress(w + first + 1);
+  ASSERT_TRUE(dev_next.ok()) << dev_next.status();
+  if (*dev_next != *dev + 8) GTEST_SKIP() << "device addresses of the two blocks are not one run here";
+  std::vector<uint64_t> got(words);
+  ASSERT_TRUE(Access(rt, 0)->DeviceRead(*dev, got.data(), words * 8).ok());
+  for (size_t i = 0; i < words; ++i) ASSERT_EQ(got[i], kWord ^ (first + i)) << "word " << i;
+  std::vector<uint64_t> put(words);
+  for (size_t i = 0; i < words; ++i) put[i] = ~(kWord ^ (first + i));
+  ASSERT_TRUE(Access(rt, 0)->DeviceWrite(*dev, put.data(), words * 8).ok());
+  for (size_t i = 0; i < words; ++i) ASSERT_EQ(w[first + i], put[i]) << "word " << i;  // faults home
+  ASSERT_TRUE(rt.Free(*p).ok());
+}
+
 TEST(TestingApiTest, SpecsParse) {
   absl::StatusOr<InjectSpec> s = ParseInjectSpec("copy_h2d:2:after=3, CHUNK_ALLOC:all:device=1");
   ASSERT_TRUE(s.ok()) << s.status();

@@ -263,9 +263,11 @@ class HostDevice final : public Device, public HostDeviceControls {
   absl::Status DeviceCopy(uint64_t device_addr, void* host, size_t bytes, bool write) {
     absl::Status result;
     absl::Status s = engine_.Wait(engine_.SubmitKernel([&] {
-      for (size_t off = 0; off < bytes; off += kPageSize) {
+      // Page by page of the device address (a span need not start on a page): each page is in
+      // whatever chunk backs it, and chunks are not contiguous.
+      for (size_t off = 0, n = 0; off < bytes; off += n) {
         auto* dev = static_cast<uint8_t*>(DevicePointer(device_addr + off));
-        const size_t n = std::min(kPageSize, bytes - off);
+        n = std::min(kPageSize - (device_addr + off) % kPageSize, bytes - off);
         if (dev == nullptr) {
           result = absl::InvalidArgumentError(absl::StrFormat(
               "host device %d: device address %#x is not mapped", ordinal_, device_addr + off));
