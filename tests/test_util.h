@@ -45,7 +45,15 @@ inline constexpr size_t kMiB = size_t{1} << 20;
 inline Config TestConfig() {
   Config c;
   const char* test_backend = std::getenv("UHMM_TEST_BACKEND");
-  const std::string_view which = test_backend ? test_backend : "";
+  std::string_view which = test_backend ? test_backend : "";
+  // "<configuration>-2dev": that configuration with two devices in the runtime (the suites use
+  // device 0; the second one must change nothing for them).
+  if (which.ends_with("-2dev")) {
+    which.remove_suffix(5);
+    c.host_devices = 2;
+    c.cuda_devices = "all";
+    setenv("UHMM_FAKE_CUDA_DEVICES", "2", 0);  // read by the emulated driver at its first call
+  }
   if (which == "host-same-address") {
     c.backend = "host";
     c.host_same_address = true;
@@ -111,7 +119,7 @@ inline uhmm_runtime_t* CreateHostC(int devices = 1) {
 inline bool TestingEmulatedBackend() {
   const char* b = std::getenv("UHMM_TEST_BACKEND");
   const std::string_view which = b ? b : "";
-  return which.ends_with("-emulated") || which.ends_with("-emulated-nopeer");
+  return which.find("-emulated") != std::string_view::npos;
 }
 
 // Skips the calling test when the backend under test has no usable device here. Tests that need

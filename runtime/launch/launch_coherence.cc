@@ -102,15 +102,22 @@ absl::Status LaunchCoherence::PushAll(DeviceState& ds) {
   // With one pointer a partly used block still takes a whole chunk.
   const size_t managed = mm_.va_space->ManagedBytes(ds.device->placement() == Placement::kSameAddress);
   // Every managed byte must fit at once: evicting one range for another would leave a kernel
-  // that uses both reading unmapped device memory. (With several devices the others hold part of
-  // it; a push that does not fit fails in eviction instead.)
+  // that uses both reading unmapped device memory. With several devices, what lies on devices this
+  // one reaches (peer access) may stay there.
   const size_t pool_bytes = ds.pool->total_pages() * kPageSize;
-  if (managed > pool_bytes && mm_.devices->count() == 1) {
+  size_t elsewhere = 0;
+  for (const auto& other : *mm_.devices) {
+    if (other.get() != &ds && mm_.devices->Reaches(ds.ordinal, other->ordinal)) {
+      elsewhere += other->pool->used_pages() * kPageSize;
+    }
+  }
+  if (managed > pool_bytes + elsewhere) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "uhmm_sync_for_device: %u bytes are managed but device %d's pool holds %u; make only what "
+        "uhmm_sync_for_device: %u bytes are managed but device %d's pool holds %u%s; make only what "
         "each kernel uses resident with uhmm_prefetch_on_queue (and UHMM_TRANSPARENT_LAUNCH=0), or "
         "raise UHMM_DEVICE_POOL_BYTES",
-        managed, ds.ordinal, pool_bytes));
+        managed, ds.ordinal, pool_bytes,
+        elsewhere ? absl::StrFormat(" and the devices it reaches hold %u in place", elsewhere) : ""));
   }
   mm_.counters->launch_syncs.fetch_add(1, std::memory_order_relaxed);
   const std::vector<uintptr_t> starts = mm_.va_space->TakeHostDirty(ds.ordinal);
