@@ -94,6 +94,8 @@ bool Selected(const Options& o, const std::string& row_name);
 // The GPU table (gpu_rows.cu; without nvcc a stand-in that says why it is missing). Prints the GPU
 // name and driver version; returns false with `why` set when no GPU table could be measured.
 bool RunGpuTable(const Options& o, Table* table, std::string* why);
+// The two-GPU rows (gpu_peer_rows.cu), added to the GPU table: printed as not measured with one GPU.
+void RunPeerRows(const Options& o, Table* table);
 // The host-backend table (host_rows.cc): CPU-side rows only, for regressions.
 void RunHostTable(const Options& o, Table* table);
 

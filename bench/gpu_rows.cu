@@ -661,6 +661,7 @@ bool RunGpuTable(const Options& o, Table* table, std::string* why) {
   uhmm_destroy(rt);
 
   if (Selected(o, kOversub)) OversubscribedRow(o, g, table);
+  RunPeerRows(o, table);
   CloseGpu(&g);
   return true;
 }
