@@ -46,6 +46,7 @@
 #   suite: bad_input_test                               20       -
 #   sample: stencil                                     20       -
 #   sample: oversubscribe                               30       -
+#   sample: cg_multi_gpu (every GPU the machine has)    15       -
 #   sample: uvm_unmodified (CUDA's managed memory)      20       -
 #   sample: uvm_unmodified under uhmm-run               30       -
 #   python: torch_uhmm (PyTorch on uhmm)                30       -
@@ -54,10 +55,10 @@
 #   fault floor: uhmm_fault_latency --backend cuda      20      20
 #   uhmm-prof: the demo recorded and reported           20       -
 #   bench: uhmm_bench                                  130      35 (3 rows, 256 MiB)
-#   deadline (sum of the budgets)                      560     165
+#   deadline (sum of the budgets)                      575     165
 # A killed step gets 5 s between SIGTERM and SIGKILL, and the script stops waiting for it 8 s
 # after its budget even when it cannot be killed (a process stuck in the driver): the worst case is
-# the deadline + 8 s, 9.5 min (full) and 2.9 min (quick).
+# the deadline + 8 s, 9.7 min (full) and 2.9 min (quick).
 #
 # Exit status: 0 every check passed (SKIPs only where the emulated driver cannot run a step);
 # 1 a check failed, timed out or was left out for lack of time; 2 usage, or the tree is not built;
@@ -65,7 +66,7 @@
 # than 5.14) or, without --emulated, has no NVIDIA driver: the summary says why, nothing else runs.
 #
 # With the device tool: `bench/gpu.sh build` here, then `bench/gpu.sh run quick` or
-# `bench/gpu.sh run` there with carry=["build/gpu"] and timeout_s >= 240 (quick) or 540 (full).
+# `bench/gpu.sh run` there with carry=["build/gpu"] and timeout_s >= 240 (quick) or 590 (full).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
@@ -585,7 +586,7 @@ run() {
       [[ -n "$cupti" ]] && export UHMM_CUPTI_LIBRARY="$cupti"
     fi
   fi
-  if (( quick )); then deadline=165; else deadline=560; fi
+  if (( quick )); then deadline=165; else deadline=575; fi
   deadline=$(( deadline * pct / 100 ))
   echo "bench/gpu.sh: run $run_kind; tree $B; deadline $deadline s; summary $summary"
 
@@ -618,9 +619,13 @@ run() {
     if (( emulated )); then
       skip_step "sample: stencil" 20 "$no_gpu"
       skip_step "sample: oversubscribe" 30 "$no_gpu"
+      skip_step "sample: cg_multi_gpu" 15 "$no_gpu"
     else
       step "sample: stencil" 20 sample -- "$B/samples/cuda/uhmm_cuda_stencil"
       step "sample: oversubscribe" 30 sample -- "$B/samples/cuda/uhmm_cuda_oversubscribe"
+      # Every GPU of the machine in one runtime (with one GPU: the multi-device code must change
+      # nothing for it).
+      step "sample: cg_multi_gpu" 15 sample -- "$B/samples/cuda/uhmm_cuda_cg_multi_gpu"
     fi
     # One program written only for CUDA Unified Memory, on the driver's managed memory and on uhmm's
     # (uhmm-run): both must PASS; their times side by side.
