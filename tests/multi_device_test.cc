@@ -98,19 +98,21 @@ TEST_F(MultiDeviceTest, HalvesOfOneBlockOnTwoDevicesKeepEveryByte) {
   uint64_t* p = AllocFilled(bytes, 10);
   uint64_t* half = p + bytes / 2 / 8;
   ASSERT_TRUE(rt_->Migrate(p, bytes / 2, 0).ok());
-  WriteOn(access0_, p, bytes / 2, 10);  // the same data, written device-side
+  WriteOn(access0_, p, bytes / 2, 11);  // device 0 rewrites its half
   ASSERT_TRUE(rt_->Migrate(half, bytes / 2, 1).ok());
+  WriteOn(access1_, half, bytes / 2, 12);  // device 1 rewrites the other half
   const std::vector<int32_t> res = Residency(p, bytes);
   EXPECT_EQ(CountAt(res, 1), bytes / 2 / kPageSize);
   EXPECT_EQ(CountAt(res, 0) + CountAt(res, kHost), bytes / 2 / kPageSize);
-  EXPECT_EQ(FirstMismatch(p, bytes, 10), -1);
+  EXPECT_EQ(FirstMismatch(p, bytes / 2, 11), -1);     // device 0's writes survived the pull
+  EXPECT_EQ(FirstMismatch(half, bytes / 2, 12), -1);  // and device 1's are there
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 
 TEST_F(MultiDeviceTest, TwoDevicesPullingTheSameBlocksLoseNothing) {
   const size_t bytes = 4 * kMiB;
   uint64_t* p = AllocFilled(bytes, 20);
-  std::atomic<int> other_errors{0};
+  std::atomic<int> other_errors{0}, moved{0};
   std::atomic<bool> stop{false};
   std::vector<std::thread> pullers;
   for (int d = 0; d < 2; ++d) {
@@ -118,9 +120,11 @@ TEST_F(MultiDeviceTest, TwoDevicesPullingTheSameBlocksLoseNothing) {
       for (int i = 0; i < 40 && !stop.load(); ++i) {
         const size_t off = (static_cast<size_t>(i) * 3 + d) % 8 * (bytes / 8);
         absl::Status s = rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, bytes / 8, d);
-        // Two devices pulling one block at the same moment may give up after a bounded wait
-        // (UNAVAILABLE, naming both devices); nothing else is allowed.
-        if (!s.ok() && !(absl::IsUnavailable(s) && s.message().find("device") != std::string::npos)) {
+        // Two devices pulling one block at the same moment may give up after a bounded wait, with
+        // UNAVAILABLE saying so; nothing else is allowed.
+        if (s.ok()) {
+          ++moved;
+        } else if (!absl::IsUnavailable(s) || s.message().find("pulling the same") == std::string::npos) {
           ADD_FAILURE() << s;
           ++other_errors;
           stop.store(true);
@@ -129,12 +133,15 @@ TEST_F(MultiDeviceTest, TwoDevicesPullingTheSameBlocksLoseNothing) {
     });
   }
   // The CPU reads meanwhile: each read brings its page home from whichever device has it.
-  for (int i = 0; i < 200 && !stop.load(); ++i) {
+  int64_t bad_word = -1;
+  for (int i = 0; i < 200 && !stop.load() && bad_word < 0; ++i) {
     const size_t w = (static_cast<size_t>(i) * 4099) % (bytes / 8);
-    ASSERT_EQ(p[w], Pattern(20, w)) << "word " << w;
+    if (p[w] != Pattern(20, w)) bad_word = static_cast<int64_t>(w);
   }
   for (auto& t : pullers) t.join();
+  EXPECT_EQ(bad_word, -1);
   EXPECT_EQ(other_errors.load(), 0);
+  EXPECT_GT(moved.load(), 40);  // most moves succeed: giving up is for a tight race only
   EXPECT_EQ(FirstMismatch(p, bytes, 20), -1);
   ASSERT_TRUE(rt_->Free(p).ok());
   EXPECT_EQ(rt_->stats().device_pages_used, 0u);
@@ -148,19 +155,21 @@ TEST_F(MultiDeviceTest, EvictionOnOneDeviceWhileTheOtherMigrates) {
   access1_ = Access(*rt_, 1);
   const size_t bytes = 16 * kMiB;
   uint64_t* p = AllocFilled(bytes, 30);
-  std::thread mover1([&] {
-    for (int i = 0; i < 24; ++i) {
-      const size_t off = static_cast<size_t>(i * 5 % 8) * 2 * kMiB;
-      absl::Status s = rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, 2 * kMiB, 1);
-      if (!s.ok() && !absl::IsUnavailable(s)) ADD_FAILURE() << s;
+  std::atomic<int> moved{0};
+  auto move = [&](size_t off, int device) {
+    absl::Status s = rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, 2 * kMiB, device);
+    if (s.ok()) {
+      ++moved;
+    } else if (!absl::IsUnavailable(s)) {
+      ADD_FAILURE() << s;
     }
+  };
+  std::thread mover1([&] {
+    for (int i = 0; i < 24; ++i) move(static_cast<size_t>(i * 5 % 8) * 2 * kMiB, 1);
   });
-  for (int i = 0; i < 24; ++i) {
-    const size_t off = static_cast<size_t>(i % 8) * 2 * kMiB;
-    absl::Status s = rt_->Migrate(reinterpret_cast<uint8_t*>(p) + off, 2 * kMiB, 0);
-    if (!s.ok() && !absl::IsUnavailable(s)) ADD_FAILURE() << s;
-  }
+  for (int i = 0; i < 24; ++i) move(static_cast<size_t>(i % 8) * 2 * kMiB, 0);
   mover1.join();
+  EXPECT_GT(moved.load(), 24);
   EXPECT_GT(rt_->stats().evicted_pages, 0u);
   EXPECT_EQ(FirstMismatch(p, bytes, 30), -1);
   ASSERT_TRUE(rt_->Free(p).ok());

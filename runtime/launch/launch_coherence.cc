@@ -34,14 +34,21 @@ PageMask StayHome(ManagedRange& range, size_t b, int device) {
   return mask;
 }
 
-// Where a push for a launch on `ds` puts block `b`'s pages: `ds`, unless every page with advice
-// there names as PREFERRED_LOCATION one device that `ds` reaches (peer access): then that device,
-// and kernels on `ds` read it remotely (UVM maps such pages from where they prefer to be). One
-// device for the whole block: with one pointer a block maps one device.
-int BlockTarget(ManagedRange& range, size_t b, const DeviceTable& devices, const DeviceState& ds) {
+// Where a push for a launch on `ds` puts block `b`'s pages: where the block is mapped already when
+// `ds` reaches that device (its host pages join the chunk mapped there; the block does not move);
+// else `ds`, unless every page with advice there names as PREFERRED_LOCATION one device that `ds`
+// reaches (peer access): then that device, and kernels on `ds` read it remotely (UVM maps such
+// pages from where they prefer to be). One device for the whole block: with one pointer a block
+// maps one device.
+int BlockTarget(ManagedRange& range, size_t b, DeviceTable& devices, const DeviceState& ds) {
   const int k = ds.ordinal;
-  if (devices.count() == 1 || !range.advice().Any()) return k;
+  if (devices.count() == 1) return k;
   const uintptr_t start = range.block_start(b), end = std::min(range.end(), start + kBlockSize);
+  if (BlockOwners* owners = devices.block_owners()) {
+    const int owner = owners->OwnerOf(start);
+    if (owner >= 0 && owner != k && devices.Reaches(k, owner)) return owner;
+  }
+  if (!range.advice().Any()) return k;
   int target = -1;
   bool mixed = false;
   range.advice().ForEachRun(start, end, [&](uintptr_t, uintptr_t, const PageAdvice& a) {

@@ -88,10 +88,15 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
     if (!page.ok() && holder >= 0 && mm_.devices->valid(holder)) {
       // Another device maps addr's block (BlockOwners). Its pages there went home before this
       // migration began (Migrator::ToDevice), so its chunk is idle: it gives the block up. Pages a
-      // migration to that device placed there since hold it until they leave: wait, a bounded time.
+      // migration to that device placed there since stay until someone moves them, which the
+      // caller's retry does (Migrator::ToDevice): only a short wait here, for one in flight.
       const uintptr_t block = addr & ~(kBlockSize - 1);
       if ((*mm_.devices)[holder].pool->UnbindIdle(block)) continue;
-      if (WaitMore(&holder_give_up, std::chrono::microseconds(50))) continue;
+      if (!holder_give_up) holder_give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(5);
+      if (std::chrono::steady_clock::now() < *holder_give_up) {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+        continue;
+      }
       return absl::UnavailableError(
           absl::StrFormat("device %d cannot map block %#x: device %d still has pages there (two devices keep "
                           "pulling the same 2 MiB block)",

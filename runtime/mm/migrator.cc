@@ -4,6 +4,8 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "runtime/api/counters.h"
@@ -21,6 +23,20 @@ namespace uhmm {
 namespace {
 // The average piece size below which ForEachPiece keeps the pieces on the calling thread.
 constexpr size_t kMinParallelPieceBytes = 64 * kPageSize;
+
+// Whether `owner`'s device holds pages of [start, end) of `range` (placed there, or read-duplicated).
+bool HoldsPages(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner) {
+  for (uintptr_t a = start; a < end; a = NextBlockBoundary(a)) {
+    VaBlock& blk = range.block_of(a);
+    const size_t first = ManagedRange::page_in_block(a);
+    const size_t last = ManagedRange::page_in_block(std::min(end, NextBlockBoundary(a)) - 1);
+    MutexLock lock(&blk.mu);
+    for (size_t i = first; i <= last; ++i) {
+      if (blk.pages[i] != nullptr && blk.pages[i]->pgmap->owner == owner) return true;
+    }
+  }
+  return false;
+}
 }  // namespace
 
 absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintptr_t end, uint32_t select,
@@ -100,11 +116,27 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
     home_end = std::min(range.end(), NextBlockBoundary(end - 1));
   }
   absl::StatusOr<size_t> moved = 0;
-  // Another device pulling the same block between this request's steps takes it back; a few tries.
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    for (auto& other : *mm_.devices) {
+  DeviceTable& devices = *mm_.devices;
+  // Another device pulling the same block between this request's steps takes it back: a few tries,
+  // each after a pause that grows.
+  for (int attempt = 0; attempt < kPullAttempts; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::microseconds(200 << attempt));
+    for (auto& other : devices) {
       if (other.get() == &ds) continue;
       Device* odev = other->device.get();
+      if (!HoldsPages(range, home_start, home_end, odev->pagemap().owner)) continue;
+      // Kernels queued on that device, or on a device that reaches its memory (this one included),
+      // may still write these pages: they finish before the pages are copied away. (A request the
+      // application makes is ordered by the application; this pull may be the runtime's own, for a
+      // launch elsewhere.)
+      for (auto& user : devices) {
+        if (user.get() != other.get() && !devices.Reaches(user->ordinal, other->ordinal)) continue;
+        if (absl::Status s = user->device->SynchronizeQueue(nullptr); !s.ok()) {
+          return absl::Status(s.code(), absl::StrFormat("uhmm: waiting for device %d before moving device %d's "
+                                                        "pages: %s",
+                                                        user->ordinal, other->ordinal, s.message()));
+        }
+      }
       moved = RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
                            cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
       if (!moved.ok()) return moved.status();
@@ -112,7 +144,7 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
     }
     moved = RunMigration(range, start, end, kMigrateSelectSystem, dev->pagemap().owner, cause,
                          [dev](MigrateVma* m) { return dev->MigrateToDevice(m); });
-    if (moved.ok() || !absl::IsUnavailable(moved.status()) || mm_.devices->count() < 2) break;
+    if (moved.ok() || !absl::IsUnavailable(moved.status()) || devices.count() < 2) break;
   }
   if (!moved.ok()) {
     return absl::Status(moved.status().code(),

@@ -28,6 +28,9 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
 
 class Migrator {
  public:
+  // How often a migration to a device retries taking a block another device keeps pulling back.
+  static constexpr int kPullAttempts = 5;
+
   explicit Migrator(Mm& mm) : mm_(mm) {}
 
   // Moves every device page in [start, end) of `range` back to RAM (but, with
