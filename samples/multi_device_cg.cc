@@ -269,7 +269,7 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(after_prefetch.pages_to_device),
               static_cast<unsigned long long>(st.pages_to_device - after_prefetch.pages_to_device));
   std::printf("| pages to the host (the CPU check included) | %llu |\n",
-              static_cast<unsigned long long>(st.pages_to_host));
+              static_cast<unsigned long long>(rt.stats().pages_to_host));
   std::printf("| time, prefetches and iterations (emulated devices: not a GPU number) | %.2f s |\n", seconds);
   if (wrong != 0) {
     size_t first = 0;

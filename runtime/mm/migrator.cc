@@ -132,9 +132,10 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
       for (auto& user : devices) {
         if (user.get() != other.get() && !devices.Reaches(user->ordinal, other->ordinal)) continue;
         if (absl::Status s = user->device->SynchronizeQueue(nullptr); !s.ok()) {
-          return absl::Status(s.code(), absl::StrFormat("uhmm: waiting for device %d before moving device %d's "
-                                                        "pages: %s",
-                                                        user->ordinal, other->ordinal, s.message()));
+          return absl::Status(s.code(),
+                              absl::StrFormat("uhmm: waiting for device %d before moving device %d's "
+                                              "pages: %s",
+                                              user->ordinal, other->ordinal, s.message()));
         }
       }
       moved = RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
