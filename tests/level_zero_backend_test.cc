@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <level_zero/ze_api.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
@@ -37,8 +38,8 @@ Config Emulated(bool transparent) {
 // SPIR-V blob; the emulated driver maps kernel names to host code.
 class App {
  public:
-  explicit App(Runtime& rt) {
-    absl::StatusOr<uhmm_native_handles_t> h = rt.NativeHandles(0);
+  explicit App(Runtime& rt, int device = 0) {
+    absl::StatusOr<uhmm_native_handles_t> h = rt.NativeHandles(device);
     EXPECT_TRUE(h.ok()) << h.status();
     ctx_ = static_cast<ze_context_handle_t>(h->context);
     dev_ = static_cast<ze_device_handle_t>(h->device);
@@ -96,8 +97,8 @@ class App {
   ze_kernel_handle_t add_ = nullptr;
 };
 
-std::unique_ptr<Runtime> CreateEmulated(bool transparent) {
-  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(Emulated(transparent));
+std::unique_ptr<Runtime> CreateEmulated(const Config& c) {
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
   EXPECT_TRUE(rt.ok()) << rt.status();
   return rt.ok() ? std::move(*rt) : nullptr;
 }
@@ -145,11 +146,22 @@ TEST(LevelZeroBackendTest, TheGpuComesFromTheConfig) {
   // The named backend refuses it: a configuration mistake, reported as such with the reason.
   absl::Status s = Runtime::Create(c).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_NE(s.message().find("ze_device (UHMM_ZE_DEVICE) is 1"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("ze_device (UHMM_ZE_DEVICE) names Level Zero GPU 1"), std::string::npos) << s;
+  // A list: a GPU the machine lacks, and lists that do not parse.
+  c.ze_device = 0;
+  c.ze_devices = "0,7";
+  s = Runtime::Create(c).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("ze_devices (UHMM_ZE_DEVICES) names Level Zero GPU 7"), std::string::npos) << s;
+  for (const char* bad : {"0,0", "x", "-3"}) {
+    c.ze_devices = bad;
+    s = Runtime::Create(c).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad << ": " << s;
+  }
 }
 
 TEST(LevelZeroBackendTest, OnePointerAndNativeHandles) {
-  std::unique_ptr<Runtime> rt = CreateEmulated(false);
+  std::unique_ptr<Runtime> rt = CreateEmulated(Emulated(false));
   ASSERT_NE(rt, nullptr);
   EXPECT_EQ(rt->backend_name(), "level_zero");
   absl::StatusOr<uhmm_native_handles_t> h = rt->NativeHandles(0);
@@ -173,7 +185,7 @@ TEST(LevelZeroBackendTest, OnePointerAndNativeHandles) {
 }
 
 TEST(LevelZeroBackendTest, TransparentLaunchThroughTheLoaderTracer) {
-  std::unique_ptr<Runtime> rt = CreateEmulated(true);
+  std::unique_ptr<Runtime> rt = CreateEmulated(Emulated(true));
   ASSERT_NE(rt, nullptr);
   ASSERT_TRUE(rt->transparent_launch_enabled())
       << "the loader's tracing layer did not load (ZE_ENABLE_TRACING_LAYER)";
@@ -192,8 +204,40 @@ TEST(LevelZeroBackendTest, TransparentLaunchThroughTheLoaderTracer) {
   ASSERT_TRUE(rt->Free(p).ok());
 }
 
+// ctest runs this with the emulated driver's two GPUs (level_zero.two_gpus*), with and without peer
+// access; it skips where there is one.
+TEST(LevelZeroBackendTwoGpusTest, EachLaunchIsMadeCoherentForTheGpuItsListBelongsTo) {
+  Config c = Emulated(true);
+  c.ze_devices = "all";
+  std::unique_ptr<Runtime> rt = CreateEmulated(c);
+  ASSERT_NE(rt, nullptr);
+  if (rt->device_count() < 2) GTEST_SKIP() << "one Level Zero GPU here";
+  ASSERT_TRUE(rt->transparent_launch_enabled());
+  const bool peer = rt->device_stats(0)->peer_access & 2;
+  App app0(*rt, 0), app1(*rt, 1);
+  constexpr uint32_t kWords = 2 * kBlockSize / 4 + 1024;  // a page into a third block
+  uint32_t* p = AllocWords(*rt, kWords);
+  ASSERT_NE(p, nullptr);
+  for (uint32_t i = 0; i < kWords; ++i) p[i] = i;
+  // A kernel on GPU 1's list: the tracer names GPU 1, so the data go there (a kernel on GPU 1
+  // reaching GPU 0's memory without peer access would be a device fault).
+  app1.Add(p, 1, kWords);
+  absl::StatusOr<std::vector<int32_t>> res = rt->Residency(p, kWords * 4);
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(std::count(res->begin(), res->end(), 1), static_cast<long>(res->size()));
+  // Then on GPU 0's: with peer access the data stay on GPU 1 and GPU 0 reads them there; without,
+  // they move to GPU 0.
+  app0.Add(p, 2, kWords);
+  res = rt->Residency(p, kWords * 4);
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(std::count(res->begin(), res->end(), peer ? 1 : 0), static_cast<long>(res->size()))
+      << (peer ? "peer" : "no peer");
+  for (uint32_t i = 0; i < kWords; ++i) ASSERT_EQ(p[i], i + 3) << "word " << i;
+  ASSERT_TRUE(rt->Free(p).ok());
+}
+
 TEST(LevelZeroBackendTest, ExplicitPrefetchAroundKernelsWithoutTransparentMode) {
-  std::unique_ptr<Runtime> rt = CreateEmulated(false);
+  std::unique_ptr<Runtime> rt = CreateEmulated(Emulated(false));
   ASSERT_NE(rt, nullptr);
   EXPECT_FALSE(rt->transparent_launch_enabled());
   App app(*rt);
@@ -213,7 +257,7 @@ TEST(LevelZeroBackendTest, ExplicitPrefetchAroundKernelsWithoutTransparentMode) 
 
 TEST(LevelZeroBackendTest, EvictionWaitsForKernelsStillRunning) {
   // Explicit mode: the tracer still tracks launches, so eviction can wait for them.
-  std::unique_ptr<Runtime> rt = CreateEmulated(false);
+  std::unique_ptr<Runtime> rt = CreateEmulated(Emulated(false));
   ASSERT_NE(rt, nullptr);
   App app(*rt);
   // Four times the 16 MiB pool, in 2 MiB slices: each prefetch evicts a slice whose kernel was
@@ -238,7 +282,7 @@ TEST(LevelZeroBackendDeathTest, ACopyTheDriverFailsDuringFaultBackEndsInSigbus) 
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        std::unique_ptr<Runtime> rt = CreateEmulated(false);
+        std::unique_ptr<Runtime> rt = CreateEmulated(Emulated(false));
         if (rt == nullptr) std::exit(2);
         auto* p = static_cast<volatile uint32_t*>(AllocWords(*rt, kBlockSize / 4));
         p[0] = 1;

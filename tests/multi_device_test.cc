@@ -13,8 +13,9 @@
 namespace uhmm::testing {
 namespace {
 
-// The emulated CUDA driver reads this at its first call: two GPUs (a real machine keeps its own).
-const bool kTwoEmulatedGpus = setenv("UHMM_FAKE_CUDA_DEVICES", "2", /*overwrite=*/0) == 0;
+// The emulated drivers read these at their first call: two GPUs (a real machine keeps its own).
+const bool kTwoEmulatedGpus = setenv("UHMM_FAKE_CUDA_DEVICES", "2", /*overwrite=*/0) == 0 &&
+                              setenv("UHMM_FAKE_ZE_DEVICES", "2", /*overwrite=*/0) == 0;
 
 class MultiDeviceTest : public ::testing::Test, public Harness {
  public:
@@ -33,6 +34,7 @@ class MultiDeviceTest : public ::testing::Test, public Harness {
     Config c = TestConfig();
     c.host_devices = 2;
     c.cuda_devices = "all";
+    c.ze_devices = "all";
     c.device_pool_bytes = pool_bytes;
     return c;
   }
@@ -287,6 +289,9 @@ TEST_F(MultiDeviceTest, PeerAccessIsReportedPerDevice) {
   const char* which = std::getenv("UHMM_TEST_BACKEND");
   if (which != nullptr && std::string_view(which) == "cuda-emulated") EXPECT_EQ(d0->peer_access, 2u);
   if (which != nullptr && std::string_view(which) == "cuda-emulated-nopeer") EXPECT_EQ(d0->peer_access, 0u);
+  if (which != nullptr && std::string_view(which) == "level-zero-emulated") EXPECT_EQ(d0->peer_access, 2u);
+  if (which != nullptr && std::string_view(which) == "level-zero-emulated-nopeer")
+    EXPECT_EQ(d0->peer_access, 0u);
 }
 
 TEST_F(MultiDeviceTest, PreferredLocationOnAReachableDeviceKeepsALaunchsPagesThere) {

@@ -39,9 +39,9 @@ namespace uhmm::testing {
 inline constexpr size_t kMiB = size_t{1} << 20;
 
 // The configuration under test: $UHMM_TEST_BACKEND (set by ctest) is host, host-same-address,
-// cuda-emulated, cuda-emulated-nopeer (multi-device suites), cuda, level-zero-emulated or
-// level-zero; without it, $UHMM_BACKEND (default host) and
-// $UHMM_HOST_SAME_ADDRESS.
+// cuda-emulated, cuda-emulated-nopeer (multi-device suites), cuda, level-zero-emulated,
+// level-zero-emulated-nopeer (multi-device suites) or level-zero, any of them with "-2dev"; without it,
+// $UHMM_BACKEND (default host) and $UHMM_HOST_SAME_ADDRESS.
 inline Config TestConfig() {
   Config c;
   const char* test_backend = std::getenv("UHMM_TEST_BACKEND");
@@ -52,7 +52,10 @@ inline Config TestConfig() {
     which.remove_suffix(5);
     c.host_devices = 2;
     c.cuda_devices = "all";
-    setenv("UHMM_FAKE_CUDA_DEVICES", "2", 0);  // read by the emulated driver at its first call
+    c.ze_devices = "all";
+    // Read by the emulated drivers at their first call.
+    setenv("UHMM_FAKE_CUDA_DEVICES", "2", 0);
+    setenv("UHMM_FAKE_ZE_DEVICES", "2", 0);
   }
   if (which == "host-same-address") {
     c.backend = "host";
@@ -65,12 +68,14 @@ inline Config TestConfig() {
 #ifdef UHMM_FAKE_CUDA_DRIVER
     c.cuda_driver = UHMM_FAKE_CUDA_DRIVER;
 #endif
-  } else if (which == "level-zero-emulated" || which == "level-zero") {
+  } else if (which == "level-zero-emulated" || which == "level-zero-emulated-nopeer" ||
+             which == "level-zero") {
     c.backend = "level_zero";
+    if (which == "level-zero-emulated-nopeer") setenv("UHMM_FAKE_ZE_PEER", "none", 1);
 #ifdef UHMM_FAKE_ZE_DRIVER
     // The real loader with tests/fake_level_zero as its only driver. The loader reads this at its
     // first zeInit, which the backend makes.
-    if (which == "level-zero-emulated") setenv("ZE_ENABLE_ALT_DRIVERS", UHMM_FAKE_ZE_DRIVER, 1);
+    if (which != "level-zero") setenv("ZE_ENABLE_ALT_DRIVERS", UHMM_FAKE_ZE_DRIVER, 1);
 #endif
   } else if (!which.empty()) {
     c.backend = std::string(which);

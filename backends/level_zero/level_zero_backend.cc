@@ -347,13 +347,26 @@ class LevelZeroDevice final : public Device, public testing::DeviceAccess {
   size_t default_pool_ = 0;
 };
 
+// A GPU of a Level Zero driver: its handles, its index over every driver's GPUs, and its name.
+struct Gpu {
+  ze_driver_handle_t driver;
+  ze_device_handle_t device;
+  std::string name;
+  int index = 0;
+};
+
 class LevelZeroBackend final : public Backend {
  public:
-  LevelZeroBackend(const Loader* l, ze_driver_handle_t driver, ze_device_handle_t dev,
-                   ze_context_handle_t ctx, std::string name)
-      : l_(l), driver_(driver), dev_(dev), ctx_(ctx), name_(std::move(name)) {
+  // `gpus` (of one driver) share the context `ctx`, and with it one device address space: a block
+  // is mapped once for all of them. `peer[i][j]`: kernels on gpus[i] reach gpus[j]'s memory
+  // (zeDeviceCanAccessPeer).
+  LevelZeroBackend(const Loader* l, std::vector<Gpu> gpus, ze_context_handle_t ctx,
+                   std::vector<std::vector<bool>> peer)
+      : l_(l), gpus_(std::move(gpus)), ctx_(ctx), peer_(std::move(peer)) {
     // Kernels are tracked from the start, transparent mode or not: eviction waits for them.
-    absl::StatusOr<std::unique_ptr<LaunchTracer>> t = LaunchTracer::Create(l_, ctx_, 0);
+    std::vector<ze_device_handle_t> handles;
+    for (const Gpu& g : gpus_) handles.push_back(g.device);
+    absl::StatusOr<std::unique_ptr<LaunchTracer>> t = LaunchTracer::Create(l_, ctx_, std::move(handles));
     if (t.ok()) {
       tracer_.store(t->release());
     } else {
@@ -369,15 +382,23 @@ class LevelZeroBackend final : public Backend {
   }
 
   std::string_view name() const override { return "level_zero"; }
-  int device_count() const override { return 1; }
+  int device_count() const override { return static_cast<int>(gpus_.size()); }
   absl::StatusOr<std::unique_ptr<Device>> OpenDevice(int ordinal) override {
-    if (ordinal != 0) {
+    if (ordinal < 0 || ordinal >= device_count()) {
       return absl::InvalidArgumentError(absl::StrFormat("Level Zero backend: no device %d", ordinal));
     }
-    auto dev = std::make_unique<LevelZeroDevice>(l_, driver_, dev_, ctx_, ordinal, name_,
+    const Gpu& g = gpus_[ordinal];
+    // Kernels are tracked per context, so a device's wait covers its peers' kernels too (they may
+    // use its blocks).
+    auto dev = std::make_unique<LevelZeroDevice>(l_, g.driver, g.device, ctx_, ordinal,
+                                                 absl::StrFormat("Level Zero GPU %d: %s", g.index, g.name),
                                                  [this] { return WaitForKernels(); });
     if (absl::Status s = dev->Init(); !s.ok()) return s;
     return std::unique_ptr<Device>(std::move(dev));
+  }
+  bool PeerAccess(int device, int owner) const override {
+    return device != owner && device >= 0 && owner >= 0 && device < device_count() &&
+           owner < device_count() && peer_[device][owner];
   }
 
   // A CPU reservation, then the device reservation at the same address. Level Zero takes the
@@ -439,10 +460,9 @@ class LevelZeroBackend final : public Backend {
   }
 
   const Loader* const l_;
-  const ze_driver_handle_t driver_;
-  const ze_device_handle_t dev_;
+  const std::vector<Gpu> gpus_;
   const ze_context_handle_t ctx_;
-  const std::string name_;
+  const std::vector<std::vector<bool>> peer_;
   std::atomic<LaunchTracer*> tracer_{nullptr};
   absl::Status tracer_status_;  // why there is no tracer
 };
@@ -450,11 +470,6 @@ class LevelZeroBackend final : public Backend {
 #undef UHMM_ZE
 
 // Every GPU of every driver, in order.
-struct Gpu {
-  ze_driver_handle_t driver;
-  ze_device_handle_t device;
-  std::string name;
-};
 absl::StatusOr<std::vector<Gpu>> EnumerateGpus(const Loader& l) {
   uint32_t drivers = 0;
   if (absl::Status s = ZeStatus(l.zeDriverGet(&drivers, nullptr), "zeDriverGet"); !s.ok()) return s;
@@ -472,7 +487,7 @@ absl::StatusOr<std::vector<Gpu>> EnumerateGpus(const Loader& l) {
       if (l.zeDeviceGetProperties(dev, &props) != ZE_RESULT_SUCCESS || props.type != ZE_DEVICE_TYPE_GPU) {
         continue;
       }
-      gpus.push_back({d, dev, props.name});
+      gpus.push_back({d, dev, props.name, static_cast<int>(gpus.size())});
     }
   }
   return gpus;
@@ -509,28 +524,61 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateLevelZeroBackend(const Config& co
   absl::StatusOr<std::vector<Gpu>> gpus = EnumerateGpus(l);
   if (!gpus.ok()) return absl::UnavailableError(gpus.status().message());
   if (gpus->empty()) return absl::UnavailableError("the Level Zero drivers report no GPU");
-  // One GPU per runtime, as with CUDA: device mappings of one pointer are per address.
-  // Config::ze_device (UHMM_ZE_DEVICE) picks which.
-  const int index = config.ze_device;
-  if (index < 0 || index >= static_cast<int>(gpus->size())) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "uhmm: ze_device (UHMM_ZE_DEVICE) is %d, which is not a Level Zero GPU index (this machine "
-        "has %d: 0..%d)",
-        index, gpus->size(), static_cast<int>(gpus->size()) - 1));
+  // Config::ze_devices (UHMM_ZE_DEVICES) lists the GPUs (indices over every driver's GPUs), else
+  // Config::ze_device (UHMM_ZE_DEVICE) names one. Root devices only: a GPU with tiles (sub-devices)
+  // is used whole, through its root device.
+  absl::StatusOr<std::vector<int>> listed =
+      ParseDeviceList(config.ze_devices, "ze_devices (UHMM_ZE_DEVICES)");
+  if (!listed.ok()) return listed.status();
+  std::vector<int> indices = *listed;
+  const bool from_list = !indices.empty();
+  if (!from_list) indices = {config.ze_device};
+  if (indices == std::vector<int>{kAllDevices}) {
+    indices.clear();
+    for (const Gpu& g : *gpus) {
+      if (g.driver == gpus->front().driver) indices.push_back(g.index);  // the first driver's GPUs
+    }
   }
-  const Gpu& gpu = (*gpus)[index];
+  std::vector<Gpu> chosen;
+  for (int index : indices) {
+    if (index < 0 || index >= static_cast<int>(gpus->size())) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("uhmm: %s names Level Zero GPU %d, which is not a Level Zero GPU index (this "
+                          "machine has %d: 0..%d)",
+                          from_list ? "ze_devices (UHMM_ZE_DEVICES)" : "ze_device (UHMM_ZE_DEVICE)", index,
+                          gpus->size(), static_cast<int>(gpus->size()) - 1));
+    }
+    chosen.push_back((*gpus)[index]);
+    // One context holds them all, and with it the one device address space one pointer needs.
+    if (chosen.back().driver != chosen.front().driver) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "uhmm: ze_devices (UHMM_ZE_DEVICES): GPUs %d and %d belong to different Level Zero drivers, "
+          "which cannot share one device address space",
+          chosen.front().index, index));
+    }
+  }
   ze_context_desc_t ctx_desc = {ZE_STRUCTURE_TYPE_CONTEXT_DESC, nullptr, 0};
   ze_context_handle_t ctx = nullptr;
-  if (absl::Status s = ZeStatus(l.zeContextCreate(gpu.driver, &ctx_desc, &ctx), "zeContextCreate"); !s.ok()) {
+  if (absl::Status s = ZeStatus(l.zeContextCreate(chosen.front().driver, &ctx_desc, &ctx), "zeContextCreate");
+      !s.ok()) {
     return s;
   }
-  absl::Status usable = CheckOnePointer(l, ctx, gpu);
-  if (!usable.ok()) {
-    l.zeContextDestroy(ctx);
-    return usable;
+  for (const Gpu& g : chosen) {
+    if (absl::Status usable = CheckOnePointer(l, ctx, g); !usable.ok()) {
+      l.zeContextDestroy(ctx);
+      return usable;
+    }
   }
-  return std::unique_ptr<Backend>(new LevelZeroBackend(
-      &l, gpu.driver, gpu.device, ctx, absl::StrFormat("Level Zero GPU %d: %s", index, gpu.name)));
+  std::vector<std::vector<bool>> peer(chosen.size(), std::vector<bool>(chosen.size(), false));
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    for (size_t j = 0; j < chosen.size(); ++j) {
+      ze_bool_t can = 0;
+      if (i != j && l.zeDeviceCanAccessPeer(chosen[i].device, chosen[j].device, &can) == ZE_RESULT_SUCCESS) {
+        peer[i][j] = can != 0;
+      }
+    }
+  }
+  return std::unique_ptr<Backend>(new LevelZeroBackend(&l, std::move(chosen), ctx, std::move(peer)));
 }
 
 }  // namespace uhmm::level_zero

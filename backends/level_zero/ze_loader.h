@@ -23,6 +23,7 @@ namespace uhmm::level_zero {
   X(zeDeviceGetProperties)                  \
   X(zeDeviceGetMemoryProperties)            \
   X(zeDeviceGetCommandQueueGroupProperties) \
+  X(zeDeviceCanAccessPeer)                  \
   X(zeContextCreate)                        \
   X(zeContextDestroy)                       \
   X(zeVirtualMemQueryPageSize)              \

@@ -14,13 +14,13 @@
 namespace uhmm::level_zero {
 
 absl::StatusOr<std::unique_ptr<LaunchTracer>> LaunchTracer::Create(const Loader* l, ze_context_handle_t ctx,
-                                                                   int device) {
+                                                                   std::vector<ze_device_handle_t> devices) {
   if (!l->has_tracer()) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "the Level Zero loader %s has no tracing API (zelTracer*), which transparent launches need",
         l->path));
   }
-  std::unique_ptr<LaunchTracer> t(new LaunchTracer(l, ctx, device));
+  std::unique_ptr<LaunchTracer> t(new LaunchTracer(l, ctx, std::move(devices)));
   zel_tracer_desc_t desc = {ZEL_STRUCTURE_TYPE_TRACER_EXP_DESC, nullptr, t.get()};
   if (ze_result_t r = l->zelTracerCreate(&desc, &t->tracer_); r != ZE_RESULT_SUCCESS) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -41,6 +41,8 @@ absl::StatusOr<std::unique_ptr<LaunchTracer>> LaunchTracer::Create(const Loader*
   prologues.Event.pfnHostResetCb = &EventResetPrologue;
   zel_core_callbacks_t epilogues = {};
   epilogues.CommandList.pfnCreateImmediateCb = &CreateImmediateEpilogue;
+  epilogues.CommandList.pfnCreateCb = &CreateListEpilogue;
+  epilogues.CommandQueue.pfnCreateCb = &CreateQueueEpilogue;
   absl::Status s = ZeStatus(l->zelTracerSetPrologues(t->tracer_, &prologues), "zelTracerSetPrologues");
   if (s.ok()) s = ZeStatus(l->zelTracerSetEpilogues(t->tracer_, &epilogues), "zelTracerSetEpilogues");
   if (s.ok()) s = ZeStatus(l->zelTracerSetEnabled(t->tracer_, true), "zelTracerSetEnabled");
@@ -94,10 +96,29 @@ void LaunchTracer::RecycleCompletedLocked() {
   in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(), done), in_flight_.end());
 }
 
+int LaunchTracer::OrdinalOf(ze_device_handle_t dev) const {
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    if (devices_[i] == dev) return static_cast<int>(i);
+  }
+  return 0;
+}
+
+int LaunchTracer::DeviceOfList(ze_command_list_handle_t list) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = list_device_.find(list);
+  return it == list_device_.end() ? 0 : it->second;
+}
+
+int LaunchTracer::DeviceOfQueue(ze_command_queue_handle_t queue) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = queue_device_.find(queue);
+  return it == queue_device_.end() ? 0 : it->second;
+}
+
 void LaunchTracer::OnLaunch(ze_command_list_handle_t list, ze_event_handle_t* signal_event) {
   if (ScopedUntraced::active()) return;
   if (LaunchListener* listener = listener_.load(std::memory_order_acquire)) {
-    listener->BeforeLaunch(device_, list);
+    listener->BeforeLaunch(DeviceOfList(list), list);
   }
   ScopedUntraced untraced;
   std::lock_guard<std::mutex> lock(mu_);
@@ -124,7 +145,7 @@ void LaunchTracer::OnLaunch(ze_command_list_handle_t list, ze_event_handle_t* si
 void LaunchTracer::OnExecute(ze_command_queue_handle_t queue) {
   if (ScopedUntraced::active()) return;
   if (LaunchListener* listener = listener_.load(std::memory_order_acquire)) {
-    listener->BeforeLaunch(device_, queue);
+    listener->BeforeLaunch(DeviceOfQueue(queue), queue);
   }
   std::lock_guard<std::mutex> lock(mu_);
   queues_.insert(queue);
@@ -140,6 +161,31 @@ void LaunchTracer::CreateImmediateEpilogue(ze_command_list_create_immediate_para
   }
   std::lock_guard<std::mutex> lock(t->mu_);
   t->immediate_lists_.insert(**p->pphCommandList);
+  t->list_device_[**p->pphCommandList] = t->OrdinalOf(*p->phDevice);
+}
+
+void LaunchTracer::CreateListEpilogue(ze_command_list_create_params_t* p, ze_result_t result, void* self,
+                                      void**) {
+  InCallback in(self);
+  LaunchTracer* t = in.tracer();
+  if (ScopedUntraced::active() || result != ZE_RESULT_SUCCESS || *p->phContext != t->ctx_ ||
+      *p->pphCommandList == nullptr) {
+    return;
+  }
+  std::lock_guard<std::mutex> lock(t->mu_);
+  t->list_device_[**p->pphCommandList] = t->OrdinalOf(*p->phDevice);
+}
+
+void LaunchTracer::CreateQueueEpilogue(ze_command_queue_create_params_t* p, ze_result_t result, void* self,
+                                       void**) {
+  InCallback in(self);
+  LaunchTracer* t = in.tracer();
+  if (ScopedUntraced::active() || result != ZE_RESULT_SUCCESS || *p->phContext != t->ctx_ ||
+      *p->pphCommandQueue == nullptr) {
+    return;
+  }
+  std::lock_guard<std::mutex> lock(t->mu_);
+  t->queue_device_[**p->pphCommandQueue] = t->OrdinalOf(*p->phDevice);
 }
 
 void LaunchTracer::ListDestroyPrologue(ze_command_list_destroy_params_t* p, ze_result_t, void* self, void**) {
@@ -148,6 +194,7 @@ void LaunchTracer::ListDestroyPrologue(ze_command_list_destroy_params_t* p, ze_r
   if (ScopedUntraced::active()) return;
   std::lock_guard<std::mutex> lock(t->mu_);
   t->immediate_lists_.erase(*p->phCommandList);
+  t->list_device_.erase(*p->phCommandList);
 }
 
 void LaunchTracer::LaunchPrologue(ze_command_list_append_launch_kernel_params_t* p, ze_result_t, void* self,
@@ -178,6 +225,7 @@ void LaunchTracer::QueueDestroyPrologue(ze_command_queue_destroy_params_t* p, ze
   if (ScopedUntraced::active()) return;
   std::lock_guard<std::mutex> lock(t->mu_);
   t->queues_.erase(*p->phCommandQueue);
+  t->queue_device_.erase(*p->phCommandQueue);
 }
 
 // The application destroys or resets one of its events: stop waiting for it.

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "backends/level_zero/ze_events.h"
@@ -29,8 +30,9 @@ class LaunchTracer {
  public:
   // FAILED_PRECONDITION with what to do when the loader's tracing layer is not active (it must be
   // chosen before the process's first zeInit).
+  // `devices[i]` is runtime device i: launches on its lists and queues name it to the listener.
   static absl::StatusOr<std::unique_ptr<LaunchTracer>> Create(const Loader* l, ze_context_handle_t ctx,
-                                                              int device);
+                                                              std::vector<ze_device_handle_t> devices);
   // The listener later launches call (nullptr: none).
   void SetListener(LaunchListener* listener) { listener_.store(listener, std::memory_order_release); }
   // Disables and destroys the loader tracer, waits for callbacks still running on other threads,
@@ -43,8 +45,13 @@ class LaunchTracer {
   absl::Status WaitForKernels();
 
  private:
-  LaunchTracer(const Loader* l, ze_context_handle_t ctx, int device)
-      : l_(l), ctx_(ctx), device_(device), events_(l, ctx) {}
+  LaunchTracer(const Loader* l, ze_context_handle_t ctx, std::vector<ze_device_handle_t> devices)
+      : l_(l), ctx_(ctx), devices_(std::move(devices)), events_(l, ctx) {}
+  // The runtime ordinal of `dev` (0 when it is none of the runtime's devices).
+  int OrdinalOf(ze_device_handle_t dev) const;
+  // The device a list or queue was created for (0 when unknown: created before the tracer).
+  int DeviceOfList(ze_command_list_handle_t list);
+  int DeviceOfQueue(ze_command_queue_handle_t queue);
 
   struct InFlight {
     ze_event_handle_t event;
@@ -66,6 +73,9 @@ class LaunchTracer {
 
   static void CreateImmediateEpilogue(ze_command_list_create_immediate_params_t* p, ze_result_t result,
                                       void* self, void**);
+  static void CreateListEpilogue(ze_command_list_create_params_t* p, ze_result_t result, void* self, void**);
+  static void CreateQueueEpilogue(ze_command_queue_create_params_t* p, ze_result_t result, void* self,
+                                  void**);
   static void ListDestroyPrologue(ze_command_list_destroy_params_t* p, ze_result_t, void* self, void**);
   static void LaunchPrologue(ze_command_list_append_launch_kernel_params_t* p, ze_result_t, void* self,
                              void**);
@@ -82,7 +92,7 @@ class LaunchTracer {
 
   const Loader* const l_;
   const ze_context_handle_t ctx_;
-  const int device_;
+  const std::vector<ze_device_handle_t> devices_;
   std::atomic<LaunchListener*> listener_{nullptr};
   std::atomic<int> in_callbacks_{0};
   zel_tracer_handle_t tracer_ = nullptr;
@@ -90,6 +100,9 @@ class LaunchTracer {
   std::mutex mu_;  // guards the members below; held while waiting so handles stay valid
   absl::flat_hash_set<ze_command_list_handle_t> immediate_lists_;
   absl::flat_hash_set<ze_command_queue_handle_t> queues_;
+  // The runtime device of each list and queue of uhmm's context (several devices).
+  absl::flat_hash_map<ze_command_list_handle_t, int> list_device_;
+  absl::flat_hash_map<ze_command_queue_handle_t, int> queue_device_;
   std::vector<InFlight> in_flight_;
 };
 

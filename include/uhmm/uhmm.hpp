@@ -102,7 +102,10 @@ struct Config {
   std::string cuda_driver;    // UHMM_CUDA_DRIVER: driver library; empty = "libcuda.so.1"
   std::string cupti_library;  // UHMM_CUPTI_LIBRARY: libcupti path; empty = search (docs/CONFIG.md)
   int ze_device = 0;          // UHMM_ZE_DEVICE: which Level Zero GPU, over all drivers
-  std::string ze_loader;      // UHMM_ZE_LOADER: loader library; empty = "libze_loader.so.1"
+  // UHMM_ZE_DEVICES: several Level Zero GPUs of one driver, "all" (the first driver's) or indices
+  // such as "0,1"; the runtime numbers them 0, 1, ... in that order. Empty: ze_device alone.
+  std::string ze_devices;
+  std::string ze_loader;  // UHMM_ZE_LOADER: loader library; empty = "libze_loader.so.1"
   // Fault injection for testing device-error handling (uhmm/testing.h, docs/TESTING.md): "" or
   // "off" (none), "on" (installed, nothing scheduled) or rules such as "copy_d2h:1".
   std::string fault_injection;  // UHMM_INJECT

@@ -129,6 +129,7 @@ Config Config::FromEnv() {
   integer("UHMM_CUDA_DEVICE", &c.cuda_device);
   integer("UHMM_ZE_DEVICE", &c.ze_device);
   if (const char* v = std::getenv("UHMM_CUDA_DEVICES"); v && *v) c.cuda_devices = v;
+  if (const char* v = std::getenv("UHMM_ZE_DEVICES"); v && *v) c.ze_devices = v;
   if (const char* v = std::getenv("UHMM_CUDA_DRIVER"); v && *v) c.cuda_driver = v;
   if (const char* v = std::getenv("UHMM_CUPTI_LIBRARY"); v && *v) c.cupti_library = v;
   if (const char* v = std::getenv("UHMM_ZE_LOADER"); v && *v) c.ze_loader = v;
@@ -244,6 +245,10 @@ absl::Status Config::Validate() const {
   }
   if (absl::StatusOr<std::vector<int>> list =
           ParseDeviceList(cuda_devices, "cuda_devices (UHMM_CUDA_DEVICES)");
+      !list.ok()) {
+    return list.status();
+  }
+  if (absl::StatusOr<std::vector<int>> list = ParseDeviceList(ze_devices, "ze_devices (UHMM_ZE_DEVICES)");
       !list.ok()) {
     return list.status();
   }

@@ -35,8 +35,16 @@
 //    immediate list through an event (append a barrier that signals it).
 //
 // What it emulates, and how faithfully (compared with Intel's compute-runtime):
-//  - one driver, one GPU ("uhmm emulated Level Zero GPU"), 1 GiB of device memory, two command
-//    queue groups: 0 = compute+copy (1 queue), 1 = copy only (2 queues);
+//  - one driver with UHMM_FAKE_ZE_DEVICES root GPUs (default 1, 1..8; read once, at the first use),
+//    all alike: "uhmm emulated Level Zero GPU" (device i > 0: " <i>" after the name, and a uuid of
+//    its own), 1 GiB of device memory each, two command queue groups: 0 = compute+copy (1 queue),
+//    1 = copy only (2 queues). Root devices only: none has sub-devices;
+//  - peer access between every pair of devices (zeDeviceCanAccessPeer), or none with
+//    UHMM_FAKE_ZE_PEER=none (read once). Physical memory belongs to the device it was created on
+//    and counts against that device's 1 GiB; every command list and command queue belongs to the
+//    device it was created for, and its work accesses memory as that device: reaching another
+//    device's physical memory without peer access is a device fault (see below). A regular list
+//    runs only on a queue of its own device;
 //  - device memory the CPU cannot address: physical memory (zePhysicalMemCreate, multiples of the
 //    2 MiB page) is driver-private host memory; device virtual addresses (zeVirtualMemReserve) are
 //    separate bookkeeping, never host mappings. A reservation honours the caller's hint when it is
@@ -45,13 +53,15 @@
 //    driver picks itself are a PROT_NONE host mapping it holds (kernel-placed, so high in the mmap
 //    area), so no host allocation can later land there and be mistaken for device memory;
 //  - the device address space is one per driver, not one per context (a real driver has one per
-//    context); objects remember their context only to check it;
+//    context), and all devices share it (as one context spanning several devices does): a device
+//    address maps one device's memory, once, and every device translates it alike. Objects remember
+//    their context only to check it;
 //  - any address inside a reservation is a device address; every device access (copies, fills,
-//    kernels) is translated through the page table, and an access to an unmapped page, or a write
-//    to a read-only page, is a device fault. Copies may take ordinary host memory on the other side
-//    (the real driver accepts it too, staging or pinning it internally); kernels may only touch
-//    device memory and zeMemAllocHost memory (plain malloc memory would fault on a real GPU without
-//    system SVM);
+//    kernels) is translated through the page table, and an access to an unmapped page, a write to
+//    a read-only page, or an access to another device's memory without peer access is a device
+//    fault. Copies may take ordinary host memory on the other side (the real driver accepts it
+//    too, staging or pinning it internally); kernels may only touch device memory and
+//    zeMemAllocHost memory (plain malloc memory would fault on a real GPU without system SVM);
 //  - every immediate command list and every command queue is one worker thread running commands
 //    strictly in order (so barriers only need to wait for their events);
 //  - a device fault (or an injected copy failure) does not lose the device: the failing command
@@ -63,7 +73,8 @@
 //  - an error in an event is not propagated to commands of other lists waiting on it;
 //  - kernels are host functions looked up by name (vector_add, add_u32, fill_u32); any SPIR-V blob
 //    (first word 0x07230203) or native binary "contains" all of them;
-//  - no fences, images, samplers, IPC, shared (migratable) USM, timestamps, sub-devices, peers.
+//  - no fences, images, samplers, IPC, shared (migratable) USM, timestamps, sub-devices, peer
+//    copy engines or fabric (peer access is all or nothing, with no cost of its own).
 //
 // Fault injection and counters for tests (dlopen(path, RTLD_NOW | RTLD_NOLOAD) + dlsym):
 //   extern "C" void uhmm_fake_ze_fail_next_copies(int n);   // the next n copies executed fail
@@ -96,6 +107,7 @@ constexpr uintptr_t kUserVaLimit = uintptr_t{1} << 47;
 constexpr uint32_t kSpirvMagic = 0x07230203;
 constexpr uint32_t kSpirvMagicSwapped = 0x03022307;
 constexpr const char* kDeviceName = "uhmm emulated Level Zero GPU";
+constexpr int kMaxDevices = 8;
 
 struct QueueGroup {
   ze_command_queue_group_property_flags_t flags;
@@ -160,9 +172,42 @@ struct DeviceObj {
   int unused = 0;
 };
 DriverObj g_driver_obj;
-DeviceObj g_device_obj;
+DeviceObj g_device_objs[kMaxDevices];
 ze_driver_handle_t DriverHandle() { return reinterpret_cast<ze_driver_handle_t>(&g_driver_obj); }
-ze_device_handle_t DeviceHandle() { return reinterpret_cast<ze_device_handle_t>(&g_device_obj); }
+ze_device_handle_t DeviceHandle(int device) {
+  return reinterpret_cast<ze_device_handle_t>(&g_device_objs[device]);
+}
+
+// UHMM_FAKE_ZE_DEVICES, read once: the loader asks for the devices again at every zeDeviceGet, and
+// their number must not change under handles already given out.
+int NumDevices() {
+  static const int n = [] {
+    const char* e = std::getenv("UHMM_FAKE_ZE_DEVICES");
+    return std::clamp(e != nullptr ? std::atoi(e) : 1, 1, kMaxDevices);
+  }();
+  return n;
+}
+
+// Peer access between every pair of devices unless UHMM_FAKE_ZE_PEER=none (read once, so that what
+// zeDeviceCanAccessPeer answered stays true for the work that follows).
+bool PeerAccess() {
+  static const bool on = [] {
+    const char* e = std::getenv("UHMM_FAKE_ZE_PEER");
+    return e == nullptr || std::strcmp(e, "none") != 0;
+  }();
+  return on;
+}
+
+// The index of one of the NumDevices() devices; -1 for any other handle.
+int DeviceIndex(ze_device_handle_t h) {
+  for (int i = 0; i < NumDevices(); ++i) {
+    if (h == DeviceHandle(i)) return i;
+  }
+  return -1;
+}
+
+// Whether work of `device` may reach memory of `owner`.
+bool CanAccess(int device, int owner) { return device == owner || PeerAccess(); }
 
 struct Context {
   int unused = 0;
@@ -171,6 +216,7 @@ struct Context {
 // Physical device memory: driver-private host memory, never mapped at a device address.
 struct PhysMem {
   const void* ctx = nullptr;
+  int device = 0;  // whose memory it is (and whose budget it counts against)
   size_t size = 0;
   std::byte* storage = nullptr;
   uint32_t pages_mapped = 0;  // guarded by Globals::va_mu
@@ -213,8 +259,8 @@ struct Module {
 struct Launch;
 struct KernelInfo {
   const char* name;
-  std::vector<size_t> arg_sizes;  // 8 = a global pointer (a device address), 4 = a uint
-  bool (*run)(const Launch&);     // false: device fault
+  std::vector<size_t> arg_sizes;           // 8 = a global pointer (a device address), 4 = a uint
+  bool (*run)(const Launch&, int device);  // runs as device; false: device fault
 };
 
 struct Kernel {
@@ -265,9 +311,10 @@ struct Command {
 
 using CommandVec = std::vector<Command>;
 
+// Runs commands as one device: every memory access of its work is that device's.
 class Engine {
  public:
-  Engine();
+  explicit Engine(int device);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -286,6 +333,7 @@ class Engine {
   void Run();
   bool Execute(const Command& cmd);  // false: stopping, abandon the rest
 
+  const int device_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<Item> queue_;
@@ -299,6 +347,7 @@ class Engine {
 
 struct CommandList {
   const void* ctx = nullptr;
+  int device = 0;
   uint32_t ordinal = 0;
   bool immediate = false;
   bool synchronous = false;
@@ -310,7 +359,9 @@ struct CommandList {
 };
 
 struct CommandQueue {
+  explicit CommandQueue(int dev) : device(dev), engine(dev) {}
   const void* ctx = nullptr;
+  const int device;
   uint32_t ordinal = 0;
   bool synchronous = false;
   Engine engine;
@@ -358,8 +409,8 @@ struct Globals {
   std::map<uintptr_t, PageEntry> pages;            // by page address
   std::map<uintptr_t, DeviceAlloc> device_allocs;  // by start
   std::map<uintptr_t, HostAlloc> host_allocs;      // by start
-  uint64_t phys_used = 0;
   uint64_t next_alloc_id = 1;
+  uint64_t phys_used[kMaxDevices] = {};  // by device
 
   std::atomic<int> fail_next_copies{0};
   std::atomic<uint64_t> copies_executed{0};
@@ -484,9 +535,10 @@ bool InHostAlloc(uintptr_t addr, size_t size) {
   return addr + size <= it->first + it->second.size;
 }
 
-// Resolves a device access to host-addressable segments. keep receives the physical memory the
-// segments point into (kept alive while the access runs outside the lock). False: a device fault.
-bool Resolve(uintptr_t addr, size_t size, bool write, bool from_kernel, std::vector<Segment>* out,
+// Resolves an access by `device` to host-addressable segments. keep receives the physical memory
+// the segments point into (kept alive while the access runs outside the lock). False: a device
+// fault.
+bool Resolve(uintptr_t addr, size_t size, bool write, bool from_kernel, int device, std::vector<Segment>* out,
              std::vector<std::shared_ptr<PhysMem>>* keep) {
   out->clear();
   if (size == 0) return true;
@@ -507,6 +559,9 @@ bool Resolve(uintptr_t addr, size_t size, bool write, bool from_kernel, std::vec
     const PageEntry& e = it->second;
     if (e.access == ZE_MEMORY_ACCESS_ATTRIBUTE_NONE) return false;
     if (write && e.access != ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE) return false;
+    // The address space is shared, the memory is not: another device's pages are reachable only
+    // over peer access, and without it the access faults as an unmapped one would.
+    if (!CanAccess(device, e.phys->device)) return false;
     const size_t in_page = cur - page;
     const size_t len = std::min<uintptr_t>(end - cur, kPage - in_page);
     std::byte* host = e.phys->storage + e.offset + in_page;
@@ -521,10 +576,10 @@ bool Resolve(uintptr_t addr, size_t size, bool write, bool from_kernel, std::vec
   return true;
 }
 
-bool DeviceRead(uintptr_t addr, void* dst, size_t size) {
+bool DeviceRead(int device, uintptr_t addr, void* dst, size_t size) {
   std::vector<Segment> segs;
   std::vector<std::shared_ptr<PhysMem>> keep;
-  if (!Resolve(addr, size, false, true, &segs, &keep)) return false;
+  if (!Resolve(addr, size, false, true, device, &segs, &keep)) return false;
   auto* d = static_cast<std::byte*>(dst);
   for (const Segment& s : segs) {
     std::memcpy(d, s.host, s.len);
@@ -533,10 +588,10 @@ bool DeviceRead(uintptr_t addr, void* dst, size_t size) {
   return true;
 }
 
-bool DeviceWrite(uintptr_t addr, const void* src, size_t size) {
+bool DeviceWrite(int device, uintptr_t addr, const void* src, size_t size) {
   std::vector<Segment> segs;
   std::vector<std::shared_ptr<PhysMem>> keep;
-  if (!Resolve(addr, size, true, true, &segs, &keep)) return false;
+  if (!Resolve(addr, size, true, true, device, &segs, &keep)) return false;
   auto* s = static_cast<const std::byte*>(src);
   for (const Segment& seg : segs) {
     std::memcpy(seg.host, s, seg.len);
@@ -547,31 +602,31 @@ bool DeviceWrite(uintptr_t addr, const void* src, size_t size) {
 
 // ---- kernels: host implementations ----
 
-bool RunVectorAdd(const Launch& l) {
+bool RunVectorAdd(const Launch& l, int device) {
   const uint64_t n = std::min<uint64_t>(l.U32(3), l.Items());
   if (n == 0) return true;
   std::vector<float> a(n), b(n), c(n);
-  if (!DeviceRead(l.Ptr(0), a.data(), n * sizeof(float))) return false;
-  if (!DeviceRead(l.Ptr(1), b.data(), n * sizeof(float))) return false;
+  if (!DeviceRead(device, l.Ptr(0), a.data(), n * sizeof(float))) return false;
+  if (!DeviceRead(device, l.Ptr(1), b.data(), n * sizeof(float))) return false;
   for (uint64_t i = 0; i < n; ++i) c[i] = a[i] + b[i];
-  return DeviceWrite(l.Ptr(2), c.data(), n * sizeof(float));
+  return DeviceWrite(device, l.Ptr(2), c.data(), n * sizeof(float));
 }
 
-bool RunAddU32(const Launch& l) {
+bool RunAddU32(const Launch& l, int device) {
   const uint64_t n = std::min<uint64_t>(l.U32(2), l.Items());
   if (n == 0) return true;
   std::vector<uint32_t> p(n);
-  if (!DeviceRead(l.Ptr(0), p.data(), n * sizeof(uint32_t))) return false;
+  if (!DeviceRead(device, l.Ptr(0), p.data(), n * sizeof(uint32_t))) return false;
   const uint32_t value = l.U32(1);
   for (uint32_t& v : p) v += value;
-  return DeviceWrite(l.Ptr(0), p.data(), n * sizeof(uint32_t));
+  return DeviceWrite(device, l.Ptr(0), p.data(), n * sizeof(uint32_t));
 }
 
-bool RunFillU32(const Launch& l) {
+bool RunFillU32(const Launch& l, int device) {
   const uint64_t n = std::min<uint64_t>(l.U32(2), l.Items());
   if (n == 0) return true;
   std::vector<uint32_t> p(n, l.U32(1));
-  return DeviceWrite(l.Ptr(0), p.data(), n * sizeof(uint32_t));
+  return DeviceWrite(device, l.Ptr(0), p.data(), n * sizeof(uint32_t));
 }
 
 const KernelInfo kKernels[] = {
@@ -610,7 +665,7 @@ ze_result_t EventResult(int state) {
 
 // ---- engine ----
 
-Engine::Engine() : thread_([this] { Run(); }) {}
+Engine::Engine(int device) : device_(device), thread_([this] { Run(); }) {}
 
 Engine::~Engine() {
   {
@@ -677,15 +732,15 @@ void Engine::Run() {
   }
 }
 
-bool DoCopy(const Command& cmd) {
+bool DoCopy(const Command& cmd, int device) {
   int pending = g.fail_next_copies.load();
   while (pending > 0 && !g.fail_next_copies.compare_exchange_weak(pending, pending - 1)) {
   }
   if (pending > 0) return false;  // injected failure
   std::vector<Segment> dst, src;
   std::vector<std::shared_ptr<PhysMem>> keep;
-  if (!Resolve(cmd.dst, cmd.size, true, false, &dst, &keep)) return false;
-  if (!Resolve(cmd.src, cmd.size, false, false, &src, &keep)) return false;
+  if (!Resolve(cmd.dst, cmd.size, true, false, device, &dst, &keep)) return false;
+  if (!Resolve(cmd.src, cmd.size, false, false, device, &src, &keep)) return false;
   size_t di = 0, si = 0, doff = 0, soff = 0;
   while (di < dst.size() && si < src.size()) {
     const size_t n = std::min(dst[di].len - doff, src[si].len - soff);
@@ -699,10 +754,10 @@ bool DoCopy(const Command& cmd) {
   return true;
 }
 
-bool DoFill(const Command& cmd) {
+bool DoFill(const Command& cmd, int device) {
   std::vector<Segment> dst;
   std::vector<std::shared_ptr<PhysMem>> keep;
-  if (!Resolve(cmd.dst, cmd.size, true, false, &dst, &keep)) return false;
+  if (!Resolve(cmd.dst, cmd.size, true, false, device, &dst, &keep)) return false;
   const size_t p = cmd.pattern.size();
   size_t pos = 0;
   for (const Segment& s : dst) {
@@ -727,13 +782,13 @@ bool Engine::Execute(const Command& cmd) {
   if (!failing_) {
     switch (cmd.kind) {
       case Command::kCopy:
-        ok = DoCopy(cmd);
+        ok = DoCopy(cmd, device_);
         break;
       case Command::kFill:
-        ok = DoFill(cmd);
+        ok = DoFill(cmd, device_);
         break;
       case Command::kKernel:
-        ok = cmd.launch->info->run(*cmd.launch);
+        ok = cmd.launch->info->run(*cmd.launch, device_);
         break;
       case Command::kEventReset:
         SetEventState(cmd.reset, kNotSignaled);
@@ -763,7 +818,7 @@ ze_result_t CheckContext(ze_context_handle_t ctx) {
 
 ze_result_t CheckDevice(ze_device_handle_t dev) {
   if (dev == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_HANDLE;
-  return dev == DeviceHandle() ? ZE_RESULT_SUCCESS : ZE_RESULT_ERROR_INVALID_ARGUMENT;
+  return DeviceIndex(dev) >= 0 ? ZE_RESULT_SUCCESS : ZE_RESULT_ERROR_INVALID_ARGUMENT;
 }
 
 ze_result_t CheckDriver(ze_driver_handle_t drv) {
@@ -884,8 +939,13 @@ extern "C" ze_result_t uhmm_fake_zeDeviceGet(ze_driver_handle_t hDriver, uint32_
                                              ze_device_handle_t* phDevices) {
   if (ze_result_t r = CheckDriver(hDriver); r != ZE_RESULT_SUCCESS) return r;
   if (pCount == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
-  if (*pCount > 0 && phDevices != nullptr) phDevices[0] = DeviceHandle();
-  *pCount = 1;
+  const uint32_t n = static_cast<uint32_t>(NumDevices());
+  if (*pCount == 0 || phDevices == nullptr) {
+    *pCount = n;
+    return ZE_RESULT_SUCCESS;
+  }
+  *pCount = std::min(*pCount, n);  // the first *pCount devices, in order
+  for (uint32_t i = 0; i < *pCount; ++i) phDevices[i] = DeviceHandle(static_cast<int>(i));
   return ZE_RESULT_SUCCESS;
 }
 
@@ -901,8 +961,10 @@ extern "C" ze_result_t uhmm_fake_zeDeviceGetProperties(ze_device_handle_t hDevic
                                                        ze_device_properties_t* p) {
   if (ze_result_t r = CheckDevice(hDevice); r != ZE_RESULT_SUCCESS) return r;
   if (p == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
+  const int index = DeviceIndex(hDevice);
   p->type = ZE_DEVICE_TYPE_GPU;
   p->vendorId = 0x8086;
+  // The PCI device (model) id: the same for every device, as for one model's cards in a machine.
   p->deviceId = 0xfa4e;
   p->flags = 0;  // discrete, no on-demand paging (no shared USM)
   p->subdeviceId = 0;
@@ -920,7 +982,23 @@ extern "C" ze_result_t uhmm_fake_zeDeviceGetProperties(ze_device_handle_t hDevic
   p->kernelTimestampValidBits = 32;
   std::memset(&p->uuid, 0, sizeof(p->uuid));
   std::memcpy(p->uuid.id, "uhmm-fake-ze-gpu", sizeof(p->uuid.id));
-  CopyName(p->name, sizeof(p->name), kDeviceName);
+  std::string name = kDeviceName;
+  if (index > 0) {
+    // The uuid tells devices apart (device 0 keeps the single-device one).
+    p->uuid.id[sizeof(p->uuid.id) - 1] = static_cast<uint8_t>('0' + index);
+    name += " " + std::to_string(index);
+  }
+  CopyName(p->name, sizeof(p->name), name.c_str());
+  return ZE_RESULT_SUCCESS;
+}
+
+extern "C" ze_result_t uhmm_fake_zeDeviceCanAccessPeer(ze_device_handle_t hDevice,
+                                                       ze_device_handle_t hPeerDevice, ze_bool_t* value) {
+  if (ze_result_t r = CheckDevice(hDevice); r != ZE_RESULT_SUCCESS) return r;
+  if (ze_result_t r = CheckDevice(hPeerDevice); r != ZE_RESULT_SUCCESS) return r;
+  if (value == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
+  // A device always reaches its own memory (compute-runtime answers true for it too).
+  *value = CanAccess(DeviceIndex(hDevice), DeviceIndex(hPeerDevice)) ? 1 : 0;
   return ZE_RESULT_SUCCESS;
 }
 
@@ -1035,20 +1113,22 @@ extern "C" ze_result_t uhmm_fake_zePhysicalMemCreate(ze_context_handle_t hContex
   if (desc->flags > 0x1) return ZE_RESULT_ERROR_INVALID_ENUMERATION;
   if (desc->size == 0) return ZE_RESULT_ERROR_UNSUPPORTED_SIZE;
   if (desc->size % kPage != 0) return ZE_RESULT_ERROR_UNSUPPORTED_SIZE;
+  const int device = DeviceIndex(hDevice);
   {
     std::lock_guard<std::mutex> lock(g.va_mu);
-    if (desc->size > kDeviceMemory - g.phys_used) return ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY;
-    g.phys_used += desc->size;
+    if (desc->size > kDeviceMemory - g.phys_used[device]) return ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY;
+    g.phys_used[device] += desc->size;
   }
   void* mem =
       mmap(nullptr, desc->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
     std::lock_guard<std::mutex> lock(g.va_mu);
-    g.phys_used -= desc->size;
+    g.phys_used[device] -= desc->size;
     return ZE_RESULT_ERROR_OUT_OF_HOST_MEMORY;
   }
   auto pm = std::make_shared<PhysMem>();
   pm->ctx = hContext;
+  pm->device = device;
   pm->size = desc->size;
   pm->storage = static_cast<std::byte*>(mem);
   *phPhysicalMemory = reinterpret_cast<ze_physical_mem_handle_t>(g.phys.Add(std::move(pm)));
@@ -1064,7 +1144,7 @@ extern "C" ze_result_t uhmm_fake_zePhysicalMemDestroy(ze_context_handle_t hConte
   if (!pm || pm->ctx != hContext) return ZE_RESULT_ERROR_INVALID_ARGUMENT;
   if (pm->pages_mapped > 0) return ZE_RESULT_ERROR_HANDLE_OBJECT_IN_USE;
   g.phys.Remove(hPhysicalMemory);
-  g.phys_used -= pm->size;
+  g.phys_used[pm->device] -= pm->size;
   return ZE_RESULT_SUCCESS;  // the storage goes when the last in-flight access lets go
 }
 
@@ -1213,13 +1293,15 @@ extern "C" ze_result_t uhmm_fake_zeMemAllocDevice(ze_context_handle_t hContext,
   if ((alignment & (alignment - 1)) != 0) return ZE_RESULT_ERROR_UNSUPPORTED_ALIGNMENT;
   if (size > kDeviceMemory) return ZE_RESULT_ERROR_UNSUPPORTED_SIZE;
   const size_t reserved = (size + kPage - 1) / kPage * kPage;
+  const int device = DeviceIndex(hDevice);
   std::lock_guard<std::mutex> lock(g.va_mu);
-  if (reserved > kDeviceMemory - g.phys_used) return ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY;
+  if (reserved > kDeviceMemory - g.phys_used[device]) return ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY;
   void* mem =
       mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) return ZE_RESULT_ERROR_OUT_OF_HOST_MEMORY;
   auto pm = std::make_shared<PhysMem>();
   pm->ctx = hContext;
+  pm->device = device;
   pm->size = reserved;
   pm->storage = static_cast<std::byte*>(mem);
   uintptr_t start = 0;
@@ -1227,7 +1309,7 @@ extern "C" ze_result_t uhmm_fake_zeMemAllocDevice(ze_context_handle_t hContext,
       r != ZE_RESULT_SUCCESS) {
     return r;
   }
-  g.phys_used += reserved;
+  g.phys_used[device] += reserved;
   MapPages(start, reserved, pm, 0, ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE);
   g.device_allocs[start] = DeviceAlloc{size, reserved, g.next_alloc_id++, std::move(pm)};
   *pptr = reinterpret_cast<void*>(start);
@@ -1258,7 +1340,7 @@ extern "C" ze_result_t uhmm_fake_zeMemFree(ze_context_handle_t hContext, void* p
   std::lock_guard<std::mutex> lock(g.va_mu);
   if (auto it = g.device_allocs.find(start); it != g.device_allocs.end()) {
     UnmapPages(start, it->second.reserved);
-    g.phys_used -= it->second.reserved;
+    g.phys_used[it->second.phys->device] -= it->second.reserved;
     g.device_allocs.erase(it);
     ReleaseRange(start);
     return ZE_RESULT_SUCCESS;
@@ -1287,7 +1369,7 @@ extern "C" ze_result_t uhmm_fake_zeMemGetAllocProperties(ze_context_handle_t hCo
     props->type = ZE_MEMORY_TYPE_DEVICE;
     props->id = std::prev(dev)->second.id;
     props->pageSize = kPage;
-    if (phDevice != nullptr) *phDevice = DeviceHandle();
+    if (phDevice != nullptr) *phDevice = DeviceHandle(std::prev(dev)->second.phys->device);
     return ZE_RESULT_SUCCESS;
   }
   auto host = g.host_allocs.upper_bound(addr);
@@ -1417,7 +1499,7 @@ extern "C" ze_result_t uhmm_fake_zeCommandQueueCreate(ze_context_handle_t hConte
   if (desc == nullptr || phCommandQueue == nullptr) return ZE_RESULT_ERROR_INVALID_NULL_POINTER;
   if (desc->flags > 0x1) return ZE_RESULT_ERROR_INVALID_ENUMERATION;
   if (ze_result_t r = CheckQueueDesc(desc); r != ZE_RESULT_SUCCESS) return r;
-  auto q = std::make_shared<CommandQueue>();
+  auto q = std::make_shared<CommandQueue>(DeviceIndex(hDevice));
   q->ctx = hContext;
   q->ordinal = desc->ordinal;
   q->synchronous = desc->mode == ZE_COMMAND_QUEUE_MODE_SYNCHRONOUS;
@@ -1447,8 +1529,8 @@ extern "C" ze_result_t uhmm_fake_zeCommandQueueExecuteCommandLists(ze_command_qu
   for (uint32_t i = 0; i < numCommandLists; ++i) {
     auto list = phCommandLists[i] == nullptr ? nullptr : g.lists.Get(phCommandLists[i]);
     if (!list) return ZE_RESULT_ERROR_INVALID_ARGUMENT;
-    if (list->immediate || list->ordinal != q->ordinal) {
-      return ZE_RESULT_ERROR_INVALID_COMMAND_LIST_TYPE;
+    if (list->immediate || list->device != q->device || list->ordinal != q->ordinal) {
+      return ZE_RESULT_ERROR_INVALID_COMMAND_LIST_TYPE;  // not made for this queue's engine
     }
     std::lock_guard<std::mutex> lock(list->mu);
     if (!list->closed) return ZE_RESULT_ERROR_INVALID_ARGUMENT;
@@ -1478,6 +1560,7 @@ extern "C" ze_result_t uhmm_fake_zeCommandListCreate(ze_context_handle_t hContex
   if (desc->commandQueueGroupOrdinal >= kNumGroups) return ZE_RESULT_ERROR_INVALID_ARGUMENT;
   auto list = std::make_shared<CommandList>();
   list->ctx = hContext;
+  list->device = DeviceIndex(hDevice);
   list->ordinal = desc->commandQueueGroupOrdinal;
   *phCommandList = reinterpret_cast<ze_command_list_handle_t>(g.lists.Add(std::move(list)));
   return ZE_RESULT_SUCCESS;
@@ -1494,10 +1577,11 @@ extern "C" ze_result_t uhmm_fake_zeCommandListCreateImmediate(ze_context_handle_
   if (ze_result_t r = CheckQueueDesc(altdesc); r != ZE_RESULT_SUCCESS) return r;
   auto list = std::make_shared<CommandList>();
   list->ctx = hContext;
+  list->device = DeviceIndex(hDevice);
   list->ordinal = altdesc->ordinal;
   list->immediate = true;
   list->synchronous = altdesc->mode == ZE_COMMAND_QUEUE_MODE_SYNCHRONOUS;
-  list->engine = std::make_unique<Engine>();
+  list->engine = std::make_unique<Engine>(list->device);
   *phCommandList = reinterpret_cast<ze_command_list_handle_t>(g.lists.Add(std::move(list)));
   return ZE_RESULT_SUCCESS;
 }

@@ -4,12 +4,16 @@
 //
 // The loader reads ZE_ENABLE_ALT_DRIVERS and ZE_ENABLE_TRACING_LAYER at the first zeInit, so main()
 // sets both before any test runs (ctest also sets ZE_ENABLE_ALT_DRIVERS).
+//
+// FakeZeTwoDevices.* need the driver to emulate several GPUs (UHMM_FAKE_ZE_DEVICES=2) and skip
+// otherwise; ctest runs them with 2 devices, with and without peer access (UHMM_FAKE_ZE_PEER=none).
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <layers/zel_tracing_api.h>
 #include <ze_api.h>
 #include <ze_ddi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -91,12 +95,13 @@ class FakeZe : public ::testing::Test {
     return compute_group_ != UINT32_MAX && copy_group_ != UINT32_MAX;
   }
 
-  ze_command_list_handle_t Immediate(uint32_t ordinal, uint32_t index = 0) {
+  ze_command_list_handle_t Immediate(uint32_t ordinal, uint32_t index = 0,
+                                     ze_device_handle_t device = nullptr) {
     ze_command_queue_desc_t d{
         ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, ordinal, index, 0, ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
         ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
     ze_command_list_handle_t l = nullptr;
-    EXPECT_ZE(zeCommandListCreateImmediate(context_, device_, &d, &l));
+    EXPECT_ZE(zeCommandListCreateImmediate(context_, device != nullptr ? device : device_, &d, &l));
     lists_.push_back(l);
     return l;
   }
@@ -117,7 +122,8 @@ class FakeZe : public ::testing::Test {
     size_t size = 0;
     std::vector<ze_physical_mem_handle_t> phys;
   };
-  DeviceMem Allocate(size_t size, const void* hint = nullptr, size_t mapped_pages = SIZE_MAX) {
+  DeviceMem Allocate(size_t size, const void* hint = nullptr, size_t mapped_pages = SIZE_MAX,
+                     ze_device_handle_t device = nullptr) {
     DeviceMem m;
     m.size = size;
     EXPECT_ZE(zeVirtualMemReserve(context_, hint, size, &m.va));
@@ -125,7 +131,7 @@ class FakeZe : public ::testing::Test {
     for (size_t i = 0; i < pages; ++i) {
       ze_physical_mem_desc_t pd{ZE_STRUCTURE_TYPE_PHYSICAL_MEM_DESC, nullptr, 0, kPage};
       ze_physical_mem_handle_t p = nullptr;
-      EXPECT_ZE(zePhysicalMemCreate(context_, device_, &pd, &p));
+      EXPECT_ZE(zePhysicalMemCreate(context_, device != nullptr ? device : device_, &pd, &p));
       m.phys.push_back(p);
       void* at = static_cast<char*>(m.va) + (pages - 1 - i) * kPage;
       EXPECT_ZE(zeVirtualMemMap(context_, at, kPage, p, 0, ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE));
@@ -589,6 +595,244 @@ TEST_F(FakeZe, ConcurrentListsDoNotInterfere) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
+  Free(m);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Several GPUs (UHMM_FAKE_ZE_DEVICES=2): one context, one device address space, memory per device.
+
+class FakeZeTwoDevices : public FakeZe {
+ protected:
+  void SetUp() override {
+    FakeZe::SetUp();
+    if (HasFatalFailure()) return;
+    uint32_t n = 0;
+    ASSERT_ZE(zeDeviceGet(driver_, &n, nullptr));
+    if (n < 2) GTEST_SKIP() << "the driver emulates one GPU; run with UHMM_FAKE_ZE_DEVICES=2";
+    ASSERT_EQ(n, 2u) << "run with UHMM_FAKE_ZE_DEVICES=2";
+    ze_device_handle_t devs[2] = {nullptr, nullptr};
+    ASSERT_ZE(zeDeviceGet(driver_, &n, devs));
+    ASSERT_EQ(devs[0], device_);
+    device1_ = devs[1];
+    const char* peer = std::getenv("UHMM_FAKE_ZE_PEER");
+    peer_ = peer == nullptr || std::string(peer) != "none";
+  }
+
+  // A regular list of `device` holding one copy, run on a queue of that device; returns what the
+  // queue reports.
+  ze_result_t CopyOnQueue(ze_device_handle_t device, void* dst, const void* src, size_t size) {
+    ze_command_list_desc_t ld{ZE_STRUCTURE_TYPE_COMMAND_LIST_DESC, nullptr, copy_group_, 0};
+    ze_command_list_handle_t list = nullptr;
+    EXPECT_ZE(zeCommandListCreate(context_, device, &ld, &list));
+    ze_command_queue_desc_t qd{
+        ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, copy_group_, 0, 0, ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+        ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+    ze_command_queue_handle_t queue = nullptr;
+    EXPECT_ZE(zeCommandQueueCreate(context_, device, &qd, &queue));
+    EXPECT_ZE(zeCommandListAppendMemoryCopy(list, dst, src, size, nullptr, 0, nullptr));
+    EXPECT_ZE(zeCommandListClose(list));
+    EXPECT_ZE(zeCommandQueueExecuteCommandLists(queue, 1, &list, nullptr));
+    const ze_result_t r = zeCommandQueueSynchronize(queue, UINT64_MAX);
+    EXPECT_ZE(zeCommandQueueDestroy(queue));
+    EXPECT_ZE(zeCommandListDestroy(list));
+    return r;
+  }
+
+  ze_device_handle_t device1_ = nullptr;
+  bool peer_ = true;
+};
+
+TEST_F(FakeZeTwoDevices, ListsTwoAlikeGpus) {
+  EXPECT_NE(device1_, device_);
+  uint32_t n = 1;  // asking for fewer gets the first ones
+  ze_device_handle_t first = nullptr;
+  ASSERT_ZE(zeDeviceGet(driver_, &n, &first));
+  EXPECT_EQ(n, 1u);
+  EXPECT_EQ(first, device_);
+
+  ze_device_properties_t p0{}, p1{};
+  p0.stype = p1.stype = ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES;
+  ASSERT_ZE(zeDeviceGetProperties(device_, &p0));
+  ASSERT_ZE(zeDeviceGetProperties(device1_, &p1));
+  EXPECT_STREQ(p0.name, "uhmm emulated Level Zero GPU");
+  EXPECT_STREQ(p1.name, "uhmm emulated Level Zero GPU 1");
+  EXPECT_EQ(p1.type, ZE_DEVICE_TYPE_GPU);
+  EXPECT_NE(std::memcmp(p0.uuid.id, p1.uuid.id, sizeof(p0.uuid.id)), 0);
+  EXPECT_EQ(p0.maxMemAllocSize, p1.maxMemAllocSize);
+
+  // The same queue groups, memory and page size; no sub-devices.
+  for (ze_device_handle_t d : {device_, device1_}) {
+    uint32_t groups = 0;
+    ASSERT_ZE(zeDeviceGetCommandQueueGroupProperties(d, &groups, nullptr));
+    EXPECT_EQ(groups, 2u);
+    uint32_t mems = 1;
+    ze_device_memory_properties_t mem{};
+    mem.stype = ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES;
+    ASSERT_ZE(zeDeviceGetMemoryProperties(d, &mems, &mem));
+    EXPECT_EQ(mem.totalSize, uint64_t{1} << 30);
+    size_t page = 0;
+    ASSERT_ZE(zeVirtualMemQueryPageSize(context_, d, 4096, &page));
+    EXPECT_EQ(page, kPage);
+    uint32_t subs = 5;
+    ASSERT_ZE(zeDeviceGetSubDevices(d, &subs, nullptr));
+    EXPECT_EQ(subs, 0u);
+  }
+}
+
+TEST_F(FakeZeTwoDevices, CanAccessPeerAnswersPerPair) {
+  ze_bool_t can = 7;
+  ASSERT_ZE(zeDeviceCanAccessPeer(device_, device_, &can));
+  EXPECT_EQ(can, 1);
+  ASSERT_ZE(zeDeviceCanAccessPeer(device1_, device1_, &can));
+  EXPECT_EQ(can, 1);
+  ASSERT_ZE(zeDeviceCanAccessPeer(device_, device1_, &can));
+  EXPECT_EQ(can, peer_ ? 1 : 0);
+  can = 7;
+  ASSERT_ZE(zeDeviceCanAccessPeer(device1_, device_, &can));
+  EXPECT_EQ(can, peer_ ? 1 : 0);
+}
+
+TEST_F(FakeZeTwoDevices, EachDeviceHasItsOwnGibibyte) {
+  ze_physical_mem_desc_t pd{ZE_STRUCTURE_TYPE_PHYSICAL_MEM_DESC, nullptr, 0, size_t{1} << 30};
+  ze_physical_mem_handle_t all0 = nullptr, all1 = nullptr, more = nullptr;
+  ASSERT_ZE(zePhysicalMemCreate(context_, device_, &pd, &all0));
+  ASSERT_ZE(zePhysicalMemCreate(context_, device1_, &pd, &all1));  // device 0's use does not count
+  pd.size = kPage;
+  EXPECT_EQ(zePhysicalMemCreate(context_, device_, &pd, &more), ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY);
+  EXPECT_EQ(zePhysicalMemCreate(context_, device1_, &pd, &more), ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY);
+  EXPECT_ZE(zePhysicalMemDestroy(context_, all1));  // gives back device 1's, not device 0's
+  EXPECT_EQ(zePhysicalMemCreate(context_, device_, &pd, &more), ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY);
+  ASSERT_ZE(zePhysicalMemCreate(context_, device1_, &pd, &more));
+  EXPECT_ZE(zePhysicalMemDestroy(context_, more));
+  EXPECT_ZE(zePhysicalMemDestroy(context_, all0));
+
+  // zeMemAllocDevice memory belongs to (and is reported on) the device it was allocated on.
+  ze_device_mem_alloc_desc_t dd{ZE_STRUCTURE_TYPE_DEVICE_MEM_ALLOC_DESC, nullptr, 0, 0};
+  void* dev = nullptr;
+  ASSERT_ZE(zeMemAllocDevice(context_, &dd, kPage, 64, device1_, &dev));
+  ze_memory_allocation_properties_t props{};
+  props.stype = ZE_STRUCTURE_TYPE_MEMORY_ALLOCATION_PROPERTIES;
+  ze_device_handle_t owner = nullptr;
+  ASSERT_ZE(zeMemGetAllocProperties(context_, dev, &props, &owner));
+  EXPECT_EQ(props.type, ZE_MEMORY_TYPE_DEVICE);
+  EXPECT_EQ(owner, device1_);
+  EXPECT_ZE(zeMemFree(context_, dev));
+}
+
+// Device 1's memory at a device address: device 1's lists read and write it; device 0's reach it
+// only over peer access, and without it their commands are lost like any device fault.
+TEST_F(FakeZeTwoDevices, AnotherDevicesMemoryNeedsPeerAccess) {
+  DeviceMem m = Allocate(2 * kPage, nullptr, SIZE_MAX, device1_);
+  ze_command_list_handle_t list1 = Immediate(copy_group_, 0, device1_);
+  ze_command_list_handle_t list0 = Immediate(copy_group_, 0, device_);
+
+  // 1 MiB across the two (reversed) mappings.
+  char* dev = static_cast<char*>(m.va) + kPage - (512 << 10);
+  std::vector<uint32_t> in((1 << 20) / 4), out(in.size(), 0);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint32_t>(i * 2654435761u);
+  const size_t size = in.size() * 4;
+  ASSERT_ZE(CopyAndWait(list1, dev, in.data(), size));
+  ASSERT_ZE(CopyAndWait(list1, out.data(), dev, size));
+  EXPECT_EQ(out, in);
+  std::fill(out.begin(), out.end(), 0);
+  EXPECT_ZE(CopyOnQueue(device1_, out.data(), dev, size));
+  EXPECT_EQ(out, in);
+
+  // Device 0: an immediate list, and a regular list on a queue.
+  std::fill(out.begin(), out.end(), 0);
+  const ze_result_t lost = peer_ ? ZE_RESULT_SUCCESS : ZE_RESULT_ERROR_DEVICE_LOST;
+  EXPECT_EQ(CopyAndWait(list0, out.data(), dev, size), lost);
+  EXPECT_EQ(out, peer_ ? in : std::vector<uint32_t>(in.size(), 0));
+  std::fill(out.begin(), out.end(), 0);
+  EXPECT_EQ(CopyOnQueue(device_, out.data(), dev, size), lost);
+  EXPECT_EQ(out, peer_ ? in : std::vector<uint32_t>(in.size(), 0));
+
+  // A write (a fill) by device 0; device 1 reads back what landed.
+  const uint32_t pattern = 0xabcdef01;
+  ze_event_handle_t filled = Event();
+  ASSERT_ZE(zeCommandListAppendMemoryFill(list0, dev, &pattern, sizeof(pattern), size, nullptr, 0, nullptr));
+  ASSERT_ZE(zeCommandListAppendBarrier(list0, filled, 0, nullptr));  // ends a failure
+  EXPECT_EQ(zeEventHostSynchronize(filled, UINT64_MAX), lost);
+  ASSERT_ZE(CopyAndWait(list1, out.data(), dev, size));
+  EXPECT_EQ(out, peer_ ? std::vector<uint32_t>(in.size(), pattern) : in);
+
+  // Device 0's lists still work on host memory and on device 0's own memory.
+  uint64_t src = 42, dst = 0;
+  EXPECT_ZE(CopyAndWait(list0, &dst, &src, sizeof(src)));
+  EXPECT_EQ(dst, 42u);
+  DeviceMem mine = Allocate(kPage);
+  EXPECT_ZE(CopyAndWait(list0, mine.va, &src, sizeof(src)));
+  EXPECT_EQ(CopyAndWait(list1, &dst, mine.va, sizeof(dst)), lost);  // and the other way round
+  Free(mine);
+  Free(m);
+}
+
+TEST_F(FakeZeTwoDevices, KernelsReachAnotherDevicesMemoryOnlyAsPeers) {
+  std::vector<uint32_t> spirv = FakeSpirv();
+  ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC,
+                      nullptr,
+                      ZE_MODULE_FORMAT_IL_SPIRV,
+                      spirv.size() * 4,
+                      reinterpret_cast<const uint8_t*>(spirv.data()),
+                      nullptr,
+                      nullptr};
+  ze_module_handle_t module = nullptr;
+  ASSERT_ZE(zeModuleCreate(context_, device_, &md, &module, nullptr));
+  ze_kernel_handle_t fill = nullptr;
+  ze_kernel_desc_t kd{ZE_STRUCTURE_TYPE_KERNEL_DESC, nullptr, 0, "fill_u32"};
+  ASSERT_ZE(zeKernelCreate(module, &kd, &fill));
+  DeviceMem m = Allocate(kPage, nullptr, SIZE_MAX, device1_);
+  const uint32_t n = 1024, nine = 9;
+  uint64_t ptr = reinterpret_cast<uintptr_t>(m.va);
+  ASSERT_ZE(zeKernelSetGroupSize(fill, 64, 1, 1));
+  ASSERT_ZE(zeKernelSetArgumentValue(fill, 0, sizeof(ptr), &ptr));
+  ASSERT_ZE(zeKernelSetArgumentValue(fill, 1, sizeof(nine), &nine));
+  ASSERT_ZE(zeKernelSetArgumentValue(fill, 2, sizeof(n), &n));
+  ze_group_count_t groups{n / 64, 1, 1};
+  ze_command_list_handle_t list0 = Immediate(compute_group_, 0, device_);
+  ze_event_handle_t done = Event();
+  ASSERT_ZE(zeCommandListAppendLaunchKernel(list0, fill, &groups, done, 0, nullptr));
+  EXPECT_EQ(zeEventHostSynchronize(done, UINT64_MAX),
+            peer_ ? ZE_RESULT_SUCCESS : ZE_RESULT_ERROR_DEVICE_LOST);
+  std::vector<uint32_t> out(n, 0);
+  ASSERT_ZE(CopyAndWait(Immediate(copy_group_, 0, device1_), out.data(), m.va, n * 4));
+  EXPECT_EQ(out, std::vector<uint32_t>(n, peer_ ? 9u : 0u));
+  EXPECT_ZE(zeKernelDestroy(fill));
+  EXPECT_ZE(zeModuleDestroy(module));
+  Free(m);
+}
+
+TEST_F(FakeZeTwoDevices, OneAddressSpaceForAllDevices) {
+  DeviceMem m = Allocate(kPage);  // device 0's memory
+  ze_physical_mem_desc_t pd{ZE_STRUCTURE_TYPE_PHYSICAL_MEM_DESC, nullptr, 0, kPage};
+  ze_physical_mem_handle_t p1 = nullptr;
+  ASSERT_ZE(zePhysicalMemCreate(context_, device1_, &pd, &p1));
+  EXPECT_EQ(zeVirtualMemMap(context_, m.va, kPage, p1, 0, ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE),
+            ZE_RESULT_ERROR_INVALID_ARGUMENT);  // already mapped (to device 0's memory)
+  // A reservation is no device's: the next page of it takes device 1's memory.
+  void* va = nullptr;
+  ASSERT_ZE(zeVirtualMemReserve(context_, nullptr, 2 * kPage, &va));
+  EXPECT_NE(va, m.va);
+  char* second = static_cast<char*>(va) + kPage;
+  ASSERT_ZE(zeVirtualMemMap(context_, second, kPage, p1, 0, ZE_MEMORY_ACCESS_ATTRIBUTE_READWRITE));
+  EXPECT_ZE(zeVirtualMemUnmap(context_, second, kPage));
+  EXPECT_ZE(zeVirtualMemFree(context_, va, 2 * kPage));
+  EXPECT_ZE(zePhysicalMemDestroy(context_, p1));
+
+  // A regular list runs only on a queue of its own device.
+  ze_command_list_desc_t ld{ZE_STRUCTURE_TYPE_COMMAND_LIST_DESC, nullptr, copy_group_, 0};
+  ze_command_list_handle_t list1 = nullptr;
+  ASSERT_ZE(zeCommandListCreate(context_, device1_, &ld, &list1));
+  ASSERT_ZE(zeCommandListClose(list1));
+  ze_command_queue_desc_t qd{
+      ZE_STRUCTURE_TYPE_COMMAND_QUEUE_DESC, nullptr, copy_group_, 0, 0, ZE_COMMAND_QUEUE_MODE_ASYNCHRONOUS,
+      ZE_COMMAND_QUEUE_PRIORITY_NORMAL};
+  ze_command_queue_handle_t queue0 = nullptr;
+  ASSERT_ZE(zeCommandQueueCreate(context_, device_, &qd, &queue0));
+  EXPECT_EQ(zeCommandQueueExecuteCommandLists(queue0, 1, &list1, nullptr),
+            ZE_RESULT_ERROR_INVALID_COMMAND_LIST_TYPE);
+  EXPECT_ZE(zeCommandQueueDestroy(queue0));
+  EXPECT_ZE(zeCommandListDestroy(list1));
   Free(m);
 }
 
