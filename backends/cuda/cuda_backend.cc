@@ -475,26 +475,14 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& config)
   if (count == 0) return absl::UnavailableError("the NVIDIA driver reports no CUDA device");
   // Config::cuda_devices (UHMM_CUDA_DEVICES) lists the GPUs, else Config::cuda_device
   // (UHMM_CUDA_DEVICE) names one.
-  absl::StatusOr<std::vector<int>> listed =
-      ParseDeviceList(config.cuda_devices, "cuda_devices (UHMM_CUDA_DEVICES)");
-  if (!listed.ok()) return listed.status();
-  std::vector<int> ordinals = *listed;
-  const bool from_list = !ordinals.empty();
-  if (!from_list) ordinals = {config.cuda_device};
-  if (ordinals == std::vector<int>{kAllDevices}) {
-    ordinals.clear();
-    for (int i = 0; i < count; ++i) ordinals.push_back(i);
-  }
-  for (int ordinal : ordinals) {
-    if (ordinal < 0 || ordinal >= count) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "uhmm: %s names CUDA device %d, which is not a CUDA device ordinal (this machine has %d: 0..%d)",
-          from_list ? "cuda_devices (UHMM_CUDA_DEVICES)" : "cuda_device (UHMM_CUDA_DEVICE)", ordinal, count,
-          count - 1));
-    }
-  }
+  std::vector<int> every(count);
+  for (int i = 0; i < count; ++i) every[i] = i;
+  absl::StatusOr<std::vector<int>> ordinals =
+      ChooseDevices(config.cuda_devices, "cuda_devices (UHMM_CUDA_DEVICES)", config.cuda_device,
+                    "cuda_device (UHMM_CUDA_DEVICE)", every, count, "CUDA device");
+  if (!ordinals.ok()) return ordinals.status();
   std::vector<Gpu> gpus;
-  for (int ordinal : ordinals) {
+  for (int ordinal : *ordinals) {
     absl::StatusOr<Gpu> g = OpenGpu(d, ordinal);
     if (!g.ok()) {
       for (const Gpu& opened : gpus) d.cuDevicePrimaryCtxRelease(opened.dev);

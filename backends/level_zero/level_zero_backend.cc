@@ -527,27 +527,16 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateLevelZeroBackend(const Config& co
   // Config::ze_devices (UHMM_ZE_DEVICES) lists the GPUs (indices over every driver's GPUs), else
   // Config::ze_device (UHMM_ZE_DEVICE) names one. Root devices only: a GPU with tiles (sub-devices)
   // is used whole, through its root device.
-  absl::StatusOr<std::vector<int>> listed =
-      ParseDeviceList(config.ze_devices, "ze_devices (UHMM_ZE_DEVICES)");
-  if (!listed.ok()) return listed.status();
-  std::vector<int> indices = *listed;
-  const bool from_list = !indices.empty();
-  if (!from_list) indices = {config.ze_device};
-  if (indices == std::vector<int>{kAllDevices}) {
-    indices.clear();
-    for (const Gpu& g : *gpus) {
-      if (g.driver == gpus->front().driver) indices.push_back(g.index);  // the first driver's GPUs
-    }
+  std::vector<int> first_driver;  // "all": the first driver's GPUs
+  for (const Gpu& g : *gpus) {
+    if (g.driver == gpus->front().driver) first_driver.push_back(g.index);
   }
+  absl::StatusOr<std::vector<int>> indices = ChooseDevices(
+      config.ze_devices, "ze_devices (UHMM_ZE_DEVICES)", config.ze_device, "ze_device (UHMM_ZE_DEVICE)",
+      first_driver, static_cast<int>(gpus->size()), "Level Zero GPU");
+  if (!indices.ok()) return indices.status();
   std::vector<Gpu> chosen;
-  for (int index : indices) {
-    if (index < 0 || index >= static_cast<int>(gpus->size())) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("uhmm: %s names Level Zero GPU %d, which is not a Level Zero GPU index (this "
-                          "machine has %d: 0..%d)",
-                          from_list ? "ze_devices (UHMM_ZE_DEVICES)" : "ze_device (UHMM_ZE_DEVICE)", index,
-                          gpus->size(), static_cast<int>(gpus->size()) - 1));
-    }
+  for (int index : *indices) {
     chosen.push_back((*gpus)[index]);
     // One context holds them all, and with it the one device address space one pointer needs.
     if (chosen.back().driver != chosen.front().driver) {

@@ -151,14 +151,16 @@ void LaunchTracer::OnExecute(ze_command_queue_handle_t queue) {
   queues_.insert(queue);
 }
 
+bool LaunchTracer::Records(ze_result_t result, ze_context_handle_t ctx, const void* const* created) const {
+  return !ScopedUntraced::active() && result == ZE_RESULT_SUCCESS && ctx == ctx_ && created != nullptr &&
+         *created != nullptr;
+}
+
 void LaunchTracer::CreateImmediateEpilogue(ze_command_list_create_immediate_params_t* p, ze_result_t result,
                                            void* self, void**) {
   InCallback in(self);
   LaunchTracer* t = in.tracer();
-  if (ScopedUntraced::active() || result != ZE_RESULT_SUCCESS || *p->phContext != t->ctx_ ||
-      *p->pphCommandList == nullptr) {
-    return;
-  }
+  if (!t->Records(result, *p->phContext, reinterpret_cast<void**>(*p->pphCommandList))) return;
   std::lock_guard<std::mutex> lock(t->mu_);
   t->immediate_lists_.insert(**p->pphCommandList);
   t->list_device_[**p->pphCommandList] = t->OrdinalOf(*p->phDevice);
@@ -168,10 +170,7 @@ void LaunchTracer::CreateListEpilogue(ze_command_list_create_params_t* p, ze_res
                                       void**) {
   InCallback in(self);
   LaunchTracer* t = in.tracer();
-  if (ScopedUntraced::active() || result != ZE_RESULT_SUCCESS || *p->phContext != t->ctx_ ||
-      *p->pphCommandList == nullptr) {
-    return;
-  }
+  if (!t->Records(result, *p->phContext, reinterpret_cast<void**>(*p->pphCommandList))) return;
   std::lock_guard<std::mutex> lock(t->mu_);
   t->list_device_[**p->pphCommandList] = t->OrdinalOf(*p->phDevice);
 }
@@ -180,10 +179,7 @@ void LaunchTracer::CreateQueueEpilogue(ze_command_queue_create_params_t* p, ze_r
                                        void**) {
   InCallback in(self);
   LaunchTracer* t = in.tracer();
-  if (ScopedUntraced::active() || result != ZE_RESULT_SUCCESS || *p->phContext != t->ctx_ ||
-      *p->pphCommandQueue == nullptr) {
-    return;
-  }
+  if (!t->Records(result, *p->phContext, reinterpret_cast<void**>(*p->pphCommandQueue))) return;
   std::lock_guard<std::mutex> lock(t->mu_);
   t->queue_device_[**p->pphCommandQueue] = t->OrdinalOf(*p->phDevice);
 }

@@ -47,6 +47,9 @@ class LaunchTracer {
  private:
   LaunchTracer(const Loader* l, ze_context_handle_t ctx, std::vector<ze_device_handle_t> devices)
       : l_(l), ctx_(ctx), devices_(std::move(devices)), events_(l, ctx) {}
+  // Whether a create epilogue's object is one to record: created (`*created`, when `created` is not
+  // null) in uhmm's context by the application, not by uhmm itself.
+  bool Records(ze_result_t result, ze_context_handle_t ctx, const void* const* created) const;
   // The runtime ordinal of `dev` (0 when it is none of the runtime's devices).
   int OrdinalOf(ze_device_handle_t dev) const;
   // The device a list or queue was created for (0 when unknown: created before the tracer).

@@ -112,6 +112,14 @@ class Device {
 inline constexpr int kAllDevices = -1;
 absl::StatusOr<std::vector<int>> ParseDeviceList(std::string_view list, std::string_view what);
 
+// The devices a backend opens, out of `count` numbered 0..count-1: those the list knob names
+// (`list`, called `list_knob` in errors), "all" meaning `all`; without a list, the one the single
+// knob names (`single`, called `single_knob`). INVALID_ARGUMENT naming the knob for a malformed
+// list or an ordinal outside 0..count-1 (`noun`: "CUDA device", ...).
+absl::StatusOr<std::vector<int>> ChooseDevices(std::string_view list, std::string_view list_knob, int single,
+                                               std::string_view single_knob, const std::vector<int>& all,
+                                               int count, std::string_view noun);
+
 // The default pool of a GPU with `bytes` of memory (free, or total where the API reports no free
 // size): three quarters, in whole 2 MiB chunks, leaving room for the application's own allocations.
 inline size_t DefaultPoolShare(size_t bytes) { return (bytes / 4 * 3) & ~(kBlockSize - 1); }

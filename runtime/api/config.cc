@@ -30,6 +30,24 @@ absl::StatusOr<std::vector<int>> ParseDeviceList(std::string_view list, std::str
   return out;
 }
 
+absl::StatusOr<std::vector<int>> ChooseDevices(std::string_view list, std::string_view list_knob, int single,
+                                               std::string_view single_knob, const std::vector<int>& all,
+                                               int count, std::string_view noun) {
+  absl::StatusOr<std::vector<int>> chosen = ParseDeviceList(list, list_knob);
+  if (!chosen.ok()) return chosen.status();
+  const bool from_list = !chosen->empty();
+  if (!from_list) *chosen = {single};
+  if (*chosen == std::vector<int>{kAllDevices}) *chosen = all;
+  for (int d : *chosen) {
+    if (d < 0 || d >= count) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("uhmm: %s names %s %d, which this machine does not have (it has %d: 0..%d)",
+                          from_list ? list_knob : single_knob, noun, d, count, count - 1));
+    }
+  }
+  return chosen;
+}
+
 namespace {
 
 // Parses "123", "64K", "16M", "2G" (binary units).
