@@ -9,8 +9,9 @@
 //    device cannot be mapped again by another;
 //  - peer access between every pair of devices, or none with UHMM_FAKE_CUDA_PEER=none
 //    (cuDeviceCanAccessPeer; cuMemSetAccess refuses a device without access to the chunk's owner);
-//    a device reaches a mapped block only once cuMemSetAccess named it: work on a stream (copies,
-//    kernels) accesses memory as the stream's device, other calls as the current context's;
+//    a device reaches a mapped block only once cuMemSetAccess named it: copies and sets on a stream
+//    access memory as the stream's device, synchronous calls as the current context's (the fake's
+//    kernels, below, reach any mapped block);
 //  - cuMemAddressReserve leaves a PROT_NONE host mapping, as the real driver does;
 //  - registered host memory is MADV_DONTFORK (not inherited by fork children);
 //  - asynchronous copies require the host side to be pinned (cuMemHostRegister, cuMemAllocHost):
@@ -46,10 +47,6 @@ namespace {
 constexpr size_t kChunk = size_t{2} << 20;
 constexpr size_t kVram = size_t{1} << 30;
 
-// The device whose memory access the calling thread makes: a stream's device while its work runs
-// (copies, kernels), else the current context's (-1: none, which reaches any mapped block).
-thread_local int t_stream_device = -1;
-
 struct Stream {
   const int device;  // of the context it was created in
   std::mutex mu;
@@ -61,7 +58,6 @@ struct Stream {
 
   explicit Stream(int dev) : device(dev) {
     thread = std::thread([this] {
-      t_stream_device = device;
       std::unique_lock<std::mutex> lock(mu);
       for (;;) {
         cv.wait(lock, [&] { return stop || !work.empty(); });
@@ -151,11 +147,14 @@ int DeviceOf(CUcontext ctx) {
 }
 bool ValidDevice(CUdevice d) { return d >= 0 && d < Devices(); }
 
-// Resolves [addr, addr+bytes) of device memory (within one block) as the accessing device sees it
-// (t_stream_device, else the current context's device); nullptr when not mapped or not accessible
-// to that device.
-uint8_t* DevicePtr(CUdeviceptr addr, size_t bytes) {
-  const int device = t_stream_device >= 0 ? t_stream_device : DeviceOf(t_ctx);
+// Resolves [addr, addr+bytes) of device memory (within one block) as device `device` sees it (a
+// stream's work passes its stream's device; kCurrentDevice: the current context's; -1, as for the
+// fake's kernels, any mapped block); nullptr when not mapped or not accessible to that device.
+// (An explicit argument, not a thread_local of the stream threads: LeakSanitizer's exit scan
+// crashed on the dynamic TLS of this dlopen'ed module's threads.)
+constexpr int kCurrentDevice = -2;
+uint8_t* DevicePtr(CUdeviceptr addr, size_t bytes, int device = kCurrentDevice) {
+  if (device == kCurrentDevice) device = DeviceOf(t_ctx);
   std::lock_guard<std::mutex> lock(S().mu);
   const uintptr_t block = addr & ~(kChunk - 1);
   if ((addr + bytes - 1) / kChunk != addr / kChunk) return nullptr;
@@ -426,9 +425,10 @@ CUresult Copy(CUstream stream, uint8_t* host, CUdeviceptr dev, size_t bytes, boo
   auto* s = reinterpret_cast<Stream*>(stream);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;  // uhmm never uses the legacy stream
   if (!HostRegistered(host, bytes)) return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+  const int device = s->device;  // the stream's work accesses memory as its device
   for (size_t off = 0; off < bytes;) {
     const size_t n = std::min<size_t>(bytes - off, kChunk - (dev + off) % kChunk);
-    if (DevicePtr(dev + off, n) == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    if (DevicePtr(dev + off, n, device) == nullptr) return CUDA_ERROR_INVALID_VALUE;
     off += n;
   }
   s->Enqueue([=] {
@@ -437,7 +437,7 @@ CUresult Copy(CUstream stream, uint8_t* host, CUdeviceptr dev, size_t bytes, boo
     std::lock_guard<std::mutex> vram(S().vram_mu);
     for (size_t off = 0; off < bytes;) {
       const size_t n = std::min<size_t>(bytes - off, kChunk - (dev + off) % kChunk);
-      uint8_t* d = DevicePtr(dev + off, n);
+      uint8_t* d = DevicePtr(dev + off, n, device);
       if (d != nullptr) {
         if (to_device) {
           std::memcpy(d, host + off, n);
@@ -457,8 +457,9 @@ CUresult MemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, CUstream s) {
   return Copy(s, static_cast<uint8_t*>(dst), src, bytes, false);
 }
 CUresult MemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream stream) {
-  uint8_t* d = DevicePtr(dst, n);
-  if (d == nullptr || stream == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  if (stream == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  uint8_t* d = DevicePtr(dst, n, reinterpret_cast<Stream*>(stream)->device);
+  if (d == nullptr) return CUDA_ERROR_INVALID_VALUE;
   reinterpret_cast<Stream*>(stream)->Enqueue([=] {
     std::lock_guard<std::mutex> vram(S().vram_mu);
     std::memset(d, v, n);
@@ -817,5 +818,5 @@ extern "C" __attribute__((visibility("default"))) CUfunction uhmm_fake_cuda_kern
 }
 extern "C" __attribute__((visibility("default"))) void* uhmm_fake_cuda_device_view(CUdeviceptr addr,
                                                                                    size_t bytes) {
-  return DevicePtr(addr, bytes);
+  return DevicePtr(addr, bytes, -1);
 }
