@@ -53,12 +53,12 @@ bool Evictor::PrefersDevice(DeviceState& ds, size_t chunk) {
 
 namespace {
 
-// A bounded wait for what another thread is about to release: false once 2 s have passed since the
-// first call with `deadline`; otherwise sleeps `pause` and returns true (look again).
-bool WaitMore(std::optional<std::chrono::steady_clock::time_point>* deadline,
-              std::chrono::microseconds pause) {
+// A bounded wait for what another thread is about to release: false once `limit` has passed since
+// the first call with `deadline`; otherwise sleeps `pause` and returns true (look again).
+bool WaitMore(std::optional<std::chrono::steady_clock::time_point>* deadline, std::chrono::microseconds pause,
+              std::chrono::microseconds limit = std::chrono::seconds(2)) {
   const auto now = std::chrono::steady_clock::now();
-  if (!*deadline) *deadline = now + std::chrono::seconds(2);
+  if (!*deadline) *deadline = now + limit;
   if (now >= **deadline) return false;
   std::this_thread::sleep_for(pause);
   return true;
@@ -92,11 +92,7 @@ absl::StatusOr<Page*> Evictor::AllocDevicePage(DeviceState& ds, uintptr_t addr) 
       // caller's retry does (Migrator::ToDevice): only a short wait here, for one in flight.
       const uintptr_t block = addr & ~(kBlockSize - 1);
       if ((*mm_.devices)[holder].pool->UnbindIdle(block)) continue;
-      if (!holder_give_up) holder_give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(5);
-      if (std::chrono::steady_clock::now() < *holder_give_up) {
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-        continue;
-      }
+      if (WaitMore(&holder_give_up, std::chrono::microseconds(50), std::chrono::milliseconds(5))) continue;
       return absl::UnavailableError(
           absl::StrFormat("device %d cannot map block %#x: device %d still has pages there (two devices keep "
                           "pulling the same 2 MiB block)",

@@ -114,12 +114,7 @@ PagePool::~PagePool() {
   for (auto& chunk : chunks_) {
     if (chunk->state == ChunkState::kFree) continue;
     // Whatever its state: pages still in use are leaked by their holders, not by the pool.
-    if (chunk->bound != 0) {
-      device_->UnmapChunk(chunk->device_base, chunk->bound);
-      if (owners_ != nullptr) owners_->Release(chunk->bound, pgmap_->device);
-      bound_.erase(chunk->bound);
-      chunk->bound = 0;
-    }
+    Unmap(*chunk);
     device_->FreeChunk(chunk->device_base);
     chunk->used = 0;
     spare_pages_.push_back(std::move(chunk->pages));
@@ -168,12 +163,17 @@ absl::StatusOr<PagePool::Chunk*> PagePool::NewChunk() {
   return chunk;
 }
 
-void PagePool::Unbind(Chunk& chunk) {
+void PagePool::Unmap(Chunk& chunk) {
   if (chunk.bound == 0) return;
   device_->UnmapChunk(chunk.device_base, chunk.bound);
   if (owners_ != nullptr) owners_->Release(chunk.bound, pgmap_->device);
   bound_.erase(chunk.bound);
   chunk.bound = 0;
+}
+
+void PagePool::Unbind(Chunk& chunk) {
+  if (chunk.bound == 0) return;
+  Unmap(chunk);
   Apply(chunk, ChunkEvent::kUnbind);
 }
 

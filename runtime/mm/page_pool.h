@@ -113,6 +113,9 @@ class PagePool {
   // An idle chunk to bind to a block: unbound, new, or the least recently used bound one (unbound
   // here); nullptr when every chunk holds pages.
   absl::StatusOr<Chunk*> BindableChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unmaps `chunk` from its block, if it is bound to one, and lets the block go (BlockOwners);
+  // Unbind also moves it to kEmpty, the destructor to kFree.
+  void Unmap(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unbind(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves `chunk` to its state after `event` (ChunkTransition), checking it in debug builds.
   void Apply(Chunk& chunk, ChunkEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
