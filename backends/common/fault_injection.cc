@@ -106,8 +106,20 @@ const char* SiteName(InjectSite site) {
   return "?";
 }
 
+// A copy from a peer lands on this device: its failures are scheduled with host -> device copies.
 InjectSite CopySite(CopyDirection dir) {
-  return dir == CopyDirection::kHostToDevice ? InjectSite::kCopyHostToDevice : InjectSite::kCopyDeviceToHost;
+  return dir == CopyDirection::kDeviceToHost ? InjectSite::kCopyDeviceToHost : InjectSite::kCopyHostToDevice;
+}
+const char* CopyName(CopyDirection dir) {
+  switch (dir) {
+    case CopyDirection::kHostToDevice:
+      return "host -> device";
+    case CopyDirection::kDeviceToHost:
+      return "device -> host";
+    case CopyDirection::kPeerToDevice:
+      return "peer -> device";
+  }
+  return "?";
 }
 
 // What is scheduled at one site of one device: `after_` more operations succeed, then `count_`
@@ -174,7 +186,7 @@ class InjectingCopyEngine final : public CopyEngine {
     if (!s.ok()) return s;
     return absl::AbortedError(
         absl::StrFormat("device %d: %s copy batch failed (injected fault: UHMM_INJECT / uhmm::testing)",
-                        ordinal_, dir == CopyDirection::kHostToDevice ? "host -> device" : "device -> host"));
+                        ordinal_, CopyName(dir)));
   }
 
  private:
@@ -230,6 +242,7 @@ class FaultInjectingDevice final : public Device, public testing::FaultInjector 
   absl::Status MigrateToRam(MigrateVma* migrate) override { return inner_->MigrateToRam(migrate); }
   Placement placement() const override { return inner_->placement(); }
   absl::Status MapChunk(uint64_t chunk, uintptr_t block) override { return inner_->MapChunk(chunk, block); }
+  bool CopiesFromPeers() const override { return inner_->CopiesFromPeers(); }
   void UnmapChunk(uint64_t chunk, uintptr_t block) override { inner_->UnmapChunk(chunk, block); }
   absl::Status SynchronizeQueue(void* queue) override { return inner_->SynchronizeQueue(queue); }
   uhmm_native_handles_t native_handles() const override { return inner_->native_handles(); }

@@ -80,17 +80,22 @@ class CudaCopyEngine final : public CopyEngine {
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
     ScopedContext scope(*d_, ctx_);
     if (!scope.status().ok()) return scope.status();
-    const bool to_device = dir == CopyDirection::kHostToDevice;
-    CUstream stream = to_device ? h2d_ : d2h_;
+    const bool peer = dir == CopyDirection::kPeerToDevice;
+    const bool to_device = dir != CopyDirection::kDeviceToHost;
+    CUstream stream = this->stream(dir);
     for (const CopyOp& op : ops) {
-      const bool fill = op.host == nullptr;  // zeros (uhmm/backend.h)
-      CUresult r = fill        ? d_->cuMemsetD8Async(op.device, 0, op.bytes, stream)
+      const bool fill = !peer && op.host == nullptr;  // zeros (uhmm/backend.h)
+      // From a peer: this GPU's engine reads the other GPU's memory (mapped with access for this
+      // GPU) over NVLink or PCIe peer-to-peer.
+      CUresult r = peer        ? d_->cuMemcpyDtoDAsync(op.device, op.peer, op.bytes, stream)
+                   : fill      ? d_->cuMemsetD8Async(op.device, 0, op.bytes, stream)
                    : to_device ? d_->cuMemcpyHtoDAsync(op.device, op.host, op.bytes, stream)
                                : d_->cuMemcpyDtoHAsync(op.host, op.device, op.bytes, stream);
       if (r != CUDA_SUCCESS) {
         d_->cuStreamSynchronize(stream);  // what was queued before the failure is done with
         return CudaStatus(*d_, r,
-                          fill        ? "cuMemsetD8Async"
+                          peer        ? "cuMemcpyDtoDAsync (from a peer)"
+                          : fill      ? "cuMemsetD8Async"
                           : to_device ? "cuMemcpyHtoDAsync"
                                       : "cuMemcpyDtoHAsync");
       }
@@ -131,7 +136,8 @@ class CudaCopyEngine final : public CopyEngine {
     return absl::OkStatus();
   }
 
-  CUstream stream(CopyDirection dir) const { return dir == CopyDirection::kHostToDevice ? h2d_ : d2h_; }
+  // Copies into this GPU (from the host or a peer) share a stream; copies out have their own.
+  CUstream stream(CopyDirection dir) const { return dir == CopyDirection::kDeviceToHost ? d2h_ : h2d_; }
 
  private:
   const Driver* const d_;
@@ -198,6 +204,7 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
     return free_bytes;
   }
   Placement placement() const override { return Placement::kSameAddress; }
+  bool CopiesFromPeers() const override { return !peers_.empty(); }
   std::string pci_bus_id() const override {
     int domain = 0, bus = 0, device = 0;
     if (d_->cuDeviceGetAttribute(&domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, dev_) != CUDA_SUCCESS ||

@@ -45,6 +45,7 @@ namespace uhmm::cuda {
   X(cuMemFreeHost)                    \
   X(cuMemcpyHtoDAsync)                \
   X(cuMemcpyDtoHAsync)                \
+  X(cuMemcpyDtoDAsync)                \
   X(cuMemsetD8Async)                  \
   X(cuStreamCreate)                   \
   X(cuStreamDestroy)                  \

@@ -46,6 +46,9 @@ class HostCopyEngine final : public CopyEngine {
   }
 
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
+    if (dir == CopyDirection::kPeerToDevice) {  // (emulated devices have no peer access)
+      return absl::UnimplementedError(absl::StrFormat("host device %d: no copies from peers", ordinal_));
+    }
     return Enqueue(dir, std::vector<CopyOp>(ops.begin(), ops.end()), nullptr);
   }
 

@@ -102,7 +102,8 @@ class ZeCopyEngine final : public CopyEngine {
 
   absl::StatusOr<uint64_t> Submit(CopyDirection dir, std::span<const CopyOp> ops) override {
     if (ProcessExiting()) return ExitingError();
-    const bool to_device = dir == CopyDirection::kHostToDevice;
+    const bool peer = dir == CopyDirection::kPeerToDevice;
+    const bool to_device = dir != CopyDirection::kDeviceToHost;  // copies in share a lane
     absl::StatusOr<ze_event_handle_t> event = events_.Acquire();
     if (!event.ok()) return event.status();
     Lane& lane = to_device ? h2d_ : d2h_;
@@ -112,7 +113,12 @@ class ZeCopyEngine final : public CopyEngine {
       std::lock_guard<std::mutex> lock(lane.mu);
       for (const CopyOp& op : ops) {
         void* dev = reinterpret_cast<void*>(op.device);
-        if (op.host == nullptr) {  // zeros (uhmm/backend.h); a one-byte pattern every engine takes
+        if (peer) {  // another GPU's memory in the shared context, read by this GPU's engine
+          s = ZeStatus(
+              l_->zeCommandListAppendMemoryCopy(lane.list, dev, reinterpret_cast<const void*>(op.peer),
+                                                op.bytes, nullptr, 0, nullptr),
+              "zeCommandListAppendMemoryCopy (from a peer)");
+        } else if (op.host == nullptr) {  // zeros (uhmm/backend.h); a one-byte pattern every engine takes
           static constexpr uint8_t kZero = 0;
           s = ZeStatus(
               l_->zeCommandListAppendMemoryFill(lane.list, dev, &kZero, 1, op.bytes, nullptr, 0, nullptr),
@@ -250,6 +256,9 @@ class LevelZeroDevice final : public Device, public testing::DeviceAccess {
   CopyEngine& copy_engine() override { return engine_; }
   size_t default_pool_bytes() const override { return default_pool_; }
   Placement placement() const override { return Placement::kSameAddress; }
+  bool CopiesFromPeers() const override { return copies_from_peers_; }
+  // Whether this GPU reaches another GPU's memory (then its engine copies from it in one hop).
+  void set_copies_from_peers(bool on) { copies_from_peers_ = on; }
   uhmm_native_handles_t native_handles() const override { return {driver_, dev_, ctx_}; }
 
   absl::StatusOr<uint64_t> AllocChunk() override {
@@ -345,6 +354,7 @@ class LevelZeroDevice final : public Device, public testing::DeviceAccess {
   EventCache test_events_;
   Lane test_;
   size_t default_pool_ = 0;
+  bool copies_from_peers_ = false;
 };
 
 // A GPU of a Level Zero driver: its handles, its index over every driver's GPUs, and its name.
@@ -394,6 +404,9 @@ class LevelZeroBackend final : public Backend {
                                                  absl::StrFormat("Level Zero GPU %d: %s", g.index, g.name),
                                                  [this] { return WaitForKernels(); });
     if (absl::Status s = dev->Init(); !s.ok()) return s;
+    for (int j = 0; j < device_count(); ++j) {
+      if (PeerAccess(ordinal, j)) dev->set_copies_from_peers(true);
+    }
     return std::unique_ptr<Device>(std::move(dev));
   }
   bool PeerAccess(int device, int owner) const override {

@@ -18,7 +18,9 @@
 
 namespace uhmm {
 
-enum class CopyDirection { kHostToDevice, kDeviceToHost };
+// kPeerToDevice: from another device's memory to this one's, in one hop over the interconnect
+// (Device::CopiesFromPeers); the source is CopyOp::peer.
+enum class CopyDirection { kHostToDevice, kDeviceToHost, kPeerToDevice };
 
 // host == nullptr (host -> device only): fill [device, device + bytes) with zeros instead (a
 // managed page the CPU never wrote; CUDA cuMemsetD8Async, Level Zero a memory fill).
@@ -26,6 +28,7 @@ struct CopyOp {
   void* host;       // runtime view of the managed page (pinned/DMA-able where the backend needs it)
   uint64_t device;  // Page::dma_addr
   size_t bytes;
+  uint64_t peer = 0;  // kPeerToDevice: the source, a device address this device's engine reaches
 };
 
 // The copy engine is asynchronous: Submit queues a batch and returns a fence; Wait blocks until that
@@ -89,10 +92,16 @@ class Device {
     return migrate_copy_to_ram(migrate, *pagemap().copy_engine);
   }
 
+  // Whether this device's copy engine takes kPeerToDevice batches: pages of a device that this
+  // one reaches (Backend::PeerAccess) then move here in one hop instead of through RAM.
+  virtual bool CopiesFromPeers() const { return false; }
+
   virtual Placement placement() const { return Placement::kAnywhere; }
   // kSameAddress only: make chunk `chunk` (an AllocChunk value) the device memory at
   // [block, block + 2 MiB), and undo it. UnmapChunk is called only when no page of the chunk is in
-  // use, and must first wait for device work that may still access the block.
+  // use (or a move to a peer holds every page in use there), and must first wait for device work
+  // that may still access the block. A move to a peer also maps a chunk whose pages are leaving at
+  // a window the runtime reserved with Backend::ReserveAddressRange, where the peer reads them.
   virtual absl::Status MapChunk(uint64_t /*chunk*/, uintptr_t /*block*/) {
     return absl::UnimplementedError("MapChunk: this device does not share managed addresses");
   }

@@ -32,7 +32,7 @@ namespace uhmm::testing {
 
 // Where a failure is injected.
 enum class InjectSite {
-  kCopyHostToDevice = 0,  // copy_h2d: a batch of host -> device copies
+  kCopyHostToDevice = 0,  // copy_h2d: a batch of host -> device copies (or peer -> device)
   kCopyDeviceToHost = 1,  // copy_d2h: a batch of device -> host copies
   kChunkAlloc = 2,        // chunk_alloc: a 2 MiB device memory chunk for the page pool
 };

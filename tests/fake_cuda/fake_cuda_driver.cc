@@ -579,8 +579,33 @@ CUresult MemcpyHtoD(CUdeviceptr dst, const void* src, size_t bytes) {
 CUresult MemcpyDtoH(void* dst, CUdeviceptr src, size_t bytes) {
   return Memcpy(reinterpret_cast<CUdeviceptr>(dst), src, bytes, nullptr);
 }
-CUresult MemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream s) {
-  return Memcpy(dst, src, bytes, s);
+// On a stream, both sides are device memory that the stream's device must reach (its own, or a
+// peer's mapped with access for it: uhmm's copies from a peer); chunk by chunk, checked when queued
+// and again when run (a block unmapped meanwhile is a device fault: nothing is copied there).
+CUresult MemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream) {
+  if (stream == nullptr) return Memcpy(dst, src, bytes, stream);
+  if (NeedCtx() != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+  const int device = reinterpret_cast<Stream*>(stream)->device;
+  auto each = [=](auto fn) {
+    for (size_t off = 0; off < bytes;) {
+      const size_t n =
+          std::min<size_t>({bytes - off, kChunk - (dst + off) % kChunk, kChunk - (src + off) % kChunk});
+      if (!fn(DevicePtr(dst + off, n, device), DevicePtr(src + off, n, device), n)) return false;
+      off += n;
+    }
+    return true;
+  };
+  if (!each([](uint8_t* d, uint8_t* s, size_t) { return d != nullptr && s != nullptr; })) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  reinterpret_cast<Stream*>(stream)->Enqueue([=] {
+    std::lock_guard<std::mutex> vram(S().vram_mu);
+    each([](uint8_t* d, uint8_t* s, size_t n) {
+      if (d != nullptr && s != nullptr) std::memmove(d, s, n);
+      return true;
+    });
+  });
+  return CUDA_SUCCESS;
 }
 CUresult Memcpy2D(const CUDA_MEMCPY2D* c) {
   if (c == nullptr) return CUDA_ERROR_INVALID_VALUE;
