@@ -73,6 +73,9 @@ struct VmFault {
   // Set by the runtime: keep the device copy of what comes back (read duplication: a CPU read
   // fault on a range that tracks CPU writes). migrate_fault_to_ram passes it on.
   bool keep_device_copy = false;
+  // With kMigrateSelectDevicePrivate: the pages go to another device's pages (dst[].page, given by
+  // migrate_alloc_and_copy_from_peer), not to RAM; the CPU mappings stay as they are.
+  bool to_peer = false;
 };
 
 // migrate_vma flags.
@@ -143,6 +146,9 @@ struct MigrateVma {
   // To RAM: the device pages stay behind as copies of what came home (VaBlock "duplicate"), and
   // finalize maps the pages write-protected so that CPU writes are tracked.
   bool keep_device_copy = false;
+  // With kMigrateSelectDevicePrivate: the pages go to another device's pages (dst[].page, given by
+  // migrate_alloc_and_copy_from_peer), not to RAM; the CPU mappings stay as they are.
+  bool to_peer = false;
 };
 
 absl::Status migrate_vma_setup(MigrateVma* migrate);
@@ -153,6 +159,9 @@ void migrate_vma_finalize(MigrateVma* migrate);
 // kMigratePfnMigrate from the affected dst entries (so finalize rolls back) and return the error.
 absl::Status migrate_copy_to_ram(MigrateVma* migrate, CopyEngine& engine);
 absl::Status migrate_alloc_and_copy_to_device(MigrateVma* migrate, Pagemap& pgmap, CopyEngine& engine);
+// For a to_peer migration: allocates `pgmap`'s pages and copies each collected page from its device
+// page (src[].page->dma_addr, which `engine`'s device must reach) in one hop (kPeerToDevice).
+absl::Status migrate_alloc_and_copy_from_peer(MigrateVma* migrate, Pagemap& pgmap, CopyEngine& engine);
 
 // The usual page_fault body: migrates [vmf->start, vmf->end) of the faulting device (`owner`) back
 // to RAM through the three phases, copying with `engine`. Returns the copy error, if any.

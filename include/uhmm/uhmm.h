@@ -136,6 +136,9 @@ typedef struct uhmm_stats {
                                        wrote failed */
   uint64_t zero_pages_filled;       /* part of pages_to_device given zeros on the device instead of a
                                        copy: never written since their range was allocated */
+  uint64_t pages_device_to_device;  /* 4 KiB pages moved from one device to another in one hop (peer
+                                       copy); moves through RAM count in pages_to_host and
+                                       pages_to_device instead */
 } uhmm_stats_t;
 
 typedef struct uhmm_runtime uhmm_runtime_t;

@@ -11,6 +11,7 @@ namespace uhmm {
 struct Counters {
   std::atomic<uint64_t> cpu_faults{0}, duplicate_faults{0}, unmanaged_faults{0};
   std::atomic<uint64_t> pages_to_device{0}, pages_to_host{0}, evicted_pages{0}, evicted_chunks{0};
+  std::atomic<uint64_t> pages_peer{0};  // moved device to device in one hop (peer copies)
   std::atomic<uint64_t> sigbus{0}, ev_remove{0}, ev_unmap{0}, ev_remap{0}, forks{0};
   std::atomic<uint64_t> own_zap_events{0}, zero_fill_faults{0};
   std::atomic<uint64_t> launch_syncs{0}, launch_pages{0}, stale_faults{0};

@@ -593,6 +593,7 @@ Stats RuntimeImpl::stats() const {
   s.unmanaged_faults = counters_.unmanaged_faults.load();
   s.pages_to_device = counters_.pages_to_device.load();
   s.pages_to_host = counters_.pages_to_host.load();
+  s.pages_device_to_device = counters_.pages_peer.load();
   s.evicted_pages = counters_.evicted_pages.load();
   s.evicted_chunks = counters_.evicted_chunks.load();
   s.sigbus_delivered = counters_.sigbus.load();

@@ -35,6 +35,9 @@ void PrintStats(const Runtime& rt) {
       static_cast<unsigned long long>(s.device_pages_total),
       s.device_pages_total ? 100.0 * s.device_pages_used / s.device_pages_total : 0.0);
   if (rt.device_count() > 1) {
+    std::fprintf(stderr, "  device to device  %.1f MiB (%llu pages) in one hop (peer copies)\n",
+                 s.pages_device_to_device * kPageSize * mib,
+                 static_cast<unsigned long long>(s.pages_device_to_device));
     for (int d = 0; d < rt.device_count(); ++d) {
       absl::StatusOr<Runtime::DeviceStats> ds = rt.device_stats(d);
       if (!ds.ok()) continue;

@@ -40,6 +40,7 @@ enum class LockRank : uint8_t {
   kFaultQueue,      // FaultService::q_mu_: deferred/requeued fault messages
   kPagePool,        // PagePool::mu_: one device's chunks
   kBlockOwners,     // BlockOwners::mu_: which device maps each block (under a pool's lock)
+  kPeerWindows,     // PeerWindows::mu_: free windows for moves to a peer (under a pool's lock)
   kMigrationGate,   // MigrationGate::mu_: fork's and each device's gate
   kRangeLife,       // ManagedRange::life_mu_: operations in flight on a range
   kReadAhead,       // ReadAhead::mu_: one range's read-ahead window
@@ -77,6 +78,8 @@ inline const char* LockRankName(LockRank rank) {
       return "PagePool::mu_";
     case LockRank::kBlockOwners:
       return "BlockOwners::mu_";
+    case LockRank::kPeerWindows:
+      return "PeerWindows::mu_";
     case LockRank::kMigrationGate:
       return "MigrationGate::mu_";
     case LockRank::kRangeLife:

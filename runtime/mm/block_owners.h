@@ -33,6 +33,15 @@ class BlockOwners {
     auto it = owner_.find(block);
     if (it != owner_.end() && it->second == device) owner_.erase(it);
   }
+  // A move to a peer: `from` hands `block` to `to` before it unmaps it, so that no third device
+  // claims the block between the two. False (nothing changes) when `from` does not own it.
+  bool Transfer(uintptr_t block, int from, int to) {
+    MutexLock lock(&mu_);
+    auto it = owner_.find(block);
+    if (it == owner_.end() || it->second != from) return false;
+    it->second = to;
+    return true;
+  }
   // The device that maps `block`, or -1.
   int OwnerOf(uintptr_t block) {
     MutexLock lock(&mu_);

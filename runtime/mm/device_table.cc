@@ -42,7 +42,10 @@ absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend,
         "uhmm: backend %s has %d devices; uhmm serves at most 64", backend.name(), backend.device_count()));
   }
   auto table = std::make_unique<DeviceTable>();
-  if (backend.device_count() > 1) table->owners_ = std::make_unique<BlockOwners>();
+  if (backend.device_count() > 1) {
+    table->owners_ = std::make_unique<BlockOwners>();
+    table->windows_ = std::make_unique<PeerWindows>(backend);
+  }
   for (int i = 0; i < backend.device_count(); ++i) {
     auto ds = std::make_unique<DeviceState>();
     ds->ordinal = i;
@@ -70,8 +73,8 @@ absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend,
             config.device_pool_fraction, i, *free_bytes));
       }
     }
-    ds->pool =
-        std::make_unique<PagePool>(ds->device.get(), &pgmap, pool_bytes / kBlockSize, table->owners_.get());
+    ds->pool = std::make_unique<PagePool>(ds->device.get(), &pgmap, pool_bytes / kBlockSize,
+                                          table->owners_.get(), table->windows_.get());
     table->devices_.push_back(std::move(ds));
   }
   for (int k = 0; k < table->count(); ++k) {
@@ -87,6 +90,7 @@ absl::StatusOr<std::unique_ptr<DeviceTable>> DeviceTable::Open(Backend& backend,
 }
 
 void DeviceTable::AbandonAfterFork() {
+  if (windows_) windows_->Abandon();
   for (auto& ds : devices_) {
     (void)ds->pool.release();
     (void)ds->device.release();

@@ -11,6 +11,7 @@
 #include "runtime/mm/block_owners.h"
 #include "runtime/mm/migration_gate.h"
 #include "runtime/mm/page_pool.h"
+#include "runtime/mm/peer_windows.h"
 #include "uhmm/backend.h"
 
 namespace uhmm {
@@ -56,9 +57,12 @@ class DeviceTable {
   bool Reaches(int device, int owner) const { return (devices_[device]->reaches >> owner) & 1; }
   // Which device maps each block, when several devices share managed addresses (else nullptr).
   BlockOwners* block_owners() { return owners_.get(); }
+  // Windows for moves to a peer (several devices; else nullptr).
+  PeerWindows* peer_windows() { return windows_.get(); }
 
  private:
-  std::unique_ptr<BlockOwners> owners_;  // before devices_: their pools use it until they go
+  std::unique_ptr<BlockOwners> owners_;   // before devices_: their pools use it until they go
+  std::unique_ptr<PeerWindows> windows_;  // likewise
   std::vector<std::unique_ptr<DeviceState>> devices_;
 };
 

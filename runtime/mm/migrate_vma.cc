@@ -131,7 +131,8 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   ManagedRange& r = RangeOf(m);
   const bool to_device = (m->flags & kMigrateSelectSystem) != 0;
   if (m->start >= m->end || m->start % kPageSize || m->end % kPageSize || m->start < r.start() ||
-      m->end > r.end() || to_device == ((m->flags & kMigrateSelectDevicePrivate) != 0)) {
+      m->end > r.end() || to_device == ((m->flags & kMigrateSelectDevicePrivate) != 0) ||
+      (m->to_peer && (to_device || m->pgmap_owner == nullptr))) {
     return absl::InvalidArgumentError(
         absl::StrFormat("migrate_vma_setup: bad request [%#x, %#x) flags %#x for range [%#x, %#x)", m->start,
                         m->end, m->flags, r.start(), r.end()));
@@ -194,8 +195,10 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
       if (m->pgmap_owner != nullptr && page->pgmap->owner != m->pgmap_owner) return;
       src.page = page;
       src.flags = kMigratePfnValid | kMigratePfnMigrate | kMigratePfnDevice;
-      m->dst[idx].host = src.host;  // RAM destination: the shadow page itself
-      m->dst[idx].flags = kMigratePfnValid;
+      if (!m->to_peer) {
+        m->dst[idx].host = src.host;  // RAM destination: the shadow page itself
+        m->dst[idx].flags = kMigratePfnValid;
+      }
     }
     blk.BeginMigration(i);
     ++m->cpages;
@@ -270,7 +273,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   size_t moved = 0, reused = 0;                 // reused: duplicates committed without a copy
   size_t filled = 0;                            // zero pages committed with a fill
   int device = -1;
-  const uint64_t now = to_device ? trace::Tracer::Now() : 0;
+  const uint64_t now = to_device || m->to_peer ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
     blk.mu.AssertHeld();
     const MigratePfn& src = m->src[idx];
@@ -298,6 +301,20 @@ void migrate_vma_finalize(MigrateVma* m) {
       } else if (dst.page != nullptr && !(dst.flags & kMigratePfnDuplicate)) {
         release.push_back(dst.page);  // (a duplicate's own page stays with it)
       }
+    } else if (m->to_peer) {
+      if (copied && blk.State(i) == PageState::kDevice) {
+        release.push_back(blk.CommitToPeer(i, dst.page));  // src.page
+        dst.page->managed_addr.store(addr, std::memory_order_release);
+        device = dst.page->pgmap->device;
+        blk.device_seq = mm.faults->read_seq();
+        blk.to_device_ns = now;
+        if (const uint64_t unreached = (*mm.devices)[device].unreached_by; unreached != 0) {
+          r.MarkLaunchWork(blk, unreached);
+        }
+        ++moved;
+      } else if (dst.page != nullptr) {
+        release.push_back(dst.page);
+      }
     } else if (copied && blk.State(i) == PageState::kDevice) {
       if (Page* old = blk.CommitToHost(i, m->keep_device_copy)) release.push_back(old);  // src.page
       r.MarkHostDirty(blk);
@@ -309,13 +326,17 @@ void migrate_vma_finalize(MigrateVma* m) {
   // The old pages are unreferenced now (their data was copied, or they were never committed).
   for (Page* p : release) put_page(p);
   release.clear();
-  mm.migrator->Count(to_device, m->cause, moved);
+  if (m->to_peer) {
+    mm.counters->pages_peer.fetch_add(moved, std::memory_order_relaxed);
+  } else {
+    mm.migrator->Count(to_device, m->cause, moved);
+  }
   if (reused > 0) mm.counters->duplicates_reused.fetch_add(reused, std::memory_order_relaxed);
   if (filled > 0) mm.counters->zero_pages_filled.fetch_add(filled, std::memory_order_relaxed);
   if (!to_device && m->keep_device_copy && moved > 0) {
     mm.counters->duplicates_kept.fetch_add(moved, std::memory_order_relaxed);
   }
-  if (m->trace_start_ns != 0) TraceMigration(*m, to_device, device, moved);
+  if (m->trace_start_ns != 0) TraceMigration(*m, to_device || m->to_peer, device, moved);
 
   // Block by block, under its lock and while the pages are still busy (so no migration can zap
   // them first): apply the application discards that arrived while we held the pages (they end on
@@ -421,6 +442,34 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
     AppendCopy(&ops, (src.flags & kMigratePfnZero) ? nullptr : src.host, (*page)->dma_addr);
   }
   absl::Status s = CopyAndWait(engine, CopyDirection::kHostToDevice, ops, m);
+  if (!s.ok()) return s;
+  for (MigratePfn& dst : m->dst) {
+    if (dst.page != nullptr) dst.flags |= kMigratePfnMigrate;
+  }
+  return alloc_status;
+}
+
+absl::Status migrate_alloc_and_copy_from_peer(MigrateVma* m, Pagemap& pgmap, CopyEngine& engine) {
+  std::vector<CopyOp> ops;
+  absl::Status alloc_status;
+  for (size_t idx = 0; idx < m->src.size(); ++idx) {
+    const MigratePfn& src = m->src[idx];
+    if (!(src.flags & kMigratePfnMigrate)) continue;
+    absl::StatusOr<Page*> page = alloc_device_page(pgmap, m->start + idx * kPageSize);
+    if (!page.ok()) {
+      alloc_status = page.status();
+      break;  // copy what was allocated; the rest stays where it is
+    }
+    m->dst[idx] = MigratePfn{*page, nullptr, kMigratePfnValid | kMigratePfnDevice};
+    const uint64_t from = src.page->dma_addr, to = (*page)->dma_addr;
+    if (!ops.empty() && ops.back().peer + ops.back().bytes == from &&
+        ops.back().device + ops.back().bytes == to) {
+      ops.back().bytes += kPageSize;
+    } else {
+      ops.push_back({nullptr, to, kPageSize, from});
+    }
+  }
+  absl::Status s = CopyAndWait(engine, CopyDirection::kPeerToDevice, ops, m);
   if (!s.ok()) return s;
   for (MigratePfn& dst : m->dst) {
     if (dst.page != nullptr) dst.flags |= kMigratePfnMigrate;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -105,10 +106,11 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
   GatePass device_pass(&ds.gate);
   ProtectFromEviction protect(range, *ds.device, start, end);
   Device* dev = ds.device.get();
-  // Pages on other devices come home first; device-to-device goes through RAM. A device that
-  // shares managed addresses maps whole blocks, so the other devices give up whole blocks: their
-  // pages and read-duplicated copies there leave, and the block they map becomes this device's
-  // when it allocates there (BlockOwners, Evictor::AllocDevicePage).
+  // Pages on other devices leave first: to this device in one hop where it reaches them and its
+  // engine copies from peers, else home through RAM. A device that shares managed addresses maps
+  // whole blocks, so the other devices give up whole blocks: their pages and read-duplicated
+  // copies there leave, and the block they map becomes this device's (BlockOwners: handed over by
+  // a move to a peer, else claimed when this device allocates there, Evictor::AllocDevicePage).
   const bool whole_blocks = dev->placement() == Placement::kSameAddress;
   uintptr_t home_start = start, home_end = end;
   if (whole_blocks) {
@@ -138,6 +140,34 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
                                               user->ordinal, other->ordinal, s.message()));
         }
       }
+      if (whole_blocks && dev->CopiesFromPeers() && devices.Reaches(ds.ordinal, other->ordinal) &&
+          devices.peer_windows() != nullptr) {
+        // Read-duplicated copies there go (the host holds their data), so the move holds every
+        // page the other device has in the block.
+        mm_.evictor->DropDuplicates(range, home_start, home_end, odev->pagemap().owner);
+        if (absl::Status s = PeerMove(range, home_start, home_end, *other, ds, cause); !s.ok()) {
+          // An error on either device: what did not move goes home (an error on this device leaves
+          // the data in RAM, as a move through RAM would), and the request fails.
+          (void)RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
+                             cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
+          // Errors on both devices: the other device keeps what it could not send home, mapped at
+          // a window; its blocks go back to it so that its kernels find the pages where they are.
+          for (uintptr_t b = home_start; b < home_end; b = NextBlockBoundary(b)) {
+            if (!HoldsPages(range, b, std::min(home_end, NextBlockBoundary(b)), odev->pagemap().owner))
+              continue;
+            if (!ds.pool->UnbindIdle(b) || !other->pool->Reattach(b)) {
+              std::fprintf(stderr,
+                           "uhmm: device %d keeps pages of block %#lx that it no longer maps after errors "
+                           "on both devices: the CPU reads them, its kernels do not until they move\n",
+                           other->ordinal, static_cast<unsigned long>(b));
+            }
+          }
+          return absl::Status(
+              s.code(), absl::StrFormat("uhmm: moving [%#x, %#x) from device %d to device %d: %s", home_start,
+                                        home_end, other->ordinal, ds.ordinal, s.message()));
+        }
+      }
+      // Through RAM: what is left (all of it without peer copies).
       moved = RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
                            cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
       if (!moved.ok()) return moved.status();
@@ -151,6 +181,42 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
     return absl::Status(moved.status().code(),
                         absl::StrFormat("uhmm: migrating [%#x, %#x) to device %d: %s", start, end, ds.ordinal,
                                         moved.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Migrator::PeerMove(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& from,
+                                DeviceState& to, MigrateCause cause) {
+  DeviceTable& devices = *mm_.devices;
+  Pagemap& dst = to.device->pagemap();
+  for (uintptr_t a = start; a < end; a = NextBlockBoundary(a)) {
+    MigrateVma m;
+    m.vma = &range;
+    m.start = a;
+    m.end = std::min(end, NextBlockBoundary(a));
+    m.flags = kMigrateSelectDevicePrivate;
+    m.pgmap_owner = from.device->pagemap().owner;
+    m.cause = cause;
+    m.to_peer = true;
+    if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
+    absl::Status s;
+    if (m.cpages > 0) {
+      absl::StatusOr<uintptr_t> window = devices.peer_windows()->Take();
+      bool detached = false;
+      if (window.ok()) {
+        detached = from.pool->Detach(a & ~(kBlockSize - 1), *window, m.cpages, to.ordinal).ok();
+        if (!detached) devices.peer_windows()->Put(*window);
+      }
+      // Not detached (pages held elsewhere, no window): nothing is copied, all rolls back, and the
+      // block goes through RAM.
+      if (detached) s = migrate_alloc_and_copy_from_peer(&m, dst, *dst.copy_engine);
+    }
+    migrate_vma_pages(&m);
+    migrate_vma_finalize(&m);
+    if (!s.ok()) {
+      trace::TraceError(s.code(), a, to.ordinal);
+      return s;
+    }
   }
   return absl::OkStatus();
 }

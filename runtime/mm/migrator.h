@@ -38,7 +38,9 @@ class Migrator {
   // read-ahead).
   absl::Status ToHost(ManagedRange& range, uintptr_t start, uintptr_t end, MigrateCause cause,
                       uint64_t skip_if_moved_after_ns = 0);
-  // Moves [start, end) of `range` to device `ds`, pages on other devices through RAM first. Passes
+  // Moves [start, end) of `range` to device `ds`. Pages on other devices in its blocks come first:
+  // in one hop from a device `ds` reaches, when `ds` copies from peers (PeerMove), else through
+  // RAM. Passes
   // the fork gate and the device's gate (held off while a fork is prepared or the device emptied),
   // and protects the request from its own eviction.
   absl::Status ToDevice(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds,
@@ -58,6 +60,13 @@ class Migrator {
   void Count(bool to_device, MigrateCause cause, size_t pages);
 
  private:
+  // Moves `from`'s pages in the whole blocks [start, end) of `range` to `to` in one hop, block by
+  // block: takes them all, detaches `from`'s chunk to a window (PagePool::Detach), and copies on
+  // `to`'s engine. A block whose pages cannot all be taken (another migration holds some) is left
+  // for the move through RAM. Returns a copy or device error; what did not move stays on `from`.
+  absl::Status PeerMove(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& from,
+                        DeviceState& to, MigrateCause cause);
+
   Mm& mm_;
 };
 

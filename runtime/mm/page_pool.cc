@@ -90,7 +90,9 @@ void PagePool::Apply(Chunk& chunk, ChunkEvent event) {
                             (chunk.state == ChunkState::kBound || chunk.state == ChunkState::kInUse ||
                              chunk.bound == 0) &&
                             (chunk.state != ChunkState::kBound || chunk.bound != 0) &&
-                            (!same_address_ || chunk.state != ChunkState::kInUse || chunk.bound != 0);
+                            (chunk.state == ChunkState::kInUse || chunk.window == 0) &&
+                            (!same_address_ || chunk.state != ChunkState::kInUse || chunk.bound != 0 ||
+                             chunk.window != 0);
   if (!ok) {
     std::fprintf(stderr,
                  "uhmm: fatal: chunk %zu is %s after %s but has %u pages in use, bound to %#lx, "
@@ -102,12 +104,14 @@ void PagePool::Apply(Chunk& chunk, ChunkEvent event) {
 #endif
 }
 
-PagePool::PagePool(Device* device, Pagemap* pgmap, size_t max_chunks, BlockOwners* owners)
+PagePool::PagePool(Device* device, Pagemap* pgmap, size_t max_chunks, BlockOwners* owners,
+                   PeerWindows* windows)
     : device_(device),
       pgmap_(pgmap),
       max_chunks_(max_chunks),
       same_address_(device->placement() == Placement::kSameAddress),
-      owners_(same_address_ ? owners : nullptr) {}
+      owners_(same_address_ ? owners : nullptr),
+      windows_(same_address_ ? windows : nullptr) {}
 
 PagePool::~PagePool() {
   MutexLock lock(&mu_);
@@ -115,6 +119,7 @@ PagePool::~PagePool() {
     if (chunk->state == ChunkState::kFree) continue;
     // Whatever its state: pages still in use are leaked by their holders, not by the pool.
     Unmap(*chunk);
+    CloseWindow(*chunk);
     device_->FreeChunk(chunk->device_base);
     chunk->used = 0;
     spare_pages_.push_back(std::move(chunk->pages));
@@ -169,6 +174,69 @@ void PagePool::Unmap(Chunk& chunk) {
   if (owners_ != nullptr) owners_->Release(chunk.bound, pgmap_->device);
   bound_.erase(chunk.bound);
   chunk.bound = 0;
+}
+
+void PagePool::CloseWindow(Chunk& chunk) {
+  if (chunk.window == 0) return;
+  device_->UnmapChunk(chunk.device_base, chunk.window);
+  if (windows_ != nullptr) windows_->Put(chunk.window);
+  chunk.window = 0;
+  chunk.detached_from = 0;
+}
+
+absl::Status PagePool::Detach(uintptr_t block, uintptr_t window, size_t held, int to) {
+  MutexLock lock(&mu_);
+  auto it = bound_.find(block);
+  if (it == bound_.end() || owners_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrFormat("block %#x is not mapped here", block));
+  }
+  Chunk& c = *it->second;
+  if (c.state != ChunkState::kInUse || c.used != held) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("block %#x has %u pages in use here, the move holds %u", block, c.used, held));
+  }
+  // (Only this pool, under its lock, lets go of a block it maps: the owner stays this device.)
+  if (owners_->OwnerOf(block) != pgmap_->device) {
+    return absl::FailedPreconditionError(absl::StrFormat("block %#x is not this device's", block));
+  }
+  // The window first: a failure leaves everything as it was.
+  if (absl::Status s = device_->MapChunk(c.device_base, window); !s.ok()) {
+    return absl::Status(s.code(), absl::StrFormat("mapping a chunk at a window: %s", s.message()));
+  }
+  // Unmapped before `to` may map the block: a pool asking for it meanwhile sees this device.
+  device_->UnmapChunk(c.device_base, block);
+  owners_->Transfer(block, pgmap_->device, to);
+  bound_.erase(it);
+  c.bound = 0;
+  c.window = window;
+  c.detached_from = block;
+  for (size_t i = 0; i < kPagesPerChunk; ++i) c.pages[i].dma_addr = window + i * kPageSize;
+  return absl::OkStatus();
+}
+
+bool PagePool::Reattach(uintptr_t block) {
+  MutexLock lock(&mu_);
+  Chunk* c = nullptr;
+  for (auto& chunk : chunks_) {
+    if (chunk->window != 0 && chunk->detached_from == block) c = chunk.get();
+  }
+  if (c == nullptr) return true;
+  int holder = -1;
+  if (owners_ == nullptr || bound_.contains(block) || !owners_->TryClaim(block, pgmap_->device, &holder)) {
+    return false;
+  }
+  if (!device_->MapChunk(c->device_base, block).ok()) {
+    owners_->Release(block, pgmap_->device);
+    return false;
+  }
+  device_->UnmapChunk(c->device_base, c->window);
+  if (windows_ != nullptr) windows_->Put(c->window);
+  c->window = 0;
+  c->detached_from = 0;
+  c->bound = block;
+  bound_[block] = c;
+  for (size_t i = 0; i < kPagesPerChunk; ++i) c->pages[i].dma_addr = block + i * kPageSize;
+  return true;
 }
 
 void PagePool::Unbind(Chunk& chunk) {
@@ -285,7 +353,10 @@ void PagePool::Release(Page* page) {
     std::abort();
   }
   if (!same_address_) chunk.free.push_back(static_cast<uint32_t>(page->pfn % kPagesPerChunk));
-  if (--chunk.used == 0) Apply(chunk, ChunkEvent::kLastPageBack);
+  if (--chunk.used == 0) {
+    CloseWindow(chunk);  // a detached chunk's last page left
+    Apply(chunk, ChunkEvent::kLastPageBack);
+  }
   used_.fetch_sub(1, std::memory_order_relaxed);
 }
 

@@ -17,7 +17,10 @@
 // SEVERAL DEVICES (kSameAddress): a block maps one device's chunk at a time (BlockOwners). A pool
 // claims the block before it binds a chunk there and lets go when it unbinds it; when another
 // device holds the block, TryAlloc says which, and that device's pool gives it up once its chunk
-// there is idle (UnbindIdle).
+// there is idle (UnbindIdle). A MOVE TO A PEER (Migrator::ToDevice) holds every page of a block's
+// chunk and detaches the chunk (Detach): it is mapped at a window (PeerWindows) instead of the
+// block, which goes to the peer, and stays in use there until its last page leaves; then the
+// window is unmapped and the chunk is empty.
 // LOCKING: mu_ (rank kPagePool) guards the chunks; Page refcounts and flags are atomics.
 #ifndef UHMM_RUNTIME_MM_PAGE_POOL_H_
 #define UHMM_RUNTIME_MM_PAGE_POOL_H_
@@ -34,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/base/sync.h"
 #include "runtime/mm/block_owners.h"
+#include "runtime/mm/peer_windows.h"
 #include "uhmm/backend.h"
 #include "uhmm/pagemap.h"
 
@@ -62,8 +66,9 @@ class PagePool {
  public:
   // `max_chunks` caps the device memory the pool may take (pool size / 2 MiB). `owners` (kSameAddress
   // with several devices, else nullptr) is shared by every device's pool; pgmap->device names this
-  // device there.
-  PagePool(Device* device, Pagemap* pgmap, size_t max_chunks, BlockOwners* owners = nullptr);
+  // device there. `windows`: where Detach's windows go back (nullptr: no moves to a peer).
+  PagePool(Device* device, Pagemap* pgmap, size_t max_chunks, BlockOwners* owners = nullptr,
+           PeerWindows* windows = nullptr);
   ~PagePool();  // returns every chunk to the device
   PagePool(const PagePool&) = delete;
   PagePool& operator=(const PagePool&) = delete;
@@ -90,6 +95,16 @@ class PagePool {
   // kSameAddress: gives up `block` (unmaps this device's chunk there) if no page of it is in use.
   // True when this device no longer maps the block.
   bool UnbindIdle(uintptr_t block);
+  // kSameAddress, a move to a peer that holds `held` pages of `block`: when those are all the pages
+  // in use in this device's chunk there, maps the chunk at `window` (its pages' dma_addr follow),
+  // unmaps it from the block (waiting for device work that may use it) and hands the block to
+  // device `to`. FAILED_PRECONDITION (nothing changed) when the chunk has other pages in use or the
+  // block is not this device's; the window goes back to PeerWindows when the last page leaves.
+  absl::Status Detach(uintptr_t block, uintptr_t window, size_t held, int to);
+  // Undoes Detach for the pages a failed move left here: maps the chunk detached from `block` at
+  // the block again (claiming it back; its current holder must have given it up, UnbindIdle).
+  // True when no chunk of this device is detached from the block any more.
+  bool Reattach(uintptr_t block);
 
   size_t total_pages() const { return max_chunks_ * kPagesPerChunk; }
   size_t used_pages() const { return used_.load(std::memory_order_relaxed); }
@@ -101,6 +116,8 @@ class PagePool {
     ChunkState state = ChunkState::kFree;
     uint64_t device_base = 0;       // AllocChunk's value (not kFree)
     uintptr_t bound = 0;            // kSameAddress: the block it is mapped at (0: none)
+    uintptr_t window = 0;           // kInUse, detached (Detach): the window it is mapped at
+    uintptr_t detached_from = 0;    // and the block it was mapped at
     std::unique_ptr<Page[]> pages;  // not kFree
     std::vector<uint32_t> free;     // kAnywhere: free page indices
     uint32_t used = 0;
@@ -117,6 +134,8 @@ class PagePool {
   // Unbind also moves it to kEmpty, the destructor to kFree.
   void Unmap(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unbind(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A detached chunk: unmaps it from its window and puts the window back.
+  void CloseWindow(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves `chunk` to its state after `event` (ChunkTransition), checking it in debug builds.
   void Apply(Chunk& chunk, ChunkEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -125,6 +144,7 @@ class PagePool {
   const size_t max_chunks_;
   const bool same_address_;
   BlockOwners* const owners_;  // nullptr: this device is the only one that maps blocks
+  PeerWindows* const windows_;
   std::atomic<size_t> used_{0};
   Mutex mu_{LockRank::kPagePool};
   std::vector<std::unique_ptr<Chunk>> chunks_ ABSL_GUARDED_BY(mu_);  // every slot, kFree ones too

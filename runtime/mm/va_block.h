@@ -34,6 +34,8 @@
 //                        --EndMigration--> kDevice
 //   To the host:  kDevice --BeginMigration--> kDevice+busy --CommitToHost--> kHost+busy
 //                        --EndMigration--> kHost   (CommitToHost(keep_copy): kHost+duplicate)
+//   To a peer:    kDevice --BeginMigration--> kDevice+busy --CommitToPeer (another device page)-->
+//                        kDevice+busy --EndMigration--> kDevice
 //   Zero:         kHost --MarkZero--> kHost+zero (a new range); kHost+zero --CommitToDevice,
 //                 ForgetZero--> kHost / kDevice without it
 //   Duplicate:    kHost+duplicate --BeginMigration/CommitToDevice (same device page)--> kDevice;
@@ -207,6 +209,16 @@ struct VaBlock {
     device.bits_.reset(i);
     duplicate.bits_.set(i);
     return nullptr;
+  }
+  // The holder's one-hop copy to `page`, on another device, succeeded: that page is the data now.
+  // Returns the old device page, for the caller to put_page once the lock is released.
+  [[nodiscard]] Page* CommitToPeer(size_t i, Page* page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Check(i, "CommitToPeer",
+          busy.bits_[i] && State(i) == PageState::kDevice && page != nullptr && pages.pages_[i] != page,
+          "needs a held device page and another device page");
+    Page* old = pages.pages_[i];
+    pages.pages_[i] = page;
+    return old;
   }
   // Drops a duplicate's device copy (eviction, a migration to another device): returned, to
   // put_page once the lock is released. Nobody may hold the page.
