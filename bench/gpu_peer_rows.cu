@@ -1,5 +1,6 @@
 // The two-GPU rows of uhmm_bench (GPUs 0 and 1): a device-to-device move, cudaMemPrefetchAsync
-// against uhmm_migrate (which goes through RAM: no peer copies yet), and a kernel on GPU 1 reading
+// against uhmm_migrate (one hop on GPU 1's copy engine where GPU 1 reaches GPU 0, else through
+// RAM), and a kernel on GPU 1 reading
 // data that lies on GPU 0 in place (peer access), cudaMallocManaged with PREFERRED_LOCATION 0 and
 // ACCESSED_BY 1 against uhmm's peer mapping. On a machine with one GPU both rows are printed as not
 // measured. Each side runs o.reps times; a kernel checks every word after each run.
@@ -227,9 +228,9 @@ void RunPeerRows(const Options& o, Table* t) {
   if (g.stream) cudaStreamDestroy(g.stream);
   cudaSetDevice(0);
   const std::string size = std::to_string(bytes >> 20) + " MiB";
-  t->Add(MakeRow(
-      kD2D, uvm.move, uhmm.move, uvm, uhmm,
-      size + ", GPU 0 to GPU 1: cudaMemPrefetchAsync vs uhmm_migrate (through RAM, no peer copy yet)"));
+  t->Add(MakeRow(kD2D, uvm.move, uhmm.move, uvm, uhmm,
+                 size + ", GPU 0 to GPU 1: cudaMemPrefetchAsync vs uhmm_migrate (one hop with peer access, "
+                        "else through RAM)"));
   t->Add(MakeRow(kPeerRead, uvm.read, uhmm.read, uvm, uhmm,
                  size + " on GPU 0 read by a kernel on GPU 1 (cudaDeviceCanAccessPeer " +
                      std::to_string(peer) +

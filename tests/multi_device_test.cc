@@ -1,7 +1,8 @@
-// Several devices in one runtime: blocks move between devices through RAM, a block maps one
-// device at a time where devices share managed addresses, and a device error or a free during such
-// a move loses nothing. Run with two devices on every backend configuration that has them (the
-// emulated CUDA driver is given two with UHMM_FAKE_CUDA_DEVICES, with and without peer access).
+// Several devices in one runtime: blocks move between devices in one hop where the destination
+// reaches the source (peer copies), else through RAM; a block maps one device at a time where
+// devices share managed addresses, and a device error or a free during such a move loses nothing. Run with
+// two devices on every backend configuration that has them (the emulated CUDA driver is given two with
+// UHMM_FAKE_CUDA_DEVICES, with and without peer access).
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -70,6 +71,13 @@ class MultiDeviceTest : public ::testing::Test, public Harness {
     return bad;
   }
 
+  // Whether device `to` reaches device `from`'s memory, and so copies from it in one hop (every
+  // backend that reports peer access copies from peers).
+  bool PeerCopies(int to, int from) {
+    absl::StatusOr<Runtime::DeviceStats> d = rt_->device_stats(to);
+    return d.ok() && ((d->peer_access >> from) & 1) != 0;
+  }
+
   DeviceAccess* access1_ = nullptr;
   FaultInjector* faults1_ = nullptr;
 };
@@ -82,9 +90,16 @@ TEST_F(MultiDeviceTest, BlocksMoveBetweenDevicesAndBackWithTheirData) {
   for (int round = 0; round < 3; ++round) {
     const int to = round % 2 == 0 ? 1 : 0;
     DeviceAccess* on = to == 1 ? access1_ : access0_;
+    const Stats before = rt_->stats();
     absl::Status s = rt_->Migrate(p, bytes, to);
     ASSERT_TRUE(s.ok()) << "round " << round << ": " << s;
     EXPECT_EQ(CountAt(Residency(p, bytes), to), bytes / kPageSize) << "round " << round;
+    // One hop between peers; through RAM otherwise.
+    const Stats after = rt_->stats();
+    const bool peer = PeerCopies(to, 1 - to);
+    EXPECT_EQ(after.pages_device_to_device - before.pages_device_to_device, peer ? bytes / kPageSize : 0u)
+        << "round " << round;
+    EXPECT_EQ(after.pages_to_host - before.pages_to_host, peer ? 0u : bytes / kPageSize) << "round " << round;
     EXPECT_EQ(MismatchesOn(on, p, bytes, 2 + round), 0u) << "round " << round;
     WriteOn(on, p, bytes, 3 + round);
   }
@@ -95,7 +110,8 @@ TEST_F(MultiDeviceTest, BlocksMoveBetweenDevicesAndBackWithTheirData) {
 
 TEST_F(MultiDeviceTest, HalvesOfOneBlockOnTwoDevicesKeepEveryByte) {
   // With one pointer a block maps one device: the second half's move takes the block from device 0,
-  // whose half comes home first. Without it, each device keeps its half.
+  // whose half comes along in one hop where device 1 reaches device 0, else home first. Without
+  // one pointer, each device keeps its half.
   const size_t bytes = 2 * kMiB;
   uint64_t* p = AllocFilled(bytes, 10);
   uint64_t* half = p + bytes / 2 / 8;
@@ -104,8 +120,9 @@ TEST_F(MultiDeviceTest, HalvesOfOneBlockOnTwoDevicesKeepEveryByte) {
   ASSERT_TRUE(rt_->Migrate(half, bytes / 2, 1).ok());
   WriteOn(access1_, half, bytes / 2, 12);  // device 1 rewrites the other half
   const std::vector<int32_t> res = Residency(p, bytes);
-  EXPECT_EQ(CountAt(res, 1), bytes / 2 / kPageSize);
-  EXPECT_EQ(CountAt(res, 0) + CountAt(res, kHost), bytes / 2 / kPageSize);
+  const bool along = PeerCopies(1, 0) && CountAt(res, 0) == 0;  // (kAnywhere keeps device 0's half)
+  EXPECT_EQ(CountAt(res, 1), (along ? 2 : 1) * bytes / 2 / kPageSize);
+  EXPECT_EQ(CountAt(res, 0) + CountAt(res, kHost), along ? 0 : bytes / 2 / kPageSize);
   EXPECT_EQ(FirstMismatch(p, bytes / 2, 11), -1);     // device 0's writes survived the pull
   EXPECT_EQ(FirstMismatch(half, bytes / 2, 12), -1);  // and device 1's are there
   ASSERT_TRUE(rt_->Free(p).ok());
@@ -183,6 +200,36 @@ TEST_F(MultiDeviceTest, DeviceErrorMidMoveLosesNothingOnTheSource) {
   uint64_t* p = AllocFilled(bytes, 40);
   ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
   WriteOn(access0_, p, bytes, 41);
+  ASSERT_NE(faults1_, nullptr);
+  if (PeerCopies(1, 0)) {
+    // One hop: device 1's engine reads device 0's pages, and fails. The move reports it, and the
+    // pages come home through RAM from the window device 0 mapped them at, whole.
+    faults1_->FailNext(InjectSite::kCopyHostToDevice, 1);
+    absl::Status s = rt_->Migrate(p, bytes, 1);
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(CountAt(Residency(p, bytes), kHost), bytes / kPageSize);
+    EXPECT_EQ(FirstMismatch(p, bytes, 41), -1);
+    // Both fail: device 1 copying in, then device 0 copying home. The data stays on device 0,
+    // mapped at the window only, and still comes home whole when the CPU reads it.
+    ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+    WriteOn(access0_, p, bytes, 42);
+    faults1_->FailNext(InjectSite::kCopyHostToDevice, 1);
+    faults0_->FailNext(InjectSite::kCopyDeviceToHost, 1);
+    s = rt_->Migrate(p, bytes, 1);
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
+    EXPECT_EQ(FirstMismatch(p, bytes, 42), -1);
+    // And the next move goes in one hop.
+    ASSERT_TRUE(rt_->Migrate(p, bytes, 0).ok());
+    WriteOn(access0_, p, bytes, 43);
+    const uint64_t hops = rt_->stats().pages_device_to_device;
+    ASSERT_TRUE(rt_->Migrate(p, bytes, 1).ok());
+    EXPECT_EQ(rt_->stats().pages_device_to_device - hops, bytes / kPageSize);
+    EXPECT_EQ(MismatchesOn(access1_, p, bytes, 43), 0u);
+    ASSERT_TRUE(rt_->Free(p).ok());
+    EXPECT_EQ(rt_->stats().device_pages_used, 0u);
+    return;
+  }
   // Device 0 fails the copy out: the move to device 1 reports it and the data stays on device 0.
   faults0_->FailNext(InjectSite::kCopyDeviceToHost, 1);
   absl::Status s = rt_->Migrate(p, bytes, 1);
@@ -190,7 +237,6 @@ TEST_F(MultiDeviceTest, DeviceErrorMidMoveLosesNothingOnTheSource) {
   EXPECT_EQ(CountAt(Residency(p, bytes), 0), bytes / kPageSize);
   EXPECT_EQ(MismatchesOn(access0_, p, bytes, 41), 0u);
   // Device 1 fails the copy in: the data is home, where the failed step left it, and whole.
-  ASSERT_NE(faults1_, nullptr);
   faults1_->FailNext(InjectSite::kCopyHostToDevice, 1);
   s = rt_->Migrate(p, bytes, 1);
   EXPECT_FALSE(s.ok());
