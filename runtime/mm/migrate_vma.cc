@@ -121,6 +121,19 @@ absl::Status CopyAndWait(CopyEngine& engine, CopyDirection dir, const std::vecto
   return s;
 }
 
+// Phase 2's end for moves to a device: copies `ops` into the pages allocated in m->dst and marks
+// them copied, or leaves them unmarked (finalize rolls back) on a copy error. Else returns
+// `alloc_status`: the pages that could not be allocated stay where they are.
+absl::Status CopyToAllocated(CopyEngine& engine, CopyDirection dir, const std::vector<CopyOp>& ops,
+                             MigrateVma* m, absl::Status alloc_status) {
+  absl::Status s = CopyAndWait(engine, dir, ops, m);
+  if (!s.ok()) return s;
+  for (MigratePfn& dst : m->dst) {
+    if (dst.page != nullptr) dst.flags |= kMigratePfnMigrate;
+  }
+  return alloc_status;
+}
+
 }  // namespace
 
 absl::Status migrate_vma_setup(MigrateVma* m) {
@@ -441,12 +454,7 @@ absl::Status migrate_alloc_and_copy_to_device(MigrateVma* m, Pagemap& pgmap, Cop
     // A zero page gets zeros on the device without crossing the bus.
     AppendCopy(&ops, (src.flags & kMigratePfnZero) ? nullptr : src.host, (*page)->dma_addr);
   }
-  absl::Status s = CopyAndWait(engine, CopyDirection::kHostToDevice, ops, m);
-  if (!s.ok()) return s;
-  for (MigratePfn& dst : m->dst) {
-    if (dst.page != nullptr) dst.flags |= kMigratePfnMigrate;
-  }
-  return alloc_status;
+  return CopyToAllocated(engine, CopyDirection::kHostToDevice, ops, m, alloc_status);
 }
 
 absl::Status migrate_alloc_and_copy_from_peer(MigrateVma* m, Pagemap& pgmap, CopyEngine& engine) {
@@ -469,12 +477,7 @@ absl::Status migrate_alloc_and_copy_from_peer(MigrateVma* m, Pagemap& pgmap, Cop
       ops.push_back({nullptr, to, kPageSize, from});
     }
   }
-  absl::Status s = CopyAndWait(engine, CopyDirection::kPeerToDevice, ops, m);
-  if (!s.ok()) return s;
-  for (MigratePfn& dst : m->dst) {
-    if (dst.page != nullptr) dst.flags |= kMigratePfnMigrate;
-  }
-  return alloc_status;
+  return CopyToAllocated(engine, CopyDirection::kPeerToDevice, ops, m, alloc_status);
 }
 
 absl::Status migrate_fault_to_ram(VmFault* vmf, const void* owner, CopyEngine& engine) {
