@@ -244,6 +244,9 @@ class FaultInjectingDevice final : public Device, public testing::FaultInjector 
   absl::Status MapChunk(uint64_t chunk, uintptr_t block) override { return inner_->MapChunk(chunk, block); }
   bool CopiesFromPeers() const override { return inner_->CopiesFromPeers(); }
   void UnmapChunk(uint64_t chunk, uintptr_t block) override { inner_->UnmapChunk(chunk, block); }
+  absl::Status UnmapWindow(uint64_t chunk, uintptr_t window) override {
+    return inner_->UnmapWindow(chunk, window);
+  }
   absl::Status SynchronizeQueue(void* queue) override { return inner_->SynchronizeQueue(queue); }
   uhmm_native_handles_t native_handles() const override { return inner_->native_handles(); }
   std::string pci_bus_id() const override { return inner_->pci_bus_id(); }

@@ -204,7 +204,8 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
     return free_bytes;
   }
   Placement placement() const override { return Placement::kSameAddress; }
-  bool CopiesFromPeers() const override { return !peers_.empty(); }
+  bool CopiesFromPeers() const override { return copies_from_peers_; }
+  void set_copies_from_peers(bool on) { copies_from_peers_ = on; }
   std::string pci_bus_id() const override {
     int domain = 0, bus = 0, device = 0;
     if (d_->cuDeviceGetAttribute(&domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, dev_) != CUDA_SUCCESS ||
@@ -257,12 +258,15 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
     std::call_once(checked, [&] { host_view_intact = CheckManagedViewIntact(block, "cuMemMap"); });
     return host_view_intact;
   }
-  void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
+  void UnmapChunk(uint64_t chunk, uintptr_t block) override {
     // A kernel still running may use the block, here or on a peer: unmapping under it would fault
     // its context.
     LogError(SynchronizeWithPeers("cuCtxSynchronize before cuMemUnmap"));
+    LogError(UnmapWindow(chunk, block));
+  }
+  absl::Status UnmapWindow(uint64_t /*chunk*/, uintptr_t window) override {
     ScopedContext scope(*d_, ctx_);
-    LogError(CudaStatus(*d_, d_->cuMemUnmap(block, kBlockSize), "cuMemUnmap"));
+    return CudaStatus(*d_, d_->cuMemUnmap(window, kBlockSize), "cuMemUnmap");
   }
   absl::Status SynchronizeQueue(void* queue) override {
     ScopedContext scope(*d_, ctx_);
@@ -350,6 +354,7 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
   std::mutex test_mu_;
   void* test_staging_ = nullptr;
   size_t default_pool_ = 0;
+  bool copies_from_peers_ = false;  // this GPU reaches another's memory (Backend::PeerAccess)
 };
 
 class CudaBackend final : public Backend {
@@ -376,6 +381,9 @@ class CudaBackend final : public Backend {
     }
     auto dev = std::make_unique<CudaDevice>(d_, gpus_[ordinal], ordinal, std::move(peers));
     if (absl::Status s = dev->Init(); !s.ok()) return s;
+    for (int j = 0; j < device_count(); ++j) {
+      if (PeerAccess(ordinal, j)) dev->set_copies_from_peers(true);  // this GPU reaches j's memory
+    }
     return std::unique_ptr<Device>(std::move(dev));
   }
   bool PeerAccess(int device, int owner) const override {

@@ -288,11 +288,14 @@ class LevelZeroDevice final : public Device, public testing::DeviceAccess {
     std::call_once(checked, [&] { host_view_intact = CheckManagedViewIntact(block, "zeVirtualMemMap"); });
     return host_view_intact;
   }
-  void UnmapChunk(uint64_t /*chunk*/, uintptr_t block) override {
+  void UnmapChunk(uint64_t chunk, uintptr_t block) override {
     // A kernel still running may use the block.
     LogError(WaitForDeviceWork());
-    LogError(ZeStatus(l_->zeVirtualMemUnmap(ctx_, reinterpret_cast<void*>(block), kBlockSize),
-                      "zeVirtualMemUnmap"));
+    LogError(UnmapWindow(chunk, block));
+  }
+  absl::Status UnmapWindow(uint64_t /*chunk*/, uintptr_t window) override {
+    return ZeStatus(l_->zeVirtualMemUnmap(ctx_, reinterpret_cast<void*>(window), kBlockSize),
+                    "zeVirtualMemUnmap");
   }
   // `queue` is an immediate command list of this device's context (what the tracer passes to the
   // runtime); nullptr waits for every kernel uhmm saw launched. A barrier is appended to the list,

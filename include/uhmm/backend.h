@@ -106,6 +106,12 @@ class Device {
     return absl::UnimplementedError("MapChunk: this device does not share managed addresses");
   }
   virtual void UnmapChunk(uint64_t /*chunk*/, uintptr_t /*block*/) {}
+  // Unmaps a chunk from a window (the runtime's own address, which only copies it waited for used):
+  // no wait for device work.
+  virtual absl::Status UnmapWindow(uint64_t chunk, uintptr_t window) {
+    UnmapChunk(chunk, window);
+    return absl::OkStatus();
+  }
   // Returns once the device work queued on `queue` so far is done (nullptr: all of the device's
   // work). Host-bound prefetches on a queue use it so that they see what earlier kernels wrote.
   virtual absl::Status SynchronizeQueue(void* /*queue*/) { return absl::OkStatus(); }

@@ -166,12 +166,12 @@ absl::Status migrate_vma_setup(MigrateVma* m) {
   bool duplicates = false;  // held duplicates whose device copy this migration may reuse
   bool zeros = false;       // held pages that are zero unless the CPU wrote them
   size_t dropped = 0;       // duplicates on another device than the target
-  const uint64_t wanted_ns = to_device ? trace::Tracer::Now() : 0;
+  const uint64_t wanted_ns = to_device || m->to_peer ? trace::Tracer::Now() : 0;
   ForEachPageLocked(m, [&](VaBlock& blk, size_t i, size_t idx, uintptr_t addr) {
     blk.mu.AssertHeld();
     MigratePfn& src = m->src[idx];
     src.host = r.host_view(addr);
-    if (to_device) blk.device_wanted_ns = wanted_ns;
+    if (wanted_ns != 0) blk.device_wanted_ns = wanted_ns;
     if (blk.Busy(i)) {
       ++m->skipped_busy;
       return;
@@ -321,6 +321,7 @@ void migrate_vma_finalize(MigrateVma* m) {
         device = dst.page->pgmap->device;
         blk.device_seq = mm.faults->read_seq();
         blk.to_device_ns = now;
+        blk.returned = false;
         if (const uint64_t unreached = (*mm.devices)[device].unreached_by; unreached != 0) {
           r.MarkLaunchWork(blk, unreached);
         }
@@ -341,6 +342,8 @@ void migrate_vma_finalize(MigrateVma* m) {
   release.clear();
   if (m->to_peer) {
     mm.counters->pages_peer.fetch_add(moved, std::memory_order_relaxed);
+    if (m->cause == MigrateCause::kLaunch)
+      mm.counters->launch_pages.fetch_add(moved, std::memory_order_relaxed);
   } else {
     mm.migrator->Count(to_device, m->cause, moved);
   }

@@ -146,25 +146,18 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
         // page the other device has in the block.
         mm_.evictor->DropDuplicates(range, home_start, home_end, odev->pagemap().owner);
         if (absl::Status s = PeerMove(range, home_start, home_end, *other, ds, cause); !s.ok()) {
-          // An error on either device: what did not move goes home (an error on this device leaves
-          // the data in RAM, as a move through RAM would), and the request fails.
-          (void)RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
-                             cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
-          // Errors on both devices: the other device keeps what it could not send home, mapped at
-          // a window; its blocks go back to it so that its kernels find the pages where they are.
-          for (uintptr_t b = home_start; b < home_end; b = NextBlockBoundary(b)) {
-            if (!HoldsPages(range, b, std::min(home_end, NextBlockBoundary(b)), odev->pagemap().owner))
-              continue;
-            if (!ds.pool->UnbindIdle(b) || !other->pool->Reattach(b)) {
-              std::fprintf(stderr,
-                           "uhmm: device %d keeps pages of block %#lx that it no longer maps after errors "
-                           "on both devices: the CPU reads them, its kernels do not until they move\n",
-                           other->ordinal, static_cast<unsigned long>(b));
-            }
+          // What did not move goes home (an error on this device leaves the data in RAM, as a move
+          // through RAM would). A copy or device error fails the request; a block another device
+          // pulled meanwhile (UNAVAILABLE) goes on through RAM below, and the tries go on.
+          absl::StatusOr<size_t> home =
+              RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
+                           cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
+          if (!home.ok()) Reattach(range, home_start, home_end, *other, ds);
+          if (!absl::IsUnavailable(s)) {
+            return absl::Status(
+                s.code(), absl::StrFormat("uhmm: moving [%#x, %#x) from device %d to device %d: %s",
+                                          home_start, home_end, other->ordinal, ds.ordinal, s.message()));
           }
-          return absl::Status(
-              s.code(), absl::StrFormat("uhmm: moving [%#x, %#x) from device %d to device %d: %s", home_start,
-                                        home_end, other->ordinal, ds.ordinal, s.message()));
         }
       }
       // Through RAM: what is left (all of it without peer copies).
@@ -219,6 +212,36 @@ absl::Status Migrator::PeerMove(ManagedRange& range, uintptr_t start, uintptr_t 
     }
   }
   return absl::OkStatus();
+}
+
+void Migrator::Reattach(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& from,
+                        DeviceState& to) {
+  for (uintptr_t a = start; a < end; a = NextBlockBoundary(a)) {
+    const uintptr_t stop = std::min(end, NextBlockBoundary(a));
+    if (!HoldsPages(range, a, stop, from.device->pagemap().owner)) continue;
+    // Held, so that no copy uses a page's window address while it changes.
+    MigrateVma m;
+    m.vma = &range;
+    m.start = a;
+    m.end = stop;
+    m.flags = kMigrateSelectDevicePrivate;
+    m.pgmap_owner = from.device->pagemap().owner;
+    m.cause = MigrateCause::kPrefetch;
+    m.to_peer = true;  // nothing is copied: every page rolls back where it is
+    bool back = false;
+    if (migrate_vma_setup(&m).ok()) {
+      const uintptr_t block = a & ~(kBlockSize - 1);
+      back = m.cpages > 0 && to.pool->UnbindIdle(block) && from.pool->Reattach(block, m.cpages);
+      migrate_vma_pages(&m);
+      migrate_vma_finalize(&m);
+    }
+    if (!back) {
+      std::fprintf(stderr,
+                   "uhmm: device %d keeps pages of block %#lx that it no longer maps, after errors on both "
+                   "devices: the CPU reads them, its kernels do not until they move\n",
+                   from.ordinal, static_cast<unsigned long>(a & ~(kBlockSize - 1)));
+    }
+  }
 }
 
 absl::Status Migrator::Bulk(ManagedRange& range, uintptr_t start, uintptr_t end, int device) {

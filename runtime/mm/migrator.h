@@ -40,9 +40,8 @@ class Migrator {
                       uint64_t skip_if_moved_after_ns = 0);
   // Moves [start, end) of `range` to device `ds`. Pages on other devices in its blocks come first:
   // in one hop from a device `ds` reaches, when `ds` copies from peers (PeerMove), else through
-  // RAM. Passes
-  // the fork gate and the device's gate (held off while a fork is prepared or the device emptied),
-  // and protects the request from its own eviction.
+  // RAM. Passes the fork gate and the device's gate (held off while a fork is prepared or the
+  // device emptied), and protects the request from its own eviction.
   absl::Status ToDevice(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& ds,
                         MigrateCause cause);
   // uhmm_migrate / uhmm_prefetch_on_queue: [start, end) to `device` (or kHost), block by block,
@@ -66,6 +65,10 @@ class Migrator {
   // for the move through RAM. Returns a copy or device error; what did not move stays on `from`.
   absl::Status PeerMove(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& from,
                         DeviceState& to, MigrateCause cause);
+  // After a failed PeerMove whose pages could not go home either: the blocks of [start, end) where
+  // `from` still has pages, mapped at a window, are mapped for `from` again (`to` giving them up),
+  // so that its kernels find the pages where they are. Says on stderr where that is impossible.
+  void Reattach(ManagedRange& range, uintptr_t start, uintptr_t end, DeviceState& from, DeviceState& to);
 
   Mm& mm_;
 };

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <string>
 
 #include "absl/strings/str_format.h"
 
@@ -178,8 +179,14 @@ void PagePool::Unmap(Chunk& chunk) {
 
 void PagePool::CloseWindow(Chunk& chunk) {
   if (chunk.window == 0) return;
-  device_->UnmapChunk(chunk.device_base, chunk.window);
-  if (windows_ != nullptr) windows_->Put(chunk.window);
+  // Only the move's copies used the window, and they are done: no wait for device work.
+  if (absl::Status s = device_->UnmapWindow(chunk.device_base, chunk.window); !s.ok()) {
+    std::fprintf(stderr,
+                 "uhmm: device %d: unmapping a chunk from window %#lx: %s (the window is not reused)\n",
+                 pgmap_->device, static_cast<unsigned long>(chunk.window), std::string(s.message()).c_str());
+  } else if (windows_ != nullptr) {
+    windows_->Put(chunk.window);
+  }
   chunk.window = 0;
   chunk.detached_from = 0;
 }
@@ -214,13 +221,14 @@ absl::Status PagePool::Detach(uintptr_t block, uintptr_t window, size_t held, in
   return absl::OkStatus();
 }
 
-bool PagePool::Reattach(uintptr_t block) {
+bool PagePool::Reattach(uintptr_t block, size_t held) {
   MutexLock lock(&mu_);
   Chunk* c = nullptr;
   for (auto& chunk : chunks_) {
     if (chunk->window != 0 && chunk->detached_from == block) c = chunk.get();
   }
   if (c == nullptr) return true;
+  if (c->used != held) return false;  // a page there that the caller does not hold may be in a copy
   int holder = -1;
   if (owners_ == nullptr || bound_.contains(block) || !owners_->TryClaim(block, pgmap_->device, &holder)) {
     return false;
@@ -229,10 +237,7 @@ bool PagePool::Reattach(uintptr_t block) {
     owners_->Release(block, pgmap_->device);
     return false;
   }
-  device_->UnmapChunk(c->device_base, c->window);
-  if (windows_ != nullptr) windows_->Put(c->window);
-  c->window = 0;
-  c->detached_from = 0;
+  CloseWindow(*c);
   c->bound = block;
   bound_[block] = c;
   for (size_t i = 0; i < kPagesPerChunk; ++i) c->pages[i].dma_addr = block + i * kPageSize;
@@ -413,7 +418,12 @@ void PagePool::UnbindRange(uintptr_t start, uintptr_t end) {
 bool PagePool::UnbindIdle(uintptr_t block) {
   MutexLock lock(&mu_);
   auto it = bound_.find(block);
-  if (it == bound_.end()) return true;
+  if (it == bound_.end()) {
+    // A block handed to this device by a move to a peer (BlockOwners::Transfer) and not bound yet:
+    // the claim goes, and the move's own allocation claims it again (or learns who has it).
+    if (owners_ != nullptr) owners_->Release(block, pgmap_->device);
+    return true;
+  }
   if (it->second->state != ChunkState::kBound) return false;  // pages in use there
   Unbind(*it->second);
   return true;

@@ -101,10 +101,11 @@ class PagePool {
   // device `to`. FAILED_PRECONDITION (nothing changed) when the chunk has other pages in use or the
   // block is not this device's; the window goes back to PeerWindows when the last page leaves.
   absl::Status Detach(uintptr_t block, uintptr_t window, size_t held, int to);
-  // Undoes Detach for the pages a failed move left here: maps the chunk detached from `block` at
-  // the block again (claiming it back; its current holder must have given it up, UnbindIdle).
-  // True when no chunk of this device is detached from the block any more.
-  bool Reattach(uintptr_t block);
+  // Undoes Detach for the pages a failed move left here, which the caller holds (`held` of them,
+  // all the chunk has in use): maps the chunk detached from `block` at the block again (claiming
+  // it back; its current holder must have given it up, UnbindIdle). True when no chunk of this
+  // device is detached from the block any more.
+  bool Reattach(uintptr_t block, size_t held);
 
   size_t total_pages() const { return max_chunks_ * kPagesPerChunk; }
   size_t used_pages() const { return used_.load(std::memory_order_relaxed); }
