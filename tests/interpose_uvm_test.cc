@@ -26,6 +26,7 @@ constexpr size_t kPage = 4096;
 struct Fake {
   CUfunction (*kernel)(void (*)(void**)) = nullptr;
   void* (*view)(CUdeviceptr, size_t) = nullptr;
+  void* (*view_on)(CUdeviceptr, size_t, int) = nullptr;  // as one device sees it
 };
 Fake& fake() {
   static Fake f;
@@ -40,6 +41,20 @@ void AddOne(void** params) {
   const size_t count = *static_cast<size_t*>(params[1]);
   for (size_t i = 0; i < count; ++i) {
     auto* v = static_cast<uint32_t*>(fake().view(p + i * 4, 4));
+    if (v == nullptr) {
+      g_unmapped.fetch_add(1);
+      continue;
+    }
+    *v += 1;
+  }
+}
+// AddOne as a kernel on device params[2] sees memory: only its own and its peers' blocks.
+void AddOneOnDevice(void** params) {
+  const CUdeviceptr p = *static_cast<CUdeviceptr*>(params[0]);
+  const size_t count = *static_cast<size_t*>(params[1]);
+  const int device = *static_cast<int*>(params[2]);
+  for (size_t i = 0; i < count; ++i) {
+    auto* v = static_cast<uint32_t*>(fake().view_on(p + i * 4, 4, device));
     if (v == nullptr) {
       g_unmapped.fetch_add(1);
       continue;
@@ -63,6 +78,8 @@ class InterposeUvmTest : public ::testing::Test {
     ASSERT_NE(h, nullptr) << uhmm_interpose_status();
     fake().kernel = reinterpret_cast<CUfunction (*)(void (*)(void**))>(dlsym(h, "uhmm_fake_cuda_kernel"));
     fake().view = reinterpret_cast<void* (*)(CUdeviceptr, size_t)>(dlsym(h, "uhmm_fake_cuda_device_view"));
+    fake().view_on =
+        reinterpret_cast<void* (*)(CUdeviceptr, size_t, int)>(dlsym(h, "uhmm_fake_cuda_device_view_on"));
     ASSERT_NE(fake().kernel, nullptr);
     ASSERT_EQ(cuInit(0), CUDA_SUCCESS);
     CUdevice dev;
@@ -313,6 +330,81 @@ TEST_F(InterposeUvmTest, PrefetchesMoveDataBothWaysInBothApiGenerations) {
       << "past the end";
   for (size_t i = 0; i < bytes; i += 4096) ASSERT_EQ(reinterpret_cast<uint8_t*>(p)[i], 1);
   ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+}
+
+// UHMM_CUDA_DEVICES=all over two emulated GPUs without peer access (ctest
+// interpose.uvm_program_two_gpus): one runtime serves both GPUs, prefetches, advice and launches
+// name either one, and data moves between them with every write kept.
+TEST_F(InterposeUvmTest, TwoGpusShareOneRuntimeAndDataMovesBetweenThem) {
+  int count = 0;
+  ASSERT_EQ(cuDeviceGetCount(&count), CUDA_SUCCESS);
+  const char* list = std::getenv("UHMM_CUDA_DEVICES");
+  if (count < 2 || list == nullptr || std::string_view(list) != "all")
+    GTEST_SKIP() << "run with UHMM_CUDA_DEVICES=all on two GPUs (UHMM_FAKE_CUDA_DEVICES=2)";
+  ASSERT_NE(fake().view_on, nullptr);
+  CUdevice dev1 = 0;
+  CUcontext ctx1 = nullptr;
+  CUstream stream1 = nullptr;
+  ASSERT_EQ(cuDeviceGet(&dev1, 1), CUDA_SUCCESS);
+  ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx1, dev1), CUDA_SUCCESS);
+  ASSERT_EQ(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&stream1, 0), CUDA_SUCCESS);
+  ASSERT_EQ(cuCtxSetCurrent(ctx_), CUDA_SUCCESS);
+  auto on_device = [](CUdeviceptr p, size_t bytes, int device) {
+    for (size_t off = 0; off < bytes; off += kPage) {
+      if (fake().view_on(p + off, 1, device) == nullptr) return false;
+    }
+    return true;
+  };
+  auto launch_on = [&](CUcontext ctx, CUstream s, CUdeviceptr p, size_t n, int device) {
+    ASSERT_EQ(cuCtxSetCurrent(ctx), CUDA_SUCCESS);
+    void* params[] = {&p, &n, &device};
+    g_unmapped = 0;
+    ASSERT_EQ(cuLaunchKernel(fake().kernel(&AddOneOnDevice), 1, 1, 1, 1, 1, 1, 0, s, params, nullptr),
+              CUDA_SUCCESS);
+    ASSERT_EQ(cuStreamSynchronize(s), CUDA_SUCCESS);
+    EXPECT_EQ(g_unmapped.load(), 0) << "the kernel on GPU " << device << " found pages it cannot reach";
+  };
+
+  const size_t bytes = 4 << 20, words = bytes / 4;
+  const CUmemLocation gpu1{CU_MEM_LOCATION_TYPE_DEVICE, 1};
+  const CUdeviceptr p = Managed(bytes);
+  for (size_t i = 0; i < words; ++i) U32(p)[i] = static_cast<uint32_t>(i);
+  // A prefetch to GPU 1 puts the data there, where GPU 0 (no peer access) cannot see it.
+  ASSERT_EQ(cuMemPrefetchAsync(p, bytes, gpu1, 0, stream_), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamSynchronize(stream_), CUDA_SUCCESS);
+  EXPECT_TRUE(on_device(p, bytes, 1));
+  EXPECT_FALSE(on_device(p, kPage, 0));
+  int last = -1;
+  ASSERT_EQ(
+      cuMemRangeGetAttribute(&last, sizeof(last), CU_MEM_RANGE_ATTRIBUTE_LAST_PREFETCH_LOCATION, p, bytes),
+      CUDA_SUCCESS);
+  EXPECT_EQ(last, 1);
+  // A kernel on GPU 1 works on it there; then one on GPU 0, before which the data moves to GPU 0.
+  launch_on(ctx1, stream1, p, words, 1);
+  launch_on(ctx_, stream_, p, words, 0);
+  EXPECT_TRUE(on_device(p, bytes, 0));
+  // The CPU sees both kernels' writes.
+  size_t bad = 0;
+  for (size_t i = 0; i < words; ++i) bad += U32(p)[i] != static_cast<uint32_t>(i) + 2;
+  EXPECT_EQ(bad, 0u);
+  // Advice naming GPU 1 reads back as GPU 1.
+  ASSERT_EQ(cuMemAdvise(p, bytes, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, gpu1), CUDA_SUCCESS);
+  int preferred = -1;
+  ASSERT_EQ(cuMemRangeGetAttribute(&preferred, sizeof(preferred), CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION,
+                                   p, bytes),
+            CUDA_SUCCESS);
+  EXPECT_EQ(preferred, 1);
+  ASSERT_EQ(cuMemAdvise(p, bytes, CU_MEM_ADVISE_SET_ACCESSED_BY, gpu1), CUDA_SUCCESS);
+  int accessed[2] = {-1, -1};
+  ASSERT_EQ(cuMemRangeGetAttribute(accessed, sizeof(accessed), CU_MEM_RANGE_ATTRIBUTE_ACCESSED_BY, p, bytes),
+            CUDA_SUCCESS);
+  EXPECT_EQ(accessed[0], 1);
+  EXPECT_EQ(accessed[1], CU_DEVICE_INVALID);
+  ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  ASSERT_EQ(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(stream1), CUDA_SUCCESS);
+  ASSERT_EQ(cuCtxSetCurrent(ctx_), CUDA_SUCCESS);
 }
 
 TEST_F(InterposeUvmTest, APrefetchHomeBehindASpinningKernelDoesNotBlockTheHost) {

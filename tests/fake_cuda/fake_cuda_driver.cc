@@ -845,3 +845,9 @@ extern "C" __attribute__((visibility("default"))) void* uhmm_fake_cuda_device_vi
                                                                                    size_t bytes) {
   return DevicePtr(addr, bytes, -1);
 }
+// As a kernel on device `device` sees it: nullptr where that device has no access.
+extern "C" __attribute__((visibility("default"))) void* uhmm_fake_cuda_device_view_on(CUdeviceptr addr,
+                                                                                      size_t bytes,
+                                                                                      int device) {
+  return DevicePtr(addr, bytes, device);
+}

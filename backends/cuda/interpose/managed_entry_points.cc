@@ -20,9 +20,9 @@ namespace {
 
 constexpr uintptr_t kPage = uhmm::kPageSize;
 
-// A CUDA location as a runtime location: the runtime's GPU (0), the host, or nullopt for another
-// GPU of the machine (one GPU per runtime: advice and prefetches for others are accepted and do
-// nothing). *bad: not a location at all.
+// A CUDA location as a runtime location: one of the runtime's GPUs (its ordinal there), the host,
+// or nullopt for a GPU of the machine that uhmm does not serve (UHMM_CUDA_DEVICES: advice and
+// prefetches for it are accepted and do nothing). *bad: not a location at all.
 std::optional<int> RuntimeLocation(const ManagedMemory::Use& mm, const CUmemLocation& loc, bool* bad) {
   *bad = false;
   switch (loc.type) {
@@ -36,12 +36,12 @@ std::optional<int> RuntimeLocation(const ManagedMemory::Use& mm, const CUmemLoca
         *bad = true;
         return std::nullopt;
       }
-      if (loc.id == mm->device()) return 0;
+      if (std::optional<int> r = mm->OrdinalOf(loc.id)) return *r;
       static std::once_flag said;
       std::call_once(said, [&] {
         std::fprintf(stderr,
-                     "uhmm-run: advice or prefetch for GPU %d ignored: uhmm serves one GPU per process "
-                     "(GPU %d)\n",
+                     "uhmm-run: advice or prefetch for GPU %d ignored: uhmm does not serve it (it serves "
+                     "GPU %d; UHMM_CUDA_DEVICES=all serves every GPU)\n",
                      loc.id, static_cast<int>(mm->device()));
       });
       return std::nullopt;
@@ -94,10 +94,10 @@ CUresult Prefetch(const char* call, CUdeviceptr addr, size_t count, CUmemLocatio
   } else {
     mm->WaitForPrefetchesHome();
     r = uhmm::interpose::ToCuResult(
-        call, mm->rt().PrefetchOnQueue(reinterpret_cast<void*>(span->start), span->bytes, 0, stream));
+        call, mm->rt().PrefetchOnQueue(reinterpret_cast<void*>(span->start), span->bytes, *where, stream));
   }
   if (r == CUDA_SUCCESS)
-    mm->NotePrefetch(span->allocation, *where == uhmm::kHost ? CU_DEVICE_CPU : mm->device());
+    mm->NotePrefetch(span->allocation, *where == uhmm::kHost ? CU_DEVICE_CPU : mm->DeviceOf(*where));
   return r;
 }
 
@@ -355,7 +355,8 @@ CUresult ManagedRangeAttribute(const ManagedMemory::Use& mm, const Span& span,
     std::memcpy(data, &v, sizeof(v));
     return CUDA_SUCCESS;
   };
-  const int gpu = static_cast<int>(mm->device());
+  // A runtime ordinal as the CUDA device it is.
+  auto gpu = [&](int64_t ordinal) { return static_cast<int>(mm->DeviceOf(static_cast<int>(ordinal))); };
   int64_t v = 0;
   switch (attribute) {
     case CU_MEM_RANGE_ATTRIBUTE_READ_MOSTLY:
@@ -367,12 +368,12 @@ CUresult ManagedRangeAttribute(const ManagedMemory::Use& mm, const Span& span,
       if (CUresult r = rt_attr(uhmm::RangeAttribute::kPreferredLocation, &v); r != CUDA_SUCCESS) return r;
       const bool none = v == uhmm::kNoLocation || v == uhmm::kMixedLocation;
       if (attribute == CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION)
-        return put_int(none ? CU_DEVICE_INVALID : v == uhmm::kHost ? CU_DEVICE_CPU : gpu);
+        return put_int(none ? CU_DEVICE_INVALID : v == uhmm::kHost ? CU_DEVICE_CPU : gpu(v));
       if (attribute == CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION_TYPE)
         return put_int(none               ? CU_MEM_LOCATION_TYPE_INVALID
                        : v == uhmm::kHost ? CU_MEM_LOCATION_TYPE_HOST
                                           : CU_MEM_LOCATION_TYPE_DEVICE);
-      return put_int(none || v == uhmm::kHost ? 0 : gpu);
+      return put_int(none || v == uhmm::kHost ? 0 : gpu(v));
     }
     case CU_MEM_RANGE_ATTRIBUTE_ACCESSED_BY: {
       if (size % sizeof(int) != 0 || size == 0) return CUDA_ERROR_INVALID_VALUE;
@@ -380,7 +381,11 @@ CUresult ManagedRangeAttribute(const ManagedMemory::Use& mm, const Span& span,
       int* out = static_cast<int*>(data);
       const size_t slots = size / sizeof(int);
       for (size_t i = 0; i < slots; ++i) out[i] = CU_DEVICE_INVALID;
-      if ((v & 1) != 0) out[0] = gpu;
+      // Each GPU the span is advised to be accessed by, in the runtime's order, as many as fit.
+      size_t next = 0;
+      for (int r = 0; r < mm->rt().device_count() && next < slots; ++r) {
+        if ((v >> r) & 1) out[next++] = gpu(r);
+      }
       return CUDA_SUCCESS;
     }
     case CU_MEM_RANGE_ATTRIBUTE_LAST_PREFETCH_LOCATION:

@@ -35,7 +35,37 @@ CUresult ToCuResult(const char* call, const absl::Status& status) {
 }
 
 ManagedMemory::ManagedMemory(std::unique_ptr<Runtime> rt, CUdevice device, CUcontext context)
-    : rt_(std::move(rt)), device_(device), context_(context) {}
+    : rt_(std::move(rt)), device_(device), context_(context) {
+  for (int r = 0; r < rt_->device_count(); ++r) {
+    absl::StatusOr<uhmm_native_handles_t> h = rt_->NativeHandles(r);
+    gpus_.push_back(h.ok() ? static_cast<CUdevice>(reinterpret_cast<intptr_t>(h->device)) : device);
+    contexts_.push_back(h.ok() ? static_cast<CUcontext>(h->context) : context);
+  }
+}
+
+std::optional<int> ManagedMemory::OrdinalOf(CUdevice dev) const {
+  for (size_t r = 0; r < gpus_.size(); ++r) {
+    if (gpus_[r] == dev) return static_cast<int>(r);
+  }
+  return std::nullopt;
+}
+
+int ManagedMemory::CurrentOrdinal() const {
+  if (gpus_.size() < 2) return 0;
+  CUdevice dev = 0;
+  if (UHMM_REAL(cuCtxGetDevice)(&dev) != CUDA_SUCCESS) return 0;
+  std::optional<int> r = OrdinalOf(dev);
+  if (!r) {
+    static std::once_flag said;
+    std::call_once(said, [&] {
+      std::fprintf(stderr,
+                   "uhmm-run: work queued on GPU %d, which uhmm does not serve (UHMM_CUDA_DEVICES): its "
+                   "managed data is made resident on GPU %d instead\n",
+                   static_cast<int>(dev), static_cast<int>(gpus_[0]));
+    });
+  }
+  return r.value_or(0);
+}
 
 ManagedMemory::~ManagedMemory() {
   {
@@ -114,7 +144,8 @@ CUresult ManagedMemory::ToDevice(const char* call, CUdeviceptr addr, size_t byte
   std::optional<Runtime::Allocation> last = Find(addr + bytes - 1);
   if (!first && !last) return CUDA_SUCCESS;
   WaitForPrefetchesHome();  // only for managed spans: a copy of other memory never waits for them
-  return ToCuResult(call, rt_->MigrateManagedPart(reinterpret_cast<const void*>(addr), bytes, 0));
+  return ToCuResult(call,
+                    rt_->MigrateManagedPart(reinterpret_cast<const void*>(addr), bytes, CurrentOrdinal()));
 }
 
 CUresult ManagedMemory::AllocationToDevice(const char* call, CUdeviceptr addr) {
@@ -125,7 +156,7 @@ CUresult ManagedMemory::AllocationToDevice(const char* call, CUdeviceptr addr) {
 
 CUresult ManagedMemory::BeforeLaunch(const char* call, CUstream stream) {
   WaitForPrefetchesHome();
-  return ToCuResult(call, rt_->SyncForDevice(0, stream));
+  return ToCuResult(call, rt_->SyncForDevice(CurrentOrdinal(), stream));
 }
 
 CUresult ManagedMemory::PrefetchHome(const char* call, uintptr_t start, size_t bytes, CUstream stream,
@@ -200,14 +231,18 @@ int ManagedMemory::LastPrefetch(uintptr_t allocation) const {
 
 CUresult ManagedMemory::Free(uintptr_t start) {
   WaitForPrefetchesHome();
-  // Like cuMemFree: work already queued on the GPU may still use the memory. The calling thread
-  // may have no context current, or another GPU's (cuMemFree does not care): the runtime's, for
+  // Like cuMemFree: work already queued on a GPU may still use the memory. The calling thread may
+  // have no context current, or another GPU's (cuMemFree does not care): each of the runtime's, for
   // the wait.
   CUcontext current = nullptr;
   UHMM_REAL(cuCtxGetCurrent)(&current);
-  if (current != context_) UHMM_REAL(cuCtxSetCurrent)(context_);
-  const CUresult synced = UHMM_REAL(cuCtxSynchronize)();
-  if (current != context_) UHMM_REAL(cuCtxSetCurrent)(current);
+  CUresult synced = CUDA_SUCCESS;
+  for (CUcontext ctx : contexts_) {
+    if (UHMM_REAL(cuCtxSetCurrent)(ctx) == CUDA_SUCCESS && synced == CUDA_SUCCESS) {
+      synced = UHMM_REAL(cuCtxSynchronize)();
+    }
+  }
+  UHMM_REAL(cuCtxSetCurrent)(current);
   if (synced != CUDA_SUCCESS) return synced;
   {
     std::lock_guard<std::mutex> lock(prefetch_mu_);

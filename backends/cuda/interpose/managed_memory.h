@@ -1,8 +1,8 @@
 // The process's one uhmm runtime behind the interposer's managed-memory entry points. It is made at
-// the first cuMemAllocManaged, on the GPU current on the calling thread, with the CUDA backend over
-// the real driver the interposer loaded, and torn down at exit before the CUDA runtime's own exit
-// handlers (which were registered earlier, at its initialisation). Calls from many threads at once
-// share it; Use keeps it alive while a call works with it.
+// the first cuMemAllocManaged, with the CUDA backend over the real driver the interposer loaded, on
+// the GPU current on the calling thread, or on the GPUs UHMM_CUDA_DEVICES lists (`all`), and torn down at
+// exit before the CUDA runtime's own exit handlers (which were registered earlier, at its initialisation).
+// Calls from many threads at once share it; Use keeps it alive while a call works with it.
 #ifndef UHMM_BACKENDS_CUDA_INTERPOSE_MANAGED_MEMORY_H_
 #define UHMM_BACKENDS_CUDA_INTERPOSE_MANAGED_MEMORY_H_
 
@@ -17,6 +17,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "uhmm/uhmm.hpp"
@@ -50,18 +51,29 @@ class ManagedMemory {
   static Use GetOrCreate(CUresult* err);
 
   Runtime& rt() { return *rt_; }
+  // The GPU current when the runtime was made, and its context (what the pointer attributes of a
+  // managed allocation report, as CUDA reports the allocating GPU).
   CUdevice device() const { return device_; }
   CUcontext context() const { return context_; }
+  // The runtime's GPUs: its ordinal of CUDA device `dev`, nullopt when uhmm does not serve `dev`;
+  // and the CUDA device of runtime ordinal `ordinal`.
+  std::optional<int> OrdinalOf(CUdevice dev) const;
+  CUdevice DeviceOf(int ordinal) const { return gpus_[ordinal]; }
+  // The runtime ordinal of the GPU current on the calling thread, for a copy, set or launch it is
+  // about to queue; the first GPU when the thread has none or uhmm does not serve it.
+  int CurrentOrdinal() const;
 
   // The live allocation holding `addr`, if any.
   std::optional<Runtime::Allocation> Find(CUdeviceptr addr) const;
-  // Makes the managed part of [addr, addr+bytes) resident on the GPU, for a copy, set or kernel
-  // that the driver is about to queue: what the CPU wrote reaches the device, and the CPU's
-  // mappings go (its next touch faults the data back). Unmanaged addresses are left alone.
+  // Makes the managed part of [addr, addr+bytes) resident on the calling thread's GPU
+  // (CurrentOrdinal), for a copy, set or kernel that the driver is about to queue: what the CPU wrote reaches
+  // the device, and the CPU's mappings go (its next touch faults the data back). Unmanaged addresses are left
+  // alone.
   CUresult ToDevice(const char* call, CUdeviceptr addr, size_t bytes);
   // The same for every managed allocation that holds one of `addrs` (whole allocations).
   CUresult AllocationToDevice(const char* call, CUdeviceptr addr);
-  // Before a kernel launch on `stream`: every managed page the CPU touched goes back to the GPU.
+  // Before a kernel launch on `stream` (on the calling thread's GPU): every managed page the CPU
+  // touched goes back to that GPU, or where it reaches it.
   CUresult BeforeLaunch(const char* call, CUstream stream);
 
   // Prefetch to the CPU, ordered on `stream` without blocking the caller: a worker waits for the
@@ -88,6 +100,8 @@ class ManagedMemory {
   std::unique_ptr<Runtime> rt_;
   const CUdevice device_;
   const CUcontext context_;
+  std::vector<CUdevice> gpus_;       // runtime ordinal -> CUDA device
+  std::vector<CUcontext> contexts_;  // runtime ordinal -> its primary context
 
   struct HomeMove {
     CUevent after;  // recorded on the prefetch's stream
