@@ -81,16 +81,22 @@ Status ReadOnGpu1(const Gpu1& g, const uint64_t* p, size_t bytes, uint64_t seed,
   return {};
 }
 
+// Fills the managed data with `seed`'s pattern on the CPU and prefetches it to GPU 0.
+Status PutOnGpu0(uint64_t* p, size_t bytes, uint64_t seed) {
+  FillCpu(p, bytes, seed);
+  PEER_CUDA(cudaSetDevice(0));
+  PEER_CUDA(cudaMemPrefetchAsync(p, bytes, OnGpu(0), 0, nullptr));
+  PEER_CUDA(cudaDeviceSynchronize());
+  return {};
+}
+
 Status MeasureUvm(const Options& o, const Gpu1& g, size_t bytes, Sides* s) {
   uint64_t* p = nullptr;
   PEER_CUDA(cudaMallocManaged(&p, bytes));
   Status st = [&]() -> Status {
     for (int r = 0; r < o.reps; ++r) {
       const uint64_t seed = 1000 + r;
-      FillCpu(p, bytes, seed);
-      PEER_CUDA(cudaSetDevice(0));
-      PEER_CUDA(cudaMemPrefetchAsync(p, bytes, OnGpu(0), 0, nullptr));
-      PEER_CUDA(cudaDeviceSynchronize());
+      if (Status c = PutOnGpu0(p, bytes, seed); !c.empty()) return c;
       PEER_CUDA(cudaSetDevice(1));
       const auto t0 = Clock::now();
       PEER_CUDA(cudaMemPrefetchAsync(p, bytes, OnGpu(1), 0, g.stream));
@@ -104,10 +110,7 @@ Status MeasureUvm(const Options& o, const Gpu1& g, size_t bytes, Sides* s) {
     PEER_CUDA(cudaMemAdvise(p, bytes, cudaMemAdviseSetAccessedBy, OnGpu(1)));
     for (int r = 0; r < o.reps; ++r) {
       const uint64_t seed = 2000 + r;
-      FillCpu(p, bytes, seed);
-      PEER_CUDA(cudaSetDevice(0));
-      PEER_CUDA(cudaMemPrefetchAsync(p, bytes, OnGpu(0), 0, nullptr));
-      PEER_CUDA(cudaDeviceSynchronize());
+      if (Status c = PutOnGpu0(p, bytes, seed); !c.empty()) return c;
       double secs = 0;
       if (Status c = ReadOnGpu1(g, p, bytes, seed, &s->wrong, &secs); !c.empty()) return c;
       s->read.push_back(bytes / secs / 1e9);

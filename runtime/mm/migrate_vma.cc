@@ -295,13 +295,18 @@ void migrate_vma_finalize(MigrateVma* m) {
     // Copied, and the page is still in the state it was taken in: not unmapped or poisoned while
     // held (those pages stay where they are, and EndMigration drops their device page).
     const bool copied = (src.flags & kMigratePfnMigrate) && (dst.flags & kMigratePfnMigrate);
-    if (to_device) {
-      if (copied && blk.State(i) == PageState::kHost) {
+    if (to_device || m->to_peer) {
+      // To a device page: from the host, or from another device's page in one hop.
+      if (copied && blk.State(i) == (to_device ? PageState::kHost : PageState::kDevice)) {
         // Under the block lock: a fault message read after this is newer than the move.
         blk.device_seq = mm.faults->read_seq();
         blk.to_device_ns = now;  // thrashing detection (policy.h)
         blk.returned = false;
-        blk.CommitToDevice(i, dst.page);
+        if (to_device) {
+          blk.CommitToDevice(i, dst.page);
+        } else {
+          release.push_back(blk.CommitToPeer(i, dst.page));  // src.page
+        }
         dst.page->managed_addr.store(addr, std::memory_order_release);
         device = dst.page->pgmap->device;
         // Devices whose kernels cannot reach this one's memory must move the page before they use it.
@@ -313,21 +318,6 @@ void migrate_vma_finalize(MigrateVma* m) {
         if (src.flags & kMigratePfnZero) ++filled;
       } else if (dst.page != nullptr && !(dst.flags & kMigratePfnDuplicate)) {
         release.push_back(dst.page);  // (a duplicate's own page stays with it)
-      }
-    } else if (m->to_peer) {
-      if (copied && blk.State(i) == PageState::kDevice) {
-        release.push_back(blk.CommitToPeer(i, dst.page));  // src.page
-        dst.page->managed_addr.store(addr, std::memory_order_release);
-        device = dst.page->pgmap->device;
-        blk.device_seq = mm.faults->read_seq();
-        blk.to_device_ns = now;
-        blk.returned = false;
-        if (const uint64_t unreached = (*mm.devices)[device].unreached_by; unreached != 0) {
-          r.MarkLaunchWork(blk, unreached);
-        }
-        ++moved;
-      } else if (dst.page != nullptr) {
-        release.push_back(dst.page);
       }
     } else if (copied && blk.State(i) == PageState::kDevice) {
       if (Page* old = blk.CommitToHost(i, m->keep_device_copy)) release.push_back(old);  // src.page

@@ -38,6 +38,21 @@ bool HoldsPages(ManagedRange& range, uintptr_t start, uintptr_t end, const void*
   }
   return false;
 }
+
+// A migration taking `owner`'s device pages in [start, end) of `range` (one block) for another
+// device's pages (MigrateVma::to_peer).
+MigrateVma PeerMigration(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner,
+                         MigrateCause cause) {
+  MigrateVma m;
+  m.vma = &range;
+  m.start = start;
+  m.end = end;
+  m.flags = kMigrateSelectDevicePrivate;
+  m.pgmap_owner = owner;
+  m.cause = cause;
+  m.to_peer = true;
+  return m;
+}
 }  // namespace
 
 absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintptr_t end, uint32_t select,
@@ -127,6 +142,10 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
       if (other.get() == &ds) continue;
       Device* odev = other->device.get();
       if (!HoldsPages(range, home_start, home_end, odev->pagemap().owner)) continue;
+      auto send_home = [&] {
+        return RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
+                            cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
+      };
       // Kernels queued on that device, or on a device that reaches its memory (this one included),
       // may still write these pages: they finish before the pages are copied away. (A request the
       // application makes is ordered by the application; this pull may be the runtime's own, for a
@@ -149,10 +168,7 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
           // What did not move goes home (an error on this device leaves the data in RAM, as a move
           // through RAM would). A copy or device error fails the request; a block another device
           // pulled meanwhile (UNAVAILABLE) goes on through RAM below, and the tries go on.
-          absl::StatusOr<size_t> home =
-              RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
-                           cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
-          if (!home.ok()) Reattach(range, home_start, home_end, *other, ds);
+          if (!send_home().ok()) Reattach(range, home_start, home_end, *other, ds);
           if (!absl::IsUnavailable(s)) {
             return absl::Status(
                 s.code(), absl::StrFormat("uhmm: moving [%#x, %#x) from device %d to device %d: %s",
@@ -161,8 +177,7 @@ absl::Status Migrator::ToDevice(ManagedRange& range, uintptr_t start, uintptr_t 
         }
       }
       // Through RAM: what is left (all of it without peer copies).
-      moved = RunMigration(range, home_start, home_end, kMigrateSelectDevicePrivate, odev->pagemap().owner,
-                           cause, [odev](MigrateVma* m) { return odev->MigrateToRam(m); });
+      moved = send_home();
       if (!moved.ok()) return moved.status();
       if (whole_blocks) mm_.evictor->DropDuplicates(range, home_start, home_end, odev->pagemap().owner);
     }
@@ -183,14 +198,8 @@ absl::Status Migrator::PeerMove(ManagedRange& range, uintptr_t start, uintptr_t 
   DeviceTable& devices = *mm_.devices;
   Pagemap& dst = to.device->pagemap();
   for (uintptr_t a = start; a < end; a = NextBlockBoundary(a)) {
-    MigrateVma m;
-    m.vma = &range;
-    m.start = a;
-    m.end = std::min(end, NextBlockBoundary(a));
-    m.flags = kMigrateSelectDevicePrivate;
-    m.pgmap_owner = from.device->pagemap().owner;
-    m.cause = cause;
-    m.to_peer = true;
+    MigrateVma m =
+        PeerMigration(range, a, std::min(end, NextBlockBoundary(a)), from.device->pagemap().owner, cause);
     if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
     absl::Status s;
     if (m.cpages > 0) {
@@ -219,15 +228,9 @@ void Migrator::Reattach(ManagedRange& range, uintptr_t start, uintptr_t end, Dev
   for (uintptr_t a = start; a < end; a = NextBlockBoundary(a)) {
     const uintptr_t stop = std::min(end, NextBlockBoundary(a));
     if (!HoldsPages(range, a, stop, from.device->pagemap().owner)) continue;
-    // Held, so that no copy uses a page's window address while it changes.
-    MigrateVma m;
-    m.vma = &range;
-    m.start = a;
-    m.end = stop;
-    m.flags = kMigrateSelectDevicePrivate;
-    m.pgmap_owner = from.device->pagemap().owner;
-    m.cause = MigrateCause::kPrefetch;
-    m.to_peer = true;  // nothing is copied: every page rolls back where it is
+    // Held, so that no copy uses a page's window address while it changes. Nothing is copied:
+    // every page rolls back where it is.
+    MigrateVma m = PeerMigration(range, a, stop, from.device->pagemap().owner, MigrateCause::kPrefetch);
     bool back = false;
     if (migrate_vma_setup(&m).ok()) {
       const uintptr_t block = a & ~(kBlockSize - 1);

@@ -177,6 +177,21 @@ void PagePool::Unmap(Chunk& chunk) {
   chunk.bound = 0;
 }
 
+void PagePool::SetDeviceAddresses(Chunk& chunk, uint64_t base) {
+  for (size_t i = 0; i < kPagesPerChunk; ++i) chunk.pages[i].dma_addr = base + i * kPageSize;
+}
+
+absl::Status PagePool::MapAtBlock(Chunk& chunk, uintptr_t block) {
+  if (absl::Status s = device_->MapChunk(chunk.device_base, block); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrFormat("mapping device memory at block %#x: %s", block, s.message()));
+  }
+  chunk.bound = block;
+  bound_[block] = &chunk;
+  SetDeviceAddresses(chunk, block);
+  return absl::OkStatus();
+}
+
 void PagePool::CloseWindow(Chunk& chunk) {
   if (chunk.window == 0) return;
   // Only the move's copies used the window, and they are done: no wait for device work.
@@ -217,7 +232,7 @@ absl::Status PagePool::Detach(uintptr_t block, uintptr_t window, size_t held, in
   c.bound = 0;
   c.window = window;
   c.detached_from = block;
-  for (size_t i = 0; i < kPagesPerChunk; ++i) c.pages[i].dma_addr = window + i * kPageSize;
+  SetDeviceAddresses(c, window);
   return absl::OkStatus();
 }
 
@@ -233,14 +248,11 @@ bool PagePool::Reattach(uintptr_t block, size_t held) {
   if (owners_ == nullptr || bound_.contains(block) || !owners_->TryClaim(block, pgmap_->device, &holder)) {
     return false;
   }
-  if (!device_->MapChunk(c->device_base, block).ok()) {
+  if (!MapAtBlock(*c, block).ok()) {
     owners_->Release(block, pgmap_->device);
     return false;
   }
   CloseWindow(*c);
-  c->bound = block;
-  bound_[block] = c;
-  for (size_t i = 0; i < kPagesPerChunk; ++i) c->pages[i].dma_addr = block + i * kPageSize;
   return true;
 }
 
@@ -260,14 +272,10 @@ absl::StatusOr<PagePool::Chunk*> PagePool::ChunkForBlock(uintptr_t block, int* b
   absl::StatusOr<Chunk*> chunk = BindableChunk();
   if (chunk.ok() && *chunk != nullptr) {
     Chunk& c = **chunk;
-    if (absl::Status s = device_->MapChunk(c.device_base, block); !s.ok()) {
-      chunk = absl::Status(s.code(),
-                           absl::StrFormat("mapping device memory at block %#x: %s", block, s.message()));
+    if (absl::Status s = MapAtBlock(c, block); !s.ok()) {
+      chunk = s;
     } else {
-      c.bound = block;
-      bound_[block] = &c;
       Apply(c, ChunkEvent::kBind);
-      for (size_t i = 0; i < kPagesPerChunk; ++i) c.pages[i].dma_addr = block + i * kPageSize;
       return &c;
     }
   }

@@ -135,6 +135,11 @@ class PagePool {
   // Unbind also moves it to kEmpty, the destructor to kFree.
   void Unmap(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unbind(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Its pages' device addresses: base, base + 4 KiB, ... (the block, or a window, it is mapped at).
+  void SetDeviceAddresses(Chunk& chunk, uint64_t base) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Maps `chunk` at `block` (the caller owns the block in BlockOwners) and makes it the block's
+  // chunk here; the caller applies the state event that fits.
+  absl::Status MapAtBlock(Chunk& chunk, uintptr_t block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A detached chunk: unmaps it from its window and puts the window back.
   void CloseWindow(Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves `chunk` to its state after `event` (ChunkTransition), checking it in debug builds.

@@ -106,6 +106,21 @@ class FakeZe : public ::testing::Test {
     return l;
   }
 
+  // A module of the fake driver's built-in kernels (fill_u32, add_u32, ...); nullptr on failure.
+  ze_module_handle_t FakeModule() {
+    std::vector<uint32_t> spirv = FakeSpirv();
+    ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC,
+                        nullptr,
+                        ZE_MODULE_FORMAT_IL_SPIRV,
+                        spirv.size() * 4,
+                        reinterpret_cast<const uint8_t*>(spirv.data()),
+                        nullptr,
+                        nullptr};
+    ze_module_handle_t module = nullptr;
+    EXPECT_ZE(zeModuleCreate(context_, device_, &md, &module, nullptr));
+    return module;
+  }
+
   ze_event_handle_t Event() {
     ze_event_desc_t d{ZE_STRUCTURE_TYPE_EVENT_DESC, nullptr, static_cast<uint32_t>(events_.size()),
                       ZE_EVENT_SCOPE_FLAG_HOST, ZE_EVENT_SCOPE_FLAG_HOST};
@@ -429,11 +444,6 @@ TEST_F(FakeZe, RegularListOnAQueue) {
   Free(m);
 }
 
-struct ModuleAndKernel {
-  ze_module_handle_t module = nullptr;
-  ze_kernel_handle_t kernel = nullptr;
-};
-
 TEST_F(FakeZe, RejectsBadModulesAndUnknownKernels) {
   const uint32_t not_spirv[4] = {0xdeadbeef, 0, 0, 0};
   ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC,
@@ -498,16 +508,8 @@ TEST_F(FakeZe, KernelsRunOnDeviceMemoryAndAreTraced) {
   ASSERT_ZE(zelTracerSetPrologues(tracer, &prologues));
   ASSERT_ZE(zelTracerSetEnabled(tracer, true));
 
-  std::vector<uint32_t> spirv = FakeSpirv();
-  ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC,
-                      nullptr,
-                      ZE_MODULE_FORMAT_IL_SPIRV,
-                      spirv.size() * 4,
-                      reinterpret_cast<const uint8_t*>(spirv.data()),
-                      nullptr,
-                      nullptr};
-  ze_module_handle_t module = nullptr;
-  ASSERT_ZE(zeModuleCreate(context_, device_, &md, &module, nullptr));
+  ze_module_handle_t module = FakeModule();
+  ASSERT_NE(module, nullptr);
   ze_kernel_handle_t fill = nullptr, add = nullptr;
   ze_kernel_desc_t kd{ZE_STRUCTURE_TYPE_KERNEL_DESC, nullptr, 0, "fill_u32"};
   ASSERT_ZE(zeKernelCreate(module, &kd, &fill));
@@ -768,16 +770,8 @@ TEST_F(FakeZeTwoDevices, AnotherDevicesMemoryNeedsPeerAccess) {
 }
 
 TEST_F(FakeZeTwoDevices, KernelsReachAnotherDevicesMemoryOnlyAsPeers) {
-  std::vector<uint32_t> spirv = FakeSpirv();
-  ze_module_desc_t md{ZE_STRUCTURE_TYPE_MODULE_DESC,
-                      nullptr,
-                      ZE_MODULE_FORMAT_IL_SPIRV,
-                      spirv.size() * 4,
-                      reinterpret_cast<const uint8_t*>(spirv.data()),
-                      nullptr,
-                      nullptr};
-  ze_module_handle_t module = nullptr;
-  ASSERT_ZE(zeModuleCreate(context_, device_, &md, &module, nullptr));
+  ze_module_handle_t module = FakeModule();
+  ASSERT_NE(module, nullptr);
   ze_kernel_handle_t fill = nullptr;
   ze_kernel_desc_t kd{ZE_STRUCTURE_TYPE_KERNEL_DESC, nullptr, 0, "fill_u32"};
   ASSERT_ZE(zeKernelCreate(module, &kd, &fill));
