@@ -17,6 +17,7 @@
 #include "backends/common/copy_back_pagemap.h"
 #include "backends/common/fence_table.h"
 #include "backends/common/one_pointer.h"
+#include "backends/common/peer_matrix.h"
 #include "backends/common/spin_wait.h"
 #include "backends/cuda/cuda_driver.h"
 #include "backends/cuda/cupti_launch.h"
@@ -359,10 +360,8 @@ class CudaDevice final : public Device, public testing::DeviceAccess {
 
 class CudaBackend final : public Backend {
  public:
-  // `gpus` are retained primary contexts, released here; `peer[i][j]`: kernels on gpus[i] reach
-  // gpus[j]'s memory.
-  CudaBackend(const Driver* d, std::vector<Gpu> gpus, std::vector<std::vector<bool>> peer,
-              std::string cupti_library)
+  // `gpus` are retained primary contexts, released here; `peer`: which of them reach which.
+  CudaBackend(const Driver* d, std::vector<Gpu> gpus, PeerMatrix peer, std::string cupti_library)
       : d_(d), gpus_(std::move(gpus)), peer_(std::move(peer)), cupti_library_(std::move(cupti_library)) {}
   ~CudaBackend() override {
     LaunchInterceptor::Retire(std::move(interceptor_));
@@ -381,15 +380,10 @@ class CudaBackend final : public Backend {
     }
     auto dev = std::make_unique<CudaDevice>(d_, gpus_[ordinal], ordinal, std::move(peers));
     if (absl::Status s = dev->Init(); !s.ok()) return s;
-    for (int j = 0; j < device_count(); ++j) {
-      if (PeerAccess(ordinal, j)) dev->set_copies_from_peers(true);  // this GPU reaches j's memory
-    }
+    dev->set_copies_from_peers(peer_.ReachesAny(ordinal));
     return std::unique_ptr<Device>(std::move(dev));
   }
-  bool PeerAccess(int device, int owner) const override {
-    return device != owner && device >= 0 && owner >= 0 && device < device_count() &&
-           owner < device_count() && peer_[device][owner];
-  }
+  bool PeerAccess(int device, int owner) const override { return peer_.Reaches(device, owner); }
 
   // Virtual addresses are process-wide: any GPU's context reserves them for all.
   absl::StatusOr<uintptr_t> ReserveAddressRange(size_t bytes) override {
@@ -433,7 +427,7 @@ class CudaBackend final : public Backend {
 
   const Driver* const d_;
   const std::vector<Gpu> gpus_;
-  const std::vector<std::vector<bool>> peer_;
+  const PeerMatrix peer_;
   const std::string cupti_library_;  // Config::cupti_library
   std::unique_ptr<LaunchInterceptor> interceptor_;
 };
@@ -505,14 +499,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Config& config)
     }
     gpus.push_back(std::move(*g));
   }
-  std::vector<std::vector<bool>> peer(gpus.size(), std::vector<bool>(gpus.size(), false));
-  for (size_t i = 0; i < gpus.size(); ++i) {
-    for (size_t j = 0; j < gpus.size(); ++j) {
-      int can = 0;
-      if (i != j && d.cuDeviceCanAccessPeer(&can, gpus[i].dev, gpus[j].dev) == CUDA_SUCCESS)
-        peer[i][j] = can != 0;
-    }
-  }
+  PeerMatrix peer(static_cast<int>(gpus.size()), [&](int i, int j) {
+    int can = 0;
+    return d.cuDeviceCanAccessPeer(&can, gpus[i].dev, gpus[j].dev) == CUDA_SUCCESS && can != 0;
+  });
   return std::unique_ptr<Backend>(
       new CudaBackend(&d, std::move(gpus), std::move(peer), config.cupti_library));
 }

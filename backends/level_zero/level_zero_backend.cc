@@ -19,6 +19,7 @@
 #include "backends/common/copy_back_pagemap.h"
 #include "backends/common/fence_table.h"
 #include "backends/common/one_pointer.h"
+#include "backends/common/peer_matrix.h"
 #include "backends/common/spin_wait.h"
 #include "backends/level_zero/ze_events.h"
 #include "backends/level_zero/ze_loader.h"
@@ -371,10 +372,8 @@ struct Gpu {
 class LevelZeroBackend final : public Backend {
  public:
   // `gpus` (of one driver) share the context `ctx`, and with it one device address space: a block
-  // is mapped once for all of them. `peer[i][j]`: kernels on gpus[i] reach gpus[j]'s memory
-  // (zeDeviceCanAccessPeer).
-  LevelZeroBackend(const Loader* l, std::vector<Gpu> gpus, ze_context_handle_t ctx,
-                   std::vector<std::vector<bool>> peer)
+  // is mapped once for all of them. `peer`: which of them reach which (zeDeviceCanAccessPeer).
+  LevelZeroBackend(const Loader* l, std::vector<Gpu> gpus, ze_context_handle_t ctx, PeerMatrix peer)
       : l_(l), gpus_(std::move(gpus)), ctx_(ctx), peer_(std::move(peer)) {
     // Kernels are tracked from the start, transparent mode or not: eviction waits for them.
     std::vector<ze_device_handle_t> handles;
@@ -407,15 +406,10 @@ class LevelZeroBackend final : public Backend {
                                                  absl::StrFormat("Level Zero GPU %d: %s", g.index, g.name),
                                                  [this] { return WaitForKernels(); });
     if (absl::Status s = dev->Init(); !s.ok()) return s;
-    for (int j = 0; j < device_count(); ++j) {
-      if (PeerAccess(ordinal, j)) dev->set_copies_from_peers(true);
-    }
+    dev->set_copies_from_peers(peer_.ReachesAny(ordinal));
     return std::unique_ptr<Device>(std::move(dev));
   }
-  bool PeerAccess(int device, int owner) const override {
-    return device != owner && device >= 0 && owner >= 0 && device < device_count() &&
-           owner < device_count() && peer_[device][owner];
-  }
+  bool PeerAccess(int device, int owner) const override { return peer_.Reaches(device, owner); }
 
   // A CPU reservation, then the device reservation at the same address. Level Zero takes the
   // address only as a hint: a driver that puts it elsewhere cannot give one pointer.
@@ -478,7 +472,7 @@ class LevelZeroBackend final : public Backend {
   const Loader* const l_;
   const std::vector<Gpu> gpus_;
   const ze_context_handle_t ctx_;
-  const std::vector<std::vector<bool>> peer_;
+  const PeerMatrix peer_;
   std::atomic<LaunchTracer*> tracer_{nullptr};
   absl::Status tracer_status_;  // why there is no tracer
 };
@@ -574,15 +568,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateLevelZeroBackend(const Config& co
       return usable;
     }
   }
-  std::vector<std::vector<bool>> peer(chosen.size(), std::vector<bool>(chosen.size(), false));
-  for (size_t i = 0; i < chosen.size(); ++i) {
-    for (size_t j = 0; j < chosen.size(); ++j) {
-      ze_bool_t can = 0;
-      if (i != j && l.zeDeviceCanAccessPeer(chosen[i].device, chosen[j].device, &can) == ZE_RESULT_SUCCESS) {
-        peer[i][j] = can != 0;
-      }
-    }
-  }
+  PeerMatrix peer(static_cast<int>(chosen.size()), [&](int i, int j) {
+    ze_bool_t can = 0;
+    return l.zeDeviceCanAccessPeer(chosen[i].device, chosen[j].device, &can) == ZE_RESULT_SUCCESS && can != 0;
+  });
   return std::unique_ptr<Backend>(new LevelZeroBackend(&l, std::move(chosen), ctx, std::move(peer)));
 }
 
