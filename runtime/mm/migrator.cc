@@ -39,18 +39,18 @@ bool HoldsPages(ManagedRange& range, uintptr_t start, uintptr_t end, const void*
   return false;
 }
 
-// A migration taking `owner`'s device pages in [start, end) of `range` (one block) for another
-// device's pages (MigrateVma::to_peer).
-MigrateVma PeerMigration(ManagedRange& range, uintptr_t start, uintptr_t end, const void* owner,
-                         MigrateCause cause) {
+// A migration of [start, end) of `range` (within one block), selecting `select` pages of `owner`'s
+// device; `to_peer`: device pages for another device's pages (MigrateVma::to_peer).
+MigrateVma BlockMigration(ManagedRange& range, uintptr_t start, uintptr_t end, uint32_t select,
+                          const void* owner, MigrateCause cause, bool to_peer = false) {
   MigrateVma m;
   m.vma = &range;
   m.start = start;
   m.end = end;
-  m.flags = kMigrateSelectDevicePrivate;
+  m.flags = select;
   m.pgmap_owner = owner;
   m.cause = cause;
-  m.to_peer = true;
+  m.to_peer = to_peer;
   return m;
 }
 }  // namespace
@@ -66,13 +66,7 @@ absl::StatusOr<size_t> RunMigration(ManagedRange& range, uintptr_t start, uintpt
   }
   for (uintptr_t a = start; a < end;) {
     const uintptr_t stop = std::min(end, NextBlockBoundary(a));
-    MigrateVma m;
-    m.vma = &range;
-    m.start = a;
-    m.end = stop;
-    m.flags = select;
-    m.pgmap_owner = owner;
-    m.cause = cause;
+    MigrateVma m = BlockMigration(range, a, stop, select, owner, cause);
     m.skip_if_moved_after_ns = skip_if_moved_after_ns;
     // Read-ahead brings pages home for CPU reads that have not happened yet: keep their copies.
     m.keep_device_copy = cause == MigrateCause::kReadAhead && range.duplicates_reads();
@@ -198,8 +192,8 @@ absl::Status Migrator::PeerMove(ManagedRange& range, uintptr_t start, uintptr_t 
   DeviceTable& devices = *mm_.devices;
   Pagemap& dst = to.device->pagemap();
   for (uintptr_t a = start; a < end; a = NextBlockBoundary(a)) {
-    MigrateVma m =
-        PeerMigration(range, a, std::min(end, NextBlockBoundary(a)), from.device->pagemap().owner, cause);
+    MigrateVma m = BlockMigration(range, a, std::min(end, NextBlockBoundary(a)), kMigrateSelectDevicePrivate,
+                                  from.device->pagemap().owner, cause, /*to_peer=*/true);
     if (absl::Status s = migrate_vma_setup(&m); !s.ok()) return s;
     absl::Status s;
     if (m.cpages > 0) {
@@ -230,7 +224,8 @@ void Migrator::Reattach(ManagedRange& range, uintptr_t start, uintptr_t end, Dev
     if (!HoldsPages(range, a, stop, from.device->pagemap().owner)) continue;
     // Held, so that no copy uses a page's window address while it changes. Nothing is copied:
     // every page rolls back where it is.
-    MigrateVma m = PeerMigration(range, a, stop, from.device->pagemap().owner, MigrateCause::kPrefetch);
+    MigrateVma m = BlockMigration(range, a, stop, kMigrateSelectDevicePrivate, from.device->pagemap().owner,
+                                  MigrateCause::kPrefetch, /*to_peer=*/true);
     bool back = false;
     if (migrate_vma_setup(&m).ok()) {
       const uintptr_t block = a & ~(kBlockSize - 1);
