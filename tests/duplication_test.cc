@@ -335,6 +335,42 @@ TEST_F(DuplicationTest, AWrittenPageReclaimedAndMappedAgainIsStillPushedAsWritte
   ASSERT_TRUE(rt_->Free(p).ok());
 }
 
+// The same reclaim, racing with a zero-fill that is still mapping the rest of the faulting
+// page's block (found by the fuzzer, config same_address, seed 60405387): the CPU writes the page
+// the zero-fill mapped first, reclaim unmaps it, and an event makes the zero-fill start its mapping
+// over. Mapping the written page write-protected again made it pass for an unwritten zero page, and
+// the push gave the device zeros; pages the CPU maps must be left alone. A race: many rounds.
+TEST_F(DuplicationTest, AWriteReclaimedWhileItsBlockIsStillBeingMappedIsPushed) {
+  constexpr size_t kBlock = 2 * kMiB, kHole = 32, kHoleEnd = 96, kPage = 64, kWord = kPageSize / 8;
+  absl::StatusOr<void*> other = rt_->Allocate(kPageSize);  // its discards raise events mid-mapping
+  ASSERT_TRUE(other.ok()) << other.status();
+  size_t reclaimed = 0;
+  for (int round = 0; round < 60; ++round) {
+    absl::StatusOr<void*> mem = rt_->Allocate(kBlock);
+    ASSERT_TRUE(mem.ok()) << mem.status();
+    auto* p = static_cast<uint64_t*>(*mem);
+    ReadEveryPage(p, kBlock);  // one zero-fill maps the block write-protected
+    // A hole in the middle: the next zero-fill meets mapped pages (one CONTINUE each) after it.
+    ASSERT_EQ(madvise(p + kHole * kWord, (kHoleEnd - kHole) * kPageSize, MADV_DONTNEED), 0);
+    const uint64_t want = Pattern(16, round);
+    p[kPage * kWord + 1] = want;  // a missing fault: the zero-fill maps the hole, then the rest
+    if (madvise(p + kHole * kWord, (kHoleEnd - kHole) * kPageSize, MADV_PAGEOUT) != 0)
+      GTEST_SKIP() << "MADV_PAGEOUT: " << strerror(errno);
+    reclaimed += PresentPages(p + kPage * kWord, kPageSize) == 0;
+    ASSERT_EQ(madvise(*other, kPageSize, MADV_REMOVE), 0);
+    ASSERT_TRUE(rt_->Migrate(p, kBlock, 0).ok());
+    absl::StatusOr<uint64_t> dev = rt_->DeviceAddress(p + kPage * kWord);
+    ASSERT_TRUE(dev.ok()) << dev.status();
+    uint64_t got = 0;
+    ASSERT_TRUE(access0_->DeviceRead(*dev + 8, &got, sizeof(got)).ok());
+    ASSERT_EQ(got, want) << "round " << round << ": the device got zeros for a page the CPU wrote";
+    ASSERT_EQ(p[kPage * kWord + 1], want) << "round " << round;
+    ASSERT_TRUE(rt_->Free(p).ok());
+  }
+  ASSERT_TRUE(rt_->Free(*other).ok());
+  if (reclaimed == 0) GTEST_SKIP() << "MADV_PAGEOUT never unmapped the written page";
+}
+
 TEST_F(DuplicationTest, CopiesQueryRefusesBadInputLikeResidency) {
   uint64_t* p = AllocFilled(kBytes, 12);
   EXPECT_EQ(rt_->DeviceCopies(nullptr, kPageSize).status().code(), absl::StatusCode::kInvalidArgument);

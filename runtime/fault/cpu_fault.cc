@@ -196,14 +196,11 @@ void CpuFault::Handle(uintptr_t address, uint32_t tid, uint32_t seq, uint64_t re
         const uintptr_t unit = page & ~(range->cpu_page() - 1);
         // A duplicate or zero page stays write-protected, so that a CPU write shows in write
         // tracking; unless it was written before it lost its mapping.
-        ForgetWrittenMarks(*range, blk, unit, std::min(unit + range->cpu_page(), range->end()));
-        const bool protect = blk.Duplicate(i) || blk.Zero(i);
         const bool mapped =
             minor ? mm_.faults->MapUnlessDiscarded(
                         unit, unit + range->cpu_page(),
-                        [&] {
-                          return mm_.uffd->Continue(unit, range->cpu_page(), /*wake=*/true, range->cpu_page(),
-                                                    /*drain_events=*/false, protect);
+                        [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
+                          return MapTracked(*range, blk, unit, unit + range->cpu_page(), Protect::kFlagged);
                         })
                   : ZeroFill(*range, blk, page, tid);
         // An application discard of this page was read meanwhile: wait for it, then map.
@@ -402,27 +399,59 @@ void CpuFault::HandleBlock(std::span<const uffd_msg> msgs, uint64_t received_ns)
   }
 }
 
-void CpuFault::ForgetWrittenMarks(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end) {
-  if (!range.duplicates_reads()) return;
-  bool flagged = false;
-  for (uintptr_t a = start; a < end && !flagged; a += kPageSize) {
-    const size_t i = ManagedRange::page_in_block(a);
-    flagged = !blk.Busy(i) && (blk.Zero(i) || blk.Duplicate(i));
-  }
-  if (!flagged) return;
-  // No answer counts as written: the flags go, and the pages are copied like any other.
-  const std::vector<bool> written = WrittenPages(mm_.write_tracker, start, end);
+absl::Status CpuFault::MapTracked(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end,
+                                  Protect protect) {
+  auto map = [&](uintptr_t s, uintptr_t e, bool write_protect) {
+    return mm_.uffd->Continue(s, e - s, /*wake=*/true, range.cpu_page(), /*drain_events=*/false,
+                              write_protect);
+  };
+  if (!range.duplicates_reads()) return map(start, end, false);
+  auto flagged = [&](size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
+    return !blk.Busy(i) && (blk.Zero(i) || blk.Duplicate(i));
+  };
+  bool any_flagged = false;
+  for (uintptr_t a = start; a < end && !any_flagged; a += kPageSize)
+    any_flagged = flagged(ManagedRange::page_in_block(a));
+  // No flag trusts a write-protect mark here: map as asked, without a look.
+  if (!any_flagged) return map(start, end, protect == Protect::kAll);
+  const std::vector<uint8_t> marks = mm_.write_tracker->Marks(start, end);
   size_t dropped = 0;
+  struct Run {
+    uintptr_t start, end;
+    bool write_protect;
+  };
+  std::vector<Run> runs;
+  bool skipped = false;  // mapped pages left alone
   for (uintptr_t a = start; a < end; a += kPageSize) {
     const size_t i = ManagedRange::page_in_block(a);
-    if (!written[(a - start) / kPageSize] || blk.Busy(i)) continue;
-    blk.ForgetZero(i);
-    if (blk.Duplicate(i)) {
-      put_page(blk.DropDuplicate(i));  // under the block lock, as Evictor::DropDuplicates does
-      ++dropped;
+    const uint8_t mark = marks[(a - start) / kPageSize];
+    if ((mark & WriteTracker::kWritten) && !blk.Busy(i)) {
+      blk.ForgetZero(i);
+      if (blk.Duplicate(i)) {
+        put_page(blk.DropDuplicate(i));  // under the block lock, as Evictor::DropDuplicates does
+        ++dropped;
+      }
+    }
+    if (mark & WriteTracker::kMapped) {
+      skipped = true;
+      continue;
+    }
+    const bool wp = protect == Protect::kAll || flagged(i);
+    if (!runs.empty() && runs.back().end == a && runs.back().write_protect == wp) {
+      runs.back().end = a + kPageSize;
+    } else {
+      runs.push_back({a, a + kPageSize, wp});
     }
   }
   if (dropped > 0) mm_.counters->duplicates_dropped.fetch_add(dropped, std::memory_order_relaxed);
+  for (const Run& run : runs) {
+    absl::Status s = map(run.start, run.end, run.write_protect);
+    if (!s.ok()) return s;  // an event to read first (MapUnlessDiscarded looks again), or an error
+  }
+  // Whoever mapped a skipped page woke its waiters; the old path (Config::fault_recheck) wakes
+  // after every page found mapped, as Uffd::Continue does for it.
+  if (skipped && mm_.config->fault_recheck) return mm_.uffd->Wake(start, end - start);
+  return absl::OkStatus();
 }
 
 bool CpuFault::ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint32_t tid) {
@@ -431,7 +460,6 @@ bool CpuFault::ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint3
   // first pass over a new range takes one fault per 2 MiB, as transparent hugepages would.
   const uintptr_t start = page & ~(kBlockSize - 1);
   const uintptr_t end = std::min(start + kBlockSize, range.end());
-  ForgetWrittenMarks(range, blk, start, end);  // everything below is mapped write-protected
   PageRuns runs;
   for (uintptr_t a = start; a < end; a += kPageSize) {
     const size_t i = ManagedRange::page_in_block(a);
@@ -450,10 +478,9 @@ bool CpuFault::ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint3
       LogIfError(mm_.uffd->Wake(page & ~(range.cpu_page() - 1), range.cpu_page()));
       continue;
     }
-    if (!mm_.faults->MapUnlessDiscarded(s, e, [&] {
-          // Write-protected where writes are tracked: a page the CPU only reads stays zero.
-          return mm_.uffd->Continue(s, e - s, /*wake=*/true, range.cpu_page(), /*drain_events=*/false,
-                                    /*write_protect=*/range.duplicates_reads());
+    // Write-protected where writes are tracked: a page the CPU only reads stays zero.
+    if (!mm_.faults->MapUnlessDiscarded(s, e, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu) {
+          return MapTracked(range, blk, s, e, Protect::kAll);
         })) {
       return false;
     }

@@ -57,11 +57,15 @@ class CpuFault {
   // nothing of what remains, when an application discard there is pending.
   bool ZeroFill(ManagedRange& range, VaBlock& blk, uintptr_t page, uint32_t tid)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
-  // Before host-resident pages of [start, end) in `blk` are mapped write-protected again: the
-  // pages that read as written lose their zero flag and their device copy. Their mapping went
-  // without a write-protect marker (the kernel's reclaim or a migration's zap of a written page),
-  // and mapping them write-protected would make them read as clean.
-  void ForgetWrittenMarks(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end)
+  // Maps the host-resident pages of [start, end) in `blk` for the CPU: `map` of
+  // FaultService::MapUnlessDiscarded. Where reads are duplicated and a page there is flagged zero
+  // or duplicated, the page tables are read first (WriteTracker::Marks): pages that read as written
+  // lose their zero flag and their device copy (their mapping went without a write-protect marker:
+  // the kernel's reclaim or a migration's zap took a written page), and pages the CPU maps are
+  // left alone (mapping one again would hide a write that reclaim unmapped meanwhile). The rest are
+  // mapped write-protected: all of them (kAll), or those still flagged (kFlagged).
+  enum class Protect { kAll, kFlagged };
+  absl::Status MapTracked(ManagedRange& range, VaBlock& blk, uintptr_t start, uintptr_t end, Protect protect)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(blk.mu);
   // Policy for a fault at `page` whose block holds it on a device: the run to migrate back, and
   // whether read-ahead may follow (not for thrashing blocks).

@@ -35,6 +35,7 @@ struct pm_scan_arg {
 };
 #define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
 #define PAGE_IS_WRITTEN (1 << 1)
+#define PAGE_IS_PRESENT (1 << 3)
 #endif
 
 namespace uhmm {
@@ -58,9 +59,10 @@ absl::StatusOr<std::unique_ptr<WriteTracker>> WriteTracker::Open() {
 
 WriteTracker::~WriteTracker() { close(fd_); }
 
-absl::StatusOr<PageRuns> WriteTracker::Written(uintptr_t start, uintptr_t end) const {
+absl::StatusOr<std::vector<WriteTracker::Run>> WriteTracker::Scan(uintptr_t start, uintptr_t end,
+                                                                  uint64_t categories) const {
   if (getpid() != pid_) return absl::FailedPreconditionError("uhmm: write tracking in a forked child");
-  PageRuns runs;
+  std::vector<Run> runs;
   page_region regions[64];
   uintptr_t from = start;
   while (from < end) {
@@ -70,8 +72,8 @@ absl::StatusOr<PageRuns> WriteTracker::Written(uintptr_t start, uintptr_t end) c
     arg.end = end;
     arg.vec = reinterpret_cast<uintptr_t>(regions);
     arg.vec_len = sizeof(regions) / sizeof(regions[0]);
-    arg.category_mask = PAGE_IS_WRITTEN;
-    arg.return_mask = PAGE_IS_WRITTEN;
+    arg.category_anyof_mask = categories;
+    arg.return_mask = categories;
     const long n = ioctl(fd_, PAGEMAP_SCAN, &arg);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -79,17 +81,40 @@ absl::StatusOr<PageRuns> WriteTracker::Written(uintptr_t start, uintptr_t end) c
           absl::StrFormat("uhmm: PAGEMAP_SCAN of [%#x, %#x): %s", from, end, strerror(errno)));
     }
     for (long k = 0; k < n; ++k) {
-      const uintptr_t s = regions[k].start, e = regions[k].end;
-      if (!runs.empty() && runs.back().second == s) {
-        runs.back().second = e;
+      const Run run = {regions[k].start, regions[k].end, regions[k].categories};
+      if (!runs.empty() && runs.back().end == run.start && runs.back().categories == run.categories) {
+        runs.back().end = run.end;
       } else {
-        runs.emplace_back(s, e);
+        runs.push_back(run);
       }
     }
     if (arg.walk_end <= from) break;  // no progress: should not happen
     from = arg.walk_end;
   }
   return runs;
+}
+
+absl::StatusOr<PageRuns> WriteTracker::Written(uintptr_t start, uintptr_t end) const {
+  absl::StatusOr<std::vector<Run>> runs = Scan(start, end, PAGE_IS_WRITTEN);
+  if (!runs.ok()) return runs.status();
+  PageRuns written;
+  for (const Run& r : *runs) written.emplace_back(r.start, r.end);
+  return written;
+}
+
+std::vector<uint8_t> WriteTracker::Marks(uintptr_t start, uintptr_t end) const {
+  const size_t n = (end - start) / kPageSize;
+  absl::StatusOr<std::vector<Run>> runs = Scan(start, end, PAGE_IS_WRITTEN | PAGE_IS_PRESENT);
+  if (!runs.ok()) return std::vector<uint8_t>(n, kWritten);
+  std::vector<uint8_t> marks(n, 0);
+  for (const Run& r : *runs) {
+    const uint8_t mark =
+        ((r.categories & PAGE_IS_PRESENT) ? kMapped : 0) | ((r.categories & PAGE_IS_WRITTEN) ? kWritten : 0);
+    for (uintptr_t a = std::max<uintptr_t>(r.start, start); a < std::min<uintptr_t>(r.end, end);
+         a += kPageSize)
+      marks[(a - start) / kPageSize] = mark;
+  }
+  return marks;
 }
 
 std::vector<bool> WrittenPages(const WriteTracker* tracker, uintptr_t start, uintptr_t end) {

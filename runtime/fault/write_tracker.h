@@ -38,8 +38,23 @@ class WriteTracker {
   // cannot say (the safe answer: a page taken as written is copied).
   std::vector<bool> WrittenPages(uintptr_t start, uintptr_t end) const;
 
+  // One look at both marks, one entry per page of [start, end): kMapped where the CPU maps the page
+  // now, kWritten where it reads as written. For a caller about to map pages write-protected: a
+  // page mapped when looked at must be left alone, since it can be written and then unmapped by
+  // the kernel's reclaim (MADV_PAGEOUT) before the mapping call reaches it, and mapping it
+  // write-protected again would hide that write. Without an answer: written and not mapped.
+  enum Mark : uint8_t { kMapped = 1, kWritten = 2 };
+  std::vector<uint8_t> Marks(uintptr_t start, uintptr_t end) const;
+
  private:
   WriteTracker(int fd, pid_t pid) : fd_(fd), pid_(pid) {}
+  // The runs of [start, end) in any category of `categories` (PAGEMAP_SCAN's PAGE_IS_*), each with
+  // the categories of `categories` it is in.
+  struct Run {
+    uintptr_t start, end;
+    uint64_t categories;
+  };
+  absl::StatusOr<std::vector<Run>> Scan(uintptr_t start, uintptr_t end, uint64_t categories) const;
   int fd_;
   pid_t pid_;  // the process whose page tables fd_ reads (a forked child must not use it)
 };
