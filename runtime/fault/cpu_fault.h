@@ -5,9 +5,10 @@
 //
 // Cost: a fault served by a migration makes one UFFDIO_CONTINUE, in migrate_vma_finalize, which
 // maps the granule and wakes the threads waiting in it (traced: CONTINUE without waking, then one
-// WAKE); a duplicate (the page was host resident when looked at) makes one CONTINUE. Faults read
-// together in one block (HandleBlock) share migrations. Config::fault_recheck restores the old path
-// (another look after each migration: a second CONTINUE, EEXIST, and a WAKE), for comparisons.
+// WAKE); a duplicate (the page was host resident when looked at) makes one CONTINUE, or none when
+// write tracking finds the page mapped (MapTracked). Faults read together in one block (HandleBlock)
+// share migrations. Config::fault_recheck restores the old path (another look after each migration:
+// a second CONTINUE meeting EEXIST, or that page-table look, and a WAKE), for comparisons.
 //
 // LOCKING: takes one block lock at a time and never waits under it (a migration holding the page
 // re-queues the message instead); the device's page_fault runs with no lock held.
