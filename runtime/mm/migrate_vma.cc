@@ -330,13 +330,7 @@ void migrate_vma_finalize(MigrateVma* m) {
   // The old pages are unreferenced now (their data was copied, or they were never committed).
   for (Page* p : release) put_page(p);
   release.clear();
-  if (m->to_peer) {
-    mm.counters->pages_peer.fetch_add(moved, std::memory_order_relaxed);
-    if (m->cause == MigrateCause::kLaunch)
-      mm.counters->launch_pages.fetch_add(moved, std::memory_order_relaxed);
-  } else {
-    mm.migrator->Count(to_device, m->cause, moved);
-  }
+  mm.migrator->Count(*m, moved);
   if (reused > 0) mm.counters->duplicates_reused.fetch_add(reused, std::memory_order_relaxed);
   if (filled > 0) mm.counters->zero_pages_filled.fetch_add(filled, std::memory_order_relaxed);
   if (!to_device && m->keep_device_copy && moved > 0) {

@@ -284,12 +284,14 @@ absl::Status Migrator::ForEachPiece(const PageRuns& pieces, int device,
   return first;
 }
 
-void Migrator::Count(bool to_device, MigrateCause cause, size_t pages) {
+void Migrator::Count(const MigrateVma& m, size_t pages) {
   Counters& c = *mm_.counters;
-  (to_device ? c.pages_to_device : c.pages_to_host).fetch_add(pages);
-  if (cause == MigrateCause::kEviction) c.evicted_pages.fetch_add(pages);
-  if (cause == MigrateCause::kLaunch && to_device) c.launch_pages.fetch_add(pages);
-  if (cause == MigrateCause::kReadAhead) c.readahead_pages.fetch_add(pages);
+  const bool to_device = (m.flags & kMigrateSelectSystem) != 0;
+  (m.to_peer ? c.pages_peer : to_device ? c.pages_to_device : c.pages_to_host).fetch_add(pages);
+  // Eviction and read-ahead move pages home only.
+  if (m.cause == MigrateCause::kEviction) c.evicted_pages.fetch_add(pages);
+  if (m.cause == MigrateCause::kLaunch && (to_device || m.to_peer)) c.launch_pages.fetch_add(pages);
+  if (m.cause == MigrateCause::kReadAhead) c.readahead_pages.fetch_add(pages);
 }
 
 }  // namespace uhmm

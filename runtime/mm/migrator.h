@@ -55,8 +55,9 @@ class Migrator {
   absl::Status ForEachPiece(const PageRuns& pieces, int device,
                             absl::FunctionRef<absl::Status(uintptr_t, uintptr_t)> fn);
 
-  // Called by migrate_vma_finalize: counts what moved, and bumps the host epoch when pages came home.
-  void Count(bool to_device, MigrateCause cause, size_t pages);
+  // Called by migrate_vma_finalize: counts the `pages` that `m` moved (to the host, to a device
+  // from the host, or from another device in one hop).
+  void Count(const MigrateVma& m, size_t pages);
 
  private:
   // Moves `from`'s pages in the whole blocks [start, end) of `range` to `to` in one hop, block by
