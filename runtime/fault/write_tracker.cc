@@ -59,10 +59,10 @@ absl::StatusOr<std::unique_ptr<WriteTracker>> WriteTracker::Open() {
 
 WriteTracker::~WriteTracker() { close(fd_); }
 
-absl::StatusOr<std::vector<WriteTracker::Run>> WriteTracker::Scan(uintptr_t start, uintptr_t end,
-                                                                  uint64_t categories) const {
+absl::StatusOr<std::vector<uint8_t>> WriteTracker::Scan(uintptr_t start, uintptr_t end,
+                                                        uint64_t categories) const {
   if (getpid() != pid_) return absl::FailedPreconditionError("uhmm: write tracking in a forked child");
-  std::vector<Run> runs;
+  std::vector<uint8_t> pages((end - start) / kPageSize, 0);
   page_region regions[64];
   uintptr_t from = start;
   while (from < end) {
@@ -81,56 +81,33 @@ absl::StatusOr<std::vector<WriteTracker::Run>> WriteTracker::Scan(uintptr_t star
           absl::StrFormat("uhmm: PAGEMAP_SCAN of [%#x, %#x): %s", from, end, strerror(errno)));
     }
     for (long k = 0; k < n; ++k) {
-      const Run run = {regions[k].start, regions[k].end, regions[k].categories};
-      if (!runs.empty() && runs.back().end == run.start && runs.back().categories == run.categories) {
-        runs.back().end = run.end;
-      } else {
-        runs.push_back(run);
-      }
+      for (uintptr_t a = std::max<uintptr_t>(regions[k].start, start);
+           a < std::min<uintptr_t>(regions[k].end, end); a += kPageSize)
+        pages[(a - start) / kPageSize] = static_cast<uint8_t>(regions[k].categories);
     }
     if (arg.walk_end <= from) break;  // no progress: should not happen
     from = arg.walk_end;
   }
-  return runs;
+  return pages;
 }
 
-absl::StatusOr<PageRuns> WriteTracker::Written(uintptr_t start, uintptr_t end) const {
-  absl::StatusOr<std::vector<Run>> runs = Scan(start, end, PAGE_IS_WRITTEN);
-  if (!runs.ok()) return runs.status();
-  PageRuns written;
-  for (const Run& r : *runs) written.emplace_back(r.start, r.end);
-  return written;
+std::vector<bool> WriteTracker::WrittenPages(uintptr_t start, uintptr_t end) const {
+  absl::StatusOr<std::vector<uint8_t>> pages = Scan(start, end, PAGE_IS_WRITTEN);
+  if (!pages.ok()) return std::vector<bool>((end - start) / kPageSize, true);
+  return std::vector<bool>(pages->begin(), pages->end());  // nonzero: written
 }
 
 std::vector<uint8_t> WriteTracker::Marks(uintptr_t start, uintptr_t end) const {
-  const size_t n = (end - start) / kPageSize;
-  absl::StatusOr<std::vector<Run>> runs = Scan(start, end, PAGE_IS_WRITTEN | PAGE_IS_PRESENT);
-  if (!runs.ok()) return std::vector<uint8_t>(n, kWritten);
-  std::vector<uint8_t> marks(n, 0);
-  for (const Run& r : *runs) {
-    const uint8_t mark =
-        ((r.categories & PAGE_IS_PRESENT) ? kMapped : 0) | ((r.categories & PAGE_IS_WRITTEN) ? kWritten : 0);
-    for (uintptr_t a = std::max<uintptr_t>(r.start, start); a < std::min<uintptr_t>(r.end, end);
-         a += kPageSize)
-      marks[(a - start) / kPageSize] = mark;
-  }
-  return marks;
+  absl::StatusOr<std::vector<uint8_t>> pages = Scan(start, end, PAGE_IS_WRITTEN | PAGE_IS_PRESENT);
+  if (!pages.ok()) return std::vector<uint8_t>((end - start) / kPageSize, kWritten);
+  for (uint8_t& p : *pages)
+    p = ((p & PAGE_IS_PRESENT) ? kMapped : 0) | ((p & PAGE_IS_WRITTEN) ? kWritten : 0);
+  return *std::move(pages);
 }
 
 std::vector<bool> WrittenPages(const WriteTracker* tracker, uintptr_t start, uintptr_t end) {
   return tracker != nullptr ? tracker->WrittenPages(start, end)
                             : std::vector<bool>((end - start) / kPageSize, true);
-}
-
-std::vector<bool> WriteTracker::WrittenPages(uintptr_t start, uintptr_t end) const {
-  absl::StatusOr<PageRuns> runs = Written(start, end);
-  if (!runs.ok()) return std::vector<bool>((end - start) / kPageSize, true);
-  std::vector<bool> written((end - start) / kPageSize, false);
-  for (auto [s, e] : *runs) {
-    for (uintptr_t a = std::max(s, start); a < std::min(e, end); a += kPageSize)
-      written[(a - start) / kPageSize] = true;
-  }
-  return written;
 }
 
 }  // namespace uhmm

@@ -31,11 +31,9 @@ class WriteTracker {
   WriteTracker(const WriteTracker&) = delete;
   WriteTracker& operator=(const WriteTracker&) = delete;
 
-  // Runs of [start, end) (page aligned) that read as written: written since they were mapped
-  // write-protected, mapped writable, or never mapped. Changes nothing.
-  absl::StatusOr<PageRuns> Written(uintptr_t start, uintptr_t end) const;
-  // The same, one entry per page of [start, end); every page counts as written when the kernel
-  // cannot say (the safe answer: a page taken as written is copied).
+  // One entry per page of [start, end) (page aligned): whether it reads as written (written since
+  // it was mapped write-protected, mapped writable, or never mapped). Every page counts as written
+  // when the kernel cannot say (the safe answer: a page taken as written is copied). Changes nothing.
   std::vector<bool> WrittenPages(uintptr_t start, uintptr_t end) const;
 
   // One look at both marks, one entry per page of [start, end): kMapped where the CPU maps the page
@@ -48,13 +46,8 @@ class WriteTracker {
 
  private:
   WriteTracker(int fd, pid_t pid) : fd_(fd), pid_(pid) {}
-  // The runs of [start, end) in any category of `categories` (PAGEMAP_SCAN's PAGE_IS_*), each with
-  // the categories of `categories` it is in.
-  struct Run {
-    uintptr_t start, end;
-    uint64_t categories;
-  };
-  absl::StatusOr<std::vector<Run>> Scan(uintptr_t start, uintptr_t end, uint64_t categories) const;
+  // One PAGEMAP_SCAN walk of [start, end): per page, which of `categories` (PAGE_IS_*) it is in.
+  absl::StatusOr<std::vector<uint8_t>> Scan(uintptr_t start, uintptr_t end, uint64_t categories) const;
   int fd_;
   pid_t pid_;  // the process whose page tables fd_ reads (a forked child must not use it)
 };
