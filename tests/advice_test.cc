@@ -820,8 +820,8 @@ TEST_F(AdviceEffectsTest, EvictionTakesDevicePreferredDataLast) {
 }
 
 TEST_F(AdviceEffectsTest, ReadMostlyCopiesStayValidAcrossLaunches) {
-  const std::string& tracking = static_cast<RuntimeImpl&>(*rt_).write_tracking();
-  if (tracking.rfind("on", 0) != 0) GTEST_SKIP() << "read duplication is " << tracking;
+  std::string tracking;
+  if (!TracksWrites(*rt_, &tracking)) GTEST_SKIP() << "read duplication is " << tracking;
   constexpr size_t kBytes = 2 * kMiB;
   uint64_t* p = AllocFilled(kBytes, 6);
   ASSERT_TRUE(rt_->Advise(p, kBytes, Advice::kSetReadMostly).ok());

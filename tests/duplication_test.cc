@@ -24,8 +24,8 @@ class DuplicationTest : public RuntimeTest {
   void SetUp() override {
     RuntimeTest::SetUp();
     UHMM_RETURN_IF_SKIPPED();
-    const std::string& why = impl().write_tracking();
-    if (why.rfind("on", 0) != 0) GTEST_SKIP() << "read duplication is " << why;
+    std::string why;
+    if (!TracksWrites(*rt_, &why)) GTEST_SKIP() << "read duplication is " << why;
   }
   RuntimeImpl& impl() { return static_cast<RuntimeImpl&>(*rt_); }
   const Counters& counters() { return *impl().mm().counters; }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "backends/host/host_backend.h"
+#include "runtime/api/runtime_impl.h"
 #include "runtime/api/testing.h"
 #include "uhmm/testing.h"
 #include "uhmm/uhmm.hpp"
@@ -37,6 +38,14 @@
 namespace uhmm::testing {
 
 inline constexpr size_t kMiB = size_t{1} << 20;
+
+// Whether `rt` tracks CPU writes (read duplication on: Linux 6.7+, UHMM_READ_DUPLICATION not 0);
+// `why` gets the runtime's word for it ("on ..." or "off (reason)").
+inline bool TracksWrites(Runtime& rt, std::string* why = nullptr) {
+  const std::string& tracking = static_cast<RuntimeImpl&>(rt).write_tracking();
+  if (why != nullptr) *why = tracking;
+  return tracking.rfind("on", 0) == 0;
+}
 
 // The configuration under test: $UHMM_TEST_BACKEND (set by ctest) is host, host-same-address,
 // cuda-emulated, cuda-emulated-nopeer (multi-device suites), cuda, level-zero-emulated,

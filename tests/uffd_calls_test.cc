@@ -16,7 +16,6 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/api/runtime_impl.h"
 #include "runtime/api/testing.h"
 #include "tests/test_util.h"
 
@@ -29,11 +28,6 @@ Config IsolatedFaultConfig() {
   c.fault_granularity = kPageSize;
   return c;
 }
-
-// Write tracking on (Linux 6.7+): a page that came back from a device keeps its device copy, and
-// a fault that finds such a page mapped (the old path's second look, a duplicate message) leaves it
-// alone after one PAGEMAP_SCAN instead of a CONTINUE that meets EEXIST (CpuFault::MapTracked).
-bool TracksWrites(Runtime& rt) { return static_cast<RuntimeImpl&>(rt).write_tracking().rfind("on", 0) == 0; }
 
 UffdCalls Since(const UffdCalls& before, const UffdCalls& now) {
   UffdCalls d;
@@ -133,7 +127,8 @@ TEST_F(UffdCallsTest, RecheckKnobCostsASecondLookAndAWake) {
   const UffdCalls before = SettledCounts(*rt_);
   EXPECT_EQ(TouchEach(p, kFaults, kStride), 0u);
   const UffdCalls d = Since(before, SettledCounts(*rt_));
-  // The second look: a CONTINUE meeting EEXIST, or (tracked duplicates) a look at the page tables.
+  // The second look: a CONTINUE meeting EEXIST, or, where writes are tracked, a look at the page
+  // tables that finds the page (a duplicate) mapped and leaves it alone (CpuFault::MapTracked).
   const size_t again = TracksWrites(*rt_) ? 0 : kFaults;
   EXPECT_EQ(d.fault_migrations, kFaults) << Describe(d);
   EXPECT_EQ(d.continues, kFaults + again) << Describe(d);
